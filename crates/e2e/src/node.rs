@@ -1,0 +1,219 @@
+//! Krustlet nodes under test: real `krustlet` processes joined to the test cluster.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use tempfile::TempDir;
+
+use crate::cluster::{client, cluster};
+
+/// A running Krustlet node; killed, and its Node object deleted, on drop.
+pub struct KrustletNode {
+    name: String,
+    binary: PathBuf,
+    data_dir: TempDir,
+    port: u16,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+/// A free loopback port (the kernel's choice, released for the caller to bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+impl KrustletNode {
+    /// Starts `binary` (the test's `CARGO_BIN_EXE_krustlet-e2e-node`) as a new node that joins
+    /// through TLS bootstrap with the cluster's bootstrap token. `extra_args` are appended.
+    pub fn start(binary: &str, prefix: &str, extra_args: &[&str]) -> anyhow::Result<Self> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut node = Self {
+            name,
+            binary: binary.into(),
+            data_dir: tempfile::Builder::new().prefix("krustlet-e2e-").tempdir()?,
+            port: free_port(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        node.spawn()?;
+        Ok(node)
+    }
+
+    /// The arguments every test node runs with.
+    fn args(&self) -> Vec<String> {
+        let info = cluster();
+        let mut args: Vec<String> = vec![
+            format!("--node-name={}", self.name),
+            "--node-ip=127.0.0.1".into(),
+            format!("--port={}", self.port),
+            format!("--data-dir={}", self.data_dir.path().display()),
+            format!(
+                "--bootstrap-kubeconfig={}",
+                info.bootstrap_kubeconfig.display()
+            ),
+            "--log=info,kubelet=debug".into(),
+        ];
+        args.extend(self.extra_args.iter().cloned());
+        args
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut command = Command::new(&self.binary);
+        command
+            .args(self.args())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        lifeline(&mut command);
+        self.child = Some(
+            command
+                .spawn()
+                .with_context(|| format!("starting {}", self.binary.display()))?,
+        );
+        Ok(())
+    }
+
+    /// Starts the process again with the same name and data dir (after a kill or exit).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn()
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The node's data dir.
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+
+    /// The kubelet API port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Where the process's output goes.
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir.path().join("krustlet.log")
+    }
+
+    /// The process's output so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("node process not running")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)?;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().context("node process not running")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "krustlet did not exit within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the Node's Ready condition has `status` ("True", "False", "Unknown").
+    pub async fn wait_ready(&self, status: &str, timeout: Duration) -> anyhow::Result<Node> {
+        let nodes: Api<Node> = Api::all(client().await?);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(node) = nodes.get_opt(&self.name).await?
+                && ready_status(&node).as_deref() == Some(status)
+            {
+                return Ok(node);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {} not Ready={status} within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// The status of a Node's Ready condition.
+pub fn ready_status(node: &Node) -> Option<String> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.clone())
+}
+
+impl Drop for KrustletNode {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let info = cluster();
+        let _ = Command::new(&info.kubectl)
+            .arg("--kubeconfig")
+            .arg(&info.kubeconfig)
+            .args([
+                "delete",
+                "node",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Makes the child die with the test process, even when that is killed outright.
+#[allow(unsafe_code)]
+fn lifeline(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+}

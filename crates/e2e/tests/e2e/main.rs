@@ -1,0 +1,10 @@
+//! End-to-end tests against the real control plane and registries (see `krustlet_e2e`).
+//!
+//! One test binary, so one cluster serves every test; each test has its own namespace and the
+//! tests run in parallel. Modules are named for the feature they verify.
+
+mod foundation;
+mod node;
+
+/// The krustlet command under test, built from this workspace.
+pub const KRUSTLET: &str = env!("CARGO_BIN_EXE_krustlet-e2e-node");

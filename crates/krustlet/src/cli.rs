@@ -1,0 +1,52 @@
+//! The command line: kubelet-style flags for the node agent.
+
+use clap::Parser;
+use kubelet::config::Flags;
+
+/// A Kubernetes kubelet that runs WebAssembly workloads.
+///
+/// Settings come from, highest precedence first: command-line flags, KRUSTLET_* environment
+/// variables, the YAML file given by --config (keys are the flag names in camelCase), and the
+/// defaults shown.
+#[derive(Debug, Parser)]
+#[command(name = "krustlet", version, about, long_about)]
+pub struct Cli {
+    /// Node agent settings.
+    #[command(flatten)]
+    pub flags: Flags,
+
+    /// Log filter, as RUST_LOG (e.g. info, kubelet=debug).
+    #[arg(
+        long,
+        env = "KRUSTLET_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
+    pub log: String,
+}
+
+impl Cli {
+    /// Parses the command line; a usage error becomes one line naming the problem.
+    pub fn parse_or_exit() -> Self {
+        match Self::try_parse() {
+            Ok(cli) => cli,
+            Err(error) => {
+                use clap::error::ErrorKind;
+                if matches!(
+                    error.kind(),
+                    ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+                ) {
+                    let _ = error.print();
+                    std::process::exit(0);
+                }
+                let rendered = error.render().to_string();
+                let first = rendered.lines().next().unwrap_or_default();
+                eprintln!(
+                    "krustlet: {} (see krustlet --help)",
+                    first.trim_start_matches("error: ")
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! The `krustlet` command: a Kubernetes kubelet that runs WebAssembly.
+//!
+//! A library so that the end-to-end tests can build the very same command as their own binary.
+
+pub mod cli;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use kubelet::Kubelet;
+use kubelet::node::shutdown;
+
+/// The whole command: parse the command line, run, and map the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = cli::Cli::parse_or_exit();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("krustlet: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("krustlet: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    let config = cli.flags.merge_config_file()?.resolve()?;
+    // Installed before anything else, so a SIGTERM at any point shuts down gracefully.
+    let signals = shutdown::signalled().context("installing signal handlers")?;
+    let shutdown = async {
+        let signal = signals.await;
+        tracing::info!(signal, "received shutdown signal");
+    };
+    Kubelet::new(config, krustlet_wasi::runtime_version())
+        .run(shutdown)
+        .await
+        .context("kubelet")
+}

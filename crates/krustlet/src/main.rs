@@ -1,0 +1,5 @@
+//! The `krustlet` binary.
+
+fn main() -> std::process::ExitCode {
+    krustlet::main()
+}

@@ -1,0 +1,659 @@
+//! The kubelet's configuration: command-line flags, `KRUSTLET_*` environment variables and a
+//! YAML config file, merged into one [`KubeletConfig`].
+//!
+//! Precedence, highest first: flags, environment variables, the config file (`--config`),
+//! built-in defaults. The config file uses the flags' names in camelCase (`maxPods: 50`).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Flags shared by every mode that runs pods; each also reads `KRUSTLET_<NAME>` and the config
+/// file key of the same name in camelCase.
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Flags {
+    /// YAML config file; its keys are these flags' names in camelCase. Flags and KRUSTLET_*
+    /// variables override it.
+    #[arg(long, env = "KRUSTLET_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Kubeconfig with the node's credentials. Written by TLS bootstrap when absent and
+    /// --bootstrap-kubeconfig is given. [default: <data-dir>/kubeconfig]
+    #[arg(long, env = "KRUSTLET_KUBECONFIG", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubeconfig with a bootstrap token, used to obtain a client certificate through a CSR
+    /// when --kubeconfig does not exist yet.
+    #[arg(long, env = "KRUSTLET_BOOTSTRAP_KUBECONFIG", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+
+    /// Directory for the node's client and serving certificates. [default: <data-dir>/pki]
+    #[arg(long, env = "KRUSTLET_CERT_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_dir: Option<PathBuf>,
+
+    /// The node's name. [default: the host name, lowercased]
+    #[arg(long, env = "KRUSTLET_NODE_NAME", value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+
+    /// The node's InternalIP address. [default: the first non-loopback IPv4 address of an up
+    /// interface, else 127.0.0.1]
+    #[arg(long, env = "KRUSTLET_NODE_IP", value_name = "IP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_ip: Option<IpAddr>,
+
+    /// Port of the kubelet HTTPS API. [default: 10250]
+    #[arg(long, env = "KRUSTLET_PORT", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+
+    /// Directory for pod data, logs, images and state. [default: ~/.krustlet]
+    #[arg(long, env = "KRUSTLET_DATA_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Most pods this node runs, 1 to 100000. [default: 110]
+    #[arg(long, env = "KRUSTLET_MAX_PODS", value_name = "N", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pods: Option<u32>,
+
+    /// Extra node labels, KEY=VALUE, comma-separated.
+    #[arg(
+        long,
+        env = "KRUSTLET_NODE_LABELS",
+        value_name = "KEY=VALUE,...",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_labels: Option<Vec<Label>>,
+
+    /// Taints to register with, KEY=VALUE:EFFECT, comma-separated; replaces the default.
+    /// [default: kubernetes.io/arch=wasm32-wasi:NoExecute,kubernetes.io/arch=wasm32-wasi:NoSchedule]
+    #[arg(
+        long,
+        env = "KRUSTLET_REGISTER_WITH_TAINTS",
+        value_name = "KEY=VALUE:EFFECT,...",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub register_with_taints: Option<Vec<TaintSpec>>,
+
+    /// How long a graceful shutdown (SIGTERM) may take in all, e.g. 30s. [default: 30s]
+    #[arg(long, env = "KRUSTLET_SHUTDOWN_GRACE_PERIOD", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "opt_duration"
+    )]
+    pub shutdown_grace_period: Option<Duration>,
+
+    /// How often node status is computed (and sent, if it changed). [default: 10s]
+    #[arg(long, env = "KRUSTLET_NODE_STATUS_UPDATE_FREQUENCY", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "opt_duration"
+    )]
+    pub node_status_update_frequency: Option<Duration>,
+
+    /// How often node status is sent even when unchanged. [default: 5m]
+    #[arg(long, env = "KRUSTLET_NODE_STATUS_REPORT_FREQUENCY", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "opt_duration"
+    )]
+    pub node_status_report_frequency: Option<Duration>,
+
+    /// Duration of the node Lease; it is renewed every quarter of it. [default: 40]
+    #[arg(long, env = "KRUSTLET_NODE_LEASE_DURATION_SECONDS", value_name = "SECONDS",
+          value_parser = clap::value_parser!(u32).range(4..=3600))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_lease_duration_seconds: Option<u32>,
+
+    /// Thresholds that raise MemoryPressure, DiskPressure and PIDPressure, as the kubelet's
+    /// --eviction-hard: memory.available<100Mi,nodefs.available<10%,pid.available<5%.
+    #[arg(
+        long,
+        env = "KRUSTLET_EVICTION_HARD",
+        value_name = "SIGNAL<QUANTITY,...",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eviction_hard: Option<Vec<Threshold>>,
+}
+
+/// Errors in the configuration; each names the setting and what is allowed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid YAML for these settings.
+    #[error("invalid config file {path}: {message}")]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// serde's message, naming the key.
+        message: String,
+    },
+    /// A value that passed parsing is still unusable.
+    #[error("invalid --{flag}: {message}")]
+    Invalid {
+        /// The flag's name.
+        flag: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+/// The kubelet's resolved configuration.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeletConfig {
+    /// Kubeconfig with the node's credentials.
+    pub kubeconfig: PathBuf,
+    /// Bootstrap kubeconfig, if TLS bootstrap is wanted.
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// Certificate directory.
+    pub cert_dir: PathBuf,
+    /// Node name.
+    pub node_name: String,
+    /// Node InternalIP.
+    pub node_ip: IpAddr,
+    /// Kubelet API port.
+    pub port: u16,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Pod capacity.
+    pub max_pods: u32,
+    /// Extra node labels.
+    pub node_labels: Vec<Label>,
+    /// Registration taints.
+    pub register_with_taints: Vec<TaintSpec>,
+    /// Graceful shutdown bound.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace_period: Duration,
+    /// Node status computation period.
+    #[serde(with = "humantime_serde")]
+    pub node_status_update_frequency: Duration,
+    /// Unchanged node status report period.
+    #[serde(with = "humantime_serde")]
+    pub node_status_report_frequency: Duration,
+    /// Node lease duration in seconds.
+    pub node_lease_duration_seconds: u32,
+    /// Pressure thresholds.
+    pub eviction_hard: Vec<Threshold>,
+}
+
+impl Flags {
+    /// Merges these flags (already merged with the environment by clap) over the config file
+    /// named by `--config`, if any: a value given on the command line or in the environment wins.
+    pub fn merge_config_file(self) -> Result<Self, ConfigError> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::ReadFile {
+            path: path.clone(),
+            source,
+        })?;
+        let parse_error = |e: &dyn std::fmt::Display| ConfigError::ParseFile {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        // Through JSON values: validates the file, then overlays every value that is set here.
+        let file: Flags = serde_yaml::from_str(&text).map_err(|e| parse_error(&e))?;
+        let mut merged = serde_json::to_value(file).map_err(|e| parse_error(&e))?;
+        let ours = serde_json::to_value(&self).map_err(|e| parse_error(&e))?;
+        if let (Some(merged), serde_json::Value::Object(ours)) = (merged.as_object_mut(), ours) {
+            merged.extend(ours);
+        }
+        let mut flags: Flags = serde_json::from_value(merged).map_err(|e| parse_error(&e))?;
+        flags.config = Some(path);
+        Ok(flags)
+    }
+
+    /// Applies defaults and checks what parsing alone cannot.
+    pub fn resolve(self) -> Result<KubeletConfig, ConfigError> {
+        let data_dir = self.data_dir.unwrap_or_else(default_data_dir);
+        let node_name = match self.node_name {
+            Some(name) => name,
+            None => hostname().map_err(|message| ConfigError::Invalid {
+                flag: "node-name",
+                message,
+            })?,
+        };
+        validate_node_name(&node_name)?;
+        let config = KubeletConfig {
+            kubeconfig: self
+                .kubeconfig
+                .unwrap_or_else(|| data_dir.join("kubeconfig")),
+            bootstrap_kubeconfig: self.bootstrap_kubeconfig,
+            cert_dir: self.cert_dir.unwrap_or_else(|| data_dir.join("pki")),
+            node_name,
+            node_ip: self.node_ip.unwrap_or_else(crate::node::host::primary_ip),
+            port: self.port.unwrap_or(10250),
+            max_pods: self.max_pods.unwrap_or(110),
+            node_labels: self.node_labels.unwrap_or_default(),
+            register_with_taints: self
+                .register_with_taints
+                .unwrap_or_else(TaintSpec::wasm_defaults),
+            shutdown_grace_period: self
+                .shutdown_grace_period
+                .unwrap_or(Duration::from_secs(30)),
+            node_status_update_frequency: self
+                .node_status_update_frequency
+                .unwrap_or(Duration::from_secs(10)),
+            node_status_report_frequency: self
+                .node_status_report_frequency
+                .unwrap_or(Duration::from_secs(300)),
+            node_lease_duration_seconds: self.node_lease_duration_seconds.unwrap_or(40),
+            eviction_hard: self.eviction_hard.unwrap_or_else(Threshold::defaults),
+            data_dir,
+        };
+        if config.node_status_update_frequency.is_zero() {
+            return Err(ConfigError::Invalid {
+                flag: "node-status-update-frequency",
+                message: "must be more than 0s".into(),
+            });
+        }
+        Ok(config)
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib"))
+        .join(".krustlet")
+}
+
+fn hostname() -> Result<String, String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_err(|e| format!("cannot read the host name ({e}); set --node-name"))?;
+    Ok(name.trim().to_lowercase())
+}
+
+/// A node name must be a DNS subdomain (RFC 1123), as for any Kubernetes object name.
+fn validate_node_name(name: &str) -> Result<(), ConfigError> {
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() > 253 || !name.split('.').all(valid_label) {
+        return Err(ConfigError::Invalid {
+            flag: "node-name",
+            message: format!(
+                "{name:?} is not a DNS subdomain (lowercase letters, digits, '-' and '.', at most 253 characters)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Parses durations like `30s`, `5m`, `1h30m`, `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 5m, 1h30m)"))
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| super::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Implements serde through `FromStr`/`Display` for the small string-shaped settings.
+macro_rules! string_serde {
+    ($ty:ty) => {
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?
+                    .parse()
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// A node label, `KEY=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Label {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: String,
+}
+
+impl FromStr for Label {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (key, value) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+        if key.is_empty() {
+            return Err(format!("{s:?} has an empty key"));
+        }
+        Ok(Self {
+            key: key.into(),
+            value: value.into(),
+        })
+    }
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.key, self.value)
+    }
+}
+string_serde!(Label);
+
+/// A registration taint, `KEY[=VALUE]:EFFECT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaintSpec {
+    /// The key.
+    pub key: String,
+    /// The value, possibly empty.
+    pub value: String,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
+    pub effect: String,
+}
+
+impl TaintSpec {
+    /// The taints that keep pods without a wasm toleration off this node.
+    pub fn wasm_defaults() -> Vec<Self> {
+        ["NoExecute", "NoSchedule"]
+            .into_iter()
+            .map(|effect| Self {
+                key: "kubernetes.io/arch".into(),
+                value: "wasm32-wasi".into(),
+                effect: effect.into(),
+            })
+            .collect()
+    }
+}
+
+impl FromStr for TaintSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kv, effect) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} is not KEY=VALUE:EFFECT"))?;
+        if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+            return Err(format!(
+                "{s:?} has effect {effect:?}; allowed: NoSchedule, PreferNoSchedule, NoExecute"
+            ));
+        }
+        let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+        if key.is_empty() {
+            return Err(format!("{s:?} has an empty key"));
+        }
+        Ok(Self {
+            key: key.into(),
+            value: value.into(),
+            effect: effect.into(),
+        })
+    }
+}
+
+impl std::fmt::Display for TaintSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}:{}", self.key, self.value, self.effect)
+    }
+}
+string_serde!(TaintSpec);
+
+/// A hard eviction threshold such as `memory.available<100Mi`: when the signal's available
+/// amount drops below it, the matching pressure condition is raised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Threshold {
+    /// Which resource.
+    pub signal: Signal,
+    /// The bound.
+    pub quantity: ThresholdQuantity,
+}
+
+/// The eviction signals this kubelet measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Available memory on the host (MemoryPressure).
+    MemoryAvailable,
+    /// Available space on the filesystem of the data dir (DiskPressure).
+    NodefsAvailable,
+    /// Process IDs still available (PIDPressure).
+    PidAvailable,
+}
+
+/// An absolute amount (bytes or pids) or a percentage of the total.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ThresholdQuantity {
+    /// An absolute amount.
+    Absolute(u64),
+    /// A percentage, 0 to 100.
+    Percent(f64),
+}
+
+impl ThresholdQuantity {
+    /// The threshold in absolute units for a resource with `total` units.
+    pub fn of(&self, total: u64) -> u64 {
+        match *self {
+            Self::Absolute(n) => n,
+            Self::Percent(p) => (total as f64 * p / 100.0) as u64,
+        }
+    }
+}
+
+impl Threshold {
+    /// The kubelet's Linux defaults, plus a PID threshold.
+    pub fn defaults() -> Vec<Self> {
+        [
+            "memory.available<100Mi",
+            "nodefs.available<10%",
+            "pid.available<5%",
+        ]
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+    }
+}
+
+impl FromStr for Threshold {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (signal, quantity) = s
+            .split_once('<')
+            .ok_or_else(|| format!("{s:?} is not SIGNAL<QUANTITY"))?;
+        let signal = match signal {
+            "memory.available" => Signal::MemoryAvailable,
+            "nodefs.available" => Signal::NodefsAvailable,
+            "pid.available" => Signal::PidAvailable,
+            other => {
+                return Err(format!(
+                    "unknown signal {other:?}; allowed: memory.available, nodefs.available, pid.available"
+                ));
+            }
+        };
+        let quantity = if let Some(p) = quantity.strip_suffix('%') {
+            let p: f64 = p
+                .parse()
+                .map_err(|_| format!("{quantity:?} is not a percentage"))?;
+            if !(0.0..=100.0).contains(&p) {
+                return Err(format!("{quantity:?} is not between 0% and 100%"));
+            }
+            ThresholdQuantity::Percent(p)
+        } else {
+            ThresholdQuantity::Absolute(parse_quantity(quantity)?)
+        };
+        Ok(Self { signal, quantity })
+    }
+}
+
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let signal = match self.signal {
+            Signal::MemoryAvailable => "memory.available",
+            Signal::NodefsAvailable => "nodefs.available",
+            Signal::PidAvailable => "pid.available",
+        };
+        match self.quantity {
+            ThresholdQuantity::Absolute(n) => write!(f, "{signal}<{n}"),
+            ThresholdQuantity::Percent(p) => write!(f, "{signal}<{p}%"),
+        }
+    }
+}
+string_serde!(Threshold);
+
+/// Parses a Kubernetes quantity of bytes or items: `100Mi`, `1G`, `512`.
+pub fn parse_quantity(s: &str) -> Result<u64, String> {
+    const SUFFIXES: &[(&str, u64)] = &[
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    let (digits, factor) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, factor)| s.strip_suffix(suffix).map(|d| (d, *factor)))
+        .unwrap_or((s, 1));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a quantity like 100Mi or 1G"))?;
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+impl KubeletConfig {
+    /// Where the node's client certificate and key live (one PEM file, as the kubelet keeps it).
+    pub fn client_cert_path(&self) -> PathBuf {
+        self.cert_dir.join("kubelet-client-current.pem")
+    }
+
+    /// Where the node's serving certificate and key live.
+    pub fn serving_cert_path(&self) -> PathBuf {
+        self.cert_dir.join("kubelet-server-current.pem")
+    }
+
+    /// A path under the data dir.
+    pub fn data_path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.data_dir.join(rel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taints_parse_and_reject_bad_effects() {
+        let t: TaintSpec = "a/b=c:NoSchedule".parse().expect("taint");
+        assert_eq!(
+            (t.key.as_str(), t.value.as_str(), t.effect.as_str()),
+            ("a/b", "c", "NoSchedule")
+        );
+        let e = "a=b:Sometimes"
+            .parse::<TaintSpec>()
+            .expect_err("bad effect");
+        assert!(e.contains("allowed: NoSchedule"), "{e}");
+    }
+
+    #[test]
+    fn thresholds_parse() {
+        let t: Threshold = "memory.available<100Mi".parse().expect("threshold");
+        assert_eq!(t.quantity, ThresholdQuantity::Absolute(100 << 20));
+        let t: Threshold = "nodefs.available<10%".parse().expect("threshold");
+        assert_eq!(t.quantity.of(1000), 100);
+        assert!("cpu.available<1".parse::<Threshold>().is_err());
+        assert_eq!(Threshold::defaults().len(), 3);
+    }
+
+    #[test]
+    fn file_values_yield_to_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            "maxPods: 50\nnodeName: from-file\nport: 10999\nshutdownGracePeriod: 1m\n",
+        )
+        .expect("write");
+        let flags = Flags {
+            config: Some(file),
+            max_pods: Some(7),
+            ..Default::default()
+        };
+        let config = flags
+            .merge_config_file()
+            .expect("merge")
+            .resolve()
+            .expect("resolve");
+        assert_eq!(config.max_pods, 7, "the flag wins");
+        assert_eq!(config.node_name, "from-file");
+        assert_eq!(config.port, 10999);
+        assert_eq!(config.shutdown_grace_period, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, "maxPodz: 50\n").expect("write");
+        let flags = Flags {
+            config: Some(file),
+            ..Default::default()
+        };
+        let error = flags
+            .merge_config_file()
+            .expect_err("unknown key")
+            .to_string();
+        assert!(error.contains("maxPodz"), "{error}");
+    }
+
+    #[test]
+    fn bad_node_names_are_refused() {
+        let flags = Flags {
+            node_name: Some("Not_A_Name".into()),
+            ..Default::default()
+        };
+        let error = flags.resolve().expect_err("invalid").to_string();
+        assert!(error.contains("--node-name"), "{error}");
+    }
+}

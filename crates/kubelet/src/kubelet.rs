@@ -1,0 +1,127 @@
+//! [`Kubelet`]: runs the node agent from start to graceful shutdown.
+//!
+//! Start: credentials (TLS bootstrap if needed) -> register the Node (retried until the API
+//! server answers) -> lease, status, certificate tasks. Stop (the shutdown future resolves):
+//! report NotReady, stop the tasks, return.
+
+use std::future::Future;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::bootstrap::{self, BootstrapError};
+use crate::config::KubeletConfig;
+use crate::node::conditions::Readiness;
+use crate::node::host::HostInfo;
+use crate::node::lease::LeaseRenewer;
+use crate::node::shutdown::SHUTDOWN_MESSAGE;
+use crate::node::status::{StatusInputs, StatusReporter, registration_backoff};
+
+/// Errors that stop the kubelet from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    /// No usable credentials.
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    /// The data directory cannot be created.
+    #[error("cannot create --data-dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A kubelet for one node.
+pub struct Kubelet {
+    config: KubeletConfig,
+    runtime_version: String,
+}
+
+impl Kubelet {
+    /// A kubelet with `config`, reporting `runtime_version` (e.g. `wasmtime://48.0.8`).
+    pub fn new(config: KubeletConfig, runtime_version: String) -> Self {
+        Self {
+            config,
+            runtime_version,
+        }
+    }
+
+    /// Runs until `shutdown` resolves, then shuts down gracefully and returns `Ok`.
+    ///
+    /// # Errors
+    /// Only for problems at start that retrying cannot fix (credentials, data dir). An
+    /// unreachable or failing API server is retried for as long as it takes.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), KubeletError> {
+        let config = self.config;
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| KubeletError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let client = bootstrap::node_client(&config).await?;
+        let (clients_tx, clients) = watch::channel(client);
+        let (uid_tx, node_uid) = watch::channel(None);
+        let (readiness_tx, readiness) = watch::channel(Readiness::Ready);
+        let stop = CancellationToken::new();
+
+        let inputs = StatusInputs {
+            host: HostInfo::read(),
+            runtime_version: self.runtime_version,
+        };
+        let mut reporter = StatusReporter::new(config.clone(), inputs, clients.clone(), uid_tx);
+        tokio::pin!(shutdown);
+        let mut attempt = 0;
+        loop {
+            match reporter.register(&Readiness::Ready).await {
+                Ok(()) => break,
+                Err(error) => {
+                    let wait = registration_backoff(attempt);
+                    attempt += 1;
+                    tracing::warn!(%error, retry_in = ?wait, "node registration failed");
+                    tokio::select! {
+                        _ = &mut shutdown => return Ok(()),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+
+        let lease = LeaseRenewer::new(
+            clients.clone(),
+            config.node_name.clone(),
+            config.node_lease_duration_seconds,
+        );
+        let lease_task = tokio::spawn(lease.run(node_uid, stop.clone()));
+        let status_task = tokio::spawn(reporter.run(readiness, stop.clone()));
+        tokio::spawn(bootstrap::rotate_client_certificate(
+            config.clone(),
+            clients_tx,
+            stop.clone(),
+        ));
+        let (serving_tx, _serving) = watch::channel(None);
+        tokio::spawn(bootstrap::manage_serving_certificate(
+            config.clone(),
+            clients,
+            serving_tx,
+            stop.clone(),
+        ));
+
+        shutdown.await;
+        tracing::info!(node = %config.node_name, "shutting down");
+        readiness_tx.send_replace(Readiness::NotReady(SHUTDOWN_MESSAGE.into()));
+        stop.cancel();
+        let _ = lease_task.await;
+        if let Ok(mut reporter) = status_task.await {
+            let not_ready = Readiness::NotReady(SHUTDOWN_MESSAGE.into());
+            let final_report = reporter.report_now(&not_ready);
+            match tokio::time::timeout(config.shutdown_grace_period, final_report).await {
+                Ok(Ok(())) => tracing::info!("reported the node NotReady"),
+                Ok(Err(error)) => tracing::warn!(%error, "could not report the node NotReady"),
+                Err(_) => tracing::warn!("timed out reporting the node NotReady"),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,17 @@
+//! A runtime-agnostic Kubernetes kubelet library.
+//!
+//! Krustlet's kubelet: node registration and heartbeat, TLS bootstrap, the pod watch and
+//! per-pod workers, status, volumes, images and the kubelet API. It drives a container runtime
+//! through a small trait, the way the upstream kubelet drives CRI; see `docs/architecture.md`.
+//!
+//! - [`config`]: flags, environment and config file merged into a [`config::KubeletConfig`].
+//! - [`bootstrap`]: client credentials through CSRs, rotation, the serving certificate.
+//! - [`node`]: registration, lease, status, conditions, shutdown.
+//! - [`kubelet`]: [`Kubelet`], which runs all of the above.
+
+pub mod bootstrap;
+pub mod config;
+pub mod kubelet;
+pub mod node;
+
+pub use kubelet::{Kubelet, KubeletError};

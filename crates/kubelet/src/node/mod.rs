@@ -1,0 +1,8 @@
+//! The node agent: registration, lease heartbeat, status and graceful shutdown.
+
+pub mod conditions;
+pub mod host;
+pub mod lease;
+pub mod registration;
+pub mod shutdown;
+pub mod status;

@@ -1,0 +1,285 @@
+//! Node status: computed every `--node-status-update-frequency`, sent when it changed or when
+//! `--node-status-report-frequency` has passed (the kubelet's `syncNodeStatus` and
+//! `nodestatus/setters.go`). A Node deleted under us is registered again.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
+    NodeSystemInfo,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::{KubeletConfig, Signal};
+use crate::node::conditions::{Measurements, Pressure, Readiness, conditions};
+use crate::node::host::{Filesystem, HostInfo, Memory, Pids};
+use crate::node::registration::{WASM_ARCH, initial_node, register};
+
+/// The version this kubelet reports: the Kubernetes API release it implements, tagged with ours.
+pub const KUBELET_VERSION: &str = concat!("v1.35.0-krustlet.", env!("CARGO_PKG_VERSION"));
+
+/// What the status is computed from besides the configuration.
+#[derive(Debug, Clone)]
+pub struct StatusInputs {
+    /// Host facts.
+    pub host: HostInfo,
+    /// `nodeInfo.containerRuntimeVersion`, e.g. `wasmtime://48.0.8`.
+    pub runtime_version: String,
+}
+
+/// Measures the host now.
+pub fn measure(config: &KubeletConfig) -> std::io::Result<Measurements> {
+    Ok(Measurements {
+        memory: Memory::read()?,
+        nodefs: Filesystem::of(&config.data_dir).map_err(std::io::Error::from)?,
+        pids: Pids::read()?,
+    })
+}
+
+fn kib(bytes: u64) -> Quantity {
+    Quantity(format!("{}Ki", bytes / 1024))
+}
+
+/// The node status for this round. `previous` supplies the conditions' transition times.
+pub fn node_status(
+    config: &KubeletConfig,
+    inputs: &StatusInputs,
+    measurements: &Measurements,
+    readiness: &Readiness,
+    previous: &[NodeCondition],
+    now: Time,
+) -> NodeStatus {
+    let host = &inputs.host;
+    let reserved = |signal: Signal, total: u64| {
+        config
+            .eviction_hard
+            .iter()
+            .filter(|t| t.signal == signal)
+            .map(|t| t.quantity.of(total))
+            .max()
+            .unwrap_or(0)
+    };
+    let memory = host.memory_bytes;
+    let storage = measurements.nodefs.total_bytes;
+    let capacity = BTreeMap::from([
+        ("cpu".to_string(), Quantity(host.cpus.to_string())),
+        ("memory".to_string(), kib(memory)),
+        ("ephemeral-storage".to_string(), kib(storage)),
+        ("pods".to_string(), Quantity(config.max_pods.to_string())),
+    ]);
+    // Allocatable = capacity - hard eviction thresholds (reserved resources come with issue 11).
+    let mut allocatable = capacity.clone();
+    allocatable.insert(
+        "memory".into(),
+        kib(memory.saturating_sub(reserved(Signal::MemoryAvailable, memory))),
+    );
+    allocatable.insert(
+        "ephemeral-storage".into(),
+        kib(storage.saturating_sub(reserved(Signal::NodefsAvailable, storage))),
+    );
+    let pressure = Pressure::evaluate(&config.eviction_hard, measurements);
+    NodeStatus {
+        capacity: Some(capacity),
+        allocatable: Some(allocatable),
+        conditions: Some(conditions(readiness, pressure, previous, now)),
+        addresses: Some(vec![
+            NodeAddress {
+                type_: "InternalIP".into(),
+                address: config.node_ip.to_string(),
+            },
+            NodeAddress {
+                type_: "Hostname".into(),
+                address: config.node_name.clone(),
+            },
+        ]),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(config.port),
+            }),
+        }),
+        node_info: Some(NodeSystemInfo {
+            architecture: WASM_ARCH.into(),
+            boot_id: host.boot_id.clone(),
+            container_runtime_version: inputs.runtime_version.clone(),
+            kernel_version: host.kernel_version.clone(),
+            kube_proxy_version: String::new(),
+            kubelet_version: KUBELET_VERSION.into(),
+            machine_id: host.machine_id.clone(),
+            operating_system: std::env::consts::OS.into(),
+            os_image: host.os_image.clone(),
+            system_uuid: host.machine_id.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Whether two statuses differ in anything but heartbeat times (what makes a patch worth it).
+pub fn differs(a: &NodeStatus, b: &NodeStatus) -> bool {
+    let strip = |s: &NodeStatus| {
+        let mut s = s.clone();
+        for c in s.conditions.iter_mut().flatten() {
+            c.last_heartbeat_time = None;
+        }
+        s
+    };
+    strip(a) != strip(b)
+}
+
+/// Keeps the Node registered and its status current until `shutdown` fires.
+///
+/// Publishes the Node's UID on `node_uid` (the lease's owner). `readiness` is read every
+/// round, so a change to it (shutdown) is reported at the next round; call
+/// [`StatusReporter::report_now`] to send it at once.
+pub struct StatusReporter {
+    config: KubeletConfig,
+    inputs: StatusInputs,
+    clients: watch::Receiver<kube::Client>,
+    last_sent: Option<(NodeStatus, Instant)>,
+    node_uid: watch::Sender<Option<String>>,
+}
+
+/// Errors of one status round; all are retried at the next round.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The host could not be measured.
+    #[error("measuring the host: {0}")]
+    Measure(#[from] std::io::Error),
+    /// The API server refused or was unreachable.
+    #[error("updating node status: {0}")]
+    Api(#[from] kube::Error),
+    /// Re-registering a deleted Node failed.
+    #[error(transparent)]
+    Register(#[from] crate::node::registration::RegistrationError),
+}
+
+impl StatusReporter {
+    /// A reporter for the Node of `config`, using the newest client; `node_uid` receives the
+    /// Node's UID once registered.
+    pub fn new(
+        config: KubeletConfig,
+        inputs: StatusInputs,
+        clients: watch::Receiver<kube::Client>,
+        node_uid: watch::Sender<Option<String>>,
+    ) -> Self {
+        Self {
+            config,
+            inputs,
+            clients,
+            last_sent: None,
+            node_uid,
+        }
+    }
+
+    fn api(&self) -> Api<Node> {
+        Api::all(self.clients.borrow().clone())
+    }
+
+    /// Registers the Node (creating or reconciling it) and sends a first status.
+    pub async fn register(&mut self, readiness: &Readiness) -> Result<(), StatusError> {
+        let node = register(&self.api(), &initial_node(&self.config)).await?;
+        self.node_uid.send_replace(node.metadata.uid.clone());
+        self.last_sent = None;
+        self.report(
+            readiness,
+            node.status.and_then(|s| s.conditions).unwrap_or_default(),
+        )
+        .await
+    }
+
+    /// Computes the status and sends it if it changed or the report period passed. A Node
+    /// that no longer exists is registered again.
+    pub async fn sync(&mut self, readiness: &Readiness) -> Result<(), StatusError> {
+        let current = match self.api().get_opt(&self.config.node_name).await? {
+            Some(node) => node,
+            None => {
+                tracing::warn!(node = %self.config.node_name, "Node object is gone; registering again");
+                return self.register(readiness).await;
+            }
+        };
+        if current.metadata.uid != *self.node_uid.borrow() {
+            self.node_uid.send_replace(current.metadata.uid.clone());
+        }
+        let previous = current
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default();
+        self.report(readiness, previous).await
+    }
+
+    /// Sends the status now, whatever changed (used on shutdown).
+    pub async fn report_now(&mut self, readiness: &Readiness) -> Result<(), StatusError> {
+        self.last_sent = None;
+        self.sync(readiness).await
+    }
+
+    async fn report(
+        &mut self,
+        readiness: &Readiness,
+        previous: Vec<NodeCondition>,
+    ) -> Result<(), StatusError> {
+        let measurements = measure(&self.config)?;
+        let now = Time(jiff::Timestamp::now());
+        let status = node_status(
+            &self.config,
+            &self.inputs,
+            &measurements,
+            readiness,
+            &previous,
+            now,
+        );
+        let due = match &self.last_sent {
+            None => true,
+            Some((sent, at)) => {
+                differs(sent, &status) || at.elapsed() >= self.config.node_status_report_frequency
+            }
+        };
+        if !due {
+            return Ok(());
+        }
+        let patch = serde_json::json!({ "status": status });
+        self.api()
+            .patch_status(
+                &self.config.node_name,
+                &PatchParams::default(),
+                &Patch::Strategic(&patch),
+            )
+            .await?;
+        tracing::debug!(node = %self.config.node_name, "node status sent");
+        self.last_sent = Some((status, Instant::now()));
+        Ok(())
+    }
+
+    /// Runs [`Self::sync`] every update period until `shutdown` is cancelled; errors are logged
+    /// and retried next period, so an unreachable API server never ends the loop.
+    pub async fn run(
+        mut self,
+        mut readiness: watch::Receiver<Readiness>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        let mut ticker = tokio::time::interval(self.config.node_status_update_frequency);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return self,
+                _ = ticker.tick() => {}
+                // A readiness change is worth a patch right away.
+                Ok(()) = readiness.changed() => {}
+            }
+            let current = readiness.borrow_and_update().clone();
+            if let Err(error) = self.sync(&current).await {
+                tracing::warn!(node = %self.config.node_name, %error, "node status update failed; retrying");
+            }
+        }
+    }
+}
+
+/// How long to wait between registration attempts (the kubelet's 100 ms doubling to 7 s).
+pub fn registration_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(7))).min(Duration::from_secs(7))
+}

@@ -1,0 +1,58 @@
+//! The process-wide wasmtime engine.
+//!
+//! One [`wasmtime::Engine`] is shared by every pod: compiled code is only valid for the engine
+//! configuration that produced it, and one engine lets modules be compiled once and reused.
+//! Epoch interruption is always on, driven by a background ticker, so that every guest yields to
+//! the async executor regularly and can be stopped even in a busy loop.
+
+use std::thread;
+use std::time::Duration;
+
+/// How often the epoch advances; a running guest yields at least this often.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Errors building the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// wasmtime rejected the configuration (a bug in Krustlet, or an unsupported host CPU).
+    #[error("cannot configure the wasmtime engine: {0}")]
+    Config(#[source] wasmtime::Error),
+    /// The epoch ticker thread could not be started (the process is out of threads).
+    #[error("cannot start the epoch ticker thread: {0}")]
+    Ticker(#[source] std::io::Error),
+}
+
+/// The shared wasmtime engine with its epoch ticker.
+#[derive(Clone)]
+pub struct WasmEngine {
+    engine: wasmtime::Engine,
+}
+
+impl WasmEngine {
+    /// Creates the engine: epoch interruption and a ticker thread that advances
+    /// the epoch every [`EPOCH_TICK`] for as long as the engine is alive.
+    pub fn new() -> Result<Self, EngineError> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = wasmtime::Engine::new(&config).map_err(EngineError::Config)?;
+        let weak = engine.weak();
+        thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                // Ends by itself once the last engine handle is dropped.
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(EngineError::Ticker)?;
+        Ok(Self { engine })
+    }
+
+    /// The underlying wasmtime engine.
+    pub fn engine(&self) -> &wasmtime::Engine {
+        &self.engine
+    }
+}

@@ -1,0 +1,25 @@
+//! Krustlet's WebAssembly runtime on wasmtime.
+//!
+//! Runs WASI preview-1 *modules* and preview-2 *command components* with the host resources a
+//! kubelet hands a container: argv, environment, preopened directories for volume mounts and
+//! files for stdout/stderr. It knows nothing of Kubernetes; the `kubelet` crate drives it.
+//!
+//! - [`engine`]: the one wasmtime [`wasmtime::Engine`] per process and its epoch ticker.
+//! - [`module`]: compiling bytes into a [`Program`], telling modules from components.
+//! - [`run`]: running a [`Program`] to completion with a [`RunSpec`], yielding an [`Exit`].
+
+pub mod engine;
+pub mod module;
+pub mod run;
+
+pub use engine::WasmEngine;
+pub use module::{Program, ProgramKind};
+pub use run::{Exit, Mount, RunError, RunSpec};
+
+/// The wasmtime version this runtime embeds.
+pub const WASMTIME_VERSION: &str = wasmtime_environ::VERSION;
+
+/// The node's `containerRuntimeVersion`, as CRI runtimes report `<name>://<version>`.
+pub fn runtime_version() -> String {
+    format!("wasmtime://{WASMTIME_VERSION}")
+}

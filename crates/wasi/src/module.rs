@@ -1,0 +1,76 @@
+//! Compiled programs: WASI preview-1 core modules and preview-2 components.
+
+use crate::engine::WasmEngine;
+
+/// Which kind of WebAssembly binary a program is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgramKind {
+    /// A core module importing `wasi_snapshot_preview1`.
+    Module,
+    /// A component exporting `wasi:cli/run` (a preview-2 command).
+    Component,
+}
+
+impl ProgramKind {
+    /// Tells a component from a core module by the binary header; `None` if it is neither.
+    ///
+    /// Both start with `\0asm`; a core module's next four bytes are version 1 (`01 00 00 00`), a
+    /// component's are a version and then layer 1 (`.. .. 01 00`).
+    pub fn detect(bytes: &[u8]) -> Option<Self> {
+        match bytes {
+            [0, b'a', b's', b'm', 1, 0, 0, 0, ..] => Some(Self::Module),
+            [0, b'a', b's', b'm', _, _, 1, 0, ..] => Some(Self::Component),
+            _ => None,
+        }
+    }
+}
+
+/// Errors compiling a program.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// The bytes are not a WebAssembly binary at all (wrong file, or a non-wasm image).
+    #[error("not a WebAssembly module or component (the file does not start with a wasm header)")]
+    NotWasm,
+    /// wasmtime could not validate or compile the binary.
+    #[error("invalid WebAssembly {kind:?}: {source:#}")]
+    Invalid {
+        /// What the header said the binary is.
+        kind: ProgramKind,
+        /// wasmtime's reason.
+        #[source]
+        source: wasmtime::Error,
+    },
+}
+
+/// A compiled program, cheap to clone and to run many times.
+#[derive(Clone)]
+pub enum Program {
+    /// A preview-1 core module.
+    Module(wasmtime::Module),
+    /// A preview-2 component.
+    Component(wasmtime::component::Component),
+}
+
+impl Program {
+    /// Compiles `bytes`, detecting whether they are a module or a component.
+    pub fn compile(engine: &WasmEngine, bytes: &[u8]) -> Result<Self, CompileError> {
+        let kind = ProgramKind::detect(bytes).ok_or(CompileError::NotWasm)?;
+        let invalid = |source| CompileError::Invalid { kind, source };
+        Ok(match kind {
+            ProgramKind::Module => {
+                Self::Module(wasmtime::Module::new(engine.engine(), bytes).map_err(invalid)?)
+            }
+            ProgramKind::Component => Self::Component(
+                wasmtime::component::Component::new(engine.engine(), bytes).map_err(invalid)?,
+            ),
+        })
+    }
+
+    /// Which kind of program this is.
+    pub fn kind(&self) -> ProgramKind {
+        match self {
+            Self::Module(_) => ProgramKind::Module,
+            Self::Component(_) => ProgramKind::Component,
+        }
+    }
+}

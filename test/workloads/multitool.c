@@ -1,0 +1,202 @@
+/*
+ * multitool: one wasm program, many behaviours, chosen by its arguments, so that most Krustlet
+ * tests need no new C. Commands run left to right; each takes a fixed number of operands:
+ *
+ *   hello                  print "Hello from WebAssembly!" (also what no arguments do)
+ *   print TEXT             print TEXT and a newline to stdout
+ *   eprint TEXT            print TEXT and a newline to stderr
+ *   args                   print argv, one "argv[i]=..." line each
+ *   env                    print the whole environment, one NAME=value a line
+ *   getenv NAME            print NAME=value, or NAME is unset
+ *   pwd                    print the working directory
+ *   cat PATH               copy a file to stdout
+ *   ls PATH                list a directory, one sorted name a line
+ *   write PATH TEXT        create or truncate PATH and write TEXT and a newline
+ *   append PATH TEXT       append TEXT and a newline to PATH
+ *   rm PATH                remove a file
+ *   sleep SECONDS          sleep (fractions allowed)
+ *   spin SECONDS           busy-loop without yielding (0: forever)
+ *   tick COUNT MILLIS      print "tick N" every MILLIS ms, COUNT times (0: forever)
+ *   lines COUNT            print COUNT numbered lines as fast as possible
+ *   alloc MB               allocate and touch MB mebibytes, then print "allocated MB MiB"
+ *   grow PAGES             memory.grow by PAGES 64-KiB pages at once, print the result
+ *   recurse                recurse without bound (stack overflow trap)
+ *   trap                   execute an unreachable instruction
+ *   exit CODE              exit with CODE
+ *
+ * A failing command prints "multitool: <command>: <reason>" to stderr and exits 1.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static void fail(const char *cmd, const char *what) {
+    fprintf(stderr, "multitool: %s: %s: %s\n", cmd, what, strerror(errno));
+    exit(1);
+}
+
+static void need(int i, int n, int argc, const char *cmd) {
+    if (i + n >= argc) {
+        fprintf(stderr, "multitool: %s: needs %d operand(s)\n", cmd, n);
+        exit(2);
+    }
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void sleep_seconds(double s) {
+    struct timespec ts;
+    ts.tv_sec = (time_t)s;
+    ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
+    nanosleep(&ts, NULL);
+}
+
+static int cmp_names(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void write_file(const char *cmd, const char *path, const char *mode, const char *text) {
+    FILE *f = fopen(path, mode);
+    if (!f) fail(cmd, path);
+    if (fprintf(f, "%s\n", text) < 0 || fclose(f) != 0) fail(cmd, path);
+}
+
+/* Keeps the recursion from being turned into a loop. */
+static volatile int depth_sink;
+static int recurse(int depth) {
+    volatile char frame[256];
+    frame[depth % 256] = (char)depth;
+    depth_sink = frame[depth % 256];
+    return recurse(depth + 1) + 1;
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc < 2) {
+        printf("Hello from WebAssembly!\n");
+        return 0;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *cmd = argv[i];
+        if (!strcmp(cmd, "hello")) {
+            printf("Hello from WebAssembly!\n");
+        } else if (!strcmp(cmd, "print")) {
+            need(i, 1, argc, cmd);
+            printf("%s\n", argv[++i]);
+        } else if (!strcmp(cmd, "eprint")) {
+            need(i, 1, argc, cmd);
+            fprintf(stderr, "%s\n", argv[++i]);
+        } else if (!strcmp(cmd, "args")) {
+            for (int a = 0; a < argc; a++) printf("argv[%d]=%s\n", a, argv[a]);
+        } else if (!strcmp(cmd, "env")) {
+            for (char **e = environ; e && *e; e++) printf("%s\n", *e);
+        } else if (!strcmp(cmd, "getenv")) {
+            need(i, 1, argc, cmd);
+            const char *name = argv[++i];
+            const char *v = getenv(name);
+            if (v) printf("%s=%s\n", name, v);
+            else printf("%s is unset\n", name);
+        } else if (!strcmp(cmd, "pwd")) {
+            char buf[4096];
+            if (!getcwd(buf, sizeof buf)) fail(cmd, "getcwd");
+            printf("%s\n", buf);
+        } else if (!strcmp(cmd, "cat")) {
+            need(i, 1, argc, cmd);
+            const char *path = argv[++i];
+            FILE *f = fopen(path, "r");
+            if (!f) fail(cmd, path);
+            char buf[4096];
+            size_t n;
+            while ((n = fread(buf, 1, sizeof buf, f)) > 0) fwrite(buf, 1, n, stdout);
+            fclose(f);
+            fflush(stdout);
+        } else if (!strcmp(cmd, "ls")) {
+            need(i, 1, argc, cmd);
+            const char *path = argv[++i];
+            DIR *d = opendir(path);
+            if (!d) fail(cmd, path);
+            char *names[4096];
+            int count = 0;
+            struct dirent *ent;
+            while ((ent = readdir(d)) && count < 4096) {
+                if (!strcmp(ent->d_name, ".") || !strcmp(ent->d_name, "..")) continue;
+                names[count++] = strdup(ent->d_name);
+            }
+            closedir(d);
+            qsort(names, count, sizeof names[0], cmp_names);
+            for (int k = 0; k < count; k++) printf("%s\n", names[k]);
+        } else if (!strcmp(cmd, "write") || !strcmp(cmd, "append")) {
+            need(i, 2, argc, cmd);
+            write_file(cmd, argv[i + 1], cmd[0] == 'w' ? "w" : "a", argv[i + 2]);
+            i += 2;
+        } else if (!strcmp(cmd, "rm")) {
+            need(i, 1, argc, cmd);
+            if (unlink(argv[++i]) != 0) fail(cmd, argv[i]);
+        } else if (!strcmp(cmd, "sleep")) {
+            need(i, 1, argc, cmd);
+            sleep_seconds(atof(argv[++i]));
+        } else if (!strcmp(cmd, "spin")) {
+            need(i, 1, argc, cmd);
+            double secs = atof(argv[++i]);
+            double end = now_seconds() + secs;
+            volatile uint64_t x = 0;
+            while (secs == 0 || now_seconds() < end) x++;
+        } else if (!strcmp(cmd, "tick")) {
+            need(i, 2, argc, cmd);
+            long count = atol(argv[i + 1]);
+            double interval = atof(argv[i + 2]) / 1000.0;
+            i += 2;
+            for (long n = 1; count == 0 || n <= count; n++) {
+                printf("tick %ld\n", n);
+                if (count == 0 || n < count) sleep_seconds(interval);
+            }
+        } else if (!strcmp(cmd, "lines")) {
+            need(i, 1, argc, cmd);
+            long count = atol(argv[++i]);
+            setvbuf(stdout, NULL, _IOFBF, 1 << 16);
+            for (long n = 1; n <= count; n++) printf("line %ld\n", n);
+            fflush(stdout);
+            setvbuf(stdout, NULL, _IOLBF, 0);
+        } else if (!strcmp(cmd, "alloc")) {
+            need(i, 1, argc, cmd);
+            long mb = atol(argv[++i]);
+            for (long m = 0; m < mb; m++) {
+                char *p = malloc(1 << 20);
+                if (!p) {
+                    fprintf(stderr, "multitool: alloc: out of memory after %ld MiB\n", m);
+                    exit(1);
+                }
+                memset(p, (int)m, 1 << 20);
+            }
+            printf("allocated %ld MiB\n", mb);
+        } else if (!strcmp(cmd, "grow")) {
+            need(i, 1, argc, cmd);
+            long pages = atol(argv[++i]);
+            long r = (long)__builtin_wasm_memory_grow(0, (unsigned long)pages);
+            printf("grow %ld -> %ld\n", pages, r);
+        } else if (!strcmp(cmd, "recurse")) {
+            return recurse(0);
+        } else if (!strcmp(cmd, "trap")) {
+            __builtin_trap();
+        } else if (!strcmp(cmd, "exit")) {
+            need(i, 1, argc, cmd);
+            fflush(stdout);
+            exit(atoi(argv[++i]));
+        } else {
+            fprintf(stderr, "multitool: unknown command %s\n", cmd);
+            return 2;
+        }
+    }
+    return 0;
+}
