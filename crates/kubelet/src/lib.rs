@@ -11,7 +11,10 @@
 
 pub mod bootstrap;
 pub mod config;
+pub mod image;
 pub mod kubelet;
+pub mod log;
 pub mod node;
+pub mod runtime;
 
 pub use kubelet::{Kubelet, KubeletError};

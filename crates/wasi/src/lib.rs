@@ -9,12 +9,15 @@
 //! - [`run`]: running a [`Program`] to completion with a [`RunSpec`], yielding an [`Exit`].
 
 pub mod engine;
+pub mod log;
 pub mod module;
 pub mod run;
+pub mod runtime;
 
 pub use engine::WasmEngine;
 pub use module::{Program, ProgramKind};
 pub use run::{Exit, Mount, RunError, RunSpec};
+pub use runtime::WasiRuntime;
 
 /// The wasmtime version this runtime embeds.
 pub const WASMTIME_VERSION: &str = wasmtime_environ::VERSION;

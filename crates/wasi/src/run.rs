@@ -1,10 +1,10 @@
 //! Running a program to completion with a container's host resources.
 
-use std::fs::File;
 use std::path::PathBuf;
 
+use kubelet::log::writer::{CriLogWriter, Stream};
+
 use wasmtime::Store;
-use wasmtime_wasi::cli::OutputFile;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::Command;
 use wasmtime_wasi::{
@@ -12,6 +12,7 @@ use wasmtime_wasi::{
 };
 
 use crate::engine::WasmEngine;
+use crate::log::CriStream;
 use crate::module::Program;
 
 /// A host directory made visible to the guest (a volume mount).
@@ -26,7 +27,6 @@ pub struct Mount {
 }
 
 /// Everything a run needs besides the program: what the kubelet resolved from the pod spec.
-#[derive(Debug)]
 pub struct RunSpec {
     /// argv, including argv\[0\].
     pub args: Vec<String>,
@@ -34,10 +34,8 @@ pub struct RunSpec {
     pub env: Vec<(String, String)>,
     /// Preopened directories.
     pub mounts: Vec<Mount>,
-    /// Where the guest's stdout goes.
-    pub stdout: File,
-    /// Where the guest's stderr goes.
-    pub stderr: File,
+    /// Where stdout and stderr go; unterminated output is written out when the run ends.
+    pub log: CriLogWriter,
 }
 
 /// How a run ended.
@@ -108,8 +106,8 @@ impl WasmEngine {
         builder
             .args(&spec.args)
             .envs(&spec.env)
-            .stdout(OutputFile::new(spec.stdout))
-            .stderr(OutputFile::new(spec.stderr));
+            .stdout(CriStream::new(spec.log.clone(), Stream::Stdout))
+            .stderr(CriStream::new(spec.log.clone(), Stream::Stderr));
         for mount in &spec.mounts {
             let perms = if mount.read_only {
                 FsPerms::ReadOnly
@@ -161,6 +159,7 @@ impl WasmEngine {
                 }
             }
         };
+        let _ = spec.log.finish();
         Ok(match outcome {
             Ok(()) => Exit::Code(0),
             Err(error) => match error.downcast_ref::<I32Exit>() {
@@ -188,19 +187,32 @@ mod tests {
         let bytes = std::fs::read(wasm).expect("read workload");
         let program = Program::compile(&engine, &bytes).expect("compile");
         let logs = tempfile::tempdir().expect("tempdir");
-        let (out, err) = (logs.path().join("stdout"), logs.path().join("stderr"));
+        let path = logs.path().join("0.log");
         let spec = RunSpec {
             args: args.iter().map(|s| s.to_string()).collect(),
             env: vec![("GREETING".into(), "hi there".into())],
             mounts,
-            stdout: File::create(&out).expect("stdout"),
-            stderr: File::create(&err).expect("stderr"),
+            log: CriLogWriter::create(&path).expect("log"),
         };
         let exit = engine.run(&program, spec).await.expect("run");
+        let text = std::fs::read_to_string(path).expect("log");
+        // CRI lines: "<time> <stream> <F|P> <content>"; keep each stream's content.
+        let stream = |name: &str| -> String {
+            text.lines()
+                .filter_map(|l| {
+                    l.splitn(4, ' ')
+                        .collect::<Vec<_>>()
+                        .get(1..)
+                        .map(|p| p.to_vec())
+                })
+                .filter(|p| p[0] == name)
+                .map(|p| format!("{}\n", p.get(2).unwrap_or(&"")))
+                .collect()
+        };
         Outcome {
             exit,
-            stdout: std::fs::read_to_string(out).expect("stdout"),
-            stderr: std::fs::read_to_string(err).expect("stderr"),
+            stdout: stream("stdout"),
+            stderr: stream("stderr"),
         }
     }
 
@@ -304,8 +316,8 @@ mod tests {
             args: vec!["multitool".into(), "spin".into(), "0".into()],
             env: vec![],
             mounts: vec![],
-            stdout: tempfile::tempfile().expect("tmp"),
-            stderr: tempfile::tempfile().expect("tmp"),
+            log: CriLogWriter::create(&tempfile::tempdir().expect("tmp").path().join("0.log"))
+                .expect("log"),
         };
         let run = engine.run(&program, spec);
         let timed_out = tokio::time::timeout(std::time::Duration::from_millis(300), run).await;

@@ -1,0 +1,125 @@
+//! The container runtime interface: what the kubelet asks of a runtime, modelled on CRI.
+//!
+//! The kubelet resolves everything Kubernetes-specific (argv, env, volumes as host paths, the
+//! log file) into a [`ContainerSpec`]; the runtime runs it and reports how it ended. Graceful
+//! stop, restarts and status are the kubelet's; the runtime only starts and force-stops.
+
+use std::path::PathBuf;
+
+use futures::future::BoxFuture;
+use tokio::sync::oneshot;
+
+use crate::log::writer::CriLogWriter;
+
+/// A host directory mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The directory on the host.
+    pub host_path: PathBuf,
+    /// Where the container sees it.
+    pub container_path: String,
+    /// Whether writes are refused.
+    pub read_only: bool,
+}
+
+/// Resource limits a runtime enforces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Most memory in bytes (`limits.memory`).
+    pub memory_bytes: Option<u64>,
+    /// CPU share in millicores (`limits.cpu`).
+    pub cpu_millis: Option<u64>,
+}
+
+/// Everything a runtime needs to start one container run.
+pub struct ContainerSpec {
+    /// A unique ID for this run, reported as `wasi://<id>`.
+    pub id: String,
+    /// The program file (a wasm module or component) on the host.
+    pub program: PathBuf,
+    /// The program's content digest (`sha256:...`), a key for compiled-code caches.
+    pub program_digest: String,
+    /// argv, argv\[0\] included.
+    pub args: Vec<String>,
+    /// Environment variables, in order.
+    pub env: Vec<(String, String)>,
+    /// Volume mounts.
+    pub mounts: Vec<Mount>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Where stdout and stderr go.
+    pub log: CriLogWriter,
+}
+
+/// How a container run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Termination {
+    /// The program exited with this code.
+    Exited(i32),
+    /// The program trapped; `message` is the runtime's description.
+    Trapped {
+        /// The exit code reported for it.
+        exit_code: i32,
+        /// What happened.
+        message: String,
+    },
+    /// Exceeded its memory limit.
+    OomKilled,
+    /// Force-stopped through [`RunningContainer::kill`].
+    Killed,
+}
+
+impl Termination {
+    /// The exit code a container status reports.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Exited(code) => *code,
+            Self::Trapped { exit_code, .. } => *exit_code,
+            Self::OomKilled | Self::Killed => 137,
+        }
+    }
+
+    /// The `reason` of the terminated state: `Completed`, `Error` or `OOMKilled`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Exited(0) => "Completed",
+            Self::OomKilled => "OOMKilled",
+            _ => "Error",
+        }
+    }
+
+    /// The terminated state's message, if any.
+    pub fn message(&self) -> Option<String> {
+        match self {
+            Self::Trapped { message, .. } => Some(message.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// A started container: await its end, or kill it.
+pub struct RunningContainer {
+    /// Resolves once when the run ends.
+    pub exit: oneshot::Receiver<Termination>,
+    /// Send to force-stop at once.
+    pub kill: oneshot::Sender<()>,
+}
+
+/// Why a container could not be started; becomes a waiting state with `reason`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct RuntimeError {
+    /// The waiting reason, e.g. `CreateContainerError`.
+    pub reason: &'static str,
+    /// What went wrong, for the container status and the Failed event.
+    pub message: String,
+}
+
+/// A container runtime.
+pub trait Runtime: Send + Sync + 'static {
+    /// `<name>://<version>`, for the Node's `containerRuntimeVersion`.
+    fn version(&self) -> String;
+
+    /// Creates and starts a container run. Errors mean it never started.
+    fn start(&self, spec: ContainerSpec) -> BoxFuture<'_, Result<RunningContainer, RuntimeError>>;
+}
