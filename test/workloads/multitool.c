@@ -5,7 +5,8 @@
  *   hello                  print "Hello from WebAssembly!" (also what no arguments do)
  *   print TEXT             print TEXT and a newline to stdout
  *   eprint TEXT            print TEXT and a newline to stderr
- *   args                   print argv, one "argv[i]=..." line each
+ *   args                   print argv, one "argv[i]=..." line each, and stop (the rest of
+ *                          argv is data, not commands)
  *   env                    print the whole environment, one NAME=value a line
  *   getenv NAME            print NAME=value, or NAME is unset
  *   pwd                    print the working directory
@@ -99,6 +100,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "%s\n", argv[++i]);
         } else if (!strcmp(cmd, "args")) {
             for (int a = 0; a < argc; a++) printf("argv[%d]=%s\n", a, argv[a]);
+            return 0;
         } else if (!strcmp(cmd, "env")) {
             for (char **e = environ; e && *e; e++) printf("%s\n", *e);
         } else if (!strcmp(cmd, "getenv")) {

@@ -17,7 +17,9 @@ pub mod cluster;
 pub mod kubectl;
 pub mod namespace;
 pub mod node;
+pub mod pods;
 pub mod registry;
+pub mod workloads;
 
 pub use cluster::{ClusterInfo, cluster};
 pub use kubectl::kubectl;

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -168,6 +169,45 @@ impl KrustletNode {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+}
+
+/// A node shared by every test of this process that just needs somewhere to run pods; started
+/// on first use from a thread that lives as long as the process (a child's parent-death signal
+/// follows the thread that started it).
+pub fn shared_node(binary: &'static str) -> &'static str {
+    static NODE: OnceLock<Result<String, String>> = OnceLock::new();
+    let name = NODE.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let node = match KrustletNode::start(binary, "shared", &[]) {
+                Ok(node) => node,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("{e:#}")));
+                    return;
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let ready = runtime.block_on(node.wait_ready("True", Duration::from_secs(120)));
+            let _ = tx.send(
+                ready
+                    .map(|_| node.name().to_string())
+                    .map_err(|e| format!("{e:#}")),
+            );
+            // Keep the node (and this thread) alive for the rest of the process.
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv()
+            .unwrap_or_else(|_| Err("shared node thread died".into()))
+    });
+    match name {
+        Ok(name) => name,
+        Err(e) => panic!("shared krustlet node unavailable: {e}"),
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod cli;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use kubelet::Kubelet;
@@ -42,7 +43,9 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         let signal = signals.await;
         tracing::info!(signal, "received shutdown signal");
     };
-    Kubelet::new(config, krustlet_wasi::runtime_version())
+    let engine = krustlet_wasi::WasmEngine::new().context("starting the wasm engine")?;
+    let runtime = Arc::new(krustlet_wasi::WasiRuntime::new(engine));
+    Kubelet::new(config, runtime)
         .run(shutdown)
         .await
         .context("kubelet")

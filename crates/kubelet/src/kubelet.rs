@@ -5,17 +5,27 @@
 //! report NotReady, stop the tasks, return.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::bootstrap::{self, BootstrapError};
 use crate::config::KubeletConfig;
+use crate::container::runner::NodeServices;
+use crate::image::{ImageError, ImageStore};
+use crate::log::pods_log_root;
 use crate::node::conditions::Readiness;
 use crate::node::host::HostInfo;
 use crate::node::lease::LeaseRenewer;
 use crate::node::shutdown::SHUTDOWN_MESSAGE;
 use crate::node::status::{StatusInputs, StatusReporter, registration_backoff};
+use crate::pod::events::PodEvents;
+use crate::pod::source;
+use crate::pod::status::StatusManager;
+use crate::pod::worker::{PodDirs, WorkerContext};
+use crate::pod::workers::PodWorkers;
+use crate::runtime::Runtime;
 
 /// Errors that stop the kubelet from starting.
 #[derive(Debug, thiserror::Error)]
@@ -32,21 +42,21 @@ pub enum KubeletError {
         #[source]
         source: std::io::Error,
     },
+    /// The image store cannot be opened.
+    #[error(transparent)]
+    Images(#[from] ImageError),
 }
 
 /// A kubelet for one node.
 pub struct Kubelet {
     config: KubeletConfig,
-    runtime_version: String,
+    runtime: Arc<dyn Runtime>,
 }
 
 impl Kubelet {
-    /// A kubelet with `config`, reporting `runtime_version` (e.g. `wasmtime://48.0.8`).
-    pub fn new(config: KubeletConfig, runtime_version: String) -> Self {
-        Self {
-            config,
-            runtime_version,
-        }
+    /// A kubelet with `config` running pods on `runtime`.
+    pub fn new(config: KubeletConfig, runtime: Arc<dyn Runtime>) -> Self {
+        Self { config, runtime }
     }
 
     /// Runs until `shutdown` resolves, then shuts down gracefully and returns `Ok`.
@@ -66,9 +76,10 @@ impl Kubelet {
         let (readiness_tx, readiness) = watch::channel(Readiness::Ready);
         let stop = CancellationToken::new();
 
+        let images = Arc::new(ImageStore::new(config.data_path("images"))?);
         let inputs = StatusInputs {
             host: HostInfo::read(),
-            runtime_version: self.runtime_version,
+            runtime_version: self.runtime.version(),
         };
         let mut reporter = StatusReporter::new(config.clone(), inputs, clients.clone(), uid_tx);
         tokio::pin!(shutdown);
@@ -103,14 +114,48 @@ impl Kubelet {
         let (serving_tx, _serving) = watch::channel(None);
         tokio::spawn(bootstrap::manage_serving_certificate(
             config.clone(),
-            clients,
+            clients.clone(),
             serving_tx,
             stop.clone(),
         ));
 
+        let status = StatusManager::new();
+        tokio::spawn(status.clone().run(clients.clone()));
+        let ctx = WorkerContext {
+            services: NodeServices {
+                runtime: self.runtime.clone(),
+                images,
+                events: PodEvents::new(clients.clone(), &config.node_name),
+                node_ip: config.node_ip.to_string(),
+            },
+            status,
+            clients: clients.clone(),
+            dirs: PodDirs {
+                pods: config.data_path("pods"),
+                logs: pods_log_root(&config.data_dir),
+            },
+        };
+        let mut workers = PodWorkers::new(ctx);
+        let source_stop = CancellationToken::new();
+        let pods = {
+            let (client, node, stop) = (
+                clients.borrow().clone(),
+                config.node_name.clone(),
+                source_stop.clone(),
+            );
+            tokio::spawn(async move {
+                source::run(client, &node, &mut workers, stop).await;
+                workers
+            })
+        };
+
         shutdown.await;
         tracing::info!(node = %config.node_name, "shutting down");
         readiness_tx.send_replace(Readiness::NotReady(SHUTDOWN_MESSAGE.into()));
+        source_stop.cancel();
+        if let Ok(mut workers) = pods.await {
+            workers.shutdown(config.shutdown_grace_period).await;
+        }
         stop.cancel();
         let _ = lease_task.await;
         if let Ok(mut reporter) = status_task.await {

@@ -7,14 +7,21 @@
 //! - [`config`]: flags, environment and config file merged into a [`config::KubeletConfig`].
 //! - [`bootstrap`]: client credentials through CSRs, rotation, the serving certificate.
 //! - [`node`]: registration, lease, status, conditions, shutdown.
+//! - [`pod`]: the pod watch, workers, status manager, phase, events.
+//! - [`container`]: argv, env, and the runner of one container through its restarts.
+//! - [`image`]: pulling wasm from OCI registries into a verified store.
+//! - [`runtime`]: the [`runtime::Runtime`] trait runtimes implement.
+//! - [`log`]: CRI-format container logs.
 //! - [`kubelet`]: [`Kubelet`], which runs all of the above.
 
 pub mod bootstrap;
 pub mod config;
+pub mod container;
 pub mod image;
 pub mod kubelet;
 pub mod log;
 pub mod node;
+pub mod pod;
 pub mod runtime;
 
 pub use kubelet::{Kubelet, KubeletError};

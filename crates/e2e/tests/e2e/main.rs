@@ -5,6 +5,7 @@
 
 mod foundation;
 mod node;
+mod pods;
 
 /// The krustlet command under test, built from this workspace.
 pub const KRUSTLET: &str = env!("CARGO_BIN_EXE_krustlet-e2e-node");

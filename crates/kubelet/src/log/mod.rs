@@ -23,3 +23,11 @@ pub fn pod_log_dir(root: &Path, namespace: &str, pod: &str, uid: &str) -> PathBu
 pub fn container_log_path(pod_dir: &Path, container: &str, restart_count: u32) -> PathBuf {
     pod_dir.join(container).join(format!("{restart_count}.log"))
 }
+
+/// Marks a container run's log as complete by creating `<log>.done` next to it, so readers
+/// that follow the log (`kubectl logs -f`) know no more lines will come.
+pub fn mark_run_finished(log_path: &Path) -> std::io::Result<()> {
+    let mut marker = log_path.as_os_str().to_owned();
+    marker.push(".done");
+    std::fs::write(PathBuf::from(marker), b"")
+}

@@ -1,0 +1,429 @@
+//! The pod lifecycle on a Krustlet node: phases, exit codes, argv and `$(VAR)` expansion, init
+//! containers, restarts with back-off, deletion of stuck guests, scale, components, events.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use krustlet_e2e::node::shared_node;
+use krustlet_e2e::pods::{
+    container_status, create, event_reasons, for_node, phase, wait_for, wait_for_phase, wait_gone,
+};
+use krustlet_e2e::{TestNamespace, kubectl, workloads};
+use kube::api::{DeleteParams, PostParams};
+use serde_json::json;
+
+use crate::KRUSTLET;
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// A one-container pod of the multitool with `args`, on the shared node.
+fn multitool_pod(name: &str, args: &[&str], restart_policy: &str) -> serde_json::Value {
+    for_node(
+        json!({
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": restart_policy,
+                "terminationGracePeriodSeconds": 2,
+                "containers": [{"name": "main", "image": workloads::multitool(), "args": args}]
+            }
+        }),
+        shared_node(KRUSTLET),
+    )
+}
+
+fn logs(ns: &TestNamespace, pod: &str, container: &str) -> String {
+    kubectl(&["logs", "-n", ns.name(), pod, "-c", container]).expect("kubectl logs")
+}
+
+#[tokio::test]
+async fn hello_world_succeeds_and_exit_3_fails() {
+    let ns = TestNamespace::new("hello").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    create(&pods, multitool_pod("hello", &["hello"], "Never"))
+        .await
+        .expect("create");
+    create(
+        &pods,
+        multitool_pod("three", &["print", "bye", "exit", "3"], "Never"),
+    )
+    .await
+    .expect("create");
+
+    let hello = wait_for_phase(&pods, "hello", "Succeeded", LONG)
+        .await
+        .expect("Succeeded");
+    let main = container_status(&hello, "main").expect("status");
+    let terminated = main
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .expect("terminated");
+    assert_eq!(
+        (terminated.exit_code, terminated.reason.as_deref()),
+        (0, Some("Completed"))
+    );
+    assert!(
+        main.container_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("wasi://")),
+        "{main:?}"
+    );
+    assert!(main.image_id.contains("@sha256:"), "{main:?}");
+    let status = hello.status.clone().expect("status");
+    assert_eq!(status.pod_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(status.host_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(status.qos_class.as_deref(), Some("BestEffort"));
+    assert!(status.start_time.is_some());
+    assert_eq!(logs(&ns, "hello", "main"), "Hello from WebAssembly!\n");
+
+    let three = wait_for_phase(&pods, "three", "Failed", LONG)
+        .await
+        .expect("Failed");
+    let terminated = container_status(&three, "main")
+        .and_then(|s| s.state.as_ref())
+        .and_then(|s| s.terminated.clone())
+        .expect("terminated");
+    assert_eq!(
+        (terminated.exit_code, terminated.reason.as_deref()),
+        (3, Some("Error"))
+    );
+    assert_eq!(logs(&ns, "three", "main"), "bye\n");
+}
+
+#[tokio::test]
+async fn argv_and_variable_expansion_follow_kubernetes() {
+    let ns = TestNamespace::new("argv").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let mut pod = multitool_pod("argv", &[], "Never");
+    pod["spec"]["containers"][0]["command"] = json!(["tool.wasm", "args"]);
+    pod["spec"]["containers"][0]["args"] = json!([
+        "--flag",
+        "$(GREETING)",
+        "$$(GREETING)",
+        "$(MISSING)",
+        "getenv",
+        "COMBINED"
+    ]);
+    pod["spec"]["containers"][0]["env"] = json!([
+        {"name": "GREETING", "value": "hi"},
+        {"name": "COMBINED", "value": "$(GREETING)-there"},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    ]);
+    create(&pods, pod).await.expect("create");
+    wait_for_phase(&pods, "argv", "Succeeded", LONG)
+        .await
+        .expect("Succeeded");
+    let out = logs(&ns, "argv", "main");
+    let expected = "COMBINED=hi-there\nargv[0]=tool.wasm\nargv[1]=getenv\nargv[2]=COMBINED\nargv[3]=args\n\
+                    argv[4]=--flag\nargv[5]=hi\nargv[6]=$(GREETING)\nargv[7]=$(MISSING)\n";
+    assert_eq!(out, expected);
+}
+
+#[tokio::test]
+async fn init_containers_run_in_order_before_the_app() {
+    let ns = TestNamespace::new("init").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let image = workloads::multitool();
+    let pod = for_node(
+        json!({
+            "metadata": {"name": "ordered"},
+            "spec": {
+                "restartPolicy": "Never",
+                "volumes": [{"name": "work", "emptyDir": {}}],
+                "initContainers": [
+                    {"name": "first", "image": image, "args": ["append", "/work/trail", "first"],
+                     "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+                    {"name": "second", "image": image, "args": ["append", "/work/trail", "second"],
+                     "volumeMounts": [{"name": "work", "mountPath": "/work"}]}
+                ],
+                "containers": [{"name": "app", "image": image, "args": ["cat", "/work/trail"],
+                                "volumeMounts": [{"name": "work", "mountPath": "/work"}]}]
+            }
+        }),
+        shared_node(KRUSTLET),
+    );
+    create(&pods, pod).await.expect("create");
+    let done = wait_for_phase(&pods, "ordered", "Succeeded", LONG)
+        .await
+        .expect("Succeeded");
+    assert_eq!(logs(&ns, "ordered", "app"), "first\nsecond\n");
+    let initialized = done.status.and_then(|s| s.conditions).unwrap_or_default();
+    assert!(
+        initialized
+            .iter()
+            .any(|c| c.type_ == "Initialized" && c.status == "True"),
+        "{initialized:?}"
+    );
+
+    let failing = for_node(
+        json!({
+            "metadata": {"name": "failing"},
+            "spec": {
+                "restartPolicy": "Never",
+                "initContainers": [{"name": "broken", "image": image, "args": ["exit", "7"]}],
+                "containers": [{"name": "app", "image": image, "args": ["hello"]}]
+            }
+        }),
+        shared_node(KRUSTLET),
+    );
+    create(&pods, failing).await.expect("create");
+    let failed = wait_for_phase(&pods, "failing", "Failed", LONG)
+        .await
+        .expect("Failed");
+    let broken = container_status(&failed, "broken")
+        .and_then(|s| s.state.clone())
+        .and_then(|s| s.terminated);
+    assert_eq!(broken.map(|t| t.exit_code), Some(7));
+    let app = container_status(&failed, "app");
+    assert!(
+        app.is_none_or(|s| s
+            .state
+            .as_ref()
+            .is_none_or(|st| st.running.is_none() && st.terminated.is_none())),
+        "the app container must never start: {app:?}"
+    );
+}
+
+#[tokio::test]
+async fn on_failure_restarts_with_crash_loop_back_off() {
+    let ns = TestNamespace::new("crash").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    create(
+        &pods,
+        multitool_pod("crash", &["print", "failing", "exit", "1"], "OnFailure"),
+    )
+    .await
+    .expect("create");
+    let pod = wait_for(
+        &pods,
+        "crash",
+        Duration::from_secs(180),
+        "restarted twice",
+        |p| container_status(p, "main").is_some_and(|s| s.restart_count >= 2),
+    )
+    .await
+    .expect("restarts");
+    let status = container_status(&pod, "main").expect("status");
+    let last = status
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .expect("lastState.terminated");
+    assert_eq!(last.exit_code, 1);
+    assert_eq!(phase(&pod), "Running");
+    let backing_off = wait_for(
+        &pods,
+        "crash",
+        Duration::from_secs(60),
+        "in CrashLoopBackOff",
+        |p| {
+            container_status(p, "main")
+                .and_then(|s| s.state.as_ref())
+                .and_then(|s| s.waiting.as_ref())
+                .is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff"))
+        },
+    )
+    .await;
+    assert!(backing_off.is_ok(), "{backing_off:?}");
+    let reasons = event_reasons(&ns.api::<Event>(), "crash")
+        .await
+        .expect("events");
+    assert!(reasons.iter().any(|r| r == "BackOff"), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn deleting_busy_and_sleeping_pods_finishes_within_the_grace_period() {
+    let ns = TestNamespace::new("delete").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    create(&pods, multitool_pod("busy", &["spin", "0"], "Always"))
+        .await
+        .expect("create");
+    create(&pods, multitool_pod("sleepy", &["sleep", "3600"], "Always"))
+        .await
+        .expect("create");
+    for name in ["busy", "sleepy"] {
+        wait_for_phase(&pods, name, "Running", LONG)
+            .await
+            .expect("Running");
+    }
+    for name in ["busy", "sleepy"] {
+        pods.delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    for name in ["busy", "sleepy"] {
+        // Grace is 2 s; the bound is generous for a loaded 2-core machine.
+        let took = wait_gone(&pods, name, Duration::from_secs(60))
+            .await
+            .expect("gone");
+        eprintln!("{name}: gone {took:?} after delete");
+    }
+}
+
+#[tokio::test]
+async fn fifty_pods_at_once_and_a_deployment_of_ten() {
+    let ns = TestNamespace::new("scale").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let started = Instant::now();
+    let creations = (0..50).map(|i| {
+        let pods = pods.clone();
+        async move {
+            create(
+                &pods,
+                multitool_pod(&format!("p{i}"), &["print", &format!("pod {i}")], "Never"),
+            )
+            .await
+        }
+    });
+    for created in futures::future::join_all(creations).await {
+        created.expect("create");
+    }
+    for i in 0..50 {
+        wait_for_phase(
+            &pods,
+            &format!("p{i}"),
+            "Succeeded",
+            Duration::from_secs(300),
+        )
+        .await
+        .expect("Succeeded");
+    }
+    eprintln!(
+        "50 pods Succeeded {:?} after the first create",
+        started.elapsed()
+    );
+
+    let node = shared_node(KRUSTLET);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "ticker"},
+        "spec": {
+            "replicas": 10,
+            "selector": {"matchLabels": {"app": "ticker"}},
+            "template": for_node(json!({
+                "metadata": {"labels": {"app": "ticker"}},
+                "spec": {"terminationGracePeriodSeconds": 1,
+                         "containers": [{"name": "tick", "image": workloads::multitool(), "args": ["tick", "0", "1000"]}]}
+            }), node)
+        }
+    }))
+    .expect("deployment");
+    let deployments = ns.api::<Deployment>();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create deployment");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let d = deployments.get("ticker").await.expect("get");
+        let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+        if ready == 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment has {ready}/10 ready replicas"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_component_behaves_like_the_module() {
+    let ns = TestNamespace::new("component").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let mut pod = multitool_pod(
+        "component",
+        &["print", "from a component", "getenv", "X"],
+        "Never",
+    );
+    pod["spec"]["containers"][0]["image"] = json!(workloads::multitool_component());
+    pod["spec"]["containers"][0]["env"] = json!([{"name": "X", "value": "y"}]);
+    create(&pods, pod).await.expect("create");
+    wait_for_phase(&pods, "component", "Succeeded", LONG)
+        .await
+        .expect("Succeeded");
+    assert_eq!(logs(&ns, "component", "main"), "from a component\nX=y\n");
+    let mut failing = multitool_pod("component-fails", &["exit", "5"], "Never");
+    failing["spec"]["containers"][0]["image"] = json!(workloads::multitool_component());
+    create(&pods, failing).await.expect("create");
+    let failed = wait_for_phase(&pods, "component-fails", "Failed", LONG)
+        .await
+        .expect("Failed");
+    // WASI 0.2 components report failure without its code: exit code 1.
+    let code = container_status(&failed, "main")
+        .and_then(|s| s.state.clone())
+        .and_then(|s| s.terminated)
+        .map(|t| t.exit_code);
+    assert_eq!(code, Some(1));
+}
+
+#[tokio::test]
+async fn describe_shows_the_kubelet_events_in_order() {
+    let ns = TestNamespace::new("events").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    create(&pods, multitool_pod("described", &["hello"], "Never"))
+        .await
+        .expect("create");
+    wait_for_phase(&pods, "described", "Succeeded", LONG)
+        .await
+        .expect("Succeeded");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let expected = ["Scheduled", "Pulled", "Created", "Started"];
+    loop {
+        let reasons = event_reasons(&ns.api::<Event>(), "described")
+            .await
+            .expect("events");
+        let positions: Vec<Option<usize>> = expected
+            .iter()
+            .map(|r| reasons.iter().position(|x| x == r))
+            .collect();
+        if positions.iter().all(Option::is_some) {
+            let positions: Vec<usize> = positions.into_iter().flatten().collect();
+            assert!(
+                positions.windows(2).all(|w| w[0] < w[1]),
+                "events out of order: {reasons:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "missing events: {reasons:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let described = kubectl(&["describe", "pod", "-n", ns.name(), "described"]).expect("describe");
+    for reason in expected {
+        assert!(
+            described.contains(reason),
+            "describe lacks {reason}:\n{described}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_module_is_a_create_container_error_and_disturbs_nobody() {
+    let ns = TestNamespace::new("invalid").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let broken = workloads::publish("broken", || b"\0asm\x01\0\0\0\x01\xffgarbage".to_vec());
+    let mut pod = multitool_pod("invalid", &[], "Never");
+    pod["spec"]["containers"][0]["image"] = json!(broken);
+    create(&pods, pod).await.expect("create");
+    create(&pods, multitool_pod("neighbour", &["hello"], "Never"))
+        .await
+        .expect("create");
+    let waiting = wait_for(&pods, "invalid", LONG, "CreateContainerError", |p| {
+        container_status(p, "main")
+            .and_then(|s| s.state.as_ref())
+            .and_then(|s| s.waiting.as_ref())
+            .is_some_and(|w| w.reason.as_deref() == Some("CreateContainerError"))
+    })
+    .await
+    .expect("waiting");
+    let message = container_status(&waiting, "main")
+        .and_then(|s| s.state.clone())
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.message)
+        .unwrap_or_default();
+    assert!(message.contains("invalid WebAssembly"), "{message}");
+    wait_for_phase(&pods, "neighbour", "Succeeded", LONG)
+        .await
+        .expect("neighbour unaffected");
+}

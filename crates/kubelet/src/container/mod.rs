@@ -1,0 +1,6 @@
+//! From a pod spec's container to what the runtime runs: argv, environment, and the loop that
+//! runs one container through its restarts.
+
+pub mod argv;
+pub mod env;
+pub mod runner;

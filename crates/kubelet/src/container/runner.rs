@@ -1,0 +1,437 @@
+//! Runs one container of a pod through its whole life: pull, start, wait, restart by policy
+//! with crash-loop back-off, and stop gracefully when asked. Every state change is reported to
+//! the pod worker as a `ContainerStatus`; the worker owns the pod status.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, Pod,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use tokio::sync::{mpsc, watch};
+
+use crate::container::{argv, env};
+use crate::image::{ImageStore, PullPolicy};
+use crate::log::writer::CriLogWriter;
+use crate::log::{container_log_path, mark_run_finished};
+use crate::pod::backoff::Backoff;
+use crate::pod::events::{PodEvents, container_field};
+use crate::runtime::{ContainerSpec, Limits, Mount, Runtime, Termination};
+
+/// What the runner needs from the node.
+#[derive(Clone)]
+pub struct NodeServices {
+    /// The container runtime.
+    pub runtime: Arc<dyn Runtime>,
+    /// The image store.
+    pub images: Arc<ImageStore>,
+    /// Event publisher.
+    pub events: PodEvents,
+    /// The node's IP (also the pod's).
+    pub node_ip: String,
+}
+
+/// The role of a container in its pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular init container: runs to success before the next starts.
+    Init,
+    /// An init container with `restartPolicy: Always`: a native sidecar.
+    Sidecar,
+    /// An app container.
+    App,
+}
+
+/// Asks a runner to stop: `Some(grace)` stops it within that grace period.
+pub type StopSignal = watch::Receiver<Option<Duration>>;
+
+/// One container's runner.
+pub struct Runner {
+    /// Node services.
+    pub services: NodeServices,
+    /// The pod as it was when the worker started it.
+    pub pod: Arc<Pod>,
+    /// The container.
+    pub container: Container,
+    /// Its role.
+    pub kind: Kind,
+    /// The pod's log directory.
+    pub log_dir: PathBuf,
+    /// Volume name -> host directory, for the pod's volumes that are set up.
+    pub volumes: Arc<HashMap<String, PathBuf>>,
+    /// Where status changes go.
+    pub updates: mpsc::UnboundedSender<(String, ContainerStatus)>,
+    /// Stop requests.
+    pub stop: StopSignal,
+    /// Restart count to continue from (a restarted kubelet).
+    pub restart_count: i32,
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+fn waiting(reason: &str, message: Option<String>) -> ContainerState {
+    ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.into()),
+            message,
+        }),
+        ..Default::default()
+    }
+}
+
+impl Runner {
+    fn restart_policy(&self) -> &str {
+        let pod_policy = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref())
+            .unwrap_or("Always");
+        match self.kind {
+            Kind::Sidecar => "Always",
+            Kind::Init if pod_policy == "Never" => "Never",
+            Kind::Init => "OnFailure",
+            Kind::App => pod_policy,
+        }
+    }
+
+    fn field(&self) -> Option<String> {
+        container_field(self.kind != Kind::App, &self.container.name)
+    }
+
+    fn report(&self, status: &ContainerStatus) {
+        let _ = self
+            .updates
+            .send((self.container.name.clone(), status.clone()));
+    }
+
+    fn stopping(&self) -> Option<Duration> {
+        *self.stop.borrow()
+    }
+
+    /// Waits `delay` unless a stop request comes first; returns whether to go on.
+    async fn pause(&self, delay: Duration) -> bool {
+        if self.stopping().is_some() {
+            return false;
+        }
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = stop.wait_for(|s| s.is_some()) => false,
+        }
+    }
+
+    /// Runs the container until it is done for good (by restart policy) or stopped. Returns
+    /// the last termination, if it ever ran.
+    pub async fn run(self) -> Option<Termination> {
+        let name = self.container.name.clone();
+        let image = self.container.image.clone().unwrap_or_default();
+        let mut status = ContainerStatus {
+            name: name.clone(),
+            image: image.clone(),
+            restart_count: self.restart_count,
+            state: Some(waiting("ContainerCreating", None)),
+            ..Default::default()
+        };
+        self.report(&status);
+        let mut backoff = Backoff::default();
+        let mut last: Option<Termination> = None;
+        loop {
+            if self.stopping().is_some() {
+                return last;
+            }
+            // Pull.
+            let policy =
+                PullPolicy::for_container(self.container.image_pull_policy.as_deref(), &image);
+            let pulled = match self.pull(&image, policy).await {
+                Ok(pulled) => pulled,
+                Err((reason, message)) => {
+                    status.state = Some(waiting(reason, Some(message.clone())));
+                    self.report(&status);
+                    let delay = backoff.next_delay(Duration::ZERO);
+                    if reason == "ErrImagePull" {
+                        // After a failed pull the kubelet shows ImagePullBackOff while it waits.
+                        status.state = Some(waiting(
+                            "ImagePullBackOff",
+                            Some(format!("Back-off pulling image {image:?}: {message}")),
+                        ));
+                        self.services
+                            .events
+                            .normal(
+                                &self.pod,
+                                self.field(),
+                                "BackOff",
+                                format!("Back-off pulling image {image:?}"),
+                            )
+                            .await;
+                        self.report(&status);
+                    }
+                    if !self.pause(delay).await {
+                        return last;
+                    }
+                    continue;
+                }
+            };
+            status.image_id = pulled.image_id.clone();
+
+            // Resolve and start.
+            let started_at = Instant::now();
+            let run = match self.start(&pulled, status.restart_count).await {
+                Ok(run) => run,
+                Err((reason, message)) => {
+                    self.services
+                        .events
+                        .warning(
+                            &self.pod,
+                            self.field(),
+                            "Failed",
+                            format!("Error: {message}"),
+                        )
+                        .await;
+                    status.state = Some(waiting(reason, Some(message)));
+                    self.report(&status);
+                    if !self.pause(backoff.next_delay(Duration::ZERO)).await {
+                        return last;
+                    }
+                    continue;
+                }
+            };
+            let (mut running, log_path, container_id) = run;
+            let started_time = now();
+            status.container_id = Some(format!("wasi://{container_id}"));
+            status.state = Some(ContainerState {
+                running: Some(ContainerStateRunning {
+                    started_at: Some(started_time.clone()),
+                }),
+                ..Default::default()
+            });
+            status.ready = true;
+            status.started = Some(true);
+            self.report(&status);
+
+            // Wait for the end, or stop it.
+            let mut stop = self.stop.clone();
+            let termination = tokio::select! {
+                t = &mut running.exit => t.unwrap_or(Termination::Killed),
+                _ = async { let _ = stop.wait_for(|s| s.is_some()).await; } => {
+                    let grace = self.stopping().unwrap_or_default();
+                    self.services.events.normal(&self.pod, self.field(), "Killing", format!("Stopping container {name}")).await;
+                    // A wasm guest has no signal to catch: it gets the grace period to finish,
+                    // then is stopped at its next epoch.
+                    match tokio::time::timeout(grace, &mut running.exit).await {
+                        Ok(t) => t.unwrap_or(Termination::Killed),
+                        Err(_) => {
+                            let _ = running.kill.send(());
+                            running.exit.await.unwrap_or(Termination::Killed)
+                        }
+                    }
+                }
+            };
+            let _ = mark_run_finished(&log_path);
+            status.ready = false;
+            status.started = Some(false);
+            status.state = Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: termination.exit_code(),
+                    reason: Some(termination.reason().into()),
+                    message: termination.message(),
+                    started_at: Some(started_time),
+                    finished_at: Some(now()),
+                    container_id: status.container_id.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            self.report(&status);
+            let failed = termination.exit_code() != 0;
+            last = Some(termination);
+            let restart = match self.restart_policy() {
+                "Always" => true,
+                "OnFailure" => failed,
+                _ => false,
+            };
+            if !restart || self.stopping().is_some() {
+                return last;
+            }
+            let delay = backoff.next_delay(started_at.elapsed());
+            status.last_state = status.state.take();
+            status.state = Some(waiting(
+                "CrashLoopBackOff",
+                Some(format!(
+                    "back-off {}s restarting failed container={name} pod={}",
+                    delay.as_secs(),
+                    self.pod.metadata.name.as_deref().unwrap_or_default()
+                )),
+            ));
+            self.report(&status);
+            self.services
+                .events
+                .warning(
+                    &self.pod,
+                    self.field(),
+                    "BackOff",
+                    format!(
+                        "Back-off restarting failed container {name} in pod {}",
+                        self.pod.metadata.name.as_deref().unwrap_or_default()
+                    ),
+                )
+                .await;
+            if !self.pause(delay).await {
+                return last;
+            }
+            status.restart_count += 1;
+        }
+    }
+
+    async fn pull(
+        &self,
+        image: &str,
+        policy: PullPolicy,
+    ) -> Result<crate::image::PulledImage, (&'static str, String)> {
+        let images = &self.services.images;
+        if policy != PullPolicy::Always
+            && let Some(found) = images.lookup(image)
+        {
+            {
+                self.services
+                    .events
+                    .normal(
+                        &self.pod,
+                        self.field(),
+                        "Pulled",
+                        format!("Container image {image:?} already present on machine"),
+                    )
+                    .await;
+                return Ok(found);
+            }
+        }
+        self.services
+            .events
+            .normal(
+                &self.pod,
+                self.field(),
+                "Pulling",
+                format!("Pulling image {image:?}"),
+            )
+            .await;
+        let started = Instant::now();
+        match images.pull(image, policy, None).await {
+            Ok((pulled, _)) => {
+                self.services
+                    .events
+                    .normal(
+                        &self.pod,
+                        self.field(),
+                        "Pulled",
+                        format!(
+                            "Successfully pulled image {image:?} in {:?}. Image size: {} bytes.",
+                            started.elapsed(),
+                            pulled.size_bytes
+                        ),
+                    )
+                    .await;
+                Ok(pulled)
+            }
+            Err(error) => {
+                let message = error.to_string();
+                self.services
+                    .events
+                    .warning(
+                        &self.pod,
+                        self.field(),
+                        "Failed",
+                        format!("Failed to pull image {image:?}: {message}"),
+                    )
+                    .await;
+                Err((error.reason(), message))
+            }
+        }
+    }
+
+    /// Resolves env, argv and mounts, creates the log file and starts the run.
+    async fn start(
+        &self,
+        pulled: &crate::image::PulledImage,
+        restart_count: i32,
+    ) -> Result<(crate::runtime::RunningContainer, PathBuf, String), (&'static str, String)> {
+        let c = &self.container;
+        let env = env::resolve(&self.pod, c, &self.services.node_ip)
+            .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
+        let env_map: HashMap<String, String> = env.iter().cloned().collect();
+        // Without a command, argv[0] is the module's name: the image repository's last segment.
+        let module_name = pulled
+            .reference
+            .rsplit('/')
+            .next()
+            .unwrap_or(&pulled.reference);
+        let module_name = module_name.split(['@', ':']).next().unwrap_or(module_name);
+        let args = argv::argv(
+            c.command.as_deref().unwrap_or_default(),
+            c.args.as_deref().unwrap_or_default(),
+            &[],
+            module_name,
+            &env_map,
+        );
+        let mut mounts = Vec::new();
+        for m in c.volume_mounts.iter().flatten() {
+            if let Some(host) = self.volumes.get(&m.name) {
+                mounts.push(Mount {
+                    host_path: host.clone(),
+                    container_path: m.mount_path.clone(),
+                    read_only: m.read_only.unwrap_or(false),
+                });
+            }
+        }
+        let log_path = container_log_path(&self.log_dir, &c.name, restart_count as u32);
+        let log = CriLogWriter::create(&log_path).map_err(|e| {
+            (
+                "CreateContainerError",
+                format!("cannot create log file {}: {e}", log_path.display()),
+            )
+        })?;
+        let uid = self.pod.metadata.uid.as_deref().unwrap_or_default();
+        let id = format!("{}-{}-{restart_count}", &uid[..uid.len().min(8)], c.name);
+        let spec = ContainerSpec {
+            id: id.clone(),
+            program: pulled.program.clone(),
+            program_digest: pulled.program_digest.clone(),
+            args,
+            env,
+            mounts,
+            limits: Limits::default(),
+            log,
+        };
+        let running = self
+            .services
+            .runtime
+            .start(spec)
+            .await
+            .map_err(|e| (e.reason, e.message))?;
+        let name = &c.name;
+        self.services
+            .events
+            .normal(
+                &self.pod,
+                self.field(),
+                "Created",
+                format!("Created container: {name}"),
+            )
+            .await;
+        self.services
+            .events
+            .normal(
+                &self.pod,
+                self.field(),
+                "Started",
+                format!("Started container {name}"),
+            )
+            .await;
+        Ok((running, log_path, id))
+    }
+}

@@ -1,0 +1,73 @@
+//! Pod events with the kubelet's reasons (`pkg/kubelet/events`), so `kubectl describe pod` reads
+//! as it does for containers.
+
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use kube::Resource;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use tokio::sync::watch;
+
+/// Publishes events for pods as `kubelet` on this node.
+#[derive(Clone)]
+pub struct PodEvents {
+    clients: watch::Receiver<kube::Client>,
+    reporter: Reporter,
+}
+
+impl PodEvents {
+    /// A publisher reporting as the kubelet of `node_name`.
+    pub fn new(clients: watch::Receiver<kube::Client>, node_name: &str) -> Self {
+        Self {
+            clients,
+            reporter: Reporter {
+                controller: "kubelet".into(),
+                instance: Some(node_name.into()),
+            },
+        }
+    }
+
+    /// A Normal event about `pod` (or one of its containers, via `field_path`).
+    pub async fn normal(&self, pod: &Pod, field_path: Option<String>, reason: &str, note: String) {
+        self.publish(pod, field_path, EventType::Normal, reason, note)
+            .await
+    }
+
+    /// A Warning event.
+    pub async fn warning(&self, pod: &Pod, field_path: Option<String>, reason: &str, note: String) {
+        self.publish(pod, field_path, EventType::Warning, reason, note)
+            .await
+    }
+
+    async fn publish(
+        &self,
+        pod: &Pod,
+        field_path: Option<String>,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let reference = ObjectReference {
+            field_path,
+            ..pod.object_ref(&())
+        };
+        let recorder = Recorder::new(self.clients.borrow().clone(), self.reporter.clone());
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        // Events are best effort, as in the kubelet: a lost event never stops a pod.
+        if let Err(error) = recorder.publish(&event, &reference).await {
+            tracing::debug!(%error, reason, "event not recorded");
+        }
+    }
+}
+
+/// The field path of a container in events: `spec.containers{name}`.
+pub fn container_field(init: bool, name: &str) -> Option<String> {
+    Some(format!(
+        "spec.{}{{{name}}}",
+        if init { "initContainers" } else { "containers" }
+    ))
+}

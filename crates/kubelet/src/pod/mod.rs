@@ -1,0 +1,9 @@
+//! Pods: the watch, per-pod workers, status, phase, events and back-off.
+
+pub mod backoff;
+pub mod events;
+pub mod phase;
+pub mod source;
+pub mod status;
+pub mod worker;
+pub mod workers;

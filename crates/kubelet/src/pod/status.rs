@@ -1,0 +1,205 @@
+//! The pod status manager (the kubelet's `status_manager.go`): the one writer of pod status.
+//!
+//! Workers hand it the status they computed; it keeps the newest per pod, sends a patch of the
+//! status subresource only when that differs from what was last sent, and sends patches from
+//! one background task. Patches carry the pod's UID, so a status never lands on a newer pod
+//! of the same name.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use kube::api::{Api, Patch, PatchParams};
+use tokio::sync::{Notify, watch};
+
+/// Which pod a status belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PodKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID.
+    pub uid: String,
+}
+
+impl PodKey {
+    /// The key of `pod`.
+    pub fn of(pod: &Pod) -> Self {
+        Self {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl std::fmt::Display for PodKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Default)]
+struct Entry {
+    latest: Option<PodStatus>,
+    sent: Option<PodStatus>,
+    generation: u64,
+    sent_generation: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: Mutex<HashMap<PodKey, Entry>>,
+    dirty: Notify,
+    // Bumped after every round of patches, for `flush`.
+    rounds: watch::Sender<u64>,
+}
+
+/// Handle to the status manager; cheap to clone.
+#[derive(Clone, Default)]
+pub struct StatusManager {
+    inner: Arc<Inner>,
+}
+
+/// How many status patches may be in flight at once.
+const CONCURRENT_PATCHES: usize = 8;
+
+impl StatusManager {
+    /// A manager; call [`Self::run`] to start sending.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the newest status of a pod; it is sent soon if it changed.
+    pub fn set(&self, key: &PodKey, status: PodStatus) {
+        let mut entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = entries.entry(key.clone()).or_default();
+        if entry.latest.as_ref() == Some(&status) {
+            return;
+        }
+        entry.latest = Some(status);
+        entry.generation += 1;
+        drop(entries);
+        self.inner.dirty.notify_one();
+    }
+
+    /// The newest status recorded for a pod.
+    pub fn get(&self, key: &PodKey) -> Option<PodStatus> {
+        let entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(key).and_then(|e| e.latest.clone())
+    }
+
+    /// Stops tracking a pod (it is gone from the API).
+    pub fn forget(&self, key: &PodKey) {
+        self.inner
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// Waits until the newest status of `key` has been sent (or found unchanged).
+    pub async fn flush(&self, key: &PodKey) {
+        let mut rounds = self.inner.rounds.subscribe();
+        loop {
+            let done = {
+                let entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
+                entries
+                    .get(key)
+                    .is_none_or(|e| e.sent_generation >= e.generation)
+            };
+            if done || rounds.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Sends changed statuses with the newest client until the process ends. A failed patch
+    /// is retried with the next round (a 404 or UID conflict means the pod is gone: dropped).
+    pub async fn run(self, clients: watch::Receiver<kube::Client>) {
+        loop {
+            self.inner.dirty.notified().await;
+            loop {
+                let batch: Vec<(PodKey, PodStatus, u64)> = {
+                    let entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
+                    entries
+                        .iter()
+                        .filter(|(_, e)| e.sent_generation < e.generation)
+                        .filter_map(|(k, e)| Some((k.clone(), e.latest.clone()?, e.generation)))
+                        .collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let client = clients.borrow().clone();
+                let inner = &self.inner;
+                let results: Vec<_> = futures::stream::iter(batch)
+                    .map(|(key, status, generation)| {
+                        let client = client.clone();
+                        async move {
+                            let unchanged = {
+                                let entries =
+                                    inner.entries.lock().unwrap_or_else(|e| e.into_inner());
+                                entries.get(&key).and_then(|e| e.sent.as_ref()) == Some(&status)
+                            };
+                            let result = if unchanged {
+                                Ok(())
+                            } else {
+                                patch(&client, &key, &status).await
+                            };
+                            (key, status, generation, result)
+                        }
+                    })
+                    .buffer_unordered(CONCURRENT_PATCHES)
+                    .collect()
+                    .await;
+                let mut failed = false;
+                {
+                    let mut entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
+                    for (key, status, generation, result) in results {
+                        let Some(entry) = entries.get_mut(&key) else {
+                            continue;
+                        };
+                        match result {
+                            Ok(()) => {
+                                entry.sent = Some(status);
+                                entry.sent_generation = entry.sent_generation.max(generation);
+                            }
+                            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
+                                entry.sent_generation = entry.generation;
+                            }
+                            Err(error) => {
+                                tracing::warn!(pod = %key, %error, "pod status patch failed; retrying");
+                                failed = true;
+                            }
+                        }
+                    }
+                }
+                self.inner.rounds.send_modify(|n| *n += 1);
+                if failed {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn patch(client: &kube::Client, key: &PodKey, status: &PodStatus) -> Result<(), kube::Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &key.namespace);
+    let mut status = serde_json::to_value(status).unwrap_or_default();
+    // Conditions merge by type: a field we no longer set must be sent as null to be cleared.
+    for condition in status["conditions"].as_array_mut().into_iter().flatten() {
+        for field in ["reason", "message"] {
+            if condition.get(field).is_none() {
+                condition[field] = serde_json::Value::Null;
+            }
+        }
+    }
+    // The UID makes the API server refuse the patch for a different pod of the same name.
+    let body = serde_json::json!({"metadata": {"uid": key.uid}, "status": status});
+    api.patch_status(&key.name, &PatchParams::default(), &Patch::Strategic(&body))
+        .await?;
+    Ok(())
+}

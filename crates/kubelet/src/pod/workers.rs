@@ -1,0 +1,89 @@
+//! The pod workers (the kubelet's `podWorkers`): one worker task per pod UID, fed the newest
+//! desired state, forgotten when it ends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::pod::worker::{self, Desired, WorkerContext};
+
+/// Dispatches desired pod states to per-pod workers.
+pub struct PodWorkers {
+    ctx: WorkerContext,
+    workers: HashMap<String, watch::Sender<Desired>>,
+    tasks: JoinSet<String>,
+    admitting: bool,
+}
+
+impl PodWorkers {
+    /// No workers yet.
+    pub fn new(ctx: WorkerContext) -> Self {
+        Self {
+            ctx,
+            workers: HashMap::new(),
+            tasks: JoinSet::new(),
+            admitting: true,
+        }
+    }
+
+    /// The UIDs of pods with a worker.
+    pub fn known(&self) -> impl Iterator<Item = &String> {
+        self.workers.keys()
+    }
+
+    /// The newest spec of a pod bound to this node: starts its worker or updates it.
+    pub fn update(&mut self, pod: Arc<Pod>) {
+        let Some(uid) = pod.metadata.uid.clone() else {
+            return;
+        };
+        self.reap();
+        if let Some(worker) = self.workers.get(&uid) {
+            worker.send_replace(Desired::Run(pod));
+            return;
+        }
+        if !self.admitting {
+            return;
+        }
+        let (tx, rx) = watch::channel(Desired::Run(pod));
+        let ctx = self.ctx.clone();
+        let task_uid = uid.clone();
+        self.tasks.spawn(async move {
+            worker::run(ctx, rx).await;
+            task_uid
+        });
+        self.workers.insert(uid, tx);
+    }
+
+    /// A pod is gone from the API server.
+    pub fn remove(&mut self, uid: &str) {
+        if let Some(worker) = self.workers.get(uid) {
+            worker.send_replace(Desired::Removed);
+        }
+    }
+
+    fn reap(&mut self) {
+        while let Some(Ok(uid)) = self.tasks.try_join_next() {
+            self.workers.remove(&uid);
+        }
+    }
+
+    /// Graceful node shutdown: admit nothing new, stop every pod within `grace`, wait for
+    /// their final statuses (bounded by `grace` plus a little for the API).
+    pub async fn shutdown(&mut self, grace: Duration) {
+        self.admitting = false;
+        for worker in self.workers.values() {
+            worker.send_replace(Desired::NodeShutdown(grace));
+        }
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace + Duration::from_secs(5), all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("some pods did not finish stopping within the shutdown grace period");
+        }
+    }
+}
