@@ -5,12 +5,22 @@ use kubelet::config::Flags;
 
 /// A Kubernetes kubelet that runs WebAssembly workloads.
 ///
-/// Settings come from, highest precedence first: command-line flags, KRUSTLET_* environment
+/// Without a subcommand it runs the node agent. Settings come from, highest precedence first: command-line flags, KRUSTLET_* environment
 /// variables, the YAML file given by --config (keys are the flag names in camelCase), and the
 /// defaults shown.
 #[derive(Debug, Parser)]
-#[command(name = "krustlet", version, about, long_about)]
+#[command(
+    name = "krustlet",
+    version,
+    about,
+    long_about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    /// What to do instead of running the node agent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Node agent settings.
     #[command(flatten)]
     pub flags: Flags,
@@ -23,6 +33,22 @@ pub struct Cli {
         value_name = "FILTER"
     )]
     pub log: String,
+}
+
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Publish a wasm module or component to an OCI registry (CNCF Wasm artifact layout) and
+    /// print its digest. Registries on loopback are reached over plain HTTP.
+    Push {
+        /// The .wasm file.
+        file: std::path::PathBuf,
+        /// Where to push it, e.g. 127.0.0.1:5000/hello:v1.
+        reference: String,
+        /// Registry user (the password comes from KRUSTLET_REGISTRY_PASSWORD).
+        #[arg(long, env = "KRUSTLET_REGISTRY_USER")]
+        username: Option<String>,
+    },
 }
 
 impl Cli {

@@ -36,6 +36,14 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    if let Some(cli::Command::Push {
+        file,
+        reference,
+        username,
+    }) = cli.command
+    {
+        return push(&file, &reference, username).await;
+    }
     let config = cli.flags.merge_config_file()?.resolve()?;
     // Installed before anything else, so a SIGTERM at any point shuts down gracefully.
     let signals = shutdown::signalled().context("installing signal handlers")?;
@@ -49,4 +57,25 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         .run(shutdown)
         .await
         .context("kubelet")
+}
+
+async fn push(
+    file: &std::path::Path,
+    reference: &str,
+    username: Option<String>,
+) -> anyhow::Result<()> {
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if krustlet_wasi::ProgramKind::detect(&wasm).is_none() {
+        anyhow::bail!(
+            "{} is not a WebAssembly module or component",
+            file.display()
+        );
+    }
+    let credentials = username.map(|username| kubelet::image::Credentials {
+        username,
+        password: std::env::var("KRUSTLET_REGISTRY_PASSWORD").unwrap_or_default(),
+    });
+    let digest = kubelet::image::push_wasm(reference, wasm, credentials.as_ref()).await?;
+    println!("{digest}");
+    Ok(())
 }

@@ -435,3 +435,110 @@ async fn bad_config_is_refused_with_one_line_and_registers_nothing() {
         "a node was registered"
     );
 }
+
+/// A long-running multitool pod on `node`.
+fn ticker_on(node: &str, name: &str, grace: i64) -> serde_json::Value {
+    krustlet_e2e::pods::for_node(
+        serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "terminationGracePeriodSeconds": grace,
+                "containers": [{"name": "tick", "image": krustlet_e2e::workloads::multitool(), "args": ["tick", "0", "500"]}]
+            }
+        }),
+        node,
+    )
+}
+
+#[tokio::test]
+async fn sigterm_with_running_pods_reports_their_final_status_and_exits_zero() {
+    use krustlet_e2e::pods::{create, wait_for, wait_for_phase};
+    let mut node =
+        KrustletNode::start(KRUSTLET, "drain", &["--shutdown-grace-period=10s"]).expect("start");
+    node.wait_ready("True", Duration::from_secs(90))
+        .await
+        .expect("Ready");
+    let ns = krustlet_e2e::TestNamespace::new("drain")
+        .await
+        .expect("namespace");
+    let pods = ns.api::<k8s_openapi::api::core::v1::Pod>();
+    for name in ["a", "b"] {
+        create(&pods, ticker_on(node.name(), name, 3))
+            .await
+            .expect("create");
+    }
+    for name in ["a", "b"] {
+        wait_for_phase(&pods, name, "Running", Duration::from_secs(120))
+            .await
+            .expect("Running");
+    }
+    let signalled = Instant::now();
+    node.signal(Signal::SIGTERM).expect("SIGTERM");
+    let status = node
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("exited");
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        node.log()
+    );
+    eprintln!("node exited {:?} after SIGTERM", signalled.elapsed());
+    for name in ["a", "b"] {
+        let pod = wait_for(
+            &pods,
+            name,
+            Duration::from_secs(10),
+            "terminated by node shutdown",
+            |p| p.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("Terminated"),
+        )
+        .await
+        .expect("final status");
+        let status = pod.status.expect("status");
+        assert_eq!(status.phase.as_deref(), Some("Failed"));
+        let tick = status
+            .container_statuses
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .expect("container");
+        assert!(
+            tick.state.and_then(|s| s.terminated).is_some(),
+            "container not terminated"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pods_deleted_while_the_node_was_down_are_cleaned_up_on_return() {
+    use krustlet_e2e::pods::{create, wait_for_phase, wait_gone};
+    let mut node = KrustletNode::start(KRUSTLET, "away", &[]).expect("start");
+    node.wait_ready("True", Duration::from_secs(90))
+        .await
+        .expect("Ready");
+    let ns = krustlet_e2e::TestNamespace::new("away")
+        .await
+        .expect("namespace");
+    let pods = ns.api::<k8s_openapi::api::core::v1::Pod>();
+    create(&pods, ticker_on(node.name(), "left-behind", 30))
+        .await
+        .expect("create");
+    wait_for_phase(&pods, "left-behind", "Running", Duration::from_secs(120))
+        .await
+        .expect("Running");
+    node.signal(Signal::SIGKILL).expect("kill");
+    node.wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exited");
+    pods.delete("left-behind", &DeleteParams::default())
+        .await
+        .expect("delete");
+    // The API server keeps it (terminating) until its kubelet confirms.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(pods.get_opt("left-behind").await.expect("get").is_some());
+    node.restart().expect("restart");
+    let took = wait_gone(&pods, "left-behind", Duration::from_secs(90))
+        .await
+        .expect("cleaned up");
+    eprintln!("pod deleted while away was gone {took:?} after restart");
+}

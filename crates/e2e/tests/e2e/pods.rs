@@ -96,15 +96,9 @@ async fn argv_and_variable_expansion_follow_kubernetes() {
     let ns = TestNamespace::new("argv").await.expect("namespace");
     let pods = ns.api::<Pod>();
     let mut pod = multitool_pod("argv", &[], "Never");
-    pod["spec"]["containers"][0]["command"] = json!(["tool.wasm", "args"]);
-    pod["spec"]["containers"][0]["args"] = json!([
-        "--flag",
-        "$(GREETING)",
-        "$$(GREETING)",
-        "$(MISSING)",
-        "getenv",
-        "COMBINED"
-    ]);
+    pod["spec"]["containers"][0]["command"] = json!(["tool.wasm", "getenv", "COMBINED", "args"]);
+    pod["spec"]["containers"][0]["args"] =
+        json!(["--flag", "$(GREETING)", "$$(GREETING)", "$(MISSING)"]);
     pod["spec"]["containers"][0]["env"] = json!([
         {"name": "GREETING", "value": "hi"},
         {"name": "COMBINED", "value": "$(GREETING)-there"},

@@ -298,18 +298,16 @@ impl Runner {
         if policy != PullPolicy::Always
             && let Some(found) = images.lookup(image)
         {
-            {
-                self.services
-                    .events
-                    .normal(
-                        &self.pod,
-                        self.field(),
-                        "Pulled",
-                        format!("Container image {image:?} already present on machine"),
-                    )
-                    .await;
-                return Ok(found);
-            }
+            self.services
+                .events
+                .normal(
+                    &self.pod,
+                    self.field(),
+                    "Pulled",
+                    format!("Container image {image:?} already present on machine"),
+                )
+                .await;
+            return Ok(found);
         }
         self.services
             .events

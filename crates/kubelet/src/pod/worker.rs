@@ -153,8 +153,9 @@ impl Worker {
             self.publish();
             self.advance();
         }
-        let mut terminating = false;
-        loop {
+        // A pod deleted while this node was away is terminated right away.
+        let mut terminating = self.pod.metadata.deletion_timestamp.is_some();
+        while !(terminating && self.runners.is_empty()) {
             tokio::select! {
                 Some((name, status)) = self.updates.recv() => {
                     self.statuses.insert(name.clone(), status);
@@ -164,9 +165,6 @@ impl Worker {
                 Some(done) = self.runners.join_next(), if !self.runners.is_empty() => {
                     if let Ok((name, termination)) = done {
                         self.on_runner_done(&name, termination);
-                    }
-                    if self.runners.is_empty() && terminating {
-                        break;
                     }
                 }
                 changed = desired.changed(), if !terminating => {
@@ -196,9 +194,6 @@ impl Worker {
                                 terminating = true;
                             }
                         }
-                    }
-                    if terminating && self.runners.is_empty() {
-                        break;
                     }
                 }
             }
