@@ -7,6 +7,7 @@
 //! - [`config`]: flags, environment and config file merged into a [`config::KubeletConfig`].
 //! - [`bootstrap`]: client credentials through CSRs, rotation, the serving certificate.
 //! - [`node`]: registration, lease, status, conditions, shutdown.
+//! - [`server`]: the kubelet HTTPS API (health, container logs), authenticated and authorized.
 //! - [`kubelet`]: [`Kubelet`], which runs all of the above.
 
 pub mod bootstrap;
@@ -16,5 +17,6 @@ pub mod kubelet;
 pub mod log;
 pub mod node;
 pub mod runtime;
+pub mod server;
 
 pub use kubelet::{Kubelet, KubeletError};
