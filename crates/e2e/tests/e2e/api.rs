@@ -183,7 +183,10 @@ async fn kubectl_logs_tail_timestamps_containers_and_previous() {
     // A container that never wrote a log.
     std::fs::remove_dir_all(f.log_path("side", 0).parent().expect("dir")).expect("rm");
     let error = f.logs(&["-c", "side"]).expect_err("no log").to_string();
-    assert!(error.contains("container \"side\""), "{error}");
+    assert!(
+        error.contains("container \"side\" in pod \"logs\" has no logs"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -444,6 +447,8 @@ async fn api_authenticates_and_authorizes_direct_requests() {
         .await
         .expect("request");
     assert_eq!(response.status(), 404);
+    let body = response.text().await.expect("body");
+    assert!(body.contains("pod \"nope\""), "{body}");
     let response = apiserver
         .post(f.url(&format!("/exec/{}/{}/main?command=ls", f.ns.name(), f.pod)))
         .send()

@@ -26,8 +26,11 @@ pub enum LogError {
         /// The pod's name.
         pod: String,
     },
-    /// The pod has no log for the container (it never started, or does not exist).
-    #[error("container \"{container}\" in pod \"{pod}\" has no logs (not started or unknown)")]
+    /// The pod has no log for the container (it has not started, or does not exist).
+    #[error(
+        "container \"{container}\" in pod \"{pod}\" has no logs on this node (not started yet, \
+         or no such container)"
+    )]
     ContainerNotFound {
         /// The pod's name.
         pod: String,

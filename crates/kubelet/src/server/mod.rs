@@ -87,10 +87,14 @@ pub enum ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
-            Self::BadRequest(_) | Self::Log(LogError::NoPrevious { .. }) => StatusCode::BAD_REQUEST,
-            Self::Log(LogError::PodNotFound { .. } | LogError::ContainerNotFound { .. }) => {
-                StatusCode::NOT_FOUND
+            // A container without logs is 400, not 404, like the kubelet's "waiting to start":
+            // the API server replaces the body of a 404 with a generic "could not find the
+            // requested resource", and this message should reach `kubectl logs`.
+            Self::BadRequest(_)
+            | Self::Log(LogError::NoPrevious { .. } | LogError::ContainerNotFound { .. }) => {
+                StatusCode::BAD_REQUEST
             }
+            Self::Log(LogError::PodNotFound { .. }) => StatusCode::NOT_FOUND,
             Self::Log(LogError::Io { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Auth(AuthError::Unauthorized) => StatusCode::UNAUTHORIZED,
             Self::Auth(AuthError::Forbidden { .. }) => StatusCode::FORBIDDEN,
