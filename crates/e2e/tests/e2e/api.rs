@@ -253,6 +253,7 @@ async fn kubectl_exec_fails_fast_with_a_clear_message() {
         Duration::from_secs(30),
     );
     assert!(!ok, "kubectl exec succeeded");
+    eprintln!("kubectl exec said: {}", stderr.trim());
     assert!(
         stderr.contains("exec is not supported for WebAssembly pods"),
         "{stderr}"

@@ -123,12 +123,16 @@ pub fn attributes(method: &Method, path: &str) -> Attributes {
     Attributes { verb, subresource }
 }
 
+/// A cache of answers by key, each with its expiry.
+type Cache<T> = Mutex<HashMap<String, (T, Instant)>>;
+
 /// Checks who calls and whether they may, caching the cluster's answers briefly.
 pub struct Auth {
     node_name: String,
     clients: watch::Receiver<kube::Client>,
-    tokens: Mutex<HashMap<String, (User, Instant)>>,
-    decisions: Mutex<HashMap<String, (Result<(), String>, Instant)>>,
+    tokens: Cache<User>,
+    /// `Err` holds the authorizer's reason for a denial.
+    decisions: Cache<Result<(), String>>,
 }
 
 impl Auth {
@@ -252,7 +256,7 @@ impl Auth {
     }
 }
 
-fn cached<T: Clone>(cache: &Mutex<HashMap<String, (T, Instant)>>, key: &str) -> Option<T> {
+fn cached<T: Clone>(cache: &Cache<T>, key: &str) -> Option<T> {
     let cache = cache.lock().unwrap_or_else(|e| e.into_inner());
     cache
         .get(key)
@@ -260,7 +264,7 @@ fn cached<T: Clone>(cache: &Mutex<HashMap<String, (T, Instant)>>, key: &str) -> 
         .map(|(value, _)| value.clone())
 }
 
-fn remember<T>(cache: &Mutex<HashMap<String, (T, Instant)>>, key: String, value: T, ttl: Duration) {
+fn remember<T>(cache: &Cache<T>, key: String, value: T, ttl: Duration) {
     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
     let now = Instant::now();
     if cache.len() >= CACHE_LIMIT {
