@@ -424,3 +424,119 @@ async fn serve(acceptor: TlsAcceptor, tcp: TcpStream, router: Router) {
         tracing::debug!(%error, "kubelet API connection ended");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Flags;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn config(dir: &Path, tls: Option<(&Path, &Path)>, ca: &Path) -> KubeletConfig {
+        Flags {
+            node_name: Some("node-a".into()),
+            node_ip: Some([127, 0, 0, 1].into()),
+            port: Some(0),
+            data_dir: Some(dir.into()),
+            tls_cert_file: tls.map(|(c, _)| c.into()),
+            tls_private_key_file: tls.map(|(_, k)| k.into()),
+            client_ca_file: Some(ca.into()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("config")
+    }
+
+    fn bundle() -> CertBundle {
+        self_signed_serving("node-a", serving_sans("node-a", [127, 0, 0, 1].into()))
+            .expect("self-signed")
+    }
+
+    fn clients() -> watch::Receiver<kube::Client> {
+        let config = kube::Config::new("https://127.0.0.1:1".parse().expect("url"));
+        watch::channel(kube::Client::try_from(config).expect("client")).1
+    }
+
+    /// Connects trusting only `trusted`, and asks for /healthz without credentials.
+    async fn healthz(addr: SocketAddr, trusted: &CertBundle) -> std::io::Result<String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(trusted.cert_pem.as_bytes()) {
+            roots.add(cert.expect("cert")).expect("root");
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        let tcp = TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let mut stream = connector.connect(name, tcp).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: node-a\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok(response)
+    }
+
+    #[tokio::test]
+    async fn tls_cert_file_overrides_and_health_needs_no_credentials() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fixed = bundle();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert, &fixed.cert_pem).expect("write");
+        std::fs::write(&key, &fixed.key_pem).expect("write");
+        let config = config(dir.path(), Some((&cert, &key)), &cert);
+        // An issued certificate must not replace the one given by flag.
+        let (issued_tx, issued) = watch::channel(Some(bundle()));
+        let server = Server::bind(&config, clients(), issued)
+            .await
+            .expect("bind");
+        let addr = server.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        tokio::spawn(server.run(stop.clone()));
+        issued_tx.send_replace(Some(bundle()));
+        let response = healthz(addr, &fixed)
+            .await
+            .expect("served the flag's certificate");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.ends_with("ok"), "{response}");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn an_issued_certificate_replaces_the_self_signed_one_without_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, bundle().cert_pem).expect("write");
+        let config = config(dir.path(), None, &ca);
+        let (issued_tx, issued) = watch::channel(None);
+        let server = Server::bind(&config, clients(), issued)
+            .await
+            .expect("bind");
+        let addr = server.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        tokio::spawn(server.run(stop.clone()));
+        let issued = bundle();
+        assert!(
+            healthz(addr, &issued).await.is_err(),
+            "not issued yet: self-signed"
+        );
+        issued_tx.send_replace(Some(issued.clone()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match healthz(addr, &issued).await {
+                Ok(response) => {
+                    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+                    break;
+                }
+                Err(error) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "issued certificate not served: {error}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+    }
+}
