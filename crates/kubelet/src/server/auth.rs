@@ -12,6 +12,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use kube::api::{Api, PostParams};
+use sha2::Digest;
 use tokio::sync::watch;
 
 /// How long an allowed decision is reused (the kubelet's default webhook cache TTL).
@@ -167,7 +168,9 @@ impl Auth {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::Unauthorized)?;
-        if let Some(user) = cached(&self.tokens, token) {
+        // Keyed by digest, so the cache holds no usable credentials.
+        let key = format!("{:x}", sha2::Sha256::digest(token.as_bytes()));
+        if let Some(user) = cached(&self.tokens, &key) {
             return Ok(user);
         }
         let review = TokenReview {
@@ -194,7 +197,7 @@ impl Auth {
             groups: info.groups.unwrap_or_default(),
             extra: info.extra.unwrap_or_default(),
         };
-        remember(&self.tokens, token.into(), user.clone(), TOKEN_TTL);
+        remember(&self.tokens, key, user.clone(), TOKEN_TTL);
         Ok(user)
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use jiff::Timestamp;
 use tokio::sync::mpsc;
@@ -40,10 +40,11 @@ pub async fn container_logs(
             .await
             .map(|chunk| (Ok::<_, std::io::Error>(Bytes::from(chunk)), rx))
     });
-    Response::builder()
-        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Body::from_stream(chunks))
-        .map_err(|e| ApiError::BadRequest(e.to_string()))
+    Ok((
+        [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(chunks),
+    )
+        .into_response())
 }
 
 /// Reads the query as the API server sends it (`follow=true&tailLines=10...`).
