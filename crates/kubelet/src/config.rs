@@ -55,6 +55,23 @@ pub struct Flags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
 
+    /// Certificate (chain) for the kubelet API, PEM; overrides the issued serving certificate.
+    /// Needs --tls-private-key-file.
+    #[arg(long, env = "KRUSTLET_TLS_CERT_FILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// Private key of --tls-cert-file, PEM.
+    #[arg(long, env = "KRUSTLET_TLS_PRIVATE_KEY_FILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_private_key_file: Option<PathBuf>,
+
+    /// CA bundle that verifies client certificates on the kubelet API. [default: the cluster
+    /// CA of the node's kubeconfig]
+    #[arg(long, env = "KRUSTLET_CLIENT_CA_FILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+
     /// Directory for pod data, logs, images and state. [default: ~/.krustlet]
     #[arg(long, env = "KRUSTLET_DATA_DIR", value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -178,6 +195,12 @@ pub struct KubeletConfig {
     pub node_ip: IpAddr,
     /// Kubelet API port.
     pub port: u16,
+    /// Kubelet API certificate, overriding the issued one.
+    pub tls_cert_file: Option<PathBuf>,
+    /// Its key.
+    pub tls_private_key_file: Option<PathBuf>,
+    /// CA for client certificates; `None`: the kubeconfig's cluster CA.
+    pub client_ca_file: Option<PathBuf>,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Pod capacity.
@@ -239,6 +262,12 @@ impl Flags {
             })?,
         };
         validate_node_name(&node_name)?;
+        if self.tls_cert_file.is_some() != self.tls_private_key_file.is_some() {
+            return Err(ConfigError::Invalid {
+                flag: "tls-cert-file",
+                message: "--tls-cert-file and --tls-private-key-file go together".into(),
+            });
+        }
         let config = KubeletConfig {
             kubeconfig: self
                 .kubeconfig
@@ -248,6 +277,9 @@ impl Flags {
             node_name,
             node_ip: self.node_ip.unwrap_or_else(crate::node::host::primary_ip),
             port: self.port.unwrap_or(10250),
+            tls_cert_file: self.tls_cert_file,
+            tls_private_key_file: self.tls_private_key_file,
+            client_ca_file: self.client_ca_file,
             max_pods: self.max_pods.unwrap_or(110),
             node_labels: self.node_labels.unwrap_or_default(),
             register_with_taints: self
@@ -645,6 +677,36 @@ mod tests {
             .expect_err("unknown key")
             .to_string();
         assert!(error.contains("maxPodz"), "{error}");
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_and_from_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            "nodeName: n\nclientCaFile: /ca.pem\ntlsCertFile: /c.pem\n",
+        )
+        .expect("write");
+        let flags = Flags {
+            config: Some(file),
+            tls_private_key_file: Some("/k.pem".into()),
+            ..Default::default()
+        };
+        let config = flags
+            .merge_config_file()
+            .expect("merge")
+            .resolve()
+            .expect("resolve");
+        assert_eq!(config.client_ca_file.as_deref(), Some(Path::new("/ca.pem")));
+        assert_eq!(config.tls_cert_file.as_deref(), Some(Path::new("/c.pem")));
+        let lone = Flags {
+            node_name: Some("n".into()),
+            tls_cert_file: Some("/c.pem".into()),
+            ..Default::default()
+        };
+        let error = lone.resolve().expect_err("needs a key").to_string();
+        assert!(error.contains("--tls-private-key-file"), "{error}");
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub enum KubeletError {
     /// The image store cannot be opened.
     #[error(transparent)]
     Images(#[from] ImageError),
+    /// The kubelet API cannot start.
+    #[error("kubelet API: {0}")]
+    Server(#[from] crate::server::ServerError),
 }
 
 /// A kubelet for one node.
@@ -111,7 +114,9 @@ impl Kubelet {
             clients_tx,
             stop.clone(),
         ));
-        let (serving_tx, _serving) = watch::channel(None);
+        let (serving_tx, serving) = watch::channel(None);
+        let server = crate::server::Server::bind(&config, clients.clone(), serving).await?;
+        tokio::spawn(server.run(stop.clone()));
         tokio::spawn(bootstrap::manage_serving_certificate(
             config.clone(),
             clients.clone(),

@@ -12,6 +12,7 @@
 //! - [`image`]: pulling wasm from OCI registries into a verified store.
 //! - [`runtime`]: the [`runtime::Runtime`] trait runtimes implement.
 //! - [`log`]: CRI-format container logs.
+//! - [`server`]: the kubelet HTTPS API (health, container logs), authenticated and authorized.
 //! - [`kubelet`]: [`Kubelet`], which runs all of the above.
 
 pub mod bootstrap;
@@ -23,5 +24,6 @@ pub mod log;
 pub mod node;
 pub mod pod;
 pub mod runtime;
+pub mod server;
 
 pub use kubelet::{Kubelet, KubeletError};

@@ -3,6 +3,7 @@
 //! One test binary, so one cluster serves every test; each test has its own namespace and the
 //! tests run in parallel. Modules are named for the feature they verify.
 
+mod api;
 mod foundation;
 mod node;
 mod pods;

@@ -4,7 +4,11 @@
 //! Each line: `<RFC 3339 UTC time with nanoseconds> <stdout|stderr> <F|P> <content>\n`, where
 //! `F` ends a line and `P` is a partial line continued by the next entry of the same stream
 //! (as containerd writes them, and as `kubectl logs` shows them through the kubelet API).
+//!
+//! A run is over once `<restartCount>.log.done` exists next to its file (see
+//! [`mark_run_finished`]) or a later run's file appears; `kubectl logs -f` ends then.
 
+pub mod reader;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -24,10 +28,21 @@ pub fn container_log_path(pod_dir: &Path, container: &str, restart_count: u32) -
     pod_dir.join(container).join(format!("{restart_count}.log"))
 }
 
-/// Marks a container run's log as complete by creating `<log>.done` next to it, so readers
-/// that follow the log (`kubectl logs -f`) know no more lines will come.
+/// The marker that says a run's log is complete: `<restartCount>.log.done`.
+pub fn done_marker_path(log_path: &Path) -> PathBuf {
+    let mut name = log_path.as_os_str().to_owned();
+    name.push(".done");
+    PathBuf::from(name)
+}
+
+/// Marks a container run as finished by creating `<log_path>.done`, so that followers of its
+/// log (`kubectl logs -f`) stop once they have read everything. Call it after the run's
+/// [`writer::CriLogWriter::finish`]; calling it again is harmless.
 pub fn mark_run_finished(log_path: &Path) -> std::io::Result<()> {
-    let mut marker = log_path.as_os_str().to_owned();
-    marker.push(".done");
-    std::fs::write(PathBuf::from(marker), b"")
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(done_marker_path(log_path))
+        .map(drop)
 }
