@@ -150,6 +150,19 @@ impl KrustletNode {
         }
     }
 
+    /// Sends SIGTERM and waits up to `timeout` for a clean exit (status 0).
+    pub async fn terminate(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        self.signal(nix::sys::signal::Signal::SIGTERM)?;
+        let status = self.wait_exit(timeout).await?;
+        if !status.success() {
+            bail!(
+                "krustlet exited with {status} after SIGTERM; log:\n{}",
+                self.log()
+            );
+        }
+        Ok(())
+    }
+
     /// Waits until the Node's Ready condition has `status` ("True", "False", "Unknown").
     pub async fn wait_ready(&self, status: &str, timeout: Duration) -> anyhow::Result<Node> {
         let nodes: Api<Node> = Api::all(client().await?);

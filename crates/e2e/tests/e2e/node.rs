@@ -340,16 +340,9 @@ async fn sigterm_reports_not_ready_and_exits_zero() {
     node.wait_ready("True", Duration::from_secs(90))
         .await
         .expect("Ready");
-    node.signal(Signal::SIGTERM).expect("SIGTERM");
-    let status = node
-        .wait_exit(Duration::from_secs(30))
+    node.terminate(Duration::from_secs(30))
         .await
-        .expect("exited");
-    assert!(
-        status.success(),
-        "exit status {status}; log:\n{}",
-        node.log()
-    );
+        .expect("clean exit after SIGTERM");
     let gone = nodes().await.get(node.name()).await.expect("node");
     let ready = gone
         .status
@@ -473,16 +466,9 @@ async fn sigterm_with_running_pods_reports_their_final_status_and_exits_zero() {
             .expect("Running");
     }
     let signalled = Instant::now();
-    node.signal(Signal::SIGTERM).expect("SIGTERM");
-    let status = node
-        .wait_exit(Duration::from_secs(30))
+    node.terminate(Duration::from_secs(30))
         .await
-        .expect("exited");
-    assert!(
-        status.success(),
-        "exit status {status}; log:\n{}",
-        node.log()
-    );
+        .expect("clean exit after SIGTERM");
     eprintln!("node exited {:?} after SIGTERM", signalled.elapsed());
     for name in ["a", "b"] {
         let pod = wait_for(

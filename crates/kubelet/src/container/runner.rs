@@ -105,6 +105,20 @@ impl Runner {
         container_field(self.kind != Kind::App, &self.container.name)
     }
 
+    async fn normal(&self, reason: &str, note: String) {
+        self.services
+            .events
+            .normal(&self.pod, self.field(), reason, note)
+            .await
+    }
+
+    async fn warning(&self, reason: &str, note: String) {
+        self.services
+            .events
+            .warning(&self.pod, self.field(), reason, note)
+            .await
+    }
+
     fn report(&self, status: &ContainerStatus) {
         let _ = self
             .updates
@@ -161,14 +175,7 @@ impl Runner {
                             "ImagePullBackOff",
                             Some(format!("Back-off pulling image {image:?}: {message}")),
                         ));
-                        self.services
-                            .events
-                            .normal(
-                                &self.pod,
-                                self.field(),
-                                "BackOff",
-                                format!("Back-off pulling image {image:?}"),
-                            )
+                        self.normal("BackOff", format!("Back-off pulling image {image:?}"))
                             .await;
                         self.report(&status);
                     }
@@ -185,15 +192,7 @@ impl Runner {
             let run = match self.start(&pulled, status.restart_count).await {
                 Ok(run) => run,
                 Err((reason, message)) => {
-                    self.services
-                        .events
-                        .warning(
-                            &self.pod,
-                            self.field(),
-                            "Failed",
-                            format!("Error: {message}"),
-                        )
-                        .await;
+                    self.warning("Failed", format!("Error: {message}")).await;
                     status.state = Some(waiting(reason, Some(message)));
                     self.report(&status);
                     if !self.pause(backoff.next_delay(Duration::ZERO)).await {
@@ -221,7 +220,7 @@ impl Runner {
                 t = &mut running.exit => t.unwrap_or(Termination::Killed),
                 _ = async { let _ = stop.wait_for(|s| s.is_some()).await; } => {
                     let grace = self.stopping().unwrap_or_default();
-                    self.services.events.normal(&self.pod, self.field(), "Killing", format!("Stopping container {name}")).await;
+                    self.normal("Killing", format!("Stopping container {name}")).await;
                     // A wasm guest has no signal to catch: it gets the grace period to finish,
                     // then is stopped at its next epoch.
                     match tokio::time::timeout(grace, &mut running.exit).await {
@@ -270,18 +269,14 @@ impl Runner {
                 )),
             ));
             self.report(&status);
-            self.services
-                .events
-                .warning(
-                    &self.pod,
-                    self.field(),
-                    "BackOff",
-                    format!(
-                        "Back-off restarting failed container {name} in pod {}",
-                        self.pod.metadata.name.as_deref().unwrap_or_default()
-                    ),
-                )
-                .await;
+            self.warning(
+                "BackOff",
+                format!(
+                    "Back-off restarting failed container {name} in pod {}",
+                    self.pod.metadata.name.as_deref().unwrap_or_default()
+                ),
+            )
+            .await;
             if !self.pause(delay).await {
                 return last;
             }
@@ -298,55 +293,36 @@ impl Runner {
         if policy != PullPolicy::Always
             && let Some(found) = images.lookup(image)
         {
-            self.services
-                .events
-                .normal(
-                    &self.pod,
-                    self.field(),
-                    "Pulled",
-                    format!("Container image {image:?} already present on machine"),
-                )
-                .await;
+            self.normal(
+                "Pulled",
+                format!("Container image {image:?} already present on machine"),
+            )
+            .await;
             return Ok(found);
         }
-        self.services
-            .events
-            .normal(
-                &self.pod,
-                self.field(),
-                "Pulling",
-                format!("Pulling image {image:?}"),
-            )
+        self.normal("Pulling", format!("Pulling image {image:?}"))
             .await;
         let started = Instant::now();
         match images.pull(image, policy, None).await {
             Ok((pulled, _)) => {
-                self.services
-                    .events
-                    .normal(
-                        &self.pod,
-                        self.field(),
-                        "Pulled",
-                        format!(
-                            "Successfully pulled image {image:?} in {:?}. Image size: {} bytes.",
-                            started.elapsed(),
-                            pulled.size_bytes
-                        ),
-                    )
-                    .await;
+                self.normal(
+                    "Pulled",
+                    format!(
+                        "Successfully pulled image {image:?} in {:?}. Image size: {} bytes.",
+                        started.elapsed(),
+                        pulled.size_bytes
+                    ),
+                )
+                .await;
                 Ok(pulled)
             }
             Err(error) => {
                 let message = error.to_string();
-                self.services
-                    .events
-                    .warning(
-                        &self.pod,
-                        self.field(),
-                        "Failed",
-                        format!("Failed to pull image {image:?}: {message}"),
-                    )
-                    .await;
+                self.warning(
+                    "Failed",
+                    format!("Failed to pull image {image:?}: {message}"),
+                )
+                .await;
                 Err((error.reason(), message))
             }
         }
@@ -412,23 +388,9 @@ impl Runner {
             .await
             .map_err(|e| (e.reason, e.message))?;
         let name = &c.name;
-        self.services
-            .events
-            .normal(
-                &self.pod,
-                self.field(),
-                "Created",
-                format!("Created container: {name}"),
-            )
+        self.normal("Created", format!("Created container: {name}"))
             .await;
-        self.services
-            .events
-            .normal(
-                &self.pod,
-                self.field(),
-                "Started",
-                format!("Started container {name}"),
-            )
+        self.normal("Started", format!("Started container {name}"))
             .await;
         Ok((running, log_path, id))
     }

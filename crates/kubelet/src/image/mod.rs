@@ -158,6 +158,26 @@ fn store_error(path: &Path) -> impl Fn(std::io::Error) -> ImageError + '_ {
     }
 }
 
+/// A client for `registry` (plain HTTP on loopback, TLS elsewhere) and the auth to send.
+fn registry_client(registry: &str, credentials: Option<&Credentials>) -> (Client, RegistryAuth) {
+    // reqwest (under oci-client) has no TLS provider of its own here; use ring, as kube does.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let protocol = if is_loopback(registry) {
+        ClientProtocol::Http
+    } else {
+        ClientProtocol::Https
+    };
+    let client = Client::new(ClientConfig {
+        protocol,
+        ..Default::default()
+    });
+    let auth = match credentials {
+        Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+        None => RegistryAuth::Anonymous,
+    };
+    (client, auth)
+}
+
 /// Whether a registry is on this host, where plain HTTP is used, as Docker does.
 fn is_loopback(registry: &str) -> bool {
     let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
@@ -169,8 +189,6 @@ impl ImageStore {
     pub fn new(root: PathBuf) -> Result<Self, ImageError> {
         std::fs::create_dir_all(root.join("blobs/sha256")).map_err(store_error(&root))?;
         std::fs::create_dir_all(root.join("refs")).map_err(store_error(&root))?;
-        // reqwest (under oci-client) has no TLS provider of its own here; use ring, as kube does.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         Ok(Self {
             root,
             pulling: Mutex::new(HashMap::new()),
@@ -240,19 +258,7 @@ impl ImageStore {
             registry: registry.clone(),
             message,
         };
-        let protocol = if is_loopback(&registry) {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        };
-        let client = Client::new(ClientConfig {
-            protocol,
-            ..Default::default()
-        });
-        let auth = match credentials {
-            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-            None => RegistryAuth::Anonymous,
-        };
+        let (client, auth) = registry_client(&registry, credentials);
         let (manifest, manifest_digest) = client
             .pull_image_manifest(&reference, &auth)
             .await
@@ -343,20 +349,7 @@ pub async fn push_wasm(
         registry: registry.clone(),
         message,
     };
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let protocol = if is_loopback(&registry) {
-        ClientProtocol::Http
-    } else {
-        ClientProtocol::Https
-    };
-    let client = Client::new(ClientConfig {
-        protocol,
-        ..Default::default()
-    });
-    let auth = match credentials {
-        Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-        None => RegistryAuth::Anonymous,
-    };
+    let (client, auth) = registry_client(&registry, credentials);
     let layer = ImageLayer::new(wasm, WASM_LAYER_MEDIA_TYPES[0].to_string(), None);
     let config = serde_json::json!({
         "architecture": "wasm",
