@@ -132,6 +132,7 @@ impl Kubelet {
                 images,
                 events: PodEvents::new(clients.clone(), &config.node_name),
                 node_ip: config.node_ip.to_string(),
+                clients: clients.clone(),
             },
             status,
             clients: clients.clone(),

@@ -4,6 +4,7 @@
 //! tests run in parallel. Modules are named for the feature they verify.
 
 mod api;
+mod config;
 mod foundation;
 mod node;
 mod pods;

@@ -1,9 +1,11 @@
-//! A container's environment (the kubelet's `makeEnvironmentVariables`): `value` with `$(VAR)`
-//! references to earlier entries, and `valueFrom.fieldRef` (the Downward API).
+//! A container's environment (the kubelet's `makeEnvironmentVariables`): `envFrom`, then `env`
+//! entries with `$(VAR)` references to earlier ones, `valueFrom.fieldRef` (the Downward API),
+//! `configMapKeyRef` and `secretKeyRef`, with `optional` as upstream treats it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use kube::api::Api;
 
 use crate::container::argv::expand;
 
@@ -18,6 +20,26 @@ pub enum EnvError {
         name: String,
         /// The field path.
         field_path: String,
+    },
+    /// A referenced ConfigMap or Secret does not exist (and the reference is not optional).
+    #[error("{kind} {name:?} not found")]
+    MissingObject {
+        /// `configmap` or `secret`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// A referenced key is missing (and the reference is not optional).
+    #[error("couldn't find key {key} in {kind} {namespace}/{name}")]
+    MissingKey {
+        /// `ConfigMap` or `Secret`.
+        kind: &'static str,
+        /// The namespace.
+        namespace: String,
+        /// The object's name.
+        name: String,
+        /// The key.
+        key: String,
     },
     /// A source this kubelet does not resolve yet.
     #[error("env {name}: {source_kind} is not supported by this node yet")]
@@ -70,24 +92,178 @@ pub fn field_value(pod: &Pod, path: &str, node_ip: &str) -> Option<String> {
     })
 }
 
-/// The container's environment, in order.
+/// The data of the ConfigMaps and Secrets a container's environment refers to, as fetched
+/// (`None`: the object does not exist).
+#[derive(Debug, Clone, Default)]
+pub struct EnvObjects {
+    /// ConfigMap name -> its data.
+    pub config_maps: HashMap<String, Option<BTreeMap<String, String>>>,
+    /// Secret name -> its data, decoded.
+    pub secrets: HashMap<String, Option<BTreeMap<String, String>>>,
+}
+
+impl EnvObjects {
+    /// Fetches every ConfigMap and Secret `container`'s environment names, from `namespace`.
+    /// The node may read exactly these (the Node authorizer allows objects its pods reference).
+    pub async fn fetch(
+        client: &kube::Client,
+        namespace: &str,
+        container: &Container,
+    ) -> Result<Self, kube::Error> {
+        let mut config_maps = BTreeSet::new();
+        let mut secrets = BTreeSet::new();
+        for from in container.env_from.iter().flatten() {
+            config_maps.extend(from.config_map_ref.as_ref().map(|r| r.name.clone()));
+            secrets.extend(from.secret_ref.as_ref().map(|r| r.name.clone()));
+        }
+        for from in container
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|v| v.value_from.as_ref())
+        {
+            config_maps.extend(from.config_map_key_ref.as_ref().map(|r| r.name.clone()));
+            secrets.extend(from.secret_key_ref.as_ref().map(|r| r.name.clone()));
+        }
+        let mut objects = Self::default();
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        for name in config_maps {
+            let data = cms
+                .get_opt(&name)
+                .await?
+                .map(|cm| cm.data.unwrap_or_default());
+            objects.config_maps.insert(name, data);
+        }
+        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        for name in secrets {
+            let data = api.get_opt(&name).await?.map(|s| {
+                s.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                    .collect()
+            });
+            objects.secrets.insert(name, data);
+        }
+        Ok(objects)
+    }
+}
+
+/// Looks up `key` of a ConfigMap or Secret for an env entry; `Ok(None)` skips an optional miss.
+fn key_value(
+    pod: &Pod,
+    objects: &HashMap<String, Option<BTreeMap<String, String>>>,
+    kind: (&'static str, &'static str),
+    name: &str,
+    key: &str,
+    optional: bool,
+) -> Result<Option<String>, EnvError> {
+    match objects.get(name).cloned().flatten() {
+        None if optional => Ok(None),
+        None => Err(EnvError::MissingObject {
+            kind: kind.0,
+            name: name.into(),
+        }),
+        Some(data) => match data.get(key) {
+            Some(value) => Ok(Some(value.clone())),
+            None if optional => Ok(None),
+            None => Err(EnvError::MissingKey {
+                kind: kind.1,
+                namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                name: name.into(),
+                key: key.into(),
+            }),
+        },
+    }
+}
+
+/// The container's environment, in order: `envFrom` sources, then `env` entries.
 pub fn resolve(
     pod: &Pod,
     container: &Container,
     node_ip: &str,
+    objects: &EnvObjects,
 ) -> Result<Vec<(String, String)>, EnvError> {
-    if container.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
-        return Err(EnvError::UnsupportedSource {
-            name: "envFrom".into(),
-            source_kind: "envFrom",
-        });
-    }
     let mut resolved: Vec<(String, String)> = Vec::new();
-    let mut defined: HashMap<String, String> = HashMap::new();
+    let set = |resolved: &mut Vec<(String, String)>, name: String, value: String| match resolved
+        .iter_mut()
+        .find(|(n, _)| *n == name)
+    {
+        Some(existing) => existing.1 = value,
+        None => resolved.push((name, value)),
+    };
+    for from in container.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        let (source, optional, kind) = match (&from.config_map_ref, &from.secret_ref) {
+            (Some(r), _) => (
+                objects
+                    .config_maps
+                    .get(&r.name)
+                    .map(|d| (r.name.clone(), d.clone())),
+                r.optional,
+                "configmap",
+            ),
+            (_, Some(r)) => (
+                objects
+                    .secrets
+                    .get(&r.name)
+                    .map(|d| (r.name.clone(), d.clone())),
+                r.optional,
+                "secret",
+            ),
+            _ => continue,
+        };
+        match source {
+            Some((_, Some(data))) => {
+                for (key, value) in data {
+                    let name = format!("{prefix}{key}");
+                    // Upstream skips (and reports) keys that are not valid variable names.
+                    if name.is_empty() || name.contains('=') {
+                        tracing::warn!(%name, "skipping an invalid environment variable name from envFrom");
+                        continue;
+                    }
+                    set(&mut resolved, name, value);
+                }
+            }
+            Some((name, None)) if !optional.unwrap_or(false) => {
+                return Err(EnvError::MissingObject { kind, name });
+            }
+            _ => {}
+        }
+    }
+    let defined_now = |resolved: &Vec<(String, String)>| -> HashMap<String, String> {
+        resolved.iter().cloned().collect()
+    };
     for var in container.env.iter().flatten() {
         let value = match (&var.value, &var.value_from) {
             (_, Some(from)) => {
-                if let Some(field) = &from.field_ref {
+                if let Some(r) = &from.config_map_key_ref {
+                    let optional = r.optional.unwrap_or(false);
+                    match key_value(
+                        pod,
+                        &objects.config_maps,
+                        ("configmap", "ConfigMap"),
+                        &r.name,
+                        &r.key,
+                        optional,
+                    )? {
+                        Some(value) => value,
+                        None => continue,
+                    }
+                } else if let Some(r) = &from.secret_key_ref {
+                    let optional = r.optional.unwrap_or(false);
+                    match key_value(
+                        pod,
+                        &objects.secrets,
+                        ("secret", "Secret"),
+                        &r.name,
+                        &r.key,
+                        optional,
+                    )? {
+                        Some(value) => value,
+                        None => continue,
+                    }
+                } else if let Some(field) = &from.field_ref {
                     field_value(pod, &field.field_path, node_ip).ok_or_else(|| {
                         EnvError::UnsupportedField {
                             name: var.name.clone(),
@@ -95,11 +271,7 @@ pub fn resolve(
                         }
                     })?
                 } else {
-                    let source_kind = if from.config_map_key_ref.is_some() {
-                        "configMapKeyRef"
-                    } else if from.secret_key_ref.is_some() {
-                        "secretKeyRef"
-                    } else if from.resource_field_ref.is_some() {
+                    let source_kind = if from.resource_field_ref.is_some() {
                         "resourceFieldRef"
                     } else {
                         "valueFrom"
@@ -110,14 +282,10 @@ pub fn resolve(
                     });
                 }
             }
-            (Some(value), None) => expand(value, &defined),
+            (Some(value), None) => expand(value, &defined_now(&resolved)),
             (None, None) => String::new(),
         };
-        defined.insert(var.name.clone(), value.clone());
-        match resolved.iter_mut().find(|(n, _)| *n == var.name) {
-            Some(existing) => existing.1 = value,
-            None => resolved.push((var.name.clone(), value)),
-        }
+        set(&mut resolved, var.name.clone(), value);
     }
     Ok(resolved)
 }
@@ -143,11 +311,64 @@ mod tests {
         }))
         .expect("pod");
         let container = &pod.spec.as_ref().expect("spec").containers[0];
-        let env = resolve(&pod, container, "10.0.0.5").expect("env");
+        let env = resolve(&pod, container, "10.0.0.5", &EnvObjects::default()).expect("env");
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("B"), Some("a-b-$(Z)"));
         assert_eq!(get("POD"), Some("p"));
         assert_eq!(get("APP"), Some("web"));
         assert_eq!(get("IP"), Some("10.0.0.5"));
+    }
+
+    #[test]
+    fn config_map_and_secret_sources_with_optional_and_prefix() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {"containers": [{
+                "name": "c",
+                "envFrom": [
+                    {"configMapRef": {"name": "settings"}, "prefix": "CFG_"},
+                    {"secretRef": {"name": "absent", "optional": true}}
+                ],
+                "env": [
+                    {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+                    {"name": "MAYBE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "nope", "optional": true}}},
+                    {"name": "GREETING", "value": "$(CFG_greeting) world"}
+                ]
+            }]}
+        }))
+        .expect("pod");
+        let container = &pod.spec.as_ref().expect("spec").containers[0];
+        let data = |pairs: &[(&str, &str)]| {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let mut objects = EnvObjects::default();
+        objects.config_maps.insert(
+            "settings".into(),
+            data(&[("greeting", "hello"), ("bad=key", "x")]),
+        );
+        objects
+            .secrets
+            .insert("creds".into(), data(&[("password", "s3cret")]));
+        objects.secrets.insert("absent".into(), None);
+        let env = resolve(&pod, container, "ip", &objects).expect("env");
+        let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["CFG_greeting", "PASSWORD", "GREETING"]);
+        assert_eq!(env[2].1, "hello world");
+        assert_eq!(env[1].1, "s3cret");
+
+        objects.secrets.insert("creds".into(), None);
+        let error = resolve(&pod, container, "ip", &objects).expect_err("missing secret");
+        assert_eq!(error.to_string(), "secret \"creds\" not found");
+        objects.secrets.insert("creds".into(), data(&[]));
+        let error = resolve(&pod, container, "ip", &objects).expect_err("missing key");
+        assert_eq!(
+            error.to_string(),
+            "couldn't find key password in Secret ns/creds"
+        );
     }
 }

@@ -33,6 +33,8 @@ pub struct NodeServices {
     pub events: PodEvents,
     /// The node's IP (also the pod's).
     pub node_ip: String,
+    /// The newest API client (for the ConfigMaps and Secrets containers refer to).
+    pub clients: watch::Receiver<kube::Client>,
 }
 
 /// The role of a container in its pod.
@@ -45,6 +47,12 @@ pub enum Kind {
     /// An app container.
     App,
 }
+
+/// The waiting reason for an environment that cannot be built yet.
+const CONFIG_ERROR: &str = "CreateContainerConfigError";
+/// How soon a container waiting on its configuration tries again (the objects it needs may
+/// appear any moment; a GET per object is cheap).
+const CONFIG_RETRY: Duration = Duration::from_secs(3);
 
 /// Asks a runner to stop: `Some(grace)` stops it within that grace period.
 pub type StopSignal = watch::Receiver<Option<Duration>>;
@@ -195,7 +203,12 @@ impl Runner {
                     self.warning("Failed", format!("Error: {message}")).await;
                     status.state = Some(waiting(reason, Some(message)));
                     self.report(&status);
-                    if !self.pause(backoff.next_delay(Duration::ZERO)).await {
+                    let delay = if reason == CONFIG_ERROR {
+                        CONFIG_RETRY
+                    } else {
+                        backoff.next_delay(Duration::ZERO)
+                    };
+                    if !self.pause(delay).await {
                         return last;
                     }
                     continue;
@@ -335,8 +348,18 @@ impl Runner {
         restart_count: i32,
     ) -> Result<(crate::runtime::RunningContainer, PathBuf, String), (&'static str, String)> {
         let c = &self.container;
-        let env = env::resolve(&self.pod, c, &self.services.node_ip)
-            .map_err(|e| ("CreateContainerConfigError", e.to_string()))?;
+        let client = self.services.clients.borrow().clone();
+        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let objects = env::EnvObjects::fetch(&client, namespace, c)
+            .await
+            .map_err(|e| {
+                (
+                    CONFIG_ERROR,
+                    format!("cannot read the ConfigMaps and Secrets of the environment: {e}"),
+                )
+            })?;
+        let env = env::resolve(&self.pod, c, &self.services.node_ip, &objects)
+            .map_err(|e| (CONFIG_ERROR, e.to_string()))?;
         let env_map: HashMap<String, String> = env.iter().cloned().collect();
         // Without a command, argv[0] is the module's name: the image repository's last segment.
         let module_name = pulled

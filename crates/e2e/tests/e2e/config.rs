@@ -1,0 +1,134 @@
+//! Pod configuration: environment from ConfigMaps and Secrets (so far; volumes come next).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use krustlet_e2e::node::shared_node;
+use krustlet_e2e::pods::{container_status, create, for_node, wait_for, wait_for_phase};
+use krustlet_e2e::{TestNamespace, kubectl, workloads};
+use kube::api::PostParams;
+use serde_json::json;
+
+use crate::KRUSTLET;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn env_pod(
+    name: &str,
+    args: &[&str],
+    env: serde_json::Value,
+    env_from: serde_json::Value,
+) -> serde_json::Value {
+    for_node(
+        json!({
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "main", "image": workloads::multitool(), "args": args, "env": env, "envFrom": env_from}]
+            }
+        }),
+        shared_node(KRUSTLET),
+    )
+}
+
+async fn create_config_map(ns: &TestNamespace, name: &str, data: serde_json::Value) {
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}, "data": data}))
+        .expect("configmap");
+    ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create configmap");
+}
+
+#[tokio::test]
+async fn env_from_config_maps_and_secrets_with_prefix_and_optional() {
+    let ns = TestNamespace::new("envsrc").await.expect("namespace");
+    create_config_map(
+        &ns,
+        "settings",
+        json!({"greeting": "hello", "colour": "blue"}),
+    )
+    .await;
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "creds"}, "stringData": {"password": "s3cret"}}),
+    )
+    .expect("secret");
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
+    let pods = ns.api::<Pod>();
+    let pod = env_pod(
+        "env",
+        &[
+            "getenv",
+            "CFG_greeting",
+            "getenv",
+            "CFG_colour",
+            "getenv",
+            "PASSWORD",
+            "getenv",
+            "MAYBE",
+            "getenv",
+            "GREETING",
+        ],
+        json!([
+            {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+            {"name": "MAYBE", "valueFrom": {"configMapKeyRef": {"name": "missing", "key": "x", "optional": true}}},
+            {"name": "GREETING", "value": "$(CFG_greeting), $(PASSWORD)"}
+        ]),
+        json!([
+            {"configMapRef": {"name": "settings"}, "prefix": "CFG_"},
+            {"secretRef": {"name": "no-such-secret", "optional": true}}
+        ]),
+    );
+    create(&pods, pod).await.expect("create");
+    wait_for_phase(&pods, "env", "Succeeded", LONG)
+        .await
+        .expect("Succeeded");
+    let out = kubectl(&["logs", "-n", ns.name(), "env"]).expect("logs");
+    assert_eq!(
+        out,
+        "CFG_greeting=hello\nCFG_colour=blue\nPASSWORD=s3cret\nMAYBE is unset\nGREETING=hello, s3cret\n"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_config_map_waits_with_create_container_config_error_then_runs() {
+    let ns = TestNamespace::new("envwait").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let pod = env_pod(
+        "waits",
+        &["getenv", "MODE"],
+        json!([{"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "later", "key": "mode"}}}]),
+        json!([]),
+    );
+    create(&pods, pod).await.expect("create");
+    let waiting = wait_for(
+        &pods,
+        "waits",
+        LONG,
+        "waiting with CreateContainerConfigError",
+        |p| {
+            container_status(p, "main")
+                .and_then(|s| s.state.as_ref())
+                .and_then(|s| s.waiting.as_ref())
+                .is_some_and(|w| w.reason.as_deref() == Some("CreateContainerConfigError"))
+        },
+    )
+    .await
+    .expect("waiting");
+    let message = container_status(&waiting, "main")
+        .and_then(|s| s.state.clone())
+        .and_then(|s| s.waiting)
+        .and_then(|w| w.message);
+    assert_eq!(message.as_deref(), Some("configmap \"later\" not found"));
+    create_config_map(&ns, "later", json!({"mode": "ready"})).await;
+    wait_for_phase(&pods, "waits", "Succeeded", LONG)
+        .await
+        .expect("runs once the ConfigMap exists");
+    assert_eq!(
+        kubectl(&["logs", "-n", ns.name(), "waits"]).expect("logs"),
+        "MODE=ready\n"
+    );
+}
