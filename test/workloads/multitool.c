@@ -11,7 +11,7 @@
  *   getenv NAME            print NAME=value, or NAME is unset
  *   pwd                    print the working directory
  *   cat PATH               copy a file to stdout
- *   ls PATH                list a directory, one sorted name a line
+ *   ls PATH                list a directory, one sorted name a line (hidden names skipped, as ls)
  *   write PATH TEXT        create or truncate PATH and write TEXT and a newline
  *   append PATH TEXT       append TEXT and a newline to PATH
  *   rm PATH                remove a file
@@ -132,7 +132,7 @@ int main(int argc, char **argv) {
             int count = 0;
             struct dirent *ent;
             while ((ent = readdir(d)) && count < 4096) {
-                if (!strcmp(ent->d_name, ".") || !strcmp(ent->d_name, "..")) continue;
+                if (ent->d_name[0] == '.') continue;
                 names[count++] = strdup(ent->d_name);
             }
             closedir(d);

@@ -25,5 +25,6 @@ pub mod node;
 pub mod pod;
 pub mod runtime;
 pub mod server;
+pub mod volume;
 
 pub use kubelet::{Kubelet, KubeletError};

@@ -132,3 +132,138 @@ async fn a_missing_config_map_waits_with_create_container_config_error_then_runs
         "MODE=ready\n"
     );
 }
+
+#[tokio::test]
+async fn config_map_secret_downward_api_and_service_account_volumes() {
+    let ns = TestNamespace::new("vols").await.expect("namespace");
+    create_config_map(
+        &ns,
+        "files",
+        json!({"app.conf": "level=debug", "other": "x"}),
+    )
+    .await;
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "keys"}, "stringData": {"api-key": "k3y"}}),
+    )
+    .expect("secret");
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
+    let pods = ns.api::<Pod>();
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let pod = for_node(
+        json!({
+            "metadata": {"name": "vols", "labels": {"tier": "edge"}},
+            "spec": {
+                "restartPolicy": "Never",
+                "volumes": [
+                    {"name": "cfg", "configMap": {"name": "files", "items": [{"key": "app.conf", "path": "conf/app.conf"}]}},
+                    {"name": "sec", "secret": {"secretName": "keys"}},
+                    {"name": "info", "downwardAPI": {"items": [{"path": "labels-tier", "fieldRef": {"fieldPath": "metadata.labels['tier']"}}]}}
+                ],
+                "containers": [{
+                    "name": "main", "image": workloads::multitool(),
+                    "args": ["cat", "/etc/cfg/conf/app.conf", "print", "", "cat", "/etc/sec/api-key", "print", "",
+                             "cat", "/etc/info/labels-tier", "print", "", "cat", &format!("{sa}/namespace"), "print", "",
+                             "ls", "/etc/cfg", "write", "/etc/cfg/new", "no"],
+                    "volumeMounts": [
+                        {"name": "cfg", "mountPath": "/etc/cfg", "readOnly": true},
+                        {"name": "sec", "mountPath": "/etc/sec"},
+                        {"name": "info", "mountPath": "/etc/info"}
+                    ]
+                }]
+            }
+        }),
+        shared_node(KRUSTLET),
+    );
+    create(&pods, pod).await.expect("create");
+    // The last command writes to a read-only mount: it must fail (exit 1) after the reads.
+    let done = wait_for_phase(&pods, "vols", "Failed", LONG)
+        .await
+        .expect("Failed on the read-only write");
+    let code = container_status(&done, "main")
+        .and_then(|s| s.state.clone())
+        .and_then(|s| s.terminated)
+        .map(|t| t.exit_code);
+    assert_eq!(code, Some(1));
+    let out = kubectl(&["logs", "-n", ns.name(), "vols"]).expect("logs");
+    let expected = format!(
+        "level=debug\nk3y\nedge\n{}\nconf\nmultitool: write: /etc/cfg/new: Operation not permitted\n",
+        ns.name()
+    );
+    assert_eq!(out, expected);
+
+    // The service account token authenticates as the pod's service account.
+    let token_pod = for_node(
+        json!({
+            "metadata": {"name": "token"},
+            "spec": {"restartPolicy": "Never", "containers": [{
+                "name": "main", "image": workloads::multitool(),
+                "args": ["cat", &format!("{sa}/token"), "print", "", "cat", &format!("{sa}/ca.crt")]
+            }]}
+        }),
+        shared_node(KRUSTLET),
+    );
+    create(&pods, token_pod).await.expect("create");
+    wait_for_phase(&pods, "token", "Succeeded", LONG)
+        .await
+        .expect("Succeeded");
+    let out = kubectl(&["logs", "-n", ns.name(), "token"]).expect("logs");
+    let (token, ca) = out.split_once('\n').expect("token line");
+    assert!(ca.contains("BEGIN CERTIFICATE"), "{ca}");
+    let review: k8s_openapi::api::authentication::v1::TokenReview =
+        serde_json::from_value(json!({"spec": {"token": token}})).expect("review");
+    let reviews: kube::Api<k8s_openapi::api::authentication::v1::TokenReview> =
+        kube::Api::all(ns.client());
+    let reviewed = reviews
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("token review");
+    let user = reviewed
+        .status
+        .and_then(|s| s.user)
+        .and_then(|u| u.username);
+    assert_eq!(
+        user,
+        Some(format!("system:serviceaccount:{}:default", ns.name()))
+    );
+}
+
+#[tokio::test]
+async fn a_volume_of_a_missing_config_map_fails_mount_until_it_exists() {
+    let ns = TestNamespace::new("volwait").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let pod = for_node(
+        json!({
+            "metadata": {"name": "mountwait"},
+            "spec": {
+                "restartPolicy": "Never",
+                "volumes": [{"name": "cfg", "configMap": {"name": "later"}}],
+                "containers": [{"name": "main", "image": workloads::multitool(), "args": ["cat", "/cfg/mode"],
+                                "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]}]
+            }
+        }),
+        shared_node(KRUSTLET),
+    );
+    create(&pods, pod).await.expect("create");
+    let events = ns.api::<k8s_openapi::api::core::v1::Event>();
+    let deadline = std::time::Instant::now() + LONG;
+    while !krustlet_e2e::pods::event_reasons(&events, "mountwait")
+        .await
+        .expect("events")
+        .iter()
+        .any(|r| r == "FailedMount")
+    {
+        assert!(std::time::Instant::now() < deadline, "no FailedMount event");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    create_config_map(&ns, "later", json!({"mode": "ready"})).await;
+    wait_for_phase(&pods, "mountwait", "Succeeded", LONG)
+        .await
+        .expect("runs once the ConfigMap exists");
+    assert_eq!(
+        kubectl(&["logs", "-n", ns.name(), "mountwait"]).expect("logs"),
+        "ready\n"
+    );
+}

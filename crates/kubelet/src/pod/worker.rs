@@ -27,6 +27,10 @@ use crate::log::pod_log_dir;
 use crate::pod::phase;
 use crate::pod::status::{PodKey, StatusManager};
 use crate::runtime::Termination;
+use crate::volume;
+
+/// How soon volume setup is retried after a failure (a missing ConfigMap may appear any moment).
+const VOLUME_RETRY: Duration = Duration::from_secs(3);
 
 /// What the kubelet wants for a pod.
 #[derive(Debug, Clone)]
@@ -148,8 +152,10 @@ impl Worker {
             self.pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded") | Some("Failed")
         );
-        if !already_done && self.pod.metadata.deletion_timestamp.is_none() {
-            self.setup().await;
+        if !already_done
+            && self.pod.metadata.deletion_timestamp.is_none()
+            && self.setup(desired).await
+        {
             self.publish();
             self.advance();
         }
@@ -228,41 +234,47 @@ impl Worker {
     }
 
     /// Creates the pod's directories and volumes; warns about what this node cannot honour.
-    async fn setup(&mut self) {
-        let mut volumes = HashMap::new();
+    /// Sets up the pod's volumes, retrying with `FailedMount` events until they are ready;
+    /// returns false if the pod was deleted (or the node is stopping) meanwhile.
+    async fn setup(&mut self, desired: &mut watch::Receiver<Desired>) -> bool {
         let spec = self.pod.spec.clone().unwrap_or_default();
-        for volume in spec.volumes.iter().flatten() {
-            if volume.empty_dir.is_some() {
-                let dir = self
-                    .pod_dir()
-                    .join("volumes/kubernetes.io~empty-dir")
-                    .join(&volume.name);
-                match std::fs::create_dir_all(&dir) {
-                    Ok(()) => {
-                        volumes.insert(volume.name.clone(), dir);
-                    }
-                    Err(e) => {
-                        self.ctx
-                            .services
-                            .events
-                            .warning(
-                                &self.pod,
-                                None,
-                                "FailedMount",
-                                format!(
-                                    "MountVolume.SetUp failed for volume {:?}: {e}",
-                                    volume.name
-                                ),
-                            )
-                            .await;
+        let prepared = loop {
+            let client = self.ctx.clients.borrow().clone();
+            match volume::prepare(
+                &client,
+                &self.pod,
+                &self.pod_dir(),
+                &self.ctx.services.node_ip,
+            )
+            .await
+            {
+                Ok(prepared) => break prepared,
+                Err(error) => {
+                    self.ctx
+                        .services
+                        .events
+                        .warning(&self.pod, None, "FailedMount", error.to_string())
+                        .await;
+                    self.publish();
+                    tokio::select! {
+                        _ = tokio::time::sleep(VOLUME_RETRY) => {}
+                        changed = desired.changed() => {
+                            let go_on = changed.is_ok()
+                                && matches!(&*desired.borrow(), Desired::Run(p) if p.metadata.deletion_timestamp.is_none());
+                            if !go_on {
+                                return false;
+                            }
+                        }
                     }
                 }
-            } else {
-                self.ctx.services.events.warning(&self.pod, None, "UnsupportedVolume", format!(
-                    "volume {:?} is of a type this node does not mount yet; containers run without it", volume.name
-                )).await;
             }
+        };
+        for name in &prepared.unsupported {
+            self.ctx.services.events.warning(&self.pod, None, "UnsupportedVolume", format!(
+                "volume {name:?} is of a type this node does not mount yet; containers run without it"
+            )).await;
         }
+        let volumes = prepared.mounts;
         self.volumes = Arc::new(volumes);
         for c in spec
             .init_containers
@@ -303,6 +315,7 @@ impl Worker {
                     .await;
             }
         }
+        true
     }
 
     fn spawn(&mut self, container: Container, kind: Kind) {

@@ -1,0 +1,363 @@
+//! Volumes: setting up a pod's volumes as host directories that containers get as preopened
+//! directories (the kubelet's volume manager and plugins, for the types this node supports).
+//!
+//! ConfigMap, Secret, downwardAPI and projected volumes are written in the kubelet's atomic
+//! layout (`atomic_writer.go`): the files live in a timestamped directory, `..data` links to it,
+//! and each top-level name links through `..data`, so a reader never sees half an update.
+
+pub mod atomic;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Pod, Secret, ServiceAccount, Volume};
+use kube::api::{Api, PostParams};
+
+use crate::container::env::field_value;
+
+/// Why a volume cannot be set up now; reported as a `FailedMount` event and retried.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// A referenced ConfigMap or Secret does not exist (and the volume is not optional).
+    #[error("MountVolume.SetUp failed for volume {volume:?}: {kind} {name:?} not found")]
+    Missing {
+        /// The volume.
+        volume: String,
+        /// `configmap` or `secret`.
+        kind: &'static str,
+        /// The object.
+        name: String,
+    },
+    /// An item names a key the object does not have.
+    #[error("MountVolume.SetUp failed for volume {volume:?}: key {key:?} not in {kind} {name:?}")]
+    MissingKey {
+        /// The volume.
+        volume: String,
+        /// `configmap` or `secret`.
+        kind: &'static str,
+        /// The object.
+        name: String,
+        /// The key.
+        key: String,
+    },
+    /// The API server refused a read or a token request.
+    #[error("MountVolume.SetUp failed for volume {volume:?}: {source}")]
+    Api {
+        /// The volume.
+        volume: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing the files failed.
+    #[error("MountVolume.SetUp failed for volume {volume:?}: {source}")]
+    Io {
+        /// The volume.
+        volume: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The outcome of setting up a pod's volumes.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// Volume name -> host directory, for every volume set up.
+    pub mounts: HashMap<String, PathBuf>,
+    /// Volumes of types this node does not support (the worker warns about them).
+    pub unsupported: Vec<String>,
+}
+
+/// A file to write into a volume: relative path, content, mode.
+type Files = BTreeMap<String, (Vec<u8>, u32)>;
+
+/// Sets up every volume of `pod` under `pod_dir/volumes`.
+pub async fn prepare(
+    client: &kube::Client,
+    pod: &Pod,
+    pod_dir: &Path,
+    node_ip: &str,
+) -> Result<Prepared, VolumeError> {
+    let mut prepared = Prepared::default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    // Secret material is readable by this process only (guests reach it through preopens).
+    let root = pod_dir.join("volumes");
+    std::fs::create_dir_all(&root)
+        .and_then(|()| {
+            std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        })
+        .map_err(|source| VolumeError::Io {
+            volume: "(all)".into(),
+            source,
+        })?;
+    for volume in spec.volumes.iter().flatten() {
+        let io = |source| VolumeError::Io {
+            volume: volume.name.clone(),
+            source,
+        };
+        let (plugin, files) = if volume.empty_dir.is_some() {
+            let dir = pod_dir
+                .join("volumes/kubernetes.io~empty-dir")
+                .join(&volume.name);
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            prepared.mounts.insert(volume.name.clone(), dir);
+            continue;
+        } else if volume.config_map.is_some()
+            || volume.secret.is_some()
+            || volume.downward_api.is_some()
+            || volume.projected.is_some()
+        {
+            let plugin = if volume.config_map.is_some() {
+                "configmap"
+            } else if volume.secret.is_some() {
+                "secret"
+            } else if volume.downward_api.is_some() {
+                "downward-api"
+            } else {
+                "projected"
+            };
+            (plugin, files_for(client, pod, volume, node_ip).await?)
+        } else {
+            prepared.unsupported.push(volume.name.clone());
+            continue;
+        };
+        let dir = pod_dir
+            .join(format!("volumes/kubernetes.io~{plugin}"))
+            .join(&volume.name);
+        atomic::write(&dir, &files).map_err(io)?;
+        prepared.mounts.insert(volume.name.clone(), dir);
+    }
+    Ok(prepared)
+}
+
+/// The files of a ConfigMap, Secret, downwardAPI or projected volume.
+async fn files_for(
+    client: &kube::Client,
+    pod: &Pod,
+    volume: &Volume,
+    node_ip: &str,
+) -> Result<Files, VolumeError> {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = &volume.name;
+    let api_error = |source| VolumeError::Api {
+        volume: name.clone(),
+        source,
+    };
+    let mut files = Files::new();
+    let mode = |m: Option<i32>, default: u32| m.map(|m| m as u32).unwrap_or(default);
+    if let Some(cm) = &volume.config_map {
+        let data = config_map(client, &namespace, &cm.name)
+            .await
+            .map_err(api_error)?;
+        add_items(
+            &mut files,
+            name,
+            "configmap",
+            &cm.name,
+            data,
+            cm.items.as_deref(),
+            cm.optional,
+            mode(cm.default_mode, 0o644),
+        )?;
+    }
+    if let Some(secret) = &volume.secret {
+        let secret_name = secret.secret_name.clone().unwrap_or_default();
+        let data = secret_data(client, &namespace, &secret_name)
+            .await
+            .map_err(api_error)?;
+        add_items(
+            &mut files,
+            name,
+            "secret",
+            &secret_name,
+            data,
+            secret.items.as_deref(),
+            secret.optional,
+            mode(secret.default_mode, 0o644),
+        )?;
+    }
+    if let Some(downward) = &volume.downward_api {
+        for item in downward.items.iter().flatten() {
+            if let Some(field) = &item.field_ref {
+                let value = field_value(pod, &field.field_path, node_ip).unwrap_or_default();
+                files.insert(
+                    item.path.clone(),
+                    (
+                        value.into_bytes(),
+                        mode(item.mode.or(downward.default_mode), 0o644),
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(projected) = &volume.projected {
+        let default_mode = mode(projected.default_mode, 0o644);
+        for source in projected.sources.iter().flatten() {
+            if let Some(cm) = &source.config_map {
+                let data = config_map(client, &namespace, &cm.name)
+                    .await
+                    .map_err(api_error)?;
+                add_items(
+                    &mut files,
+                    name,
+                    "configmap",
+                    &cm.name,
+                    data,
+                    cm.items.as_deref(),
+                    cm.optional,
+                    default_mode,
+                )?;
+            }
+            if let Some(secret) = &source.secret {
+                let data = secret_data(client, &namespace, &secret.name)
+                    .await
+                    .map_err(api_error)?;
+                add_items(
+                    &mut files,
+                    name,
+                    "secret",
+                    &secret.name,
+                    data,
+                    secret.items.as_deref(),
+                    secret.optional,
+                    default_mode,
+                )?;
+            }
+            if let Some(downward) = &source.downward_api {
+                for item in downward.items.iter().flatten() {
+                    if let Some(field) = &item.field_ref {
+                        let value =
+                            field_value(pod, &field.field_path, node_ip).unwrap_or_default();
+                        files.insert(
+                            item.path.clone(),
+                            (value.into_bytes(), mode(item.mode, default_mode)),
+                        );
+                    }
+                }
+            }
+            if let Some(token) = &source.service_account_token {
+                let account = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.service_account_name.clone())
+                    .unwrap_or_else(|| "default".into());
+                let request = TokenRequest {
+                    spec: TokenRequestSpec {
+                        audiences: token.audience.iter().cloned().collect(),
+                        expiration_seconds: token.expiration_seconds.or(Some(3607)),
+                        bound_object_ref: Some(BoundObjectReference {
+                            api_version: Some("v1".into()),
+                            kind: Some("Pod".into()),
+                            name: pod.metadata.name.clone(),
+                            uid: pod.metadata.uid.clone(),
+                        }),
+                    },
+                    ..Default::default()
+                };
+                let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
+                let issued = accounts
+                    .create_token_request(&account, &PostParams::default(), &request)
+                    .await
+                    .map_err(api_error)?;
+                let token_text = issued.status.map(|s| s.token).unwrap_or_default();
+                files.insert(token.path.clone(), (token_text.into_bytes(), default_mode));
+            }
+        }
+    }
+    Ok(files)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn add_items(
+    files: &mut Files,
+    volume: &str,
+    kind: &'static str,
+    object: &str,
+    data: Option<BTreeMap<String, Vec<u8>>>,
+    items: Option<&[KeyToPath]>,
+    optional: Option<bool>,
+    default_mode: u32,
+) -> Result<(), VolumeError> {
+    let Some(data) = data else {
+        if optional.unwrap_or(false) {
+            return Ok(());
+        }
+        return Err(VolumeError::Missing {
+            volume: volume.into(),
+            kind,
+            name: object.into(),
+        });
+    };
+    match items {
+        Some(items) if !items.is_empty() => {
+            for item in items {
+                match data.get(&item.key) {
+                    Some(value) => {
+                        files.insert(
+                            item.path.clone(),
+                            (
+                                value.clone(),
+                                item.mode.map(|m| m as u32).unwrap_or(default_mode),
+                            ),
+                        );
+                    }
+                    None if optional.unwrap_or(false) => {}
+                    None => {
+                        return Err(VolumeError::MissingKey {
+                            volume: volume.into(),
+                            kind,
+                            name: object.into(),
+                            key: item.key.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        _ => {
+            for (key, value) in data {
+                files.insert(key, (value, default_mode));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn config_map(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, kube::Error> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    Ok(api.get_opt(name).await?.map(|cm| {
+        let mut data: BTreeMap<String, Vec<u8>> = cm
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect();
+        data.extend(
+            cm.binary_data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0)),
+        );
+        data
+    }))
+}
+
+async fn secret_data(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, kube::Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    Ok(api.get_opt(name).await?.map(|s| {
+        s.data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect()
+    }))
+}
