@@ -267,3 +267,43 @@ async fn a_volume_of_a_missing_config_map_fails_mount_until_it_exists() {
         "ready\n"
     );
 }
+
+#[tokio::test]
+async fn a_running_pod_sees_an_updated_config_map_within_90_seconds() {
+    let ns = TestNamespace::new("live").await.expect("namespace");
+    create_config_map(&ns, "live", json!({"value": "one"})).await;
+    let pods = ns.api::<Pod>();
+    let pod = for_node(
+        json!({
+            "metadata": {"name": "reader"},
+            "spec": {
+                "restartPolicy": "Never",
+                "volumes": [{"name": "cfg", "configMap": {"name": "live"}}],
+                "containers": [{"name": "main", "image": workloads::multitool(),
+                                "args": ["cat", "/cfg/value", "print", "", "sleep", "75", "cat", "/cfg/value"],
+                                "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]}]
+            }
+        }),
+        shared_node(KRUSTLET),
+    );
+    create(&pods, pod).await.expect("create");
+    wait_for_phase(&pods, "reader", "Running", LONG)
+        .await
+        .expect("Running");
+    let patch = json!({"data": {"value": "two"}});
+    ns.api::<ConfigMap>()
+        .patch(
+            "live",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("update configmap");
+    wait_for_phase(&pods, "reader", "Succeeded", Duration::from_secs(180))
+        .await
+        .expect("Succeeded");
+    assert_eq!(
+        kubectl(&["logs", "-n", ns.name(), "reader"]).expect("logs"),
+        "one\ntwo\n"
+    );
+}

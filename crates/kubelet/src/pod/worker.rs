@@ -31,6 +31,8 @@ use crate::volume;
 
 /// How soon volume setup is retried after a failure (a missing ConfigMap may appear any moment).
 const VOLUME_RETRY: Duration = Duration::from_secs(3);
+/// How often a running pod's volumes are refreshed (the kubelet's sync period is about a minute).
+const VOLUME_RESYNC: Duration = Duration::from_secs(30);
 
 /// What the kubelet wants for a pod.
 #[derive(Debug, Clone)]
@@ -161,8 +163,11 @@ impl Worker {
         }
         // A pod deleted while this node was away is terminated right away.
         let mut terminating = self.pod.metadata.deletion_timestamp.is_some();
+        let mut resync =
+            tokio::time::interval_at(tokio::time::Instant::now() + VOLUME_RESYNC, VOLUME_RESYNC);
         while !(terminating && self.runners.is_empty()) {
             tokio::select! {
+                _ = resync.tick(), if !terminating && !self.runners.is_empty() => self.refresh_volumes().await,
                 Some((name, status)) = self.updates.recv() => {
                     self.statuses.insert(name.clone(), status);
                     self.on_sidecar_started(&name);
@@ -316,6 +321,22 @@ impl Worker {
             }
         }
         true
+    }
+
+    /// Rewrites the pod's ConfigMap, Secret, downwardAPI and projected volumes from the current
+    /// objects (atomically, so running readers see the old or the new set), and renews tokens.
+    async fn refresh_volumes(&mut self) {
+        let client = self.ctx.clients.borrow().clone();
+        if let Err(error) = volume::prepare(
+            &client,
+            &self.pod,
+            &self.pod_dir(),
+            &self.ctx.services.node_ip,
+        )
+        .await
+        {
+            tracing::warn!(pod = %self.key, %error, "volume refresh failed; keeping the current contents");
+        }
     }
 
     fn spawn(&mut self, container: Container, kind: Kind) {

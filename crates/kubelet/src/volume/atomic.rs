@@ -10,6 +10,9 @@ use std::path::Path;
 /// Writes `files` (relative path -> content and mode) into `dir` atomically.
 pub fn write(dir: &Path, files: &BTreeMap<String, (Vec<u8>, u32)>) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
+    if unchanged(dir, files) {
+        return Ok(());
+    }
     let stamp = format!(
         "..{}",
         jiff::Timestamp::now().strftime("%Y_%m_%d_%H_%M_%S.%f")
@@ -50,6 +53,38 @@ pub fn write(dir: &Path, files: &BTreeMap<String, (Vec<u8>, u32)>) -> io::Result
         let _ = std::fs::remove_dir_all(dir.join(old));
     }
     Ok(())
+}
+
+/// Whether `dir/..data` already holds exactly `files` (nothing to rewrite).
+fn unchanged(dir: &Path, files: &BTreeMap<String, (Vec<u8>, u32)>) -> bool {
+    let data = dir.join("..data");
+    let count = |p: &Path| -> usize {
+        fn walk(p: &Path) -> usize {
+            std::fs::read_dir(p)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| {
+                            if e.path().is_dir() {
+                                walk(&e.path())
+                            } else {
+                                1
+                            }
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(p)
+    };
+    data.exists()
+        && count(&data) == files.len()
+        && files.iter().all(|(path, (content, mode))| {
+            let file = data.join(path);
+            std::fs::read(&file).is_ok_and(|c| &c == content)
+                && std::fs::metadata(&file)
+                    .is_ok_and(|m| m.permissions().mode() & 0o777 == mode & 0o777)
+        })
 }
 
 #[cfg(test)]

@@ -97,7 +97,7 @@ pub async fn prepare(
             volume: volume.name.clone(),
             source,
         };
-        let (plugin, files) = if volume.empty_dir.is_some() {
+        let (dir, files) = if volume.empty_dir.is_some() {
             let dir = pod_dir
                 .join("volumes/kubernetes.io~empty-dir")
                 .join(&volume.name);
@@ -118,26 +118,29 @@ pub async fn prepare(
             } else {
                 "projected"
             };
-            (plugin, files_for(client, pod, volume, node_ip).await?)
+            let dir = pod_dir
+                .join(format!("volumes/kubernetes.io~{plugin}"))
+                .join(&volume.name);
+            let files = files_for(client, pod, volume, node_ip, &dir).await?;
+            (dir, files)
         } else {
             prepared.unsupported.push(volume.name.clone());
             continue;
         };
-        let dir = pod_dir
-            .join(format!("volumes/kubernetes.io~{plugin}"))
-            .join(&volume.name);
         atomic::write(&dir, &files).map_err(io)?;
         prepared.mounts.insert(volume.name.clone(), dir);
     }
     Ok(prepared)
 }
 
-/// The files of a ConfigMap, Secret, downwardAPI or projected volume.
+/// The files of a ConfigMap, Secret, downwardAPI or projected volume; `current` is where the
+/// volume is (or will be) written, to reuse a still-fresh service account token.
 async fn files_for(
     client: &kube::Client,
     pod: &Pod,
     volume: &Volume,
     node_ip: &str,
+    current: &Path,
 ) -> Result<Files, VolumeError> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let name = &volume.name;
@@ -238,6 +241,18 @@ async fn files_for(
                 }
             }
             if let Some(token) = &source.service_account_token {
+                let expiration = token.expiration_seconds.unwrap_or(3607).max(600) as u64;
+                // Like the kubelet's token manager: reuse a token until 80% of its lifetime.
+                let existing = current.join("..data").join(&token.path);
+                let fresh = std::fs::metadata(&existing)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age.as_secs() < expiration * 8 / 10);
+                if fresh && let Ok(content) = std::fs::read(&existing) {
+                    files.insert(token.path.clone(), (content, default_mode));
+                    continue;
+                }
                 let account = pod
                     .spec
                     .as_ref()
@@ -246,7 +261,7 @@ async fn files_for(
                 let request = TokenRequest {
                     spec: TokenRequestSpec {
                         audiences: token.audience.iter().cloned().collect(),
-                        expiration_seconds: token.expiration_seconds.or(Some(3607)),
+                        expiration_seconds: Some(expiration as i64),
                         bound_object_ref: Some(BoundObjectReference {
                             api_version: Some("v1".into()),
                             kind: Some("Pod".into()),
