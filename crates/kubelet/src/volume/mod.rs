@@ -11,7 +11,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Pod, Secret, ServiceAccount, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, ServiceAccount,
+    ServiceAccountTokenProjection, Volume,
+};
 use kube::api::{Api, PostParams};
 
 use crate::container::env::field_value;
@@ -133,6 +136,87 @@ pub async fn prepare(
     Ok(prepared)
 }
 
+/// One source of files: the plain volume types are projections of a single source.
+enum Source<'a> {
+    /// A ConfigMap or Secret (`kind` is `configmap` or `secret`).
+    Object {
+        kind: &'static str,
+        name: String,
+        items: Option<&'a [KeyToPath]>,
+        optional: Option<bool>,
+    },
+    /// Downward API files.
+    Downward(&'a [DownwardAPIVolumeFile]),
+    /// A service account token.
+    Token(&'a ServiceAccountTokenProjection),
+}
+
+/// A ConfigMap or Secret source.
+fn object<'a>(
+    kind: &'static str,
+    name: &str,
+    items: &'a Option<Vec<KeyToPath>>,
+    optional: Option<bool>,
+) -> Source<'a> {
+    Source::Object {
+        kind,
+        name: name.to_string(),
+        items: items.as_deref(),
+        optional,
+    }
+}
+
+/// The sources of a ConfigMap, Secret, downwardAPI or projected volume, with its default mode.
+fn sources(volume: &Volume) -> (Vec<Source<'_>>, Option<i32>) {
+    if let Some(cm) = &volume.config_map {
+        return (
+            vec![object("configmap", &cm.name, &cm.items, cm.optional)],
+            cm.default_mode,
+        );
+    }
+    if let Some(secret) = &volume.secret {
+        let name = secret.secret_name.as_deref().unwrap_or_default();
+        return (
+            vec![object("secret", name, &secret.items, secret.optional)],
+            secret.default_mode,
+        );
+    }
+    if let Some(downward) = &volume.downward_api {
+        return (
+            vec![Source::Downward(
+                downward.items.as_deref().unwrap_or_default(),
+            )],
+            downward.default_mode,
+        );
+    }
+    let Some(projected) = &volume.projected else {
+        return (Vec::new(), None);
+    };
+    let mut all = Vec::new();
+    for source in projected.sources.iter().flatten() {
+        if let Some(cm) = &source.config_map {
+            all.push(object("configmap", &cm.name, &cm.items, cm.optional));
+        }
+        if let Some(secret) = &source.secret {
+            all.push(object(
+                "secret",
+                &secret.name,
+                &secret.items,
+                secret.optional,
+            ));
+        }
+        if let Some(downward) = &source.downward_api {
+            all.push(Source::Downward(
+                downward.items.as_deref().unwrap_or_default(),
+            ));
+        }
+        if let Some(token) = &source.service_account_token {
+            all.push(Source::Token(token));
+        }
+    }
+    (all, projected.default_mode)
+}
+
 /// The files of a ConfigMap, Secret, downwardAPI or projected volume; `current` is where the
 /// volume is (or will be) written, to reuse a still-fresh service account token.
 async fn files_for(
@@ -149,139 +233,100 @@ async fn files_for(
         source,
     };
     let mut files = Files::new();
-    let mode = |m: Option<i32>, default: u32| m.map(|m| m as u32).unwrap_or(default);
-    if let Some(cm) = &volume.config_map {
-        let data = config_map(client, &namespace, &cm.name)
-            .await
-            .map_err(api_error)?;
-        add_items(
-            &mut files,
-            name,
-            "configmap",
-            &cm.name,
-            data,
-            cm.items.as_deref(),
-            cm.optional,
-            mode(cm.default_mode, 0o644),
-        )?;
-    }
-    if let Some(secret) = &volume.secret {
-        let secret_name = secret.secret_name.clone().unwrap_or_default();
-        let data = secret_data(client, &namespace, &secret_name)
-            .await
-            .map_err(api_error)?;
-        add_items(
-            &mut files,
-            name,
-            "secret",
-            &secret_name,
-            data,
-            secret.items.as_deref(),
-            secret.optional,
-            mode(secret.default_mode, 0o644),
-        )?;
-    }
-    if let Some(downward) = &volume.downward_api {
-        for item in downward.items.iter().flatten() {
-            if let Some(field) = &item.field_ref {
-                let value = field_value(pod, &field.field_path, node_ip).unwrap_or_default();
-                files.insert(
-                    item.path.clone(),
-                    (
-                        value.into_bytes(),
-                        mode(item.mode.or(downward.default_mode), 0o644),
-                    ),
-                );
-            }
-        }
-    }
-    if let Some(projected) = &volume.projected {
-        let default_mode = mode(projected.default_mode, 0o644);
-        for source in projected.sources.iter().flatten() {
-            if let Some(cm) = &source.config_map {
-                let data = config_map(client, &namespace, &cm.name)
-                    .await
-                    .map_err(api_error)?;
+    let (sources, default_mode) = sources(volume);
+    let default_mode = default_mode.map(|m| m as u32).unwrap_or(0o644);
+    for source in sources {
+        match source {
+            Source::Object {
+                kind,
+                name: object,
+                items,
+                optional,
+            } => {
+                let data = if kind == "configmap" {
+                    config_map(client, &namespace, &object).await
+                } else {
+                    secret_data(client, &namespace, &object).await
+                }
+                .map_err(api_error)?;
                 add_items(
                     &mut files,
                     name,
-                    "configmap",
-                    &cm.name,
+                    kind,
+                    &object,
                     data,
-                    cm.items.as_deref(),
-                    cm.optional,
+                    items,
+                    optional,
                     default_mode,
                 )?;
             }
-            if let Some(secret) = &source.secret {
-                let data = secret_data(client, &namespace, &secret.name)
-                    .await
-                    .map_err(api_error)?;
-                add_items(
-                    &mut files,
-                    name,
-                    "secret",
-                    &secret.name,
-                    data,
-                    secret.items.as_deref(),
-                    secret.optional,
-                    default_mode,
-                )?;
-            }
-            if let Some(downward) = &source.downward_api {
-                for item in downward.items.iter().flatten() {
+            Source::Downward(items) => {
+                for item in items {
                     if let Some(field) = &item.field_ref {
                         let value =
                             field_value(pod, &field.field_path, node_ip).unwrap_or_default();
-                        files.insert(
-                            item.path.clone(),
-                            (value.into_bytes(), mode(item.mode, default_mode)),
-                        );
+                        let mode = item.mode.map(|m| m as u32).unwrap_or(default_mode);
+                        files.insert(item.path.clone(), (value.into_bytes(), mode));
                     }
                 }
             }
-            if let Some(token) = &source.service_account_token {
-                let expiration = token.expiration_seconds.unwrap_or(3607).max(600) as u64;
-                // Like the kubelet's token manager: reuse a token until 80% of its lifetime.
-                let existing = current.join("..data").join(&token.path);
-                let fresh = std::fs::metadata(&existing)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age.as_secs() < expiration * 8 / 10);
-                if fresh && let Ok(content) = std::fs::read(&existing) {
-                    files.insert(token.path.clone(), (content, default_mode));
-                    continue;
-                }
-                let account = pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.service_account_name.clone())
-                    .unwrap_or_else(|| "default".into());
-                let request = TokenRequest {
-                    spec: TokenRequestSpec {
-                        audiences: token.audience.iter().cloned().collect(),
-                        expiration_seconds: Some(expiration as i64),
-                        bound_object_ref: Some(BoundObjectReference {
-                            api_version: Some("v1".into()),
-                            kind: Some("Pod".into()),
-                            name: pod.metadata.name.clone(),
-                            uid: pod.metadata.uid.clone(),
-                        }),
-                    },
-                    ..Default::default()
-                };
-                let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &namespace);
-                let issued = accounts
-                    .create_token_request(&account, &PostParams::default(), &request)
+            Source::Token(token) => {
+                let content = service_account_token(client, pod, token, current)
                     .await
                     .map_err(api_error)?;
-                let token_text = issued.status.map(|s| s.token).unwrap_or_default();
-                files.insert(token.path.clone(), (token_text.into_bytes(), default_mode));
+                files.insert(token.path.clone(), (content, default_mode));
             }
         }
     }
     Ok(files)
+}
+
+/// A token for the pod's service account, bound to the pod; reused from `current` until 80%
+/// of its lifetime, like the kubelet's token manager.
+async fn service_account_token(
+    client: &kube::Client,
+    pod: &Pod,
+    token: &ServiceAccountTokenProjection,
+    current: &Path,
+) -> Result<Vec<u8>, kube::Error> {
+    let expiration = token.expiration_seconds.unwrap_or(3607).max(600) as u64;
+    let existing = current.join("..data").join(&token.path);
+    let fresh = std::fs::metadata(&existing)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age.as_secs() < expiration * 8 / 10);
+    if fresh && let Ok(content) = std::fs::read(&existing) {
+        return Ok(content);
+    }
+    let account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into());
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: token.audience.iter().cloned().collect(),
+            expiration_seconds: Some(expiration as i64),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+        },
+        ..Default::default()
+    };
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let issued = accounts
+        .create_token_request(&account, &PostParams::default(), &request)
+        .await?;
+    Ok(issued
+        .status
+        .map(|s| s.token)
+        .unwrap_or_default()
+        .into_bytes())
 }
 
 #[allow(clippy::too_many_arguments)]
