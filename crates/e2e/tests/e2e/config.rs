@@ -40,6 +40,16 @@ async fn create_config_map(ns: &TestNamespace, name: &str, data: serde_json::Val
         .expect("create configmap");
 }
 
+async fn create_secret(ns: &TestNamespace, name: &str, string_data: serde_json::Value) {
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": name}, "stringData": string_data}))
+            .expect("secret");
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
+}
+
 #[tokio::test]
 async fn env_from_config_maps_and_secrets_with_prefix_and_optional() {
     let ns = TestNamespace::new("envsrc").await.expect("namespace");
@@ -49,14 +59,7 @@ async fn env_from_config_maps_and_secrets_with_prefix_and_optional() {
         json!({"greeting": "hello", "colour": "blue"}),
     )
     .await;
-    let secret: Secret = serde_json::from_value(
-        json!({"metadata": {"name": "creds"}, "stringData": {"password": "s3cret"}}),
-    )
-    .expect("secret");
-    ns.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("create secret");
+    create_secret(&ns, "creds", json!({"password": "s3cret"})).await;
     let pods = ns.api::<Pod>();
     let pod = env_pod(
         "env",
@@ -142,14 +145,7 @@ async fn config_map_secret_downward_api_and_service_account_volumes() {
         json!({"app.conf": "level=debug", "other": "x"}),
     )
     .await;
-    let secret: Secret = serde_json::from_value(
-        json!({"metadata": {"name": "keys"}, "stringData": {"api-key": "k3y"}}),
-    )
-    .expect("secret");
-    ns.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("create secret");
+    create_secret(&ns, "keys", json!({"api-key": "k3y"})).await;
     let pods = ns.api::<Pod>();
     let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
     let pod = for_node(
