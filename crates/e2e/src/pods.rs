@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
+use k8s_openapi::api::core::v1::{
+    ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Event, Pod,
+};
 use kube::api::{Api, ListParams, PostParams};
 
 /// Adds what a pod needs to land on `node`: the wasm tolerations and a hostname selector.
@@ -79,6 +81,29 @@ pub fn container_status<'a>(pod: &'a Pod, name: &str) -> Option<&'a ContainerSta
         .flatten()
         .chain(status.init_container_statuses.iter().flatten())
         .find(|c| c.name == name)
+}
+
+/// A container's current waiting state, if it is waiting.
+pub fn waiting<'a>(pod: &'a Pod, container: &str) -> Option<&'a ContainerStateWaiting> {
+    container_status(pod, container)?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()
+}
+
+/// A container's current terminated state, if it has terminated.
+pub fn terminated<'a>(pod: &'a Pod, container: &str) -> Option<&'a ContainerStateTerminated> {
+    container_status(pod, container)?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()
+}
+
+/// Whether a container waits with `reason`.
+pub fn waiting_with(pod: &Pod, container: &str, reason: &str) -> bool {
+    waiting(pod, container).is_some_and(|w| w.reason.as_deref() == Some(reason))
 }
 
 /// Waits until the pod is gone from the API.

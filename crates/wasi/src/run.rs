@@ -47,16 +47,6 @@ pub enum Exit {
     Trap(String),
 }
 
-impl Exit {
-    /// The exit code a container would report: the code itself, or 1 for a trap.
-    pub fn code(&self) -> i32 {
-        match self {
-            Self::Code(code) => *code,
-            Self::Trap(_) => 1,
-        }
-    }
-}
-
 /// Errors that keep a program from starting (as opposed to it failing once started).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

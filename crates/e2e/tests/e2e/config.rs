@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use krustlet_e2e::node::shared_node;
-use krustlet_e2e::pods::{container_status, create, for_node, wait_for, wait_for_phase};
+use krustlet_e2e::pods::{
+    create, for_node, terminated, wait_for, wait_for_phase, waiting, waiting_with,
+};
 use krustlet_e2e::{TestNamespace, kubectl, workloads};
 use kube::api::PostParams;
 use serde_json::json;
@@ -107,24 +109,16 @@ async fn a_missing_config_map_waits_with_create_container_config_error_then_runs
         json!([]),
     );
     create(&pods, pod).await.expect("create");
-    let waiting = wait_for(
+    let stuck = wait_for(
         &pods,
         "waits",
         LONG,
         "waiting with CreateContainerConfigError",
-        |p| {
-            container_status(p, "main")
-                .and_then(|s| s.state.as_ref())
-                .and_then(|s| s.waiting.as_ref())
-                .is_some_and(|w| w.reason.as_deref() == Some("CreateContainerConfigError"))
-        },
+        |p| waiting_with(p, "main", "CreateContainerConfigError"),
     )
     .await
     .expect("waiting");
-    let message = container_status(&waiting, "main")
-        .and_then(|s| s.state.clone())
-        .and_then(|s| s.waiting)
-        .and_then(|w| w.message);
+    let message = waiting(&stuck, "main").and_then(|w| w.message.clone());
     assert_eq!(message.as_deref(), Some("configmap \"later\" not found"));
     create_config_map(&ns, "later", json!({"mode": "ready"})).await;
     wait_for_phase(&pods, "waits", "Succeeded", LONG)
@@ -178,10 +172,7 @@ async fn config_map_secret_downward_api_and_service_account_volumes() {
     let done = wait_for_phase(&pods, "vols", "Failed", LONG)
         .await
         .expect("Failed on the read-only write");
-    let code = container_status(&done, "main")
-        .and_then(|s| s.state.clone())
-        .and_then(|s| s.terminated)
-        .map(|t| t.exit_code);
+    let code = terminated(&done, "main").map(|t| t.exit_code);
     assert_eq!(code, Some(1));
     let out = kubectl(&["logs", "-n", ns.name(), "vols"]).expect("logs");
     let expected = format!(

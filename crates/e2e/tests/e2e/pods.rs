@@ -7,7 +7,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use krustlet_e2e::node::shared_node;
 use krustlet_e2e::pods::{
-    container_status, create, event_reasons, for_node, phase, wait_for, wait_for_phase, wait_gone,
+    container_status, create, event_reasons, for_node, phase, terminated, wait_for, wait_for_phase,
+    wait_gone, waiting, waiting_with,
 };
 use krustlet_e2e::{TestNamespace, kubectl, workloads};
 use kube::api::{DeleteParams, PostParams};
@@ -54,11 +55,7 @@ async fn hello_world_succeeds_and_exit_3_fails() {
         .await
         .expect("Succeeded");
     let main = container_status(&hello, "main").expect("status");
-    let terminated = main
-        .state
-        .as_ref()
-        .and_then(|s| s.terminated.as_ref())
-        .expect("terminated");
+    let terminated = terminated(&hello, "main").expect("terminated");
     assert_eq!(
         (terminated.exit_code, terminated.reason.as_deref()),
         (0, Some("Completed"))
@@ -165,9 +162,7 @@ async fn init_containers_run_in_order_before_the_app() {
     let failed = wait_for_phase(&pods, "failing", "Failed", LONG)
         .await
         .expect("Failed");
-    let broken = container_status(&failed, "broken")
-        .and_then(|s| s.state.clone())
-        .and_then(|s| s.terminated);
+    let broken = terminated(&failed, "broken");
     assert_eq!(broken.map(|t| t.exit_code), Some(7));
     let app = container_status(&failed, "app");
     assert!(
@@ -211,12 +206,7 @@ async fn on_failure_restarts_with_crash_loop_back_off() {
         "crash",
         Duration::from_secs(60),
         "in CrashLoopBackOff",
-        |p| {
-            container_status(p, "main")
-                .and_then(|s| s.state.as_ref())
-                .and_then(|s| s.waiting.as_ref())
-                .is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff"))
-        },
+        |p| waiting_with(p, "main", "CrashLoopBackOff"),
     )
     .await;
     assert!(backing_off.is_ok(), "{backing_off:?}");
@@ -345,10 +335,7 @@ async fn a_component_behaves_like_the_module() {
         .await
         .expect("Failed");
     // WASI 0.2 components report failure without its code: exit code 1.
-    let code = container_status(&failed, "main")
-        .and_then(|s| s.state.clone())
-        .and_then(|s| s.terminated)
-        .map(|t| t.exit_code);
+    let code = terminated(&failed, "main").map(|t| t.exit_code);
     assert_eq!(code, Some(1));
 }
 
@@ -403,18 +390,13 @@ async fn an_invalid_module_is_a_create_container_error_and_disturbs_nobody() {
     create(&pods, multitool_pod("neighbour", &["hello"], "Never"))
         .await
         .expect("create");
-    let waiting = wait_for(&pods, "invalid", LONG, "CreateContainerError", |p| {
-        container_status(p, "main")
-            .and_then(|s| s.state.as_ref())
-            .and_then(|s| s.waiting.as_ref())
-            .is_some_and(|w| w.reason.as_deref() == Some("CreateContainerError"))
+    let stuck = wait_for(&pods, "invalid", LONG, "CreateContainerError", |p| {
+        waiting_with(p, "main", "CreateContainerError")
     })
     .await
     .expect("waiting");
-    let message = container_status(&waiting, "main")
-        .and_then(|s| s.state.clone())
-        .and_then(|s| s.waiting)
-        .and_then(|w| w.message)
+    let message = waiting(&stuck, "main")
+        .and_then(|w| w.message.clone())
         .unwrap_or_default();
     assert!(message.contains("invalid WebAssembly"), "{message}");
     wait_for_phase(&pods, "neighbour", "Succeeded", LONG)

@@ -194,27 +194,13 @@ pub fn resolve(
     };
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
-        let (source, optional, kind) = match (&from.config_map_ref, &from.secret_ref) {
-            (Some(r), _) => (
-                objects
-                    .config_maps
-                    .get(&r.name)
-                    .map(|d| (r.name.clone(), d.clone())),
-                r.optional,
-                "configmap",
-            ),
-            (_, Some(r)) => (
-                objects
-                    .secrets
-                    .get(&r.name)
-                    .map(|d| (r.name.clone(), d.clone())),
-                r.optional,
-                "secret",
-            ),
+        let (sources, name, optional, kind) = match (&from.config_map_ref, &from.secret_ref) {
+            (Some(r), _) => (&objects.config_maps, &r.name, r.optional, "configmap"),
+            (_, Some(r)) => (&objects.secrets, &r.name, r.optional, "secret"),
             _ => continue,
         };
-        match source {
-            Some((_, Some(data))) => {
+        match sources.get(name) {
+            Some(Some(data)) => {
                 for (key, value) in data {
                     let name = format!("{prefix}{key}");
                     // Upstream skips (and reports) keys that are not valid variable names.
@@ -222,11 +208,14 @@ pub fn resolve(
                         tracing::warn!(%name, "skipping an invalid environment variable name from envFrom");
                         continue;
                     }
-                    set(&mut resolved, name, value);
+                    set(&mut resolved, name, value.clone());
                 }
             }
-            Some((name, None)) if !optional.unwrap_or(false) => {
-                return Err(EnvError::MissingObject { kind, name });
+            Some(None) if !optional.unwrap_or(false) => {
+                return Err(EnvError::MissingObject {
+                    kind,
+                    name: name.clone(),
+                });
             }
             _ => {}
         }
