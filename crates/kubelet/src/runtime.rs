@@ -5,6 +5,8 @@
 //! stop, restarts and status are the kubelet's; the runtime only starts and force-stops.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
@@ -97,12 +99,43 @@ impl Termination {
     }
 }
 
-/// A started container: await its end, or kill it.
+/// Live resource usage of one container run, kept current by the runtime while it runs.
+#[derive(Debug, Default)]
+pub struct Usage {
+    memory_bytes: AtomicU64,
+    cpu_nanos: AtomicU64,
+}
+
+impl Usage {
+    /// Memory in use now: the guest's linear memories and tables plus host-side overhead.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes.load(Ordering::Relaxed)
+    }
+
+    /// CPU time used since the run started, in nanoseconds.
+    pub fn cpu_nanos(&self) -> u64 {
+        self.cpu_nanos.load(Ordering::Relaxed)
+    }
+
+    /// Records the memory in use now.
+    pub fn set_memory_bytes(&self, bytes: u64) {
+        self.memory_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Adds CPU time used.
+    pub fn add_cpu_nanos(&self, nanos: u64) {
+        self.cpu_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+/// A started container: await its end, kill it, or read its usage.
 pub struct RunningContainer {
     /// Resolves once when the run ends.
     pub exit: oneshot::Receiver<Termination>,
     /// Send to force-stop at once.
     pub kill: oneshot::Sender<()>,
+    /// Resource usage, updated by the runtime until the run ends.
+    pub usage: Arc<Usage>,
 }
 
 /// Why a container could not be started; becomes a waiting state with `reason`.

@@ -98,7 +98,7 @@ impl Runtime for WasiRuntime {
                 };
                 let _ = exit_tx.send(termination);
             });
-            Ok(RunningContainer { exit, kill })
+            Ok(RunningContainer { exit, kill, usage: Arc::default() })
         }
         .boxed()
     }
