@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::quantity;
+
 /// Flags shared by every mode that runs pods; each also reads `KRUSTLET_<NAME>` and the config
 /// file key of the same name in camelCase.
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
@@ -147,6 +149,28 @@ pub struct Flags {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eviction_hard: Option<Vec<Threshold>>,
+
+    /// Resources set aside for the operating system, subtracted from allocatable, as the
+    /// kubelet's --system-reserved: cpu=100m,memory=100Mi,ephemeral-storage=1Gi,pid=100.
+    #[arg(
+        long,
+        env = "KRUSTLET_SYSTEM_RESERVED",
+        value_name = "RESOURCE=QUANTITY,...",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_reserved: Option<Vec<Reservation>>,
+
+    /// Resources set aside for Krustlet itself, subtracted from allocatable, as the kubelet's
+    /// --kube-reserved (same form as --system-reserved).
+    #[arg(
+        long,
+        env = "KRUSTLET_KUBE_RESERVED",
+        value_name = "RESOURCE=QUANTITY,...",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kube_reserved: Option<Vec<Reservation>>,
 }
 
 /// Errors in the configuration; each names the setting and what is allowed.
@@ -222,6 +246,10 @@ pub struct KubeletConfig {
     pub node_lease_duration_seconds: u32,
     /// Pressure thresholds.
     pub eviction_hard: Vec<Threshold>,
+    /// Reserved for the operating system.
+    pub system_reserved: Vec<Reservation>,
+    /// Reserved for Krustlet.
+    pub kube_reserved: Vec<Reservation>,
 }
 
 impl Flags {
@@ -296,6 +324,8 @@ impl Flags {
                 .unwrap_or(Duration::from_secs(300)),
             node_lease_duration_seconds: self.node_lease_duration_seconds.unwrap_or(40),
             eviction_hard: self.eviction_hard.unwrap_or_else(Threshold::defaults),
+            system_reserved: self.system_reserved.unwrap_or_default(),
+            kube_reserved: self.kube_reserved.unwrap_or_default(),
             data_dir,
         };
         if config.node_status_update_frequency.is_zero() {
@@ -550,7 +580,7 @@ impl FromStr for Threshold {
             }
             ThresholdQuantity::Percent(p)
         } else {
-            ThresholdQuantity::Absolute(parse_quantity(quantity)?)
+            ThresholdQuantity::Absolute(quantity::parse_count(quantity).map_err(|e| e.to_string())?)
         };
         Ok(Self { signal, quantity })
     }
@@ -571,28 +601,66 @@ impl std::fmt::Display for Threshold {
 }
 string_serde!(Threshold);
 
-/// Parses a Kubernetes quantity of bytes or items: `100Mi`, `1G`, `512`.
-pub fn parse_quantity(s: &str) -> Result<u64, String> {
-    const SUFFIXES: &[(&str, u64)] = &[
-        ("Ki", 1 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("Ti", 1 << 40),
-        ("k", 1_000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-        ("T", 1_000_000_000_000),
-    ];
-    let (digits, factor) = SUFFIXES
-        .iter()
-        .find_map(|(suffix, factor)| s.strip_suffix(suffix).map(|d| (d, *factor)))
-        .unwrap_or((s, 1));
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a quantity like 100Mi or 1G"))?;
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("{s:?} is too large"))
+/// A resource `--system-reserved`/`--kube-reserved` can set aside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservedResource {
+    /// `cpu`, in millicores.
+    Cpu,
+    /// `memory`, in bytes.
+    Memory,
+    /// `ephemeral-storage`, in bytes.
+    EphemeralStorage,
+    /// `pid`, in processes.
+    Pid,
 }
+
+/// One reservation, `RESOURCE=QUANTITY` (`cpu=100m`, `memory=100Mi`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    /// The resource.
+    pub resource: ReservedResource,
+    /// The amount in the resource's unit (millicores for cpu).
+    pub amount: u64,
+}
+
+impl FromStr for Reservation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, value) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not RESOURCE=QUANTITY, e.g. memory=100Mi"))?;
+        let (resource, amount) = match name {
+            "cpu" => (ReservedResource::Cpu, quantity::parse_millis(value)),
+            "memory" => (ReservedResource::Memory, quantity::parse_count(value)),
+            "ephemeral-storage" => (
+                ReservedResource::EphemeralStorage,
+                quantity::parse_count(value),
+            ),
+            "pid" => (ReservedResource::Pid, quantity::parse_count(value)),
+            other => {
+                return Err(format!(
+                    "unknown resource {other:?}: use cpu, memory, ephemeral-storage or pid"
+                ));
+            }
+        };
+        Ok(Self {
+            resource,
+            amount: amount.map_err(|e| e.to_string())?,
+        })
+    }
+}
+
+impl std::fmt::Display for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.resource {
+            ReservedResource::Cpu => write!(f, "cpu={}m", self.amount),
+            ReservedResource::Memory => write!(f, "memory={}", self.amount),
+            ReservedResource::EphemeralStorage => write!(f, "ephemeral-storage={}", self.amount),
+            ReservedResource::Pid => write!(f, "pid={}", self.amount),
+        }
+    }
+}
+string_serde!(Reservation);
 
 impl KubeletConfig {
     /// Where the node's client certificate and key live (one PEM file, as the kubelet keeps it).
@@ -603,6 +671,16 @@ impl KubeletConfig {
     /// Where the node's serving certificate and key live.
     pub fn serving_cert_path(&self) -> PathBuf {
         self.cert_dir.join("kubelet-server-current.pem")
+    }
+
+    /// The total of `--system-reserved` and `--kube-reserved` for `resource`.
+    pub fn reserved(&self, resource: ReservedResource) -> u64 {
+        self.system_reserved
+            .iter()
+            .chain(&self.kube_reserved)
+            .filter(|r| r.resource == resource)
+            .map(|r| r.amount)
+            .sum()
     }
 
     /// A path under the data dir.

@@ -23,6 +23,7 @@ pub mod kubelet;
 pub mod log;
 pub mod node;
 pub mod pod;
+pub mod quantity;
 pub mod runtime;
 pub mod server;
 pub mod volume;

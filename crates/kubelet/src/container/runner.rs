@@ -18,8 +18,10 @@ use crate::container::{argv, env};
 use crate::image::{ImageStore, PullPolicy};
 use crate::log::writer::CriLogWriter;
 use crate::log::{container_log_path, mark_run_finished};
+use crate::node::allocatable::NodeResources;
 use crate::pod::backoff::Backoff;
 use crate::pod::events::{PodEvents, container_field};
+use crate::quantity::amount;
 use crate::runtime::{ContainerSpec, Limits, Mount, Runtime, Termination};
 
 /// What the runner needs from the node.
@@ -35,6 +37,8 @@ pub struct NodeServices {
     pub node_ip: String,
     /// The newest API client (for the ConfigMaps and Secrets containers refer to).
     pub clients: watch::Receiver<kube::Client>,
+    /// What pods may use of the node; bounds containers without a memory limit.
+    pub allocatable: NodeResources,
 }
 
 /// The role of a container in its pod.
@@ -94,6 +98,21 @@ fn waiting(reason: &str, message: Option<String>) -> ContainerState {
 }
 
 impl Runner {
+    /// The container's resource limits for the runtime; without a memory limit it may use up
+    /// to the node's allocatable memory, as the kubelet's pods cgroup bounds it.
+    fn limits(&self, c: &Container) -> Limits {
+        let resources = c.resources.as_ref();
+        let limits = resources.and_then(|r| r.limits.as_ref());
+        let requests = resources.and_then(|r| r.requests.as_ref());
+        Limits {
+            memory_bytes: Some(
+                amount(limits, "memory").unwrap_or(self.services.allocatable.memory_bytes),
+            ),
+            cpu_millis: amount(limits, "cpu"),
+            cpu_request_millis: amount(requests, "cpu"),
+        }
+    }
+
     fn restart_policy(&self) -> &str {
         let pod_policy = self
             .pod
@@ -401,7 +420,7 @@ impl Runner {
             args,
             env,
             mounts,
-            limits: Limits::default(),
+            limits: self.limits(c),
             log,
         };
         let running = self
