@@ -138,6 +138,8 @@ impl Kubelet {
                 runtime: self.runtime.clone(),
                 images,
                 events: PodEvents::new(clients.clone(), &config.node_name),
+                node_name: config.node_name.clone(),
+                node_labels: crate::node::registration::labels(&config),
                 node_ip: config.node_ip.to_string(),
                 clients: clients.clone(),
                 allocatable,

@@ -9,6 +9,7 @@ mod foundation;
 mod node;
 mod pods;
 mod resources;
+mod volumes;
 
 /// The krustlet command under test, built from this workspace.
 pub const KRUSTLET: &str = env!("CARGO_BIN_EXE_krustlet-e2e-node");

@@ -1,5 +1,6 @@
 //! A container's environment (the kubelet's `makeEnvironmentVariables`): `envFrom`, then `env`
-//! entries with `$(VAR)` references to earlier ones, `valueFrom.fieldRef` (the Downward API),
+//! entries with `$(VAR)` references to earlier ones, `valueFrom.fieldRef` and `resourceFieldRef`
+//! (the Downward API),
 //! `configMapKeyRef` and `secretKeyRef`, with `optional` as upstream treats it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -8,6 +9,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use kube::api::Api;
 
 use crate::container::argv::expand;
+use crate::container::downward::{field_value, resource_value};
+use crate::node::allocatable::NodeResources;
 
 /// Why the environment cannot be built; the container waits with
 /// `CreateContainerConfigError` and this message.
@@ -41,6 +44,14 @@ pub enum EnvError {
         /// The key.
         key: String,
     },
+    /// A `resourceFieldRef` that cannot be resolved.
+    #[error("env {name}: {message}")]
+    ResourceField {
+        /// The variable.
+        name: String,
+        /// Why.
+        message: String,
+    },
     /// A source this kubelet does not resolve yet.
     #[error("env {name}: {source_kind} is not supported by this node yet")]
     UnsupportedSource {
@@ -49,47 +60,6 @@ pub enum EnvError {
         /// What kind of source.
         source_kind: &'static str,
     },
-}
-
-/// Resolves a `fieldRef` path against the pod (and the node's IP for status fields).
-pub fn field_value(pod: &Pod, path: &str, node_ip: &str) -> Option<String> {
-    let meta = &pod.metadata;
-    let spec = pod.spec.as_ref();
-    let map_key = |prefix: &str| {
-        path.strip_prefix(prefix)?
-            .strip_suffix("']")
-            .map(str::to_string)
-    };
-    Some(match path {
-        "metadata.name" => meta.name.clone().unwrap_or_default(),
-        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
-        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
-        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        "spec.serviceAccountName" => spec
-            .and_then(|s| s.service_account_name.clone())
-            .unwrap_or_default(),
-        // The pod shares the node's network: its IPs are the node's.
-        "status.hostIP" | "status.hostIPs" | "status.podIP" | "status.podIPs" => {
-            node_ip.to_string()
-        }
-        _ => {
-            if let Some(key) = map_key("metadata.labels['") {
-                meta.labels
-                    .as_ref()
-                    .and_then(|l| l.get(&key))
-                    .cloned()
-                    .unwrap_or_default()
-            } else if let Some(key) = map_key("metadata.annotations['") {
-                meta.annotations
-                    .as_ref()
-                    .and_then(|a| a.get(&key))
-                    .cloned()
-                    .unwrap_or_default()
-            } else {
-                return None;
-            }
-        }
-    })
 }
 
 /// The data of the ConfigMaps and Secrets a container's environment refers to, as fetched
@@ -182,6 +152,7 @@ pub fn resolve(
     pod: &Pod,
     container: &Container,
     node_ip: &str,
+    allocatable: &NodeResources,
     objects: &EnvObjects,
 ) -> Result<Vec<(String, String)>, EnvError> {
     let mut resolved: Vec<(String, String)> = Vec::new();
@@ -259,15 +230,17 @@ pub fn resolve(
                             field_path: field.field_path.clone(),
                         }
                     })?
+                } else if let Some(reference) = &from.resource_field_ref {
+                    resource_value(pod, container, reference, allocatable).map_err(|message| {
+                        EnvError::ResourceField {
+                            name: var.name.clone(),
+                            message,
+                        }
+                    })?
                 } else {
-                    let source_kind = if from.resource_field_ref.is_some() {
-                        "resourceFieldRef"
-                    } else {
-                        "valueFrom"
-                    };
                     return Err(EnvError::UnsupportedSource {
                         name: var.name.clone(),
-                        source_kind,
+                        source_kind: "valueFrom",
                     });
                 }
             }
@@ -282,6 +255,13 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NODE: NodeResources = NodeResources {
+        cpu_millis: 2000,
+        memory_bytes: 1 << 30,
+        ephemeral_storage_bytes: 1 << 40,
+        pods: 110,
+    };
 
     #[test]
     fn values_expand_earlier_entries_and_field_refs_resolve() {
@@ -300,7 +280,7 @@ mod tests {
         }))
         .expect("pod");
         let container = &pod.spec.as_ref().expect("spec").containers[0];
-        let env = resolve(&pod, container, "10.0.0.5", &EnvObjects::default()).expect("env");
+        let env = resolve(&pod, container, "10.0.0.5", &NODE, &EnvObjects::default()).expect("env");
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("B"), Some("a-b-$(Z)"));
         assert_eq!(get("POD"), Some("p"));
@@ -344,17 +324,17 @@ mod tests {
             .secrets
             .insert("creds".into(), data(&[("password", "s3cret")]));
         objects.secrets.insert("absent".into(), None);
-        let env = resolve(&pod, container, "ip", &objects).expect("env");
+        let env = resolve(&pod, container, "ip", &NODE, &objects).expect("env");
         let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["CFG_greeting", "PASSWORD", "GREETING"]);
         assert_eq!(env[2].1, "hello world");
         assert_eq!(env[1].1, "s3cret");
 
         objects.secrets.insert("creds".into(), None);
-        let error = resolve(&pod, container, "ip", &objects).expect_err("missing secret");
+        let error = resolve(&pod, container, "ip", &NODE, &objects).expect_err("missing secret");
         assert_eq!(error.to_string(), "secret \"creds\" not found");
         objects.secrets.insert("creds".into(), data(&[]));
-        let error = resolve(&pod, container, "ip", &objects).expect_err("missing key");
+        let error = resolve(&pod, container, "ip", &NODE, &objects).expect_err("missing key");
         assert_eq!(
             error.to_string(),
             "couldn't find key password in Secret ns/creds"

@@ -2,5 +2,6 @@
 //! runs one container through its restarts.
 
 pub mod argv;
+pub mod downward;
 pub mod env;
 pub mod runner;

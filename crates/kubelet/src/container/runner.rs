@@ -2,7 +2,7 @@
 //! with crash-loop back-off, and stop gracefully when asked. Every state change is reported to
 //! the pod worker as a `ContainerStatus`; the worker owns the pod status.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +22,9 @@ use crate::node::allocatable::NodeResources;
 use crate::pod::backoff::Backoff;
 use crate::pod::events::{PodEvents, container_field};
 use crate::quantity::amount;
-use crate::runtime::{ContainerSpec, Limits, Mount, Runtime, Termination};
+use crate::runtime::{ContainerSpec, Limits, Runtime, Termination};
+use crate::volume::NodeFacts;
+use crate::volume::subpath::container_mount;
 
 /// What the runner needs from the node.
 #[derive(Clone)]
@@ -33,12 +35,28 @@ pub struct NodeServices {
     pub images: Arc<ImageStore>,
     /// Event publisher.
     pub events: PodEvents,
+    /// The node's name.
+    pub node_name: String,
+    /// The node's labels, as registered.
+    pub node_labels: BTreeMap<String, String>,
     /// The node's IP (also the pod's).
     pub node_ip: String,
     /// The newest API client (for the ConfigMaps and Secrets containers refer to).
     pub clients: watch::Receiver<kube::Client>,
     /// What pods may use of the node; bounds containers without a memory limit.
     pub allocatable: NodeResources,
+}
+
+impl NodeServices {
+    /// What volume setup needs to know about this node.
+    pub fn node_facts(&self) -> NodeFacts<'_> {
+        NodeFacts {
+            name: &self.node_name,
+            labels: &self.node_labels,
+            ip: &self.node_ip,
+            allocatable: &self.allocatable,
+        }
+    }
 }
 
 /// The role of a container in its pod.
@@ -73,6 +91,8 @@ pub struct Runner {
     pub kind: Kind,
     /// The pod's log directory.
     pub log_dir: PathBuf,
+    /// The pod's directory (volumes, subPath staging).
+    pub pod_dir: PathBuf,
     /// Volume name -> host directory, for the pod's volumes that are set up.
     pub volumes: Arc<HashMap<String, PathBuf>>,
     /// Where status changes go.
@@ -377,8 +397,14 @@ impl Runner {
                     format!("cannot read the ConfigMaps and Secrets of the environment: {e}"),
                 )
             })?;
-        let env = env::resolve(&self.pod, c, &self.services.node_ip, &objects)
-            .map_err(|e| (CONFIG_ERROR, e.to_string()))?;
+        let env = env::resolve(
+            &self.pod,
+            c,
+            &self.services.node_ip,
+            &self.services.allocatable,
+            &objects,
+        )
+        .map_err(|e| (CONFIG_ERROR, e.to_string()))?;
         let env_map: HashMap<String, String> = env.iter().cloned().collect();
         // Without a command, argv[0] is the module's name: the image repository's last segment.
         let module_name = pulled
@@ -395,13 +421,17 @@ impl Runner {
             &env_map,
         );
         let mut mounts = Vec::new();
-        for m in c.volume_mounts.iter().flatten() {
+        for (index, m) in c.volume_mounts.iter().flatten().enumerate() {
             if let Some(host) = self.volumes.get(&m.name) {
-                mounts.push(Mount {
-                    host_path: host.clone(),
-                    container_path: m.mount_path.clone(),
-                    read_only: m.read_only.unwrap_or(false),
-                });
+                let staging = self
+                    .pod_dir
+                    .join("volume-subpaths")
+                    .join(&m.name)
+                    .join(&c.name)
+                    .join(index.to_string());
+                let mount = container_mount(host, m, &env_map, &staging)
+                    .map_err(|message| (CONFIG_ERROR, message))?;
+                mounts.push(mount);
             }
         }
         let log_path = container_log_path(&self.log_dir, &c.name, restart_count as u32);

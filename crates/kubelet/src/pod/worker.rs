@@ -283,7 +283,7 @@ impl Worker {
                 &client,
                 &self.pod,
                 &self.pod_dir(),
-                &self.ctx.services.node_ip,
+                self.ctx.services.node_facts(),
             )
             .await
             {
@@ -365,7 +365,7 @@ impl Worker {
             &client,
             &self.pod,
             &self.pod_dir(),
-            &self.ctx.services.node_ip,
+            self.ctx.services.node_facts(),
         )
         .await
         {
@@ -387,6 +387,7 @@ impl Worker {
             container: container.clone(),
             kind,
             log_dir: self.log_dir(),
+            pod_dir: self.pod_dir(),
             volumes: self.volumes.clone(),
             updates: self.updates_tx.clone(),
             stop: self.stop.subscribe(),

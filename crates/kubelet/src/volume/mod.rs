@@ -1,11 +1,18 @@
 //! Volumes: setting up a pod's volumes as host directories that containers get as preopened
 //! directories (the kubelet's volume manager and plugins, for the types this node supports).
 //!
+//! Supported: emptyDir, configMap, secret, downwardAPI, projected, hostPath ([`host_path`]) and
+//! persistentVolumeClaim bound to a hostPath or local PersistentVolume ([`pvc`]); [`subpath`]
+//! turns a volume into one container's mount.
+//!
 //! ConfigMap, Secret, downwardAPI and projected volumes are written in the kubelet's atomic
 //! layout (`atomic_writer.go`): the files live in a timestamped directory, `..data` links to it,
 //! and each top-level name links through `..data`, so a reader never sees half an update.
 
 pub mod atomic;
+pub mod host_path;
+pub mod pvc;
+pub mod subpath;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -17,7 +24,8 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::api::{Api, PostParams};
 
-use crate::container::env::field_value;
+use crate::container::downward::{field_value, resource_value};
+use crate::node::allocatable::NodeResources;
 
 /// Why a volume cannot be set up now; reported as a `FailedMount` event and retried.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +61,14 @@ pub enum VolumeError {
         #[source]
         source: kube::Error,
     },
+    /// The volume's spec cannot be honoured as written.
+    #[error("MountVolume.SetUp failed for volume {volume:?}: {message}")]
+    Invalid {
+        /// The volume.
+        volume: String,
+        /// Why.
+        message: String,
+    },
     /// Writing the files failed.
     #[error("MountVolume.SetUp failed for volume {volume:?}: {source}")]
     Io {
@@ -76,12 +92,25 @@ pub struct Prepared {
 /// A file to write into a volume: relative path, content, mode.
 type Files = BTreeMap<String, (Vec<u8>, u32)>;
 
+/// What volumes need to know about the node.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeFacts<'a> {
+    /// The node's name (local PersistentVolumes must be for it).
+    pub name: &'a str,
+    /// The node's labels (for PersistentVolume node affinity).
+    pub labels: &'a BTreeMap<String, String>,
+    /// The node's IP (the pod's, for the Downward API).
+    pub ip: &'a str,
+    /// Allocatable resources (defaults for `resourceFieldRef`).
+    pub allocatable: &'a NodeResources,
+}
+
 /// Sets up every volume of `pod` under `pod_dir/volumes`.
 pub async fn prepare(
     client: &kube::Client,
     pod: &Pod,
     pod_dir: &Path,
-    node_ip: &str,
+    node: NodeFacts<'_>,
 ) -> Result<Prepared, VolumeError> {
     let mut prepared = Prepared::default();
     let spec = pod.spec.clone().unwrap_or_default();
@@ -107,6 +136,25 @@ pub async fn prepare(
             std::fs::create_dir_all(&dir).map_err(io)?;
             prepared.mounts.insert(volume.name.clone(), dir);
             continue;
+        } else if let Some(host) = &volume.host_path {
+            let path = host_path::check(&host.path, host.type_.as_deref()).map_err(|message| {
+                VolumeError::Invalid {
+                    volume: volume.name.clone(),
+                    message,
+                }
+            })?;
+            prepared.mounts.insert(volume.name.clone(), path);
+            continue;
+        } else if let Some(claim) = &volume.persistent_volume_claim {
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+            let path = pvc::host_path(client, namespace, &claim.claim_name, node.name, node.labels)
+                .await
+                .map_err(|message| VolumeError::Invalid {
+                    volume: volume.name.clone(),
+                    message,
+                })?;
+            prepared.mounts.insert(volume.name.clone(), path);
+            continue;
         } else if volume.config_map.is_some()
             || volume.secret.is_some()
             || volume.downward_api.is_some()
@@ -124,7 +172,7 @@ pub async fn prepare(
             let dir = pod_dir
                 .join(format!("volumes/kubernetes.io~{plugin}"))
                 .join(&volume.name);
-            let files = files_for(client, pod, volume, node_ip, &dir).await?;
+            let files = files_for(client, pod, volume, node, &dir).await?;
             (dir, files)
         } else {
             prepared.unsupported.push(volume.name.clone());
@@ -223,7 +271,7 @@ async fn files_for(
     client: &kube::Client,
     pod: &Pod,
     volume: &Volume,
-    node_ip: &str,
+    node: NodeFacts<'_>,
     current: &Path,
 ) -> Result<Files, VolumeError> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
@@ -262,12 +310,22 @@ async fn files_for(
             }
             Source::Downward(items) => {
                 for item in items {
-                    if let Some(field) = &item.field_ref {
-                        let value =
-                            field_value(pod, &field.field_path, node_ip).unwrap_or_default();
-                        let mode = item.mode.map(|m| m as u32).unwrap_or(default_mode);
-                        files.insert(item.path.clone(), (value.into_bytes(), mode));
-                    }
+                    let value = if let Some(field) = &item.field_ref {
+                        field_value(pod, &field.field_path, node.ip).unwrap_or_default()
+                    } else if let Some(reference) = &item.resource_field_ref {
+                        let first = pod.spec.as_ref().and_then(|s| s.containers.first());
+                        let Some(container) = first else { continue };
+                        resource_value(pod, container, reference, node.allocatable).map_err(
+                            |message| VolumeError::Invalid {
+                                volume: name.clone(),
+                                message,
+                            },
+                        )?
+                    } else {
+                        continue;
+                    };
+                    let mode = item.mode.map(|m| m as u32).unwrap_or(default_mode);
+                    files.insert(item.path.clone(), (value.into_bytes(), mode));
                 }
             }
             Source::Token(token) => {
