@@ -10,6 +10,7 @@
 
 pub mod engine;
 pub mod log;
+pub mod metrics;
 pub mod module;
 pub mod run;
 pub mod runtime;

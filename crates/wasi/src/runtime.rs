@@ -9,6 +9,7 @@ use kubelet::runtime::{ContainerSpec, RunningContainer, Runtime, RuntimeError, T
 use tokio::sync::oneshot;
 
 use crate::engine::WasmEngine;
+use crate::metrics::WasiMetrics;
 use crate::module::Program;
 use crate::run::{Exit, Mount, RunSpec};
 
@@ -17,6 +18,7 @@ use crate::run::{Exit, Mount, RunSpec};
 pub struct WasiRuntime {
     engine: WasmEngine,
     programs: Arc<Mutex<HashMap<String, Program>>>,
+    metrics: WasiMetrics,
 }
 
 impl WasiRuntime {
@@ -25,6 +27,7 @@ impl WasiRuntime {
         Self {
             engine,
             programs: Arc::default(),
+            metrics: WasiMetrics::default(),
         }
     }
 
@@ -38,8 +41,10 @@ impl WasiRuntime {
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
         {
+            self.metrics.hit("memory");
             return Ok(program.clone());
         }
+        let compile_started = std::time::Instant::now();
         let engine = self.engine.clone();
         let path = spec.program.clone();
         let compiled = tokio::task::spawn_blocking(move || {
@@ -50,6 +55,9 @@ impl WasiRuntime {
         .await
         .map_err(|e| create_error(format!("compiling the program panicked: {e}")))?
         .map_err(create_error)?;
+        self.metrics
+            .compile_seconds
+            .observe(compile_started.elapsed().as_secs_f64());
         self.programs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -70,6 +78,10 @@ impl Runtime for WasiRuntime {
         crate::runtime_version()
     }
 
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics.register(registry);
+    }
+
     fn start(&self, spec: ContainerSpec) -> BoxFuture<'_, Result<RunningContainer, RuntimeError>> {
         async move {
             let program = self.program(&spec).await?;
@@ -86,7 +98,9 @@ impl Runtime for WasiRuntime {
             let (exit_tx, exit) = oneshot::channel();
             let (kill, killed) = oneshot::channel::<()>();
             let engine = self.engine.clone();
+            let instance = self.metrics.instance();
             tokio::spawn(async move {
+                let _instance = instance;
                 let termination = tokio::select! {
                     // Dropping the run future stops the guest at its next epoch yield.
                     _ = killed => Termination::Killed,

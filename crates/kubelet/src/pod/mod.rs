@@ -2,6 +2,7 @@
 
 pub mod backoff;
 pub mod events;
+pub mod known;
 pub mod phase;
 pub mod source;
 pub mod status;

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::pod::known::KnownPods;
 use crate::pod::worker::{self, Desired, WorkerContext};
 
 /// Dispatches desired pod states to per-pod workers.
@@ -17,6 +18,7 @@ pub struct PodWorkers {
     workers: HashMap<String, watch::Sender<Desired>>,
     tasks: JoinSet<String>,
     admitting: bool,
+    known: KnownPods,
 }
 
 impl PodWorkers {
@@ -27,7 +29,13 @@ impl PodWorkers {
             workers: HashMap::new(),
             tasks: JoinSet::new(),
             admitting: true,
+            known: KnownPods::default(),
         }
+    }
+
+    /// The pods seen so far, shared (the kubelet API lists them).
+    pub fn known_pods(&self) -> KnownPods {
+        self.known.clone()
     }
 
     /// The UIDs of pods with a worker.
@@ -40,6 +48,7 @@ impl PodWorkers {
         let Some(uid) = pod.metadata.uid.clone() else {
             return;
         };
+        self.known.set(pod.clone());
         self.reap();
         if let Some(worker) = self.workers.get(&uid) {
             worker.send_replace(Desired::Run(pod));
@@ -60,6 +69,7 @@ impl PodWorkers {
 
     /// A pod is gone from the API server.
     pub fn remove(&mut self, uid: &str) {
+        self.known.remove(uid);
         if let Some(worker) = self.workers.get(uid) {
             worker.send_replace(Desired::Removed);
         }
