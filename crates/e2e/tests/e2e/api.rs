@@ -471,6 +471,11 @@ async fn api_authenticates_and_authorizes_direct_requests() {
     );
 }
 
+/// For nodes of tests that are not about DiskPressure: the test machine's disk is shared with
+/// builds and may be under the default 10% free, which would taint the node.
+const NO_DISK_PRESSURE: &str =
+    "--eviction-hard=memory.available<100Mi,nodefs.available<100Mi,pid.available<5%";
+
 /// A one-container multitool pod on `node`.
 fn multitool_pod(name: &str, node: &str, args: &[&str], restart_policy: &str) -> serde_json::Value {
     for_node(
@@ -486,10 +491,51 @@ fn multitool_pod(name: &str, node: &str, args: &[&str], restart_policy: &str) ->
     )
 }
 
-/// A kubelet API path on `node`, through the API server's node proxy (as an admin).
-fn node_proxy(node: &str, path: &str) -> String {
-    kubectl(&["get", "--raw", &format!("/api/v1/nodes/{node}/proxy{path}")])
-        .unwrap_or_else(|e| panic!("GET {path} on node {node}: {e}"))
+/// GETs a kubelet API path on `node` as the API server does (its kubelet client certificate;
+/// the API server's node proxy refuses loopback addresses). Waits for the issued serving
+/// certificate, which is the only one the cluster CA verifies.
+async fn kubelet_get(node: &KrustletNode, path: &str) -> String {
+    let info = cluster();
+    let client = https_client(Some(identity_from_files(
+        &info.kubelet_client_cert_file,
+        &info.kubelet_client_key_file,
+    )));
+    let url = format!("https://127.0.0.1:{}{path}", node.port());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.get(&url).send().await {
+            Ok(response) => {
+                let status = response.status();
+                let body = response.text().await.expect("body");
+                assert_eq!(status, 200, "GET {path}: {body}");
+                return body;
+            }
+            Err(error) => {
+                assert!(Instant::now() < deadline, "GET {path}: {error:?}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Waits until the scheduler may place pods on `node`: Ready, and no taints left but the wasm
+/// ones (the not-ready taint goes a moment after Ready).
+async fn wait_schedulable(node: &KrustletNode) {
+    node.wait_ready("True", Duration::from_secs(90))
+        .await
+        .expect("node Ready");
+    let nodes: Api<k8s_openapi::api::core::v1::Node> =
+        Api::all(krustlet_e2e::cluster::client().await.expect("client"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let current = nodes.get(node.name()).await.expect("get node");
+        let taints = current.spec.and_then(|s| s.taints).unwrap_or_default();
+        if taints.iter().all(|t| t.key == "kubernetes.io/arch") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "node keeps taints {taints:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Parses Prometheus text strictly: every line must be a comment the format knows, or a sample.
@@ -535,12 +581,11 @@ async fn a_pod_printing_100000_lines_is_rotated_within_the_bound_and_throttled()
             "--container-log-max-size=64Ki",
             "--container-log-max-files=3",
             "--container-log-max-rate=128Ki",
+            NO_DISK_PRESSURE,
         ],
     )
     .expect("start node");
-    node.wait_ready("True", Duration::from_secs(90))
-        .await
-        .expect("node Ready");
+    wait_schedulable(&node).await;
     let ns = TestNamespace::new("rotate").await.expect("namespace");
     let pods = ns.api::<Pod>();
     let created = create(
@@ -747,11 +792,13 @@ async fn kubectl_logs_of_a_ticking_pod_follow_since_and_previous_after_a_restart
 
 #[tokio::test]
 async fn metrics_stats_pods_and_configz_match_what_runs() {
-    let node = KrustletNode::start(KRUSTLET, "metrics", &["--container-log-max-files=4"])
-        .expect("start node");
-    node.wait_ready("True", Duration::from_secs(90))
-        .await
-        .expect("node Ready");
+    let node = KrustletNode::start(
+        KRUSTLET,
+        "metrics",
+        &["--container-log-max-files=4", NO_DISK_PRESSURE],
+    )
+    .expect("start node");
+    wait_schedulable(&node).await;
     let name = node.name().to_string();
     let ns = TestNamespace::new("metrics").await.expect("namespace");
     let pods = ns.api::<Pod>();
@@ -781,7 +828,7 @@ async fn metrics_stats_pods_and_configz_match_what_runs() {
             .unwrap_or_else(|e| panic!("{e}; node log:\n{}", node.log()));
     }
 
-    let scrape = parse_prometheus(&node_proxy(&name, "/metrics"));
+    let scrape = parse_prometheus(&kubelet_get(&node, "/metrics").await);
     assert_eq!(
         sample_value(&scrape, "kubelet_running_pods", &[]),
         Some(2.0)
@@ -840,7 +887,7 @@ async fn metrics_stats_pods_and_configz_match_what_runs() {
     }
 
     let summary: serde_json::Value =
-        serde_json::from_str(&node_proxy(&name, "/stats/summary")).expect("summary JSON");
+        serde_json::from_str(&kubelet_get(&node, "/stats/summary").await).expect("summary JSON");
     assert_eq!(summary["node"]["nodeName"], name.as_str());
     assert!(
         summary["node"]["memory"]["workingSetBytes"].as_u64() > Some(0),
@@ -883,7 +930,7 @@ async fn metrics_stats_pods_and_configz_match_what_runs() {
         .expect("pod two");
     assert_eq!(two["containers"].as_array().map(Vec::len), Some(2));
 
-    let resource = parse_prometheus(&node_proxy(&name, "/metrics/resource"));
+    let resource = parse_prometheus(&kubelet_get(&node, "/metrics/resource").await);
     for container in ["a", "b"] {
         let labels = [
             ("container", container),
@@ -903,7 +950,7 @@ async fn metrics_stats_pods_and_configz_match_what_runs() {
     );
 
     let list: serde_json::Value =
-        serde_json::from_str(&node_proxy(&name, "/pods")).expect("PodList JSON");
+        serde_json::from_str(&kubelet_get(&node, "/pods").await).expect("PodList JSON");
     assert_eq!(list["kind"], "PodList");
     let mut names: Vec<&str> = list["items"]
         .as_array()
@@ -922,7 +969,7 @@ async fn metrics_stats_pods_and_configz_match_what_runs() {
     );
 
     let configz: serde_json::Value =
-        serde_json::from_str(&node_proxy(&name, "/configz")).expect("configz JSON");
+        serde_json::from_str(&kubelet_get(&node, "/configz").await).expect("configz JSON");
     let config = &configz["kubeletconfig"];
     assert_eq!(config["nodeName"], name.as_str());
     assert_eq!(config["containerLogMaxFiles"], 4);
@@ -936,7 +983,7 @@ async fn metrics_stats_pods_and_configz_match_what_runs() {
     wait_gone(&pods, "one", Duration::from_secs(60))
         .await
         .expect("gone");
-    let scrape = parse_prometheus(&node_proxy(&name, "/metrics"));
+    let scrape = parse_prometheus(&kubelet_get(&node, "/metrics").await);
     assert_eq!(
         sample_value(&scrape, "kubelet_running_pods", &[]),
         Some(1.0)
