@@ -49,8 +49,8 @@ impl CpuRate {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((then, before)) = *last {
             let elapsed = now.saturating_duration_since(then).as_nanos();
-            if elapsed > 0 {
-                let rate = u128::from(cpu_nanos.saturating_sub(before)) * 1_000_000_000 / elapsed;
+            let used = u128::from(cpu_nanos.saturating_sub(before)) * 1_000_000_000;
+            if let Some(rate) = used.checked_div(elapsed) {
                 self.nano_cores
                     .store(u64::try_from(rate).unwrap_or(u64::MAX), Ordering::Relaxed);
             }
