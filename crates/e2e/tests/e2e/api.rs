@@ -909,7 +909,8 @@ async fn metrics_stats_pods_and_configz_match_what_runs() {
         let memory = pod["memory"]["workingSetBytes"].as_u64().unwrap_or(0);
         assert!(
             memory > 0,
-            "pod {} reports no memory: {pod}",
+            "pod {} reports no memory (the runtime must keep RunningContainer::usage \
+             current: the wasi runtime's usage accounting): {pod}",
             pod["podRef"]["name"]
         );
         for container in pod["containers"].as_array().expect("containers") {
