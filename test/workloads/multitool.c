@@ -73,13 +73,18 @@ static void write_file(const char *cmd, const char *path, const char *mode, cons
     if (fprintf(f, "%s\n", text) < 0 || fclose(f) != 0) fail(cmd, path);
 }
 
+/* Everything `alloc` allocated. */
+static void *volatile kept;
+
 /* Keeps the recursion from being turned into a loop. */
 static volatile int depth_sink;
 static int recurse(int depth) {
     volatile char frame[256];
     frame[depth % 256] = (char)depth;
     depth_sink = frame[depth % 256];
-    return recurse(depth + 1) + 1;
+    /* The frame is read after the call, so every level keeps its own. */
+    int below = recurse(depth + 1);
+    return below + frame[depth % 256];
 }
 
 int main(int argc, char **argv) {
@@ -180,6 +185,9 @@ int main(int argc, char **argv) {
                     exit(1);
                 }
                 memset(p, (int)m, 1 << 20);
+                /* Chained into a global list, so the allocation cannot be optimised away. */
+                *(void **)p = kept;
+                kept = p;
             }
             printf("allocated %ld MiB\n", mb);
         } else if (!strcmp(cmd, "grow")) {

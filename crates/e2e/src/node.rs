@@ -66,6 +66,9 @@ impl KrustletNode {
                 info.bootstrap_kubeconfig.display()
             ),
             "--log=info,kubelet=debug".into(),
+            // The tests share the machine's disk with builds; a nearly full disk must not
+            // taint every test node with disk-pressure (tests that need pressure set their own).
+            "--eviction-hard=memory.available<100Mi,nodefs.available<1%,pid.available<5%".into(),
         ];
         args.extend(self.extra_args.iter().cloned());
         args
@@ -123,6 +126,11 @@ impl KrustletNode {
     /// The process's output so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The process ID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// Sends a signal to the process.

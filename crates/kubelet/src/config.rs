@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::quantity;
+
 /// Flags shared by every mode that runs pods; each also reads `KRUSTLET_<NAME>` and the config
 /// file key of the same name in camelCase.
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
@@ -167,6 +169,27 @@ pub struct Flags {
     #[arg(long, env = "KRUSTLET_CONTAINER_LOG_MAX_RATE", value_name = "QUANTITY")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container_log_max_rate: Option<ByteQuantity>,
+    /// Resources set aside for the operating system, subtracted from allocatable, as the
+    /// kubelet's --system-reserved: cpu=100m,memory=100Mi,ephemeral-storage=1Gi,pid=100.
+    #[arg(
+        long,
+        env = "KRUSTLET_SYSTEM_RESERVED",
+        value_name = "RESOURCE=QUANTITY,...",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_reserved: Option<Vec<Reservation>>,
+
+    /// Resources set aside for Krustlet itself, subtracted from allocatable, as the kubelet's
+    /// --kube-reserved (same form as --system-reserved).
+    #[arg(
+        long,
+        env = "KRUSTLET_KUBE_RESERVED",
+        value_name = "RESOURCE=QUANTITY,...",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kube_reserved: Option<Vec<Reservation>>,
 }
 
 /// Errors in the configuration; each names the setting and what is allowed.
@@ -248,6 +271,10 @@ pub struct KubeletConfig {
     pub container_log_max_files: u32,
     /// Container log output bound in bytes per second (0: none).
     pub container_log_max_rate: u64,
+    /// Reserved for the operating system.
+    pub system_reserved: Vec<Reservation>,
+    /// Reserved for Krustlet.
+    pub kube_reserved: Vec<Reservation>,
 }
 
 impl Flags {
@@ -325,6 +352,8 @@ impl Flags {
             container_log_max_size: self.container_log_max_size.map_or(10 << 20, |q| q.0),
             container_log_max_files: self.container_log_max_files.unwrap_or(5),
             container_log_max_rate: self.container_log_max_rate.map_or(2 << 20, |q| q.0),
+            system_reserved: self.system_reserved.unwrap_or_default(),
+            kube_reserved: self.kube_reserved.unwrap_or_default(),
             data_dir,
         };
         // A log entry is at most 16 KiB and a little; a file must hold at least one.
@@ -436,7 +465,9 @@ pub struct ByteQuantity(pub u64);
 impl FromStr for ByteQuantity {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        parse_quantity(s).map(Self)
+        crate::quantity::parse_count(s)
+            .map(Self)
+            .map_err(|e| format!("{s:?}: {e} (a quantity like 10Mi or 512Ki)"))
     }
 }
 
@@ -613,7 +644,7 @@ impl FromStr for Threshold {
             }
             ThresholdQuantity::Percent(p)
         } else {
-            ThresholdQuantity::Absolute(parse_quantity(quantity)?)
+            ThresholdQuantity::Absolute(quantity::parse_count(quantity).map_err(|e| e.to_string())?)
         };
         Ok(Self { signal, quantity })
     }
@@ -634,28 +665,66 @@ impl std::fmt::Display for Threshold {
 }
 string_serde!(Threshold);
 
-/// Parses a Kubernetes quantity of bytes or items: `100Mi`, `1G`, `512`.
-pub fn parse_quantity(s: &str) -> Result<u64, String> {
-    const SUFFIXES: &[(&str, u64)] = &[
-        ("Ki", 1 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("Ti", 1 << 40),
-        ("k", 1_000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-        ("T", 1_000_000_000_000),
-    ];
-    let (digits, factor) = SUFFIXES
-        .iter()
-        .find_map(|(suffix, factor)| s.strip_suffix(suffix).map(|d| (d, *factor)))
-        .unwrap_or((s, 1));
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a quantity like 100Mi or 1G"))?;
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("{s:?} is too large"))
+/// A resource `--system-reserved`/`--kube-reserved` can set aside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservedResource {
+    /// `cpu`, in millicores.
+    Cpu,
+    /// `memory`, in bytes.
+    Memory,
+    /// `ephemeral-storage`, in bytes.
+    EphemeralStorage,
+    /// `pid`, in processes.
+    Pid,
 }
+
+/// One reservation, `RESOURCE=QUANTITY` (`cpu=100m`, `memory=100Mi`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    /// The resource.
+    pub resource: ReservedResource,
+    /// The amount in the resource's unit (millicores for cpu).
+    pub amount: u64,
+}
+
+impl FromStr for Reservation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, value) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not RESOURCE=QUANTITY, e.g. memory=100Mi"))?;
+        let (resource, amount) = match name {
+            "cpu" => (ReservedResource::Cpu, quantity::parse_millis(value)),
+            "memory" => (ReservedResource::Memory, quantity::parse_count(value)),
+            "ephemeral-storage" => (
+                ReservedResource::EphemeralStorage,
+                quantity::parse_count(value),
+            ),
+            "pid" => (ReservedResource::Pid, quantity::parse_count(value)),
+            other => {
+                return Err(format!(
+                    "unknown resource {other:?}: use cpu, memory, ephemeral-storage or pid"
+                ));
+            }
+        };
+        Ok(Self {
+            resource,
+            amount: amount.map_err(|e| e.to_string())?,
+        })
+    }
+}
+
+impl std::fmt::Display for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.resource {
+            ReservedResource::Cpu => write!(f, "cpu={}m", self.amount),
+            ReservedResource::Memory => write!(f, "memory={}", self.amount),
+            ReservedResource::EphemeralStorage => write!(f, "ephemeral-storage={}", self.amount),
+            ReservedResource::Pid => write!(f, "pid={}", self.amount),
+        }
+    }
+}
+string_serde!(Reservation);
 
 impl KubeletConfig {
     /// Where the node's client certificate and key live (one PEM file, as the kubelet keeps it).
@@ -675,6 +744,16 @@ impl KubeletConfig {
             max_files: self.container_log_max_files,
             max_rate: self.container_log_max_rate,
         }
+    }
+
+    /// The total of `--system-reserved` and `--kube-reserved` for `resource`.
+    pub fn reserved(&self, resource: ReservedResource) -> u64 {
+        self.system_reserved
+            .iter()
+            .chain(&self.kube_reserved)
+            .filter(|r| r.resource == resource)
+            .map(|r| r.amount)
+            .sum()
     }
 
     /// A path under the data dir.

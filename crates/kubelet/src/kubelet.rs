@@ -16,6 +16,7 @@ use crate::container::runner::NodeServices;
 use crate::image::{ImageError, ImageStore};
 use crate::log::pods_log_root;
 use crate::metrics::KubeletMetrics;
+use crate::node::allocatable::NodeResources;
 use crate::node::conditions::Readiness;
 use crate::node::host::HostInfo;
 use crate::node::lease::LeaseRenewer;
@@ -83,8 +84,14 @@ impl Kubelet {
         let stop = CancellationToken::new();
 
         let images = Arc::new(ImageStore::new(config.data_path("images"))?);
+        let host = HostInfo::read();
+        let storage = crate::node::host::Filesystem::of(&config.data_dir)
+            .map(|fs| fs.total_bytes)
+            .unwrap_or(0);
+        let allocatable =
+            NodeResources::allocatable(&config, &NodeResources::capacity(&config, &host, storage));
         let inputs = StatusInputs {
-            host: HostInfo::read(),
+            host,
             runtime_version: self.runtime.version(),
         };
         let mut reporter = StatusReporter::new(config.clone(), inputs, clients.clone(), uid_tx);
@@ -135,6 +142,7 @@ impl Kubelet {
                 log_policy: config.log_policy(),
                 stats: stats.clone(),
                 metrics: metrics.clone(),
+                allocatable,
             },
             status: status.clone(),
             clients: clients.clone(),

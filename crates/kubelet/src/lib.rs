@@ -27,6 +27,7 @@ pub mod log;
 pub mod metrics;
 pub mod node;
 pub mod pod;
+pub mod quantity;
 pub mod runtime;
 pub mod server;
 pub mod stats;

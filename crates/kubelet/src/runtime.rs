@@ -27,10 +27,12 @@ pub struct Mount {
 /// Resource limits a runtime enforces.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
-    /// Most memory in bytes (`limits.memory`).
+    /// Most memory in bytes (`limits.memory`, else the node's allocatable memory).
     pub memory_bytes: Option<u64>,
     /// CPU share in millicores (`limits.cpu`).
     pub cpu_millis: Option<u64>,
+    /// CPU request in millicores (`requests.cpu`): the guest's weight on a contended node.
+    pub cpu_request_millis: Option<u64>,
 }
 
 /// Everything a runtime needs to start one container run.
@@ -65,8 +67,11 @@ pub enum Termination {
         /// What happened.
         message: String,
     },
-    /// Exceeded its memory limit.
-    OomKilled,
+    /// Exceeded its memory limit; `message` says by how much.
+    OomKilled {
+        /// What happened.
+        message: String,
+    },
     /// Force-stopped through [`RunningContainer::kill`].
     Killed,
 }
@@ -77,7 +82,7 @@ impl Termination {
         match self {
             Self::Exited(code) => *code,
             Self::Trapped { exit_code, .. } => *exit_code,
-            Self::OomKilled | Self::Killed => 137,
+            Self::OomKilled { .. } | Self::Killed => 137,
         }
     }
 
@@ -85,7 +90,7 @@ impl Termination {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Exited(0) => "Completed",
-            Self::OomKilled => "OOMKilled",
+            Self::OomKilled { .. } => "OOMKilled",
             _ => "Error",
         }
     }
@@ -93,7 +98,7 @@ impl Termination {
     /// The terminated state's message, if any.
     pub fn message(&self) -> Option<String> {
         match self {
-            Self::Trapped { message, .. } => Some(message.clone()),
+            Self::Trapped { message, .. } | Self::OomKilled { message } => Some(message.clone()),
             _ => None,
         }
     }

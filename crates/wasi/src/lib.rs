@@ -7,9 +7,13 @@
 //! - [`engine`]: the one wasmtime [`wasmtime::Engine`] per process and its epoch ticker.
 //! - [`module`]: compiling bytes into a [`Program`], telling modules from components.
 //! - [`run`]: running a [`Program`] to completion with a [`RunSpec`], yielding an [`Exit`].
+//! - [`memory`]: `limits.memory` through a resource limiter; `cpu` (private): CPU accounting and
+//!   `limits.cpu` throttling at epoch ticks.
 
+mod cpu;
 pub mod engine;
 pub mod log;
+pub mod memory;
 pub mod metrics;
 pub mod module;
 pub mod run;

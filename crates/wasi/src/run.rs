@@ -1,8 +1,10 @@
 //! Running a program to completion with a container's host resources.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use kubelet::log::writer::{CriLogWriter, Stream};
+use kubelet::runtime::{Limits, Usage};
 
 use wasmtime::Store;
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -11,8 +13,10 @@ use wasmtime_wasi::{
     FsPerms, I32Exit, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
 };
 
+use crate::cpu::{self, CpuClock, Throttle};
 use crate::engine::WasmEngine;
 use crate::log::CriStream;
+use crate::memory::{MemoryLimitExceeded, MemoryLimiter, is_memory_limit};
 use crate::module::Program;
 
 /// A host directory made visible to the guest (a volume mount).
@@ -36,6 +40,10 @@ pub struct RunSpec {
     pub mounts: Vec<Mount>,
     /// Where stdout and stderr go; unterminated output is written out when the run ends.
     pub log: CriLogWriter,
+    /// Memory and CPU limits (and the CPU request, which sets the guest's time slice).
+    pub limits: Limits,
+    /// Kept current with the run's memory and CPU use.
+    pub usage: Arc<Usage>,
 }
 
 /// How a run ended.
@@ -45,6 +53,8 @@ pub enum Exit {
     Code(i32),
     /// The program trapped; the text is wasmtime's description, with the wasm backtrace.
     Trap(String),
+    /// The program needed more memory than its limit.
+    OomKilled(MemoryLimitExceeded),
 }
 
 /// Errors that keep a program from starting (as opposed to it failing once started).
@@ -67,10 +77,17 @@ pub enum RunError {
     Instantiate(#[source] wasmtime::Error),
 }
 
-/// Store state for components: the WASI context and its resource table.
+/// Store state for modules: the preview-1 WASI context and the memory limiter.
+struct ModuleState {
+    wasi: WasiP1Ctx,
+    limiter: MemoryLimiter,
+}
+
+/// Store state for components: the WASI context, its resource table and the memory limiter.
 struct ComponentState {
     ctx: WasiCtx,
     table: ResourceTable,
+    limiter: MemoryLimiter,
 }
 
 impl WasiView for ComponentState {
@@ -92,6 +109,24 @@ impl WasmEngine {
     /// [`RunError`] when the guest cannot start; a guest that starts and then fails is an
     /// `Ok(Exit::Code(..))` or `Ok(Exit::Trap(..))`.
     pub async fn run(&self, program: &Program, spec: RunSpec) -> Result<Exit, RunError> {
+        let clock = CpuClock::new(spec.usage.clone());
+        let log = spec.log.clone();
+        let outcome = cpu::metered(clock.clone(), self.run_metered(program, spec, clock)).await;
+        let _ = log.finish();
+        match outcome {
+            Err(RunError::Instantiate(error)) if is_memory_limit(&error) => {
+                Ok(Exit::OomKilled(memory_limit_of(&error)))
+            }
+            other => other,
+        }
+    }
+
+    async fn run_metered(
+        &self,
+        program: &Program,
+        spec: RunSpec,
+        clock: Arc<CpuClock>,
+    ) -> Result<Exit, RunError> {
         let mut builder = WasiCtxBuilder::new();
         builder
             .args(&spec.args)
@@ -112,12 +147,24 @@ impl WasmEngine {
                     source,
                 })?;
         }
+        let limiter = MemoryLimiter::new(spec.limits.memory_bytes, spec.usage.clone());
+        let mut throttle = Throttle::new(
+            clock,
+            spec.limits.cpu_millis,
+            spec.limits.cpu_request_millis,
+        );
         let outcome = match program {
             Program::Module(module) => {
-                let mut store = Store::new(self.engine(), builder.build_p1());
-                store.epoch_deadline_async_yield_and_update(1);
-                let mut linker = wasmtime::Linker::<WasiP1Ctx>::new(self.engine());
-                wasmtime_wasi::p1::add_to_linker_async(&mut linker, |ctx| ctx)
+                let state = ModuleState {
+                    wasi: builder.build_p1(),
+                    limiter,
+                };
+                let mut store = Store::new(self.engine(), state);
+                store.limiter(|state| &mut state.limiter);
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_callback(move |_| Ok(throttle.on_epoch()));
+                let mut linker = wasmtime::Linker::<ModuleState>::new(self.engine());
+                wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state| &mut state.wasi)
                     .map_err(RunError::Instantiate)?;
                 let instance = linker
                     .instantiate_async(&mut store, module)
@@ -132,9 +179,12 @@ impl WasmEngine {
                 let state = ComponentState {
                     ctx: builder.build(),
                     table: ResourceTable::new(),
+                    limiter,
                 };
                 let mut store = Store::new(self.engine(), state);
-                store.epoch_deadline_async_yield_and_update(1);
+                store.limiter(|state| &mut state.limiter);
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_callback(move |_| Ok(throttle.on_epoch()));
                 let mut linker = wasmtime::component::Linker::new(self.engine());
                 wasmtime_wasi::p2::add_to_linker_async(&mut linker)
                     .map_err(RunError::Instantiate)?;
@@ -149,15 +199,27 @@ impl WasmEngine {
                 }
             }
         };
-        let _ = spec.log.finish();
         Ok(match outcome {
             Ok(()) => Exit::Code(0),
             Err(error) => match error.downcast_ref::<I32Exit>() {
                 Some(I32Exit(code)) => Exit::Code(*code),
+                None if is_memory_limit(&error) => Exit::OomKilled(memory_limit_of(&error)),
                 None => Exit::Trap(format!("{error:?}")),
             },
         })
     }
+}
+
+/// The [`MemoryLimitExceeded`] inside an error that [`is_memory_limit`].
+fn memory_limit_of(error: &wasmtime::Error) -> MemoryLimitExceeded {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<MemoryLimitExceeded>())
+        .cloned()
+        .unwrap_or(MemoryLimitExceeded {
+            limit: 0,
+            needed: 0,
+        })
 }
 
 #[cfg(test)]
@@ -173,6 +235,15 @@ mod tests {
     }
 
     async fn run(wasm: &Path, args: &[&str], mounts: Vec<Mount>) -> Outcome {
+        run_limited(wasm, args, mounts, Limits::default()).await
+    }
+
+    async fn run_limited(
+        wasm: &Path,
+        args: &[&str],
+        mounts: Vec<Mount>,
+        limits: Limits,
+    ) -> Outcome {
         let engine = WasmEngine::new().expect("engine");
         let bytes = std::fs::read(wasm).expect("read workload");
         let program = Program::compile(&engine, &bytes).expect("compile");
@@ -183,6 +254,8 @@ mod tests {
             env: vec![("GREETING".into(), "hi there".into())],
             mounts,
             log: CriLogWriter::create(&path).expect("log"),
+            limits,
+            usage: Arc::default(),
         };
         let exit = engine.run(&program, spec).await.expect("run");
         let text = std::fs::read_to_string(path).expect("log");
@@ -262,6 +335,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn memory_limit_ends_the_run_as_oom_killed() {
+        let limits = Limits {
+            memory_bytes: Some(32 << 20),
+            ..Limits::default()
+        };
+        let outcome = run_limited(
+            &multitool(),
+            &["multitool", "print", "start", "alloc", "256"],
+            vec![],
+            limits,
+        )
+        .await;
+        assert_eq!(outcome.stdout, "start\n");
+        match outcome.exit {
+            Exit::OomKilled(exceeded) => assert_eq!(exceeded.limit, 32 << 20),
+            other => panic!("expected OOMKilled, got {other:?}"),
+        }
+        // C's stack lives in linear memory: overflowing it is an out-of-bounds access.
+        let outcome = run(&multitool(), &["multitool", "recurse"], vec![]).await;
+        match outcome.exit {
+            Exit::Trap(text) => assert!(text.contains("out of bounds memory access"), "{text}"),
+            other => panic!("expected a trap, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn trap_is_reported_with_its_reason() {
         let outcome = run(
             &multitool(),
@@ -308,6 +407,8 @@ mod tests {
             mounts: vec![],
             log: CriLogWriter::create(&tempfile::tempdir().expect("tmp").path().join("0.log"))
                 .expect("log"),
+            limits: Limits::default(),
+            usage: Arc::default(),
         };
         let run = engine.run(&program, spec);
         let timed_out = tokio::time::timeout(std::time::Duration::from_millis(300), run).await;

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use kubelet::runtime::{ContainerSpec, RunningContainer, Runtime, RuntimeError, Termination};
+use kubelet::runtime::{
+    ContainerSpec, RunningContainer, Runtime, RuntimeError, Termination, Usage,
+};
 use tokio::sync::oneshot;
 
 use crate::engine::WasmEngine;
@@ -85,6 +87,7 @@ impl Runtime for WasiRuntime {
     fn start(&self, spec: ContainerSpec) -> BoxFuture<'_, Result<RunningContainer, RuntimeError>> {
         async move {
             let program = self.program(&spec).await?;
+            let usage = Arc::new(Usage::default());
             let run = RunSpec {
                 args: spec.args,
                 env: spec.env,
@@ -94,6 +97,8 @@ impl Runtime for WasiRuntime {
                     .map(|m| Mount { host_path: m.host_path, guest_path: m.container_path, read_only: m.read_only })
                     .collect(),
                 log: spec.log,
+                limits: spec.limits,
+                usage: usage.clone(),
             };
             let (exit_tx, exit) = oneshot::channel();
             let (kill, killed) = oneshot::channel::<()>();
@@ -107,12 +112,13 @@ impl Runtime for WasiRuntime {
                     result = engine.run(&program, run) => match result {
                         Ok(Exit::Code(code)) => Termination::Exited(code),
                         Ok(Exit::Trap(message)) => Termination::Trapped { exit_code: 1, message },
+                        Ok(Exit::OomKilled(exceeded)) => Termination::OomKilled { message: exceeded.to_string() },
                         Err(error) => Termination::Trapped { exit_code: 128, message: error.to_string() },
                     },
                 };
                 let _ = exit_tx.send(termination);
             });
-            Ok(RunningContainer { exit, kill, usage: Arc::default() })
+            Ok(RunningContainer { exit, kill, usage })
         }
         .boxed()
     }

@@ -8,6 +8,7 @@ mod config;
 mod foundation;
 mod node;
 mod pods;
+mod resources;
 
 /// The krustlet command under test, built from this workspace.
 pub const KRUSTLET: &str = env!("CARGO_BIN_EXE_krustlet-e2e-node");

@@ -20,8 +20,10 @@ use crate::log::rotation::{LogPolicy, prune_old_runs};
 use crate::log::writer::CriLogWriter;
 use crate::log::{container_log_path, mark_run_finished};
 use crate::metrics::{ContainerTypeLabel, KubeletMetrics};
+use crate::node::allocatable::NodeResources;
 use crate::pod::backoff::Backoff;
 use crate::pod::events::{PodEvents, container_field};
+use crate::quantity::amount;
 use crate::runtime::{ContainerSpec, Limits, Mount, Runtime, Termination};
 use crate::stats::{PodRef, Stats};
 
@@ -44,6 +46,8 @@ pub struct NodeServices {
     pub stats: Stats,
     /// The kubelet's metrics.
     pub metrics: KubeletMetrics,
+    /// What pods may use of the node; bounds containers without a memory limit.
+    pub allocatable: NodeResources,
 }
 
 /// The role of a container in its pod.
@@ -103,6 +107,21 @@ fn waiting(reason: &str, message: Option<String>) -> ContainerState {
 }
 
 impl Runner {
+    /// The container's resource limits for the runtime; without a memory limit it may use up
+    /// to the node's allocatable memory, as the kubelet's pods cgroup bounds it.
+    fn limits(&self, c: &Container) -> Limits {
+        let resources = c.resources.as_ref();
+        let limits = resources.and_then(|r| r.limits.as_ref());
+        let requests = resources.and_then(|r| r.requests.as_ref());
+        Limits {
+            memory_bytes: Some(
+                amount(limits, "memory").unwrap_or(self.services.allocatable.memory_bytes),
+            ),
+            cpu_millis: amount(limits, "cpu"),
+            cpu_request_millis: amount(requests, "cpu"),
+        }
+    }
+
     fn restart_policy(&self) -> &str {
         let pod_policy = self
             .pod
@@ -434,7 +453,7 @@ impl Runner {
             args,
             env,
             mounts,
-            limits: Limits::default(),
+            limits: self.limits(c),
             log,
         };
         let running = self

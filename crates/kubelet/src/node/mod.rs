@@ -1,5 +1,6 @@
 //! The node agent: registration, lease heartbeat, status and graceful shutdown.
 
+pub mod allocatable;
 pub mod conditions;
 pub mod host;
 pub mod lease;

@@ -2,20 +2,19 @@
 //! `--node-status-report-frequency` has passed (the kubelet's `syncNodeStatus` and
 //! `nodestatus/setters.go`). A Node deleted under us is registered again.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
     DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
     NodeSystemInfo,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::{KubeletConfig, Signal};
+use crate::config::KubeletConfig;
+use crate::node::allocatable::NodeResources;
 use crate::node::conditions::{Measurements, Pressure, Readiness, conditions};
 use crate::node::host::{Filesystem, HostInfo, Memory, Pids};
 use crate::node::registration::{WASM_ARCH, initial_node, register};
@@ -41,10 +40,6 @@ pub fn measure(config: &KubeletConfig) -> std::io::Result<Measurements> {
     })
 }
 
-fn kib(bytes: u64) -> Quantity {
-    Quantity(format!("{}Ki", bytes / 1024))
-}
-
 /// The node status for this round. `previous` supplies the conditions' transition times.
 pub fn node_status(
     config: &KubeletConfig,
@@ -54,38 +49,13 @@ pub fn node_status(
     previous: &[NodeCondition],
     now: Time,
 ) -> NodeStatus {
+    let capacity = NodeResources::capacity(config, &inputs.host, measurements.nodefs.total_bytes);
+    let allocatable = NodeResources::allocatable(config, &capacity);
     let host = &inputs.host;
-    let reserved = |signal: Signal, total: u64| {
-        config
-            .eviction_hard
-            .iter()
-            .filter(|t| t.signal == signal)
-            .map(|t| t.quantity.of(total))
-            .max()
-            .unwrap_or(0)
-    };
-    let memory = host.memory_bytes;
-    let storage = measurements.nodefs.total_bytes;
-    let capacity = BTreeMap::from([
-        ("cpu".to_string(), Quantity(host.cpus.to_string())),
-        ("memory".to_string(), kib(memory)),
-        ("ephemeral-storage".to_string(), kib(storage)),
-        ("pods".to_string(), Quantity(config.max_pods.to_string())),
-    ]);
-    // Allocatable = capacity - hard eviction thresholds (reserved resources come with issue 11).
-    let mut allocatable = capacity.clone();
-    allocatable.insert(
-        "memory".into(),
-        kib(memory.saturating_sub(reserved(Signal::MemoryAvailable, memory))),
-    );
-    allocatable.insert(
-        "ephemeral-storage".into(),
-        kib(storage.saturating_sub(reserved(Signal::NodefsAvailable, storage))),
-    );
     let pressure = Pressure::evaluate(&config.eviction_hard, measurements);
     NodeStatus {
-        capacity: Some(capacity),
-        allocatable: Some(allocatable),
+        capacity: Some(capacity.to_list()),
+        allocatable: Some(allocatable.to_list()),
         conditions: Some(conditions(readiness, pressure, previous, now)),
         addresses: Some(vec![
             NodeAddress {

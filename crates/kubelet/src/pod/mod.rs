@@ -1,5 +1,6 @@
 //! Pods: the watch, per-pod workers, status, phase, events and back-off.
 
+pub mod admission;
 pub mod backoff;
 pub mod events;
 pub mod known;

@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 
 use crate::container::runner::{Kind, NodeServices, Runner};
 use crate::log::pod_log_dir;
+use crate::pod::admission::Rejection;
 use crate::pod::phase;
 use crate::pod::status::{PodKey, StatusManager};
 use crate::runtime::Termination;
@@ -74,8 +75,13 @@ enum Stage {
     InitFailed,
 }
 
-/// Runs one pod until it is deleted or the node shuts down.
-pub async fn run(ctx: WorkerContext, mut desired: watch::Receiver<Desired>) {
+/// Runs one pod until it is deleted or the node shuts down; a pod with a `rejection` from
+/// admission never starts: it is reported Failed and waits for deletion.
+pub async fn run(
+    ctx: WorkerContext,
+    mut desired: watch::Receiver<Desired>,
+    rejection: Option<Rejection>,
+) {
     let Desired::Run(pod) = desired.borrow_and_update().clone() else {
         return;
     };
@@ -84,6 +90,9 @@ pub async fn run(ctx: WorkerContext, mut desired: watch::Receiver<Desired>) {
     let _enter = span.enter();
     drop(_enter);
     let mut worker = Worker::new(ctx, pod, key);
+    if let Some(rejection) = rejection {
+        worker.reject(rejection).await;
+    }
     worker.run(&mut desired).await;
 }
 
@@ -103,6 +112,8 @@ struct Worker {
     /// When this worker first saw the pod, for `kubelet_pod_start_duration_seconds`.
     seen: Instant,
     start_observed: bool,
+    /// Why the pod ended without running to completion (admission, eviction).
+    terminal_reason: Option<(String, String)>,
 }
 
 impl Worker {
@@ -133,7 +144,29 @@ impl Worker {
             shutdown_reason: None,
             seen: Instant::now(),
             start_observed: false,
+            terminal_reason: None,
         }
+    }
+
+    /// Reports the pod rejected by admission, as upstream's `rejectPod`: a Warning event with
+    /// the reason, phase Failed with "Pod was rejected: <message>".
+    async fn reject(&mut self, rejection: Rejection) {
+        tracing::warn!(pod = %self.key, reason = %rejection.reason, message = %rejection.message, "pod rejected");
+        self.ctx
+            .services
+            .events
+            .warning(
+                &self.pod,
+                None,
+                &rejection.reason,
+                rejection.message.clone(),
+            )
+            .await;
+        self.terminal_reason = Some((
+            rejection.reason,
+            format!("Pod was rejected: {}", rejection.message),
+        ));
+        self.publish_final();
     }
 
     fn spec_containers(&self) -> (Vec<Container>, Vec<Container>) {
@@ -155,10 +188,11 @@ impl Worker {
     }
 
     async fn run(&mut self, desired: &mut watch::Receiver<Desired>) {
-        let already_done = matches!(
-            self.pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded") | Some("Failed")
-        );
+        let already_done = self.terminal_reason.is_some()
+            || matches!(
+                self.pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded") | Some("Failed")
+            );
         let setup_started = Instant::now();
         if !already_done
             && self.pod.metadata.deletion_timestamp.is_none()
@@ -520,9 +554,12 @@ impl Worker {
             &now,
         );
         let ip = self.ctx.services.node_ip.clone();
-        let (reason, message) = match self.shutdown_reason {
-            Some((reason, message)) if final_status => {
+        let (reason, message) = match (self.shutdown_reason, &self.terminal_reason) {
+            (Some((reason, message)), _) if final_status => {
                 (Some(reason.to_string()), Some(message.to_string()))
+            }
+            (_, Some((reason, message))) if final_status => {
+                (Some(reason.clone()), Some(message.clone()))
             }
             _ => (None, None),
         };

@@ -9,13 +9,21 @@ use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::pod::admission::{self, Rejection};
 use crate::pod::known::KnownPods;
 use crate::pod::worker::{self, Desired, WorkerContext};
+
+/// One pod's worker, as the dispatcher sees it.
+struct Entry {
+    desired: watch::Sender<Desired>,
+    /// Not admitted: its worker only reports the rejection and waits for deletion.
+    rejected: bool,
+}
 
 /// Dispatches desired pod states to per-pod workers.
 pub struct PodWorkers {
     ctx: WorkerContext,
-    workers: HashMap<String, watch::Sender<Desired>>,
+    workers: HashMap<String, Entry>,
     tasks: JoinSet<String>,
     admitting: bool,
     known: KnownPods,
@@ -51,27 +59,61 @@ impl PodWorkers {
         self.known.set(pod.clone());
         self.reap();
         if let Some(worker) = self.workers.get(&uid) {
-            worker.send_replace(Desired::Run(pod));
+            worker.desired.send_replace(Desired::Run(pod));
             return;
         }
         if !self.admitting {
             return;
         }
+        let rejection = self.admit(&pod).err();
+        let rejected = rejection.is_some();
         let (tx, rx) = watch::channel(Desired::Run(pod));
         let ctx = self.ctx.clone();
         let task_uid = uid.clone();
         self.tasks.spawn(async move {
-            worker::run(ctx, rx).await;
+            worker::run(ctx, rx, rejection).await;
             task_uid
         });
-        self.workers.insert(uid, tx);
+        self.workers.insert(
+            uid,
+            Entry {
+                desired: tx,
+                rejected,
+            },
+        );
+    }
+
+    /// Admits a pod new to this process unless it started before (a Krustlet restart) or is
+    /// over; counts the other pods that are admitted and not finished.
+    fn admit(&self, pod: &Pod) -> Result<(), Rejection> {
+        let started = pod
+            .status
+            .as_ref()
+            .is_some_and(|s| s.container_statuses.as_ref().is_some_and(|c| !c.is_empty()));
+        if started || !is_active(pod) {
+            return Ok(());
+        }
+        let active: Vec<Arc<Pod>> = self
+            .workers
+            .values()
+            .filter(|entry| !entry.rejected)
+            .filter_map(|entry| match &*entry.desired.borrow() {
+                Desired::Run(other) if is_active(other) => Some(other.clone()),
+                _ => None,
+            })
+            .collect();
+        admission::admit(
+            pod,
+            active.iter().map(|p| p.as_ref()),
+            &self.ctx.services.allocatable,
+        )
     }
 
     /// A pod is gone from the API server.
     pub fn remove(&mut self, uid: &str) {
         self.known.remove(uid);
         if let Some(worker) = self.workers.get(uid) {
-            worker.send_replace(Desired::Removed);
+            worker.desired.send_replace(Desired::Removed);
         }
     }
 
@@ -86,7 +128,7 @@ impl PodWorkers {
     pub async fn shutdown(&mut self, grace: Duration) {
         self.admitting = false;
         for worker in self.workers.values() {
-            worker.send_replace(Desired::NodeShutdown(grace));
+            worker.desired.send_replace(Desired::NodeShutdown(grace));
         }
         let all = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(grace + Duration::from_secs(5), all)
@@ -96,4 +138,10 @@ impl PodWorkers {
             tracing::warn!("some pods did not finish stopping within the shutdown grace period");
         }
     }
+}
+
+/// Not finished and not being deleted: counts against the node's resources.
+fn is_active(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
 }

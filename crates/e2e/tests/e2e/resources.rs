@@ -1,0 +1,316 @@
+//! Resources: memory limits end in `OOMKilled`, CPU limits throttle, admission rejects pods
+//! that do not fit, and hostile modules never take the node down.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use krustlet_e2e::node::{KrustletNode, shared_node};
+use krustlet_e2e::pods::{
+    container_status, create, event_reasons, for_node, terminated, wait_for, wait_for_phase,
+};
+use krustlet_e2e::{TestNamespace, kubectl, workloads};
+use serde_json::json;
+
+use crate::KRUSTLET;
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// A multitool pod with `args` and `resources` on `node`.
+fn pod(name: &str, node: &str, args: &[&str], resources: serde_json::Value) -> serde_json::Value {
+    pod_of(name, node, &workloads::multitool(), args, resources)
+}
+
+fn pod_of(
+    name: &str,
+    node: &str,
+    image: &str,
+    args: &[&str],
+    resources: serde_json::Value,
+) -> serde_json::Value {
+    for_node(
+        json!({
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "main", "image": image, "args": args, "resources": resources}]
+            }
+        }),
+        node,
+    )
+}
+
+fn running(pod: &Pod) -> bool {
+    container_status(pod, "main")
+        .and_then(|s| s.state.as_ref())
+        .is_some_and(|s| s.running.is_some())
+}
+
+#[tokio::test]
+async fn memory_limit_ends_in_oomkilled_and_the_restart_policy_applies() {
+    let node = shared_node(KRUSTLET);
+    let ns = TestNamespace::new("oom").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    create(&pods, pod("neighbour", node, &["sleep", "600"], json!({})))
+        .await
+        .expect("create");
+    let mut hog = pod(
+        "hog",
+        node,
+        &["print", "allocating", "alloc", "256"],
+        json!({"limits": {"memory": "32Mi"}}),
+    );
+    hog["spec"]["restartPolicy"] = json!("OnFailure");
+    create(&pods, hog).await.expect("create");
+
+    // OnFailure restarts it; the first run's end is in lastState.
+    let hog = wait_for(&pods, "hog", LONG, "restarted after OOMKilled", |p| {
+        container_status(p, "main").is_some_and(|s| s.restart_count >= 1)
+    })
+    .await
+    .expect("restart");
+    let status = container_status(&hog, "main").expect("status");
+    let last = status
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .expect("lastState.terminated");
+    assert_eq!(
+        (last.reason.as_deref(), last.exit_code),
+        (Some("OOMKilled"), 137),
+        "{status:?}"
+    );
+    let message = last.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains("memory limit exceeded") && message.contains(&(32u64 << 20).to_string()),
+        "{message}"
+    );
+    let logs = kubectl(&["logs", "-n", ns.name(), "hog", "--previous"]).expect("logs");
+    assert_eq!(logs, "allocating\n");
+
+    let neighbour = pods.get("neighbour").await.expect("neighbour");
+    assert!(running(&neighbour), "{:?}", neighbour.status);
+    assert_eq!(
+        container_status(&neighbour, "main").map(|s| s.restart_count),
+        Some(0)
+    );
+}
+
+/// CPU time of a process in seconds (utime + stime from /proc/<pid>/stat).
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    // /proc reports in USER_HZ, which Linux fixes at 100 for user space.
+    ticks / 100.0
+}
+
+#[tokio::test]
+async fn cpu_limits_throttle_busy_loops_and_a_ticker_keeps_its_cadence() {
+    // Its own node, so the process's CPU time is these pods' alone.
+    let node = KrustletNode::start(KRUSTLET, "cpu", &[]).expect("node");
+    node.wait_ready("True", LONG).await.expect("ready");
+    let ns = TestNamespace::new("cpu").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let limit = json!({"limits": {"cpu": "250m"}});
+    for name in ["spin-a", "spin-b"] {
+        create(&pods, pod(name, node.name(), &["spin", "0"], limit.clone()))
+            .await
+            .expect("create");
+    }
+    create(
+        &pods,
+        pod("ticker", node.name(), &["tick", "0", "1000"], json!({})),
+    )
+    .await
+    .expect("create");
+    for name in ["spin-a", "spin-b", "ticker"] {
+        wait_for(&pods, name, LONG, "running", running)
+            .await
+            .expect("running");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = node.pid().expect("pid");
+    let (cpu_before, started) = (process_cpu_seconds(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let cores = (process_cpu_seconds(pid) - cpu_before) / started.elapsed().as_secs_f64();
+    eprintln!("two busy loops limited to 250m each used {cores:.2} cores together");
+    // Two guests at 250m each: 0.5 core. Unthrottled they would take both cores (2.0). The
+    // tolerance allows for the node's own work and for a machine too busy to give even 0.5.
+    assert!(
+        (0.2..=0.8).contains(&cores),
+        "two 250m busy loops used {cores:.2} cores in total"
+    );
+
+    // The ticker printed about once a second throughout.
+    let logs = kubectl(&["logs", "-n", ns.name(), "ticker", "--timestamps"]).expect("logs");
+    let stamps: Vec<jiff::Timestamp> = logs
+        .lines()
+        .filter_map(|l| l.split_once(' ')?.0.parse().ok())
+        .collect();
+    assert!(stamps.len() >= 8, "{logs}");
+    for pair in stamps.windows(2) {
+        let gap = pair[1].duration_since(pair[0]).as_secs_f64();
+        assert!((0.5..=1.8).contains(&gap), "tick gap {gap:.2}s in\n{logs}");
+    }
+}
+
+#[tokio::test]
+async fn admission_rejects_pods_that_do_not_fit() {
+    let node = KrustletNode::start(KRUSTLET, "admit", &["--max-pods=5"]).expect("node");
+    node.wait_ready("True", LONG).await.expect("ready");
+    let ns = TestNamespace::new("admit").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let events = ns.api::<Event>();
+    // `nodeName` set directly: the scheduler would never place these.
+    let direct = |mut pod: serde_json::Value| {
+        pod["spec"]["nodeName"] = json!(node.name());
+        pod
+    };
+
+    create(
+        &pods,
+        direct(pod(
+            "huge",
+            node.name(),
+            &["hello"],
+            json!({"requests": {"memory": "100Ti"}}),
+        )),
+    )
+    .await
+    .expect("create");
+    let huge = wait_for_phase(&pods, "huge", "Failed", LONG)
+        .await
+        .expect("Failed");
+    let status = huge.status.expect("status");
+    assert_eq!(status.reason.as_deref(), Some("OutOfmemory"));
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.starts_with("Pod was rejected: Node didn't have enough resource: memory, requested: 109951162777600,"),
+        "{message}"
+    );
+    assert!(
+        event_reasons(&events, "huge")
+            .await
+            .expect("events")
+            .contains(&"OutOfmemory".to_string())
+    );
+
+    for i in 0..5 {
+        create(
+            &pods,
+            direct(pod(
+                &format!("sleeper-{i}"),
+                node.name(),
+                &["sleep", "600"],
+                json!({}),
+            )),
+        )
+        .await
+        .expect("create");
+    }
+    for i in 0..5 {
+        wait_for(&pods, &format!("sleeper-{i}"), LONG, "running", running)
+            .await
+            .expect("running");
+    }
+    create(
+        &pods,
+        direct(pod("sixth", node.name(), &["hello"], json!({}))),
+    )
+    .await
+    .expect("create");
+    let sixth = wait_for_phase(&pods, "sixth", "Failed", LONG)
+        .await
+        .expect("Failed");
+    let status = sixth.status.expect("status");
+    assert_eq!(status.reason.as_deref(), Some("OutOfpods"));
+    assert_eq!(
+        status.message.as_deref(),
+        Some(
+            "Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: 5, capacity: 5"
+        )
+    );
+    // The admitted pods were not disturbed.
+    for i in 0..5 {
+        assert!(running(
+            &pods.get(&format!("sleeper-{i}")).await.expect("get")
+        ));
+    }
+}
+
+#[tokio::test]
+async fn hostile_modules_never_take_the_node_down() {
+    let node = shared_node(KRUSTLET);
+    let ns = TestNamespace::new("hostile").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    // A table of 2^32-1 elements (32 GiB of host memory): more than any node's allocatable.
+    let table = workloads::publish("hostile-table", || {
+        wat::parse_str(
+            r#"(module (table 4294967295 funcref) (memory 1) (export "memory" (memory 0))
+                       (func (export "_start")))"#,
+        )
+        .expect("wat")
+    });
+    create(&pods, pod_of("table", node, &table, &[], json!({})))
+        .await
+        .expect("create");
+    create(
+        &pods,
+        pod(
+            "grow",
+            node,
+            &["grow", "1000"],
+            json!({"limits": {"memory": "16Mi"}}),
+        ),
+    )
+    .await
+    .expect("create");
+    // Unbounded recursion of wasm calls: wasmtime's stack limit, not the host's, ends it.
+    let recursion = workloads::publish("hostile-recursion", || {
+        wat::parse_str(r#"(module (func $f (call $f)) (func (export "_start") (call $f)) (memory 1) (export "memory" (memory 0)))"#)
+            .expect("wat")
+    });
+    create(&pods, pod_of("recursion", node, &recursion, &[], json!({})))
+        .await
+        .expect("create");
+    create(&pods, pod("recurse", node, &["recurse"], json!({})))
+        .await
+        .expect("create");
+
+    for name in ["table", "grow"] {
+        let failed = wait_for_phase(&pods, name, "Failed", LONG)
+            .await
+            .expect("Failed");
+        let t = terminated(&failed, "main").expect("terminated");
+        assert_eq!(
+            (t.reason.as_deref(), t.exit_code),
+            (Some("OOMKilled"), 137),
+            "{name}: {t:?}"
+        );
+    }
+    // C keeps its stack in linear memory: overflowing it is an out-of-bounds access.
+    for (name, trap) in [
+        ("recursion", "call stack exhausted"),
+        ("recurse", "out of bounds memory access"),
+    ] {
+        let failed = wait_for_phase(&pods, name, "Failed", LONG)
+            .await
+            .expect("Failed");
+        let t = terminated(&failed, "main").expect("terminated");
+        assert_eq!(t.reason.as_deref(), Some("Error"), "{name}: {t:?}");
+        let message = t.message.as_deref().unwrap_or_default();
+        assert!(message.contains(trap), "{name}: {message}");
+    }
+
+    // The node is still there and runs the next pod.
+    create(&pods, pod("after", node, &["hello"], json!({})))
+        .await
+        .expect("create");
+    wait_for_phase(&pods, "after", "Succeeded", LONG)
+        .await
+        .expect("Succeeded");
+}

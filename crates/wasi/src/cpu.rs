@@ -1,0 +1,184 @@
+//! CPU accounting and `limits.cpu` throttling.
+//!
+//! A run's CPU time is the thread CPU time spent inside its future's polls (guests run on the
+//! async executor's threads and only between polls can they move between threads). The epoch
+//! callback, which wasmtime calls inside a poll at every epoch tick, asks [`Throttle`] what to
+//! do: keep a guest within its `limits.cpu` share with a token bucket (refilled at the share,
+//! holding at most one 100 ms period's worth, like CFS quotas) by sleeping when it ran ahead,
+//! and let guests with a bigger `requests.cpu` run more ticks between yields, so a contended
+//! node divides its threads roughly by request.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use kubelet::runtime::Usage;
+use nix::time::{ClockId, clock_gettime};
+use wasmtime::UpdateDeadline;
+
+/// The window a CPU limit is enforced over, as the kernel's CFS period.
+const PERIOD: Duration = Duration::from_millis(100);
+/// Most epoch ticks a guest runs between yields, however big its CPU request.
+const MAX_SLICE_TICKS: u64 = 10;
+/// Marks "no poll in progress".
+const IDLE: u64 = u64::MAX;
+
+/// CPU time of the calling thread, in nanoseconds (0 if the clock cannot be read).
+fn thread_cpu_nanos() -> u64 {
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000) + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// A run's CPU clock: completed polls (in its [`Usage`]) plus the poll in progress.
+pub(crate) struct CpuClock {
+    usage: Arc<Usage>,
+    poll_started: AtomicU64,
+}
+
+impl CpuClock {
+    /// A clock that adds to `usage`.
+    pub(crate) fn new(usage: Arc<Usage>) -> Arc<Self> {
+        Arc::new(Self {
+            usage,
+            poll_started: AtomicU64::new(IDLE),
+        })
+    }
+
+    /// CPU used so far; correct when called on the polling thread (the epoch callback is).
+    fn used_nanos(&self) -> u64 {
+        let started = self.poll_started.load(Ordering::Relaxed);
+        let running = if started == IDLE {
+            0
+        } else {
+            thread_cpu_nanos().saturating_sub(started)
+        };
+        self.usage.cpu_nanos() + running
+    }
+}
+
+/// Runs `future`, charging the CPU time of its polls to `clock`.
+pub(crate) async fn metered<F: Future>(clock: Arc<CpuClock>, future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(move |cx| {
+        let start = thread_cpu_nanos();
+        clock.poll_started.store(start, Ordering::Relaxed);
+        let result: Poll<F::Output> = future.as_mut().poll(cx);
+        clock.poll_started.store(IDLE, Ordering::Relaxed);
+        clock
+            .usage
+            .add_cpu_nanos(thread_cpu_nanos().saturating_sub(start));
+        result
+    })
+    .await
+}
+
+/// Decides, at each epoch tick, how long a guest runs before its next yield and whether it
+/// must sleep first to stay within its CPU limit.
+pub(crate) struct Throttle {
+    clock: Arc<CpuClock>,
+    /// `limits.cpu` in millicores.
+    limit_millis: Option<u64>,
+    slice_ticks: u64,
+    /// CPU nanoseconds the guest may still use now (negative: it ran ahead).
+    tokens: i64,
+    last: Instant,
+    last_used: u64,
+}
+
+impl Throttle {
+    /// A throttle for a run with these `limits.cpu` and `requests.cpu` (millicores).
+    pub(crate) fn new(
+        clock: Arc<CpuClock>,
+        limit_millis: Option<u64>,
+        request_millis: Option<u64>,
+    ) -> Self {
+        // One tick per 100m requested: 1 for best-effort guests, 10 for a whole core or more.
+        let slice_ticks = request_millis.map_or(1, |m| (m / 100).clamp(1, MAX_SLICE_TICKS));
+        let limit_millis = limit_millis.map(|m| m.max(1));
+        Self {
+            clock,
+            limit_millis,
+            slice_ticks,
+            tokens: limit_millis.map_or(0, bucket_size),
+            last: Instant::now(),
+            last_used: 0,
+        }
+    }
+
+    /// What the guest does at this epoch tick.
+    pub(crate) fn on_epoch(&mut self) -> UpdateDeadline {
+        let Some(limit) = self.limit_millis else {
+            return UpdateDeadline::Yield(self.slice_ticks);
+        };
+        let now = Instant::now();
+        let used = self.clock.used_nanos();
+        let refill = nanos_of_share(now.duration_since(self.last), limit);
+        let spent = used.saturating_sub(self.last_used) as i64;
+        self.tokens = (self.tokens.saturating_add(refill)).min(bucket_size(limit)) - spent;
+        self.last = now;
+        self.last_used = used;
+        if self.tokens >= 0 {
+            return UpdateDeadline::Yield(self.slice_ticks);
+        }
+        // Sleep until the share has paid back what the guest ran ahead.
+        let debt = self.tokens.unsigned_abs();
+        let wait = Duration::from_nanos(debt.saturating_mul(1000) / limit);
+        UpdateDeadline::YieldCustom(self.slice_ticks, Box::pin(tokio::time::sleep(wait)))
+    }
+}
+
+/// CPU nanoseconds a `millis` share earns over `elapsed`.
+fn nanos_of_share(elapsed: Duration, millis: u64) -> i64 {
+    let nanos = elapsed.as_nanos().saturating_mul(u128::from(millis)) / 1000;
+    i64::try_from(nanos).unwrap_or(i64::MAX)
+}
+
+/// The most CPU a guest may save up: one period's worth of its share.
+fn bucket_size(millis: u64) -> i64 {
+    nanos_of_share(PERIOD, millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_follow_requests() {
+        let clock = CpuClock::new(Arc::default());
+        assert_eq!(Throttle::new(clock.clone(), None, None).slice_ticks, 1);
+        assert_eq!(Throttle::new(clock.clone(), None, Some(250)).slice_ticks, 2);
+        assert_eq!(Throttle::new(clock, None, Some(8000)).slice_ticks, 10);
+    }
+
+    #[tokio::test]
+    async fn a_guest_over_its_share_sleeps_for_its_debt() {
+        let usage = Arc::new(Usage::default());
+        let clock = CpuClock::new(usage.clone());
+        let mut throttle = Throttle::new(clock, Some(250), None);
+        // 25 ms of saved-up share; using 75 ms at once leaves 50 ms of debt: 200 ms at 250m.
+        usage.add_cpu_nanos(75_000_000);
+        match throttle.on_epoch() {
+            UpdateDeadline::YieldCustom(1, _) => {}
+            _ => panic!("expected a sleep"),
+        }
+        let debt = throttle.tokens.unsigned_abs();
+        assert!((49_000_000..=50_000_000).contains(&debt), "{debt}");
+    }
+
+    #[tokio::test]
+    async fn metered_polls_are_charged() {
+        let usage = Arc::new(Usage::default());
+        let clock = CpuClock::new(usage.clone());
+        metered(clock, async {
+            let start = thread_cpu_nanos();
+            while thread_cpu_nanos() - start < 20_000_000 {
+                std::hint::black_box(0);
+            }
+        })
+        .await;
+        assert!(usage.cpu_nanos() >= 20_000_000, "{}", usage.cpu_nanos());
+    }
+}
