@@ -709,9 +709,17 @@ async fn kubectl_logs_of_a_ticking_pod_follow_since_and_previous_after_a_restart
     while let Ok((line, at)) = rx.recv_timeout(Duration::from_secs(30)) {
         lines.push((line, at));
     }
-    let Some(status) = child.try_wait().expect("wait") else {
-        let _ = child.kill();
-        panic!("kubectl logs -f did not return after the run ended; got {lines:?}");
+    // Its output closed; the process itself may take a moment more to exit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kubectl logs -f did not return after the run ended; got {lines:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "kubectl logs -f exited {status}");
     let ticks: Vec<String> = (1..=8).map(|n| format!("tick {n}")).collect();
