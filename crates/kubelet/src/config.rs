@@ -150,6 +150,25 @@ pub struct Flags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eviction_hard: Option<Vec<Threshold>>,
 
+    /// Size at which a container's log file is rotated, a quantity such as 10Mi or 512Ki; at
+    /// least 32Ki. [default: 10Mi]
+    #[arg(long, env = "KRUSTLET_CONTAINER_LOG_MAX_SIZE", value_name = "QUANTITY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_log_max_size: Option<ByteQuantity>,
+
+    /// Most log files kept per container run, the current one included; at least 2. A
+    /// container's logs stay within max-size × max-files (plus its previous run's). [default: 5]
+    #[arg(long, env = "KRUSTLET_CONTAINER_LOG_MAX_FILES", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(2..=1000))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_log_max_files: Option<u32>,
+
+    /// Write-rate bound on each container's log output, bytes per second (e.g. 1Mi; 0: none).
+    /// A container that prints faster is paused until its output fits the rate (with one
+    /// second of burst): no output is lost, and other pods are not slowed. [default: 2Mi]
+    #[arg(long, env = "KRUSTLET_CONTAINER_LOG_MAX_RATE", value_name = "QUANTITY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_log_max_rate: Option<ByteQuantity>,
     /// Resources set aside for the operating system, subtracted from allocatable, as the
     /// kubelet's --system-reserved: cpu=100m,memory=100Mi,ephemeral-storage=1Gi,pid=100.
     #[arg(
@@ -246,6 +265,12 @@ pub struct KubeletConfig {
     pub node_lease_duration_seconds: u32,
     /// Pressure thresholds.
     pub eviction_hard: Vec<Threshold>,
+    /// Container log rotation size in bytes.
+    pub container_log_max_size: u64,
+    /// Container log files kept per run.
+    pub container_log_max_files: u32,
+    /// Container log output bound in bytes per second (0: none).
+    pub container_log_max_rate: u64,
     /// Reserved for the operating system.
     pub system_reserved: Vec<Reservation>,
     /// Reserved for Krustlet.
@@ -324,10 +349,29 @@ impl Flags {
                 .unwrap_or(Duration::from_secs(300)),
             node_lease_duration_seconds: self.node_lease_duration_seconds.unwrap_or(40),
             eviction_hard: self.eviction_hard.unwrap_or_else(Threshold::defaults),
+            container_log_max_size: self.container_log_max_size.map_or(10 << 20, |q| q.0),
+            container_log_max_files: self.container_log_max_files.unwrap_or(5),
+            container_log_max_rate: self.container_log_max_rate.map_or(2 << 20, |q| q.0),
             system_reserved: self.system_reserved.unwrap_or_default(),
             kube_reserved: self.kube_reserved.unwrap_or_default(),
             data_dir,
         };
+        // A log entry is at most 16 KiB and a little; a file must hold at least one.
+        if config.container_log_max_size < 32 << 10 {
+            return Err(ConfigError::Invalid {
+                flag: "container-log-max-size",
+                message: format!(
+                    "{} bytes is too small; at least 32Ki",
+                    config.container_log_max_size
+                ),
+            });
+        }
+        if config.container_log_max_files < 2 {
+            return Err(ConfigError::Invalid {
+                flag: "container-log-max-files",
+                message: "must be at least 2 (the current file and one rotated)".into(),
+            });
+        }
         if config.node_status_update_frequency.is_zero() {
             return Err(ConfigError::Invalid {
                 flag: "node-status-update-frequency",
@@ -413,6 +457,26 @@ macro_rules! string_serde {
         }
     };
 }
+
+/// An amount of bytes written as a Kubernetes quantity (`10Mi`, `512Ki`, `1000000`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteQuantity(pub u64);
+
+impl FromStr for ByteQuantity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        crate::quantity::parse_count(s)
+            .map(Self)
+            .map_err(|e| format!("{s:?}: {e} (a quantity like 10Mi or 512Ki)"))
+    }
+}
+
+impl std::fmt::Display for ByteQuantity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+string_serde!(ByteQuantity);
 
 /// A node label, `KEY=VALUE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -673,6 +737,15 @@ impl KubeletConfig {
         self.cert_dir.join("kubelet-server-current.pem")
     }
 
+    /// How container logs are rotated and bounded.
+    pub fn log_policy(&self) -> crate::log::rotation::LogPolicy {
+        crate::log::rotation::LogPolicy {
+            max_size: self.container_log_max_size,
+            max_files: self.container_log_max_files,
+            max_rate: self.container_log_max_rate,
+        }
+    }
+
     /// The total of `--system-reserved` and `--kube-reserved` for `resource`.
     pub fn reserved(&self, resource: ReservedResource) -> u64 {
         self.system_reserved
@@ -785,6 +858,50 @@ mod tests {
         };
         let error = lone.resolve().expect_err("needs a key").to_string();
         assert!(error.contains("--tls-private-key-file"), "{error}");
+    }
+
+    #[test]
+    fn log_bounds_come_from_flags_or_the_file_and_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            "nodeName: n\ncontainerLogMaxSize: 64Ki\ncontainerLogMaxFiles: 3\n",
+        )
+        .expect("write");
+        let flags = Flags {
+            config: Some(file),
+            container_log_max_rate: Some("1Mi".parse().expect("quantity")),
+            ..Default::default()
+        };
+        let config = flags
+            .merge_config_file()
+            .expect("merge")
+            .resolve()
+            .expect("resolve");
+        assert_eq!(
+            (
+                config.container_log_max_size,
+                config.container_log_max_files,
+                config.container_log_max_rate
+            ),
+            (64 << 10, 3, 1 << 20)
+        );
+        let defaults = Flags {
+            node_name: Some("n".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("resolve");
+        assert_eq!(defaults.log_policy().max_size, 10 << 20);
+        assert_eq!(defaults.log_policy().max_files, 5);
+        let tiny = Flags {
+            node_name: Some("n".into()),
+            container_log_max_size: Some(ByteQuantity(1024)),
+            ..Default::default()
+        };
+        let error = tiny.resolve().expect_err("too small").to_string();
+        assert!(error.contains("--container-log-max-size"), "{error}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::config::KubeletConfig;
 use crate::container::runner::NodeServices;
 use crate::image::{ImageError, ImageStore};
 use crate::log::pods_log_root;
+use crate::metrics::KubeletMetrics;
 use crate::node::allocatable::NodeResources;
 use crate::node::conditions::Readiness;
 use crate::node::host::HostInfo;
@@ -27,6 +28,8 @@ use crate::pod::status::StatusManager;
 use crate::pod::worker::{PodDirs, WorkerContext};
 use crate::pod::workers::PodWorkers;
 use crate::runtime::Runtime;
+use crate::server::NodeView;
+use crate::stats::Stats;
 
 /// Errors that stop the kubelet from starting.
 #[derive(Debug, thiserror::Error)]
@@ -121,18 +124,14 @@ impl Kubelet {
             clients_tx,
             stop.clone(),
         ));
-        let (serving_tx, serving) = watch::channel(None);
-        let server = crate::server::Server::bind(&config, clients.clone(), serving).await?;
-        tokio::spawn(server.run(stop.clone()));
-        tokio::spawn(bootstrap::manage_serving_certificate(
-            config.clone(),
-            clients.clone(),
-            serving_tx,
-            stop.clone(),
-        ));
-
         let status = StatusManager::new();
         tokio::spawn(status.clone().run(clients.clone()));
+        let stats = Stats::new();
+        tokio::spawn(stats.clone().run_sampler(stop.clone()));
+        let metrics = KubeletMetrics::new(&config.node_name);
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        self.runtime.register_metrics(&mut registry);
         let ctx = WorkerContext {
             services: NodeServices {
                 runtime: self.runtime.clone(),
@@ -142,9 +141,12 @@ impl Kubelet {
                 node_labels: crate::node::registration::labels(&config),
                 node_ip: config.node_ip.to_string(),
                 clients: clients.clone(),
+                log_policy: config.log_policy(),
+                stats: stats.clone(),
+                metrics: metrics.clone(),
                 allocatable,
             },
-            status,
+            status: status.clone(),
             clients: clients.clone(),
             dirs: PodDirs {
                 pods: config.data_path("pods"),
@@ -152,6 +154,23 @@ impl Kubelet {
             },
         };
         let mut workers = PodWorkers::new(ctx);
+
+        let (serving_tx, serving) = watch::channel(None);
+        let view = NodeView {
+            pods: workers.known_pods(),
+            status,
+            stats,
+            metrics,
+            registry: Arc::new(registry),
+        };
+        let server = crate::server::Server::bind(&config, clients.clone(), serving, view).await?;
+        tokio::spawn(server.run(stop.clone()));
+        tokio::spawn(bootstrap::manage_serving_certificate(
+            config.clone(),
+            clients.clone(),
+            serving_tx,
+            stop.clone(),
+        ));
         let source_stop = CancellationToken::new();
         let pods = {
             let (client, node, stop) = (

@@ -11,8 +11,11 @@
 //! - [`container`]: argv, env, and the runner of one container through its restarts.
 //! - [`image`]: pulling wasm from OCI registries into a verified store.
 //! - [`runtime`]: the [`runtime::Runtime`] trait runtimes implement.
-//! - [`log`]: CRI-format container logs.
-//! - [`server`]: the kubelet HTTPS API (health, container logs), authenticated and authorized.
+//! - [`log`]: CRI-format container logs, rotated and rate-bounded.
+//! - [`stats`]: live usage of running containers and the node; the stats summary.
+//! - [`metrics`]: the kubelet's Prometheus metrics.
+//! - [`server`]: the kubelet HTTPS API (health, logs, pods, metrics, stats), authenticated and
+//!   authorized.
 //! - [`kubelet`]: [`Kubelet`], which runs all of the above.
 
 pub mod bootstrap;
@@ -21,11 +24,13 @@ pub mod container;
 pub mod image;
 pub mod kubelet;
 pub mod log;
+pub mod metrics;
 pub mod node;
 pub mod pod;
 pub mod quantity;
 pub mod runtime;
 pub mod server;
+pub mod stats;
 pub mod volume;
 
 pub use kubelet::{Kubelet, KubeletError};

@@ -160,4 +160,8 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Creates and starts a container run. Errors mean it never started.
     fn start(&self, spec: ContainerSpec) -> BoxFuture<'_, Result<RunningContainer, RuntimeError>>;
+
+    /// Adds the runtime's own metrics (compile times, caches, instances) to the kubelet's
+    /// `/metrics`; called once at start. The default has none.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
 }

@@ -14,6 +14,7 @@ mod cpu;
 pub mod engine;
 pub mod log;
 pub mod memory;
+pub mod metrics;
 pub mod module;
 pub mod run;
 pub mod runtime;

@@ -42,7 +42,17 @@ impl StdoutStream for CriStream {
 
 #[async_trait::async_trait]
 impl Pollable for CriStream {
-    async fn ready(&mut self) {}
+    /// Ready once the container's log rate budget (`--container-log-max-rate`) allows a write:
+    /// a guest printing without pause waits here, on its own task, instead of filling the disk.
+    async fn ready(&mut self) {
+        loop {
+            let wait = self.log.write_wait();
+            if wait.is_zero() {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
 }
 
 impl OutputStream for CriStream {
@@ -57,7 +67,7 @@ impl OutputStream for CriStream {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(64 * 1024)
+        Ok(self.log.write_budget().min(64 * 1024))
     }
 }
 

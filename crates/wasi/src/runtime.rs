@@ -11,6 +11,7 @@ use kubelet::runtime::{
 use tokio::sync::oneshot;
 
 use crate::engine::WasmEngine;
+use crate::metrics::WasiMetrics;
 use crate::module::Program;
 use crate::run::{Exit, Mount, RunSpec};
 
@@ -19,6 +20,7 @@ use crate::run::{Exit, Mount, RunSpec};
 pub struct WasiRuntime {
     engine: WasmEngine,
     programs: Arc<Mutex<HashMap<String, Program>>>,
+    metrics: WasiMetrics,
 }
 
 impl WasiRuntime {
@@ -27,6 +29,7 @@ impl WasiRuntime {
         Self {
             engine,
             programs: Arc::default(),
+            metrics: WasiMetrics::default(),
         }
     }
 
@@ -40,8 +43,10 @@ impl WasiRuntime {
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
         {
+            self.metrics.hit("memory");
             return Ok(program.clone());
         }
+        let compile_started = std::time::Instant::now();
         let engine = self.engine.clone();
         let path = spec.program.clone();
         let compiled = tokio::task::spawn_blocking(move || {
@@ -52,6 +57,9 @@ impl WasiRuntime {
         .await
         .map_err(|e| create_error(format!("compiling the program panicked: {e}")))?
         .map_err(create_error)?;
+        self.metrics
+            .compile_seconds
+            .observe(compile_started.elapsed().as_secs_f64());
         self.programs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -70,6 +78,10 @@ fn create_error(message: String) -> RuntimeError {
 impl Runtime for WasiRuntime {
     fn version(&self) -> String {
         crate::runtime_version()
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics.register(registry);
     }
 
     fn start(&self, spec: ContainerSpec) -> BoxFuture<'_, Result<RunningContainer, RuntimeError>> {
@@ -91,7 +103,9 @@ impl Runtime for WasiRuntime {
             let (exit_tx, exit) = oneshot::channel();
             let (kill, killed) = oneshot::channel::<()>();
             let engine = self.engine.clone();
+            let instance = self.metrics.instance();
             tokio::spawn(async move {
+                let _instance = instance;
                 let termination = tokio::select! {
                     // Dropping the run future stops the guest at its next epoch yield.
                     _ = killed => Termination::Killed,

@@ -1,6 +1,8 @@
-//! The kubelet HTTPS API: `kubectl logs` (tail, timestamps, containers, previous, follow)
-//! through the real API server, authentication and authorization of direct requests, and
-//! `kubectl exec` refused promptly.
+//! The kubelet HTTPS API: `kubectl logs` (tail, timestamps, containers, previous, since,
+//! follow) through the real API server, log rotation and the write-rate bound, `/metrics`,
+//! `/metrics/resource`, `/stats/summary`, `/pods` and `/configz` through the API server's node
+//! proxy, authentication and authorization of direct requests, and `kubectl exec` refused
+//! promptly.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -13,7 +15,11 @@ use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestSpec,
 };
 use k8s_openapi::api::core::v1::Pod;
-use krustlet_e2e::{KrustletNode, TestNamespace, cluster, kubectl};
+use krustlet_e2e::node::shared_node;
+use krustlet_e2e::pods::{
+    container_status, create, for_node, terminated, wait_for, wait_for_phase, wait_gone,
+};
+use krustlet_e2e::{KrustletNode, TestNamespace, cluster, kubectl, workloads};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -462,5 +468,537 @@ async fn api_authenticates_and_authorizes_direct_requests() {
             .await
             .expect("body")
             .contains("exec is not supported for WebAssembly pods")
+    );
+}
+
+/// For nodes of tests that are not about DiskPressure: the test machine's disk is shared with
+/// builds and may be under the default 10% free, which would taint the node.
+const NO_DISK_PRESSURE: &str =
+    "--eviction-hard=memory.available<100Mi,nodefs.available<100Mi,pid.available<5%";
+
+/// A one-container multitool pod on `node`.
+fn multitool_pod(name: &str, node: &str, args: &[&str], restart_policy: &str) -> serde_json::Value {
+    for_node(
+        serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": restart_policy,
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "main", "image": workloads::multitool(), "args": args}]
+            }
+        }),
+        node,
+    )
+}
+
+/// GETs a kubelet API path on `node` as the API server does (its kubelet client certificate;
+/// the API server's node proxy refuses loopback addresses). Waits for the issued serving
+/// certificate, which is the only one the cluster CA verifies.
+async fn kubelet_get(node: &KrustletNode, path: &str) -> String {
+    let info = cluster();
+    let client = https_client(Some(identity_from_files(
+        &info.kubelet_client_cert_file,
+        &info.kubelet_client_key_file,
+    )));
+    let url = format!("https://127.0.0.1:{}{path}", node.port());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.get(&url).send().await {
+            Ok(response) => {
+                let status = response.status();
+                let body = response.text().await.expect("body");
+                assert_eq!(status, 200, "GET {path}: {body}");
+                return body;
+            }
+            Err(error) => {
+                assert!(Instant::now() < deadline, "GET {path}: {error:?}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Waits until the scheduler may place pods on `node`: Ready, and no taints left but the wasm
+/// ones (the not-ready taint goes a moment after Ready).
+async fn wait_schedulable(node: &KrustletNode) {
+    node.wait_ready("True", Duration::from_secs(90))
+        .await
+        .expect("node Ready");
+    let nodes: Api<k8s_openapi::api::core::v1::Node> =
+        Api::all(krustlet_e2e::cluster::client().await.expect("client"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let current = nodes.get(node.name()).await.expect("get node");
+        let taints = current.spec.and_then(|s| s.taints).unwrap_or_default();
+        if taints.iter().all(|t| t.key == "kubernetes.io/arch") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "node keeps taints {taints:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Parses Prometheus text strictly: every line must be a comment the format knows, or a sample.
+fn parse_prometheus(text: &str) -> prometheus_parse::Scrape {
+    for line in text.lines() {
+        let known_comment = ["# HELP ", "# TYPE ", "# UNIT ", "# EOF"]
+            .iter()
+            .any(|p| line.starts_with(p));
+        let parsed = prometheus_parse::LineInfo::parse(line);
+        assert!(
+            known_comment || matches!(parsed, prometheus_parse::LineInfo::Sample { .. }),
+            "not Prometheus text: {line:?}"
+        );
+    }
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parse")
+}
+
+fn sample_value(
+    scrape: &prometheus_parse::Scrape,
+    metric: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .and_then(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+#[tokio::test]
+async fn a_pod_printing_100000_lines_is_rotated_within_the_bound_and_throttled() {
+    const MAX_SIZE: u64 = 64 * 1024;
+    const MAX_FILES: u64 = 3;
+    let node = KrustletNode::start(
+        KRUSTLET,
+        "rotate",
+        &[
+            "--container-log-max-size=64Ki",
+            "--container-log-max-files=3",
+            "--container-log-max-rate=128Ki",
+            NO_DISK_PRESSURE,
+        ],
+    )
+    .expect("start node");
+    wait_schedulable(&node).await;
+    let ns = TestNamespace::new("rotate").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let created = create(
+        &pods,
+        multitool_pod("lines", node.name(), &["lines", "100000"], "Never"),
+    )
+    .await
+    .expect("create");
+    let pod = wait_for_phase(&pods, "lines", "Succeeded", Duration::from_secs(180))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; node log:\n{}", node.log()));
+
+    let last = kubectl(&["logs", "-n", ns.name(), "lines", "--tail=1"]).expect("kubectl logs");
+    assert_eq!(last, "line 100000\n");
+
+    // Everything kept, read across the rotated files: consecutive lines up to the last.
+    let all = kubectl(&["logs", "-n", ns.name(), "lines"]).expect("kubectl logs");
+    let numbers: Vec<u64> = all
+        .lines()
+        .map(|l| {
+            l.strip_prefix("line ")
+                .and_then(|n| n.parse().ok())
+                .expect("a numbered line")
+        })
+        .collect();
+    assert_eq!(numbers.last(), Some(&100_000));
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "lines missing across files"
+    );
+    // An entry is about 47 bytes: more than one file's worth proves the rotated files are read.
+    assert!(
+        numbers.len() as u64 > MAX_SIZE / 47,
+        "only {} lines",
+        numbers.len()
+    );
+
+    let dir = node
+        .data_dir()
+        .join("logs/pods")
+        .join(format!(
+            "{}_lines_{}",
+            ns.name(),
+            created.metadata.uid.expect("uid")
+        ))
+        .join("main");
+    let mut total = 0;
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("log dir") {
+        let entry = entry.expect("entry");
+        let size = entry.metadata().expect("metadata").len();
+        assert!(size <= MAX_SIZE, "{:?} is {size} bytes", entry.file_name());
+        total += size;
+        names.push(entry.file_name().into_string().expect("utf8"));
+    }
+    names.sort();
+    eprintln!("log dir after 100000 lines: {names:?}, {total} bytes");
+    assert!(total <= MAX_SIZE * MAX_FILES, "{total} bytes in {names:?}");
+    let rotated = names.iter().filter(|n| n.starts_with("0.log.20")).count();
+    assert_eq!(rotated as u64, MAX_FILES - 1, "{names:?}");
+
+    // About 1.09 MB of output at 128 KiB/s, after a one-second burst: at least 7 s.
+    let terminated = terminated(&pod, "main").expect("terminated");
+    let (started, finished) = (
+        terminated.started_at.as_ref().expect("startedAt").0,
+        terminated.finished_at.as_ref().expect("finishedAt").0,
+    );
+    let seconds = finished.as_second() - started.as_second();
+    eprintln!("100000 lines at --container-log-max-rate=128Ki took {seconds} s");
+    assert!(
+        seconds >= 6,
+        "the write-rate bound did not hold: {seconds} s"
+    );
+}
+
+#[tokio::test]
+async fn kubectl_logs_of_a_ticking_pod_follow_since_and_previous_after_a_restart() {
+    let ns = TestNamespace::new("ticking").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let node = shared_node(KRUSTLET);
+    create(
+        &pods,
+        multitool_pod(
+            "ticker",
+            node,
+            &["tick", "8", "1000", "exit", "1"],
+            "OnFailure",
+        ),
+    )
+    .await
+    .expect("create");
+    wait_for(&pods, "ticker", Duration::from_secs(120), "running", |p| {
+        container_status(p, "main")
+            .is_some_and(|s| s.state.as_ref().is_some_and(|s| s.running.is_some()))
+    })
+    .await
+    .expect("running");
+
+    // Follow: lines arrive while the run goes on, and the command returns when it ends.
+    let info = cluster();
+    let started = Instant::now();
+    let mut child = Command::new(&info.kubectl)
+        .arg("--kubeconfig")
+        .arg(&info.kubeconfig)
+        .args(["logs", "-f", "-n", ns.name(), "ticker"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl logs -f");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send((line.unwrap_or_default(), Instant::now())).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    while let Ok((line, at)) = rx.recv_timeout(Duration::from_secs(30)) {
+        lines.push((line, at));
+    }
+    // Its output closed; the process itself may take a moment more to exit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kubectl logs -f did not return after the run ended; got {lines:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "kubectl logs -f exited {status}");
+    let ticks: Vec<String> = (1..=8).map(|n| format!("tick {n}")).collect();
+    let texts: Vec<&str> = lines.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(texts, ticks);
+    // Streamed, not delivered at the end: the last line came seconds after the first.
+    let spread = lines[7].1 - lines[0].1;
+    assert!(
+        spread >= Duration::from_secs(2),
+        "lines arrived within {spread:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(40));
+
+    // The restart (after the 10 s back-off) makes the first run the previous one.
+    wait_for(
+        &pods,
+        "ticker",
+        Duration::from_secs(120),
+        "restarted and ticking",
+        |p| {
+            container_status(p, "main").is_some_and(|s| {
+                s.restart_count >= 1 && s.state.as_ref().is_some_and(|s| s.running.is_some())
+            })
+        },
+    )
+    .await
+    .expect("restarted");
+    let previous = kubectl(&[
+        "logs",
+        "-n",
+        ns.name(),
+        "ticker",
+        "--previous",
+        "--timestamps",
+    ])
+    .expect("--previous");
+    let stamped: Vec<(&str, &str)> = previous
+        .lines()
+        .map(|l| l.split_once(' ').expect("stamp and text"))
+        .collect();
+    let texts: Vec<&str> = stamped.iter().map(|(_, t)| *t).collect();
+    assert_eq!(texts, ticks);
+
+    // --since-time goes to the API server in whole seconds; ticks are a second apart, so the
+    // second of "tick 4" starts after "tick 3".
+    let since = kubectl(&[
+        "logs",
+        "-n",
+        ns.name(),
+        "ticker",
+        "--previous",
+        &format!("--since-time={}", stamped[3].0),
+    ])
+    .expect("--since-time");
+    assert_eq!(since, "tick 4\ntick 5\ntick 6\ntick 7\ntick 8\n");
+    let recent = kubectl(&[
+        "logs",
+        "-n",
+        ns.name(),
+        "ticker",
+        "--previous",
+        "--since=1h",
+    ])
+    .expect("--since");
+    assert_eq!(recent.lines().count(), 8, "{recent}");
+    // The previous run ended more than a second ago: nothing of it is that recent.
+    let none = kubectl(&[
+        "logs",
+        "-n",
+        ns.name(),
+        "ticker",
+        "--previous",
+        "--since=1s",
+    ])
+    .expect("--since=1s");
+    assert_eq!(none, "");
+}
+
+#[tokio::test]
+async fn metrics_stats_pods_and_configz_match_what_runs() {
+    let node = KrustletNode::start(
+        KRUSTLET,
+        "metrics",
+        &["--container-log-max-files=4", NO_DISK_PRESSURE],
+    )
+    .expect("start node");
+    wait_schedulable(&node).await;
+    let name = node.name().to_string();
+    let ns = TestNamespace::new("metrics").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    create(
+        &pods,
+        multitool_pod("one", &name, &["alloc", "4", "tick", "0", "1000"], "Always"),
+    )
+    .await
+    .expect("create");
+    let two = for_node(
+        serde_json::json!({
+            "metadata": {"name": "two"},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "containers": [
+                    {"name": "a", "image": workloads::multitool(), "args": ["tick", "0", "1000"]},
+                    {"name": "b", "image": workloads::multitool(), "args": ["spin", "0"]}
+                ]
+            }
+        }),
+        &name,
+    );
+    create(&pods, two).await.expect("create");
+    for pod in ["one", "two"] {
+        wait_for_phase(&pods, pod, "Running", Duration::from_secs(120))
+            .await
+            .unwrap_or_else(|e| panic!("{e}; node log:\n{}", node.log()));
+    }
+
+    let scrape = parse_prometheus(&kubelet_get(&node, "/metrics").await);
+    assert_eq!(
+        sample_value(&scrape, "kubelet_running_pods", &[]),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample_value(
+            &scrape,
+            "kubelet_running_containers",
+            &[("container_state", "running")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample_value(&scrape, "kubelet_started_pods_total", &[]),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample_value(
+            &scrape,
+            "kubelet_started_containers_total",
+            &[("container_type", "container")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample_value(&scrape, "kubelet_node_name", &[("node", &name)]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample_value(&scrape, "krustlet_wasm_running_instances", &[]),
+        Some(3.0)
+    );
+    // Three starts of one program: each one is a compile or a cache hit (concurrent first
+    // starts may all compile).
+    let hits = sample_value(
+        &scrape,
+        "krustlet_wasm_compile_cache_hits_total",
+        &[("source", "memory")],
+    );
+    let compiles = sample_value(&scrape, "krustlet_wasm_compile_duration_seconds_count", &[]);
+    assert_eq!(
+        hits.unwrap_or(0.0) + compiles.unwrap_or(0.0),
+        3.0,
+        "hits {hits:?}, compiles {compiles:?}"
+    );
+    for histogram in [
+        "kubelet_pod_start_duration_seconds",
+        "kubelet_pod_worker_duration_seconds",
+        "krustlet_wasm_compile_duration_seconds",
+    ] {
+        assert!(
+            scrape.samples.iter().any(|s| s.metric == histogram
+                && matches!(&s.value, prometheus_parse::Value::Histogram(b) if !b.is_empty())),
+            "no {histogram} histogram"
+        );
+    }
+
+    let summary: serde_json::Value =
+        serde_json::from_str(&kubelet_get(&node, "/stats/summary").await).expect("summary JSON");
+    assert_eq!(summary["node"]["nodeName"], name.as_str());
+    assert!(
+        summary["node"]["memory"]["workingSetBytes"].as_u64() > Some(0),
+        "{summary}"
+    );
+    assert!(
+        summary["node"]["cpu"]["usageCoreNanoSeconds"].as_u64() > Some(0),
+        "{summary}"
+    );
+    assert!(
+        summary["node"]["fs"]["capacityBytes"].as_u64() > Some(0),
+        "{summary}"
+    );
+    let listed = summary["pods"].as_array().expect("pods");
+    assert_eq!(listed.len(), 2, "{summary}");
+    for pod in listed {
+        assert_eq!(pod["podRef"]["namespace"], ns.name());
+        assert!(pod["podRef"]["uid"].is_string() && pod["startTime"].is_string());
+        let memory = pod["memory"]["workingSetBytes"].as_u64().unwrap_or(0);
+        assert!(
+            memory > 0,
+            "pod {} reports no memory (the runtime must keep RunningContainer::usage \
+             current: the wasi runtime's usage accounting): {pod}",
+            pod["podRef"]["name"]
+        );
+        for container in pod["containers"].as_array().expect("containers") {
+            assert!(
+                container["memory"]["workingSetBytes"].as_u64() > Some(0),
+                "{container}"
+            );
+            assert!(
+                container["cpu"]["usageCoreNanoSeconds"].is_u64(),
+                "{container}"
+            );
+            assert!(container["cpu"]["usageNanoCores"].is_u64(), "{container}");
+        }
+    }
+    let two = listed
+        .iter()
+        .find(|p| p["podRef"]["name"] == "two")
+        .expect("pod two");
+    assert_eq!(two["containers"].as_array().map(Vec::len), Some(2));
+
+    let resource = parse_prometheus(&kubelet_get(&node, "/metrics/resource").await);
+    for container in ["a", "b"] {
+        let labels = [
+            ("container", container),
+            ("namespace", ns.name()),
+            ("pod", "two"),
+        ];
+        assert!(sample_value(&resource, "container_memory_working_set_bytes", &labels) > Some(0.0));
+        assert!(sample_value(&resource, "container_cpu_usage_seconds_total", &labels).is_some());
+        assert!(sample_value(&resource, "container_start_time_seconds", &labels) > Some(0.0));
+    }
+    assert!(sample_value(&resource, "pod_memory_working_set_bytes", &[("pod", "one")]) > Some(0.0));
+    assert!(sample_value(&resource, "node_memory_working_set_bytes", &[]) > Some(0.0));
+    assert!(sample_value(&resource, "node_cpu_usage_seconds_total", &[]) > Some(0.0));
+    assert_eq!(
+        sample_value(&resource, "resource_scrape_error", &[]),
+        Some(0.0)
+    );
+
+    let list: serde_json::Value =
+        serde_json::from_str(&kubelet_get(&node, "/pods").await).expect("PodList JSON");
+    assert_eq!(list["kind"], "PodList");
+    let mut names: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().expect("name"))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["one", "two"]);
+    assert!(
+        list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .all(|p| p["status"]["phase"] == "Running")
+    );
+
+    let configz: serde_json::Value =
+        serde_json::from_str(&kubelet_get(&node, "/configz").await).expect("configz JSON");
+    let config = &configz["kubeletconfig"];
+    assert_eq!(config["nodeName"], name.as_str());
+    assert_eq!(config["containerLogMaxFiles"], 4);
+    assert_eq!(config["containerLogMaxSize"], 10 << 20);
+    assert_eq!(config["kind"], "KubeletConfiguration");
+
+    // One pod gone: the gauge follows.
+    pods.delete("one", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&pods, "one", Duration::from_secs(60))
+        .await
+        .expect("gone");
+    let scrape = parse_prometheus(&kubelet_get(&node, "/metrics").await);
+    assert_eq!(
+        sample_value(&scrape, "kubelet_running_pods", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample_value(&scrape, "krustlet_wasm_running_instances", &[]),
+        Some(2.0)
     );
 }

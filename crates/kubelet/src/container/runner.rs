@@ -16,13 +16,16 @@ use tokio::sync::{mpsc, watch};
 
 use crate::container::{argv, env};
 use crate::image::{ImageStore, PullPolicy};
+use crate::log::rotation::{LogPolicy, prune_old_runs};
 use crate::log::writer::CriLogWriter;
 use crate::log::{container_log_path, mark_run_finished};
+use crate::metrics::{ContainerTypeLabel, KubeletMetrics};
 use crate::node::allocatable::NodeResources;
 use crate::pod::backoff::Backoff;
 use crate::pod::events::{PodEvents, container_field};
 use crate::quantity::amount;
 use crate::runtime::{ContainerSpec, Limits, Runtime, Termination};
+use crate::stats::{PodRef, Stats};
 use crate::volume::NodeFacts;
 use crate::volume::subpath::container_mount;
 
@@ -43,6 +46,12 @@ pub struct NodeServices {
     pub node_ip: String,
     /// The newest API client (for the ConfigMaps and Secrets containers refer to).
     pub clients: watch::Receiver<kube::Client>,
+    /// How container logs are rotated and bounded.
+    pub log_policy: LogPolicy,
+    /// Where running containers' usage is registered.
+    pub stats: Stats,
+    /// The kubelet's metrics.
+    pub metrics: KubeletMetrics,
     /// What pods may use of the node; bounds containers without a memory limit.
     pub allocatable: NodeResources,
 }
@@ -254,6 +263,28 @@ impl Runner {
                 }
             };
             let (mut running, log_path, container_id) = run;
+            let registration = self.services.stats.register(
+                PodRef {
+                    name: self.pod.metadata.name.clone().unwrap_or_default(),
+                    namespace: self.pod.metadata.namespace.clone().unwrap_or_default(),
+                    uid: self.pod.metadata.uid.clone().unwrap_or_default(),
+                },
+                &name,
+                running.usage.clone(),
+                self.log_dir.join(&name),
+            );
+            let container_type = match self.kind {
+                Kind::App => "container",
+                Kind::Init => "init_container",
+                Kind::Sidecar => "sidecar",
+            };
+            self.services
+                .metrics
+                .started_containers
+                .get_or_create(&ContainerTypeLabel {
+                    container_type: container_type.into(),
+                })
+                .inc();
             let started_time = now();
             status.container_id = Some(format!("wasi://{container_id}"));
             status.state = Some(ContainerState {
@@ -284,6 +315,7 @@ impl Runner {
                     }
                 }
             };
+            drop(registration);
             let _ = mark_run_finished(&log_path);
             status.ready = false;
             status.started = Some(false);
@@ -435,7 +467,8 @@ impl Runner {
             }
         }
         let log_path = container_log_path(&self.log_dir, &c.name, restart_count as u32);
-        let log = CriLogWriter::create(&log_path).map_err(|e| {
+        prune_old_runs(&self.log_dir.join(&c.name), restart_count as u32);
+        let log = CriLogWriter::create_with(&log_path, self.services.log_policy).map_err(|e| {
             (
                 "CreateContainerError",
                 format!("cannot create log file {}: {e}", log_path.display()),

@@ -5,10 +5,15 @@
 //! `F` ends a line and `P` is a partial line continued by the next entry of the same stream
 //! (as containerd writes them, and as `kubectl logs` shows them through the kubelet API).
 //!
+//! A file that would grow past `--container-log-max-size` is rotated to
+//! `<restartCount>.log.<stamp>` (see [`rotation`]); readers read the rotated files first.
+//!
 //! A run is over once `<restartCount>.log.done` exists next to its file (see
 //! [`mark_run_finished`]) or a later run's file appears; `kubectl logs -f` ends then.
 
+pub mod rate;
 pub mod reader;
+pub mod rotation;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 //! follow.
 
 use std::collections::VecDeque;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use jiff::Timestamp;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
+use super::rotation::rotated_files;
 use super::{done_marker_path, pods_log_root};
 
 /// How often a followed log file is polled for new entries and for the end of its run.
@@ -317,13 +319,37 @@ impl Emitter {
 }
 
 /// Reads new complete entries from an open file, keeping an unterminated last entry for later.
+/// When the file it follows is rotated away, it finishes the old file and goes on with the new.
 struct Tail {
     file: tokio::fs::File,
+    inode: u64,
     path: PathBuf,
     carry: Vec<u8>,
 }
 
 impl Tail {
+    async fn open(path: &Path) -> Result<Self, LogError> {
+        let io = |source| LogError::Io {
+            path: path.into(),
+            source,
+        };
+        let file = tokio::fs::File::open(path).await.map_err(io)?;
+        let inode = file.metadata().await.map_err(io)?.ino();
+        Ok(Self {
+            file,
+            inode,
+            path: path.into(),
+            carry: Vec::new(),
+        })
+    }
+
+    /// Whether `path` now names another file than the one open (it was rotated).
+    async fn rotated(&self) -> bool {
+        tokio::fs::metadata(&self.path)
+            .await
+            .is_ok_and(|m| m.ino() != self.inode)
+    }
+
     async fn read_entries(&mut self) -> Result<Vec<Vec<u8>>, LogError> {
         let mut chunk = vec![0; 64 * 1024];
         let mut entries = Vec::new();
@@ -337,6 +363,13 @@ impl Tail {
                     source,
                 })?;
             if n == 0 {
+                // At the end of a rotated file: everything in it is read, go on with the new one.
+                if self.rotated().await {
+                    let next = Self::open(&self.path).await?;
+                    self.file = next.file;
+                    self.inode = next.inode;
+                    continue;
+                }
                 return Ok(entries);
             }
             self.carry.extend_from_slice(&chunk[..n]);
@@ -350,6 +383,36 @@ impl Tail {
     }
 }
 
+/// Feeds the run's rotated files (oldest first) through `parser` and `emitter`, leaving out the
+/// one already open as the current file (it was rotated after it was opened).
+async fn read_rotated(
+    current: &Tail,
+    parser: &mut CriParser,
+    emitter: &mut Emitter,
+) -> Result<Flow, LogError> {
+    for path in rotated_files(&current.path) {
+        let mut old = match Tail::open(&path).await {
+            Ok(old) => old,
+            // Removed by rotation meanwhile: older than what is kept.
+            Err(LogError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        if old.inode == current.inode {
+            continue;
+        }
+        for entry in old.read_entries().await? {
+            if let Some(line) = parser.push(&entry)
+                && emitter.line(line).await == Flow::Stop
+            {
+                return Ok(Flow::Stop);
+            }
+        }
+    }
+    Ok(Flow::More)
+}
+
 /// Streams a run's log to `tx` by `options`, in chunks of whole lines. With `follow`, keeps
 /// polling the file until the run is over (see [`LogRun::is_finished`]) or `tx` is closed (the
 /// client disconnected).
@@ -358,16 +421,9 @@ pub async fn stream_log(
     options: LogOptions,
     tx: mpsc::Sender<Vec<u8>>,
 ) -> Result<(), LogError> {
-    let io = |source| LogError::Io {
-        path: run.path.clone(),
-        source,
-    };
-    let file = tokio::fs::File::open(&run.path).await.map_err(io)?;
-    let mut reader = Tail {
-        file,
-        path: run.path.clone(),
-        carry: Vec::new(),
-    };
+    // The current file first, then the rotated ones: a rotation in between shows up as the
+    // open file among the rotated ones, and nothing is missed.
+    let mut reader = Tail::open(&run.path).await?;
     let mut parser = CriParser::default();
     let mut emitter = Emitter {
         tail: options.tail_lines.map(|_| VecDeque::new()),
@@ -379,6 +435,9 @@ pub async fn stream_log(
         return Ok(());
     }
     let mut finished = !options.follow || run.is_finished();
+    if read_rotated(&reader, &mut parser, &mut emitter).await? == Flow::Stop {
+        return Ok(());
+    }
     loop {
         for entry in reader.read_entries().await? {
             if let Some(line) = parser.push(&entry)
@@ -593,5 +652,48 @@ garbage line
             .expect("ends promptly")
             .expect("join")
             .expect("stream");
+    }
+
+    #[tokio::test]
+    async fn rotated_files_are_read_first_and_followed_across_rotation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_run(dir.path(), "c", 0, "2026-01-01T00:00:03Z stdout F c\n");
+        std::fs::write(
+            super::super::rotation::rotated_path(&path, "2026-01-01T00:00:01Z".parse().expect("t")),
+            "2026-01-01T00:00:01Z stdout F a\n",
+        )
+        .expect("rotated");
+        std::fs::write(
+            super::super::rotation::rotated_path(&path, "2026-01-01T00:00:02Z".parse().expect("t")),
+            "2026-01-01T00:00:02Z stdout F b\n",
+        )
+        .expect("rotated");
+        assert_eq!(read(&path, LogOptions::default()).await, "a\nb\nc\n");
+        let tail = LogOptions {
+            tail_lines: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(read(&path, tail).await, "b\nc\n");
+
+        let run = LogRun {
+            path: path.clone(),
+            restart_count: 0,
+        };
+        let options = LogOptions {
+            follow: true,
+            tail_lines: Some(1),
+            ..Default::default()
+        };
+        let (tx, mut rx) = mpsc::channel(16);
+        let task = tokio::spawn(stream_log(run, options, tx));
+        assert_eq!(rx.recv().await.as_deref(), Some(&b"c\n"[..]));
+        // Rotate as the writer does, then write to the new file.
+        let policy = super::super::rotation::LogPolicy::default();
+        super::super::rotation::rotate(&path, &policy).expect("rotate");
+        std::fs::write(&path, "2026-01-01T00:00:04Z stdout F d\n").expect("new file");
+        assert_eq!(rx.recv().await.as_deref(), Some(&b"d\n"[..]));
+        super::super::mark_run_finished(&path).expect("mark");
+        assert_eq!(rx.recv().await, None);
+        task.await.expect("join").expect("stream");
     }
 }

@@ -3,6 +3,7 @@
 pub mod admission;
 pub mod backoff;
 pub mod events;
+pub mod known;
 pub mod phase;
 pub mod source;
 pub mod status;

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, HostIP, Pod, PodIP, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -109,6 +109,9 @@ struct Worker {
     stop: watch::Sender<Option<Duration>>,
     volumes: Arc<HashMap<String, PathBuf>>,
     shutdown_reason: Option<(&'static str, &'static str)>,
+    /// When this worker first saw the pod, for `kubelet_pod_start_duration_seconds`.
+    seen: Instant,
+    start_observed: bool,
     /// Why the pod ended without running to completion (admission, eviction).
     terminal_reason: Option<(String, String)>,
 }
@@ -139,6 +142,8 @@ impl Worker {
             stop: watch::channel(None).0,
             volumes: Arc::default(),
             shutdown_reason: None,
+            seen: Instant::now(),
+            start_observed: false,
             terminal_reason: None,
         }
     }
@@ -188,10 +193,15 @@ impl Worker {
                 self.pod.status.as_ref().and_then(|s| s.phase.as_deref()),
                 Some("Succeeded") | Some("Failed")
             );
+        let setup_started = Instant::now();
         if !already_done
             && self.pod.metadata.deletion_timestamp.is_none()
             && self.setup(desired).await
         {
+            self.ctx
+                .services
+                .metrics
+                .observe_worker("create", setup_started.elapsed().as_secs_f64());
             self.publish();
             self.advance();
         }
@@ -201,10 +211,15 @@ impl Worker {
             tokio::time::interval_at(tokio::time::Instant::now() + VOLUME_RESYNC, VOLUME_RESYNC);
         while !(terminating && self.runners.is_empty()) {
             tokio::select! {
-                _ = resync.tick(), if !terminating && !self.runners.is_empty() => self.refresh_volumes().await,
+                _ = resync.tick(), if !terminating && !self.runners.is_empty() => {
+                    let started = Instant::now();
+                    self.refresh_volumes().await;
+                    self.ctx.services.metrics.observe_worker("sync", started.elapsed().as_secs_f64());
+                }
                 Some((name, status)) = self.updates.recv() => {
                     self.statuses.insert(name.clone(), status);
                     self.on_sidecar_started(&name);
+                    self.observe_start();
                     self.publish();
                 }
                 Some(done) = self.runners.join_next(), if !self.runners.is_empty() => {
@@ -416,6 +431,28 @@ impl Worker {
             for app in apps {
                 self.spawn(app, Kind::App);
             }
+        }
+    }
+
+    /// Once every app container has started (at least once), records the pod's start duration
+    /// from when the worker first saw it, as upstream's `kubelet_pod_start_duration_seconds`.
+    fn observe_start(&mut self) {
+        if self.start_observed {
+            return;
+        }
+        let (_, apps) = self.spec_containers();
+        let all_started = apps.iter().all(|c| {
+            self.statuses
+                .get(&c.name)
+                .is_some_and(|s| s.container_id.is_some())
+        });
+        if all_started {
+            self.start_observed = true;
+            let metrics = &self.ctx.services.metrics;
+            metrics
+                .pod_start_duration
+                .observe(self.seen.elapsed().as_secs_f64());
+            metrics.started_pods.inc();
         }
     }
 

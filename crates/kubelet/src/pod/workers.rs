@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::pod::admission::{self, Rejection};
+use crate::pod::known::KnownPods;
 use crate::pod::worker::{self, Desired, WorkerContext};
 
 /// One pod's worker, as the dispatcher sees it.
@@ -25,6 +26,7 @@ pub struct PodWorkers {
     workers: HashMap<String, Entry>,
     tasks: JoinSet<String>,
     admitting: bool,
+    known: KnownPods,
 }
 
 impl PodWorkers {
@@ -35,7 +37,13 @@ impl PodWorkers {
             workers: HashMap::new(),
             tasks: JoinSet::new(),
             admitting: true,
+            known: KnownPods::default(),
         }
+    }
+
+    /// The pods seen so far, shared (the kubelet API lists them).
+    pub fn known_pods(&self) -> KnownPods {
+        self.known.clone()
     }
 
     /// The UIDs of pods with a worker.
@@ -48,6 +56,7 @@ impl PodWorkers {
         let Some(uid) = pod.metadata.uid.clone() else {
             return;
         };
+        self.known.set(pod.clone());
         self.reap();
         if let Some(worker) = self.workers.get(&uid) {
             worker.desired.send_replace(Desired::Run(pod));
@@ -102,6 +111,7 @@ impl PodWorkers {
 
     /// A pod is gone from the API server.
     pub fn remove(&mut self, uid: &str) {
+        self.known.remove(uid);
         if let Some(worker) = self.workers.get(uid) {
             worker.desired.send_replace(Desired::Removed);
         }

@@ -1,5 +1,5 @@
-//! The kubelet HTTPS API on `--port`: health, container logs, and clear refusals of what
-//! WebAssembly pods cannot do (exec, attach, port-forward, run).
+//! The kubelet HTTPS API on `--port`: health, container logs, pods, configz, metrics, stats,
+//! and clear refusals of what WebAssembly pods cannot do (exec, attach, port-forward, run).
 //!
 //! TLS uses the serving certificate (`--tls-cert-file`, else the one issued through the
 //! kubelet-serving CSR, else a self-signed one until it is issued; an issued certificate is
@@ -9,6 +9,8 @@
 
 pub mod auth;
 pub mod logs;
+pub mod metrics;
+pub mod pods;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,10 @@ use crate::bootstrap::certs::{CertBundle, self_signed_serving};
 use crate::bootstrap::serving_sans;
 use crate::config::KubeletConfig;
 use crate::log::reader::LogError;
+use crate::metrics::KubeletMetrics;
+use crate::pod::known::KnownPods;
+use crate::pod::status::StatusManager;
+use crate::stats::Stats;
 use auth::{Auth, AuthError, User};
 
 /// A TLS handshake that takes longer than this is dropped.
@@ -104,12 +110,47 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What the API shows of the running node; the kubelet fills these as it runs.
+#[derive(Clone)]
+pub struct NodeView {
+    /// The pods bound to this node.
+    pub pods: KnownPods,
+    /// Their newest statuses.
+    pub status: StatusManager,
+    /// Running containers' usage.
+    pub stats: Stats,
+    /// The kubelet's metrics (refreshed before each scrape).
+    pub metrics: KubeletMetrics,
+    /// Everything `/metrics` serves: the kubelet's and the runtime's metrics.
+    pub registry: Arc<prometheus_client::registry::Registry>,
+}
+
+impl NodeView {
+    /// A view with the kubelet's metrics registered for `node`, and nothing running.
+    pub fn new(node: &str) -> Self {
+        let metrics = KubeletMetrics::new(node);
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        Self {
+            pods: KnownPods::default(),
+            status: StatusManager::new(),
+            stats: Stats::new(),
+            metrics,
+            registry: Arc::new(registry),
+        }
+    }
+}
+
 /// What request handlers share.
 pub struct AppState {
     /// The kubelet's data dir (logs live under it).
     pub data_dir: PathBuf,
+    /// The resolved configuration (for `/configz`).
+    pub config: KubeletConfig,
     /// Authentication and authorization.
     pub auth: Auth,
+    /// Pods, statuses, usage and metrics.
+    pub view: NodeView,
 }
 
 /// The user a connection's verified client certificate names, if any; put on each request.
@@ -124,6 +165,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/containerLogs/{namespace}/{pod}/{container}",
             get(logs::container_logs),
         )
+        .route("/pods", get(pods::pods))
+        .route("/configz", get(pods::configz))
+        .route("/metrics", get(metrics::metrics))
+        .route("/metrics/resource", get(metrics::resource_metrics))
+        .route("/stats/summary", get(metrics::stats_summary))
         .route("/exec/{*rest}", unsupported("exec"))
         .route("/attach/{*rest}", unsupported("attach"))
         .route("/portForward/{*rest}", unsupported("port-forward"))
@@ -275,11 +321,13 @@ pub struct Server {
 
 impl Server {
     /// Binds `node_ip:port` and prepares TLS. `issued` carries the serving certificate once the
-    /// cluster issues it (see [`crate::bootstrap::manage_serving_certificate`]).
+    /// cluster issues it (see [`crate::bootstrap::manage_serving_certificate`]); `view` is what
+    /// `/pods`, `/metrics` and `/stats` show.
     pub async fn bind(
         config: &KubeletConfig,
         clients: watch::Receiver<kube::Client>,
         issued: watch::Receiver<Option<CertBundle>>,
+        view: NodeView,
     ) -> Result<Self, ServerError> {
         let (initial, reload_path) = match (&config.tls_cert_file, &config.tls_private_key_file) {
             (Some(cert), Some(key)) => (certified_key(&read(cert)?, &read(key)?, cert)?, None),
@@ -328,7 +376,9 @@ impl Server {
             .map_err(|source| ServerError::Bind { addr, source })?;
         let state = Arc::new(AppState {
             data_dir: config.data_dir.clone(),
+            config: config.clone(),
             auth: Auth::new(config.node_name.clone(), clients),
+            view,
         });
         Ok(Self {
             listener,
@@ -489,7 +539,7 @@ mod tests {
         let config = config(dir.path(), Some((&cert, &key)), &cert);
         // An issued certificate must not replace the one given by flag.
         let (issued_tx, issued) = watch::channel(Some(bundle()));
-        let server = Server::bind(&config, clients(), issued)
+        let server = Server::bind(&config, clients(), issued, NodeView::new("node-a"))
             .await
             .expect("bind");
         let addr = server.local_addr().expect("addr");
@@ -511,7 +561,7 @@ mod tests {
         std::fs::write(&ca, bundle().cert_pem).expect("write");
         let config = config(dir.path(), None, &ca);
         let (issued_tx, issued) = watch::channel(None);
-        let server = Server::bind(&config, clients(), issued)
+        let server = Server::bind(&config, clients(), issued, NodeView::new("node-a"))
             .await
             .expect("bind");
         let addr = server.local_addr().expect("addr");
