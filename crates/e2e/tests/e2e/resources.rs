@@ -145,6 +145,26 @@ async fn cpu_limits_throttle_busy_loops_and_a_ticker_keeps_its_cadence() {
         "two 250m busy loops used {cores:.2} cores in total"
     );
 
+    // Per pod, as /stats/summary reports it (the rate over the last 10 s sample period).
+    let summary: serde_json::Value =
+        serde_json::from_str(&crate::api::kubelet_get(&node, "/stats/summary").await)
+            .expect("summary");
+    for name in ["spin-a", "spin-b"] {
+        let pod = summary["pods"]
+            .as_array()
+            .and_then(|pods| pods.iter().find(|p| p["podRef"]["name"] == name))
+            .unwrap_or_else(|| panic!("{name} not in {summary}"));
+        let cores = pod["containers"][0]["cpu"]["usageNanoCores"]
+            .as_f64()
+            .unwrap_or_default()
+            / 1e9;
+        eprintln!("{name} used {cores:.2} cores");
+        assert!(
+            (0.1..=0.45).contains(&cores),
+            "{name} limited to 250m used {cores:.2} cores"
+        );
+    }
+
     // The ticker printed about once a second throughout.
     let logs = kubectl(&["logs", "-n", ns.name(), "ticker", "--timestamps"]).expect("logs");
     let stamps: Vec<jiff::Timestamp> = logs
@@ -389,6 +409,22 @@ async fn memory_pressure_evicts_best_effort_before_burstable() {
         .find(|c| c.type_ == "MemoryPressure")
         .map(|c| c.status);
     assert_eq!(pressure.as_deref(), Some("True"));
+
+    // Under memory pressure a new BestEffort pod is turned away at admission.
+    let mut late = pod("late", node.name(), &["hello"], json!({}));
+    late["spec"]["nodeName"] = json!(node.name());
+    create(&pods, late).await.expect("create");
+    let late = wait_for_phase(&pods, "late", "Failed", LONG)
+        .await
+        .expect("rejected");
+    let status = late.status.expect("status");
+    assert_eq!(
+        (status.reason.as_deref(), status.message.as_deref()),
+        (
+            Some("Evicted"),
+            Some("Pod was rejected: The node had condition: [MemoryPressure]. ")
+        )
+    );
 }
 
 #[tokio::test]

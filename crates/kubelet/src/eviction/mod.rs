@@ -8,6 +8,9 @@
 //!   priority, then the larger excess over the request;
 //! - under disk pressure, likewise by ephemeral storage (logs and emptyDirs).
 //!
+//! While under pressure, admission turns pods away as upstream's eviction admit handler does:
+//! BestEffort pods under memory pressure, every pod under disk pressure ([`admit`]).
+//!
 //! An evicted pod's worker stops its containers at once and reports phase Failed, reason
 //! `Evicted` and upstream's message; the pod stays in the API for its owner to replace.
 
@@ -23,7 +26,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{KubeletConfig, Signal};
 use crate::node::conditions::Pressure;
 use crate::node::status::measure;
+use crate::pod::admission::Rejection;
 use crate::pod::known::KnownPods;
+use crate::pod::phase::qos_class;
 use crate::quantity;
 use crate::stats::Stats;
 
@@ -75,6 +80,7 @@ impl EvictionManager {
             return;
         };
         let pressure = Pressure::evaluate(&self.config.eviction_hard, &measured);
+        self.evictions.set_pressure(pressure);
         let usage = rank::usage_by_pod(&self.stats, &active, &self.pods_dir);
         let (signal, resource) = if pressure.memory {
             (Signal::MemoryAvailable, rank::Resource::Memory)
@@ -151,6 +157,26 @@ impl EvictionManager {
             tracing::warn!(pod = ?pod.metadata.name, %message, "evicting pod");
         }
     }
+}
+
+/// Whether a new pod may start under the current `pressure` (upstream's eviction `Admit`):
+/// memory pressure turns away BestEffort pods, disk pressure every pod.
+pub fn admit(pod: &Pod, pressure: Pressure) -> Result<(), Rejection> {
+    let mut conditions = Vec::new();
+    if pressure.memory {
+        conditions.push("MemoryPressure");
+    }
+    if pressure.disk {
+        conditions.push("DiskPressure");
+    }
+    let best_effort = qos_class(pod) == "BestEffort";
+    if pressure.disk || (pressure.memory && best_effort) {
+        return Err(Rejection {
+            reason: "Evicted".into(),
+            message: format!("The node had condition: [{}]. ", conditions.join(", ")),
+        });
+    }
+    Ok(())
 }
 
 /// Not finished and not being deleted.

@@ -1,10 +1,13 @@
-//! Delivering an eviction to a pod's worker: each worker subscribes under its pod's UID while
-//! it runs; the eviction manager sends to that subscription.
+//! What the eviction manager shares with the rest of the kubelet: evictions delivered to pod
+//! workers (each subscribes under its pod's UID while it runs), and the pressure last seen, for
+//! admission.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
+
+use crate::node::conditions::Pressure;
 
 /// An eviction: the worker stops the pod at once and reports it `Evicted` with `message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +22,7 @@ type Subscribers = Arc<Mutex<HashMap<String, watch::Sender<Option<Eviction>>>>>;
 #[derive(Clone, Default)]
 pub struct Evictions {
     subscribers: Subscribers,
+    pressure: Arc<Mutex<Pressure>>,
 }
 
 /// A worker's subscription; unsubscribes when dropped.
@@ -51,6 +55,16 @@ impl Evictions {
             uid: uid.to_string(),
             receiver,
         }
+    }
+
+    /// Records the pressure measured last.
+    pub fn set_pressure(&self, pressure: Pressure) {
+        *self.pressure.lock().unwrap_or_else(|e| e.into_inner()) = pressure;
+    }
+
+    /// The pressure measured last.
+    pub fn pressure(&self) -> Pressure {
+        *self.pressure.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Evicts pod `uid`; false if it has no worker or was evicted already.
