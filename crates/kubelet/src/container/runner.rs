@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::{mpsc, watch};
 
-use crate::container::{argv, env};
+use crate::container::{argv, config_watch, env};
 use crate::image::{ImageStore, PullPolicy};
 use crate::log::rotation::{LogPolicy, prune_old_runs};
 use crate::log::writer::CriLogWriter;
@@ -83,9 +83,6 @@ pub enum Kind {
 
 /// The waiting reason for an environment that cannot be built yet.
 const CONFIG_ERROR: &str = "CreateContainerConfigError";
-/// How soon a container waiting on its configuration tries again (the objects it needs may
-/// appear any moment; a GET per object is cheap).
-const CONFIG_RETRY: Duration = Duration::from_secs(3);
 
 /// Asks a runner to stop: `Some(grace)` stops it within that grace period.
 pub type StopSignal = watch::Receiver<Option<Duration>>;
@@ -197,6 +194,25 @@ impl Runner {
         }
     }
 
+    /// Waits until an object the environment refers to appears or changes (or the fallback
+    /// timer); false if the runner is stopped meanwhile.
+    async fn wait_for_config(&self) -> bool {
+        if self.stopping().is_some() {
+            return false;
+        }
+        let client = self.services.clients.borrow().clone();
+        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let refs = match env::EnvObjects::fetch(&client, namespace, &self.container).await {
+            Ok(objects) => objects.references(),
+            Err(_) => Vec::new(),
+        };
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = config_watch::changed(&client, namespace, &refs) => true,
+            _ = stop.wait_for(|s| s.is_some()) => false,
+        }
+    }
+
     /// Runs the container until it is done for good (by restart policy) or stopped. Returns
     /// the last termination, if it ever ran.
     pub async fn run(self) -> Option<Termination> {
@@ -251,12 +267,12 @@ impl Runner {
                     self.warning("Failed", format!("Error: {message}")).await;
                     status.state = Some(waiting(reason, Some(message)));
                     self.report(&status);
-                    let delay = if reason == CONFIG_ERROR {
-                        CONFIG_RETRY
+                    let go_on = if reason == CONFIG_ERROR {
+                        self.wait_for_config().await
                     } else {
-                        backoff.next_delay(Duration::ZERO)
+                        self.pause(backoff.next_delay(Duration::ZERO)).await
                     };
-                    if !self.pause(delay).await {
+                    if !go_on {
                         return last;
                     }
                     continue;
