@@ -147,6 +147,34 @@ pub struct Flags {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eviction_hard: Option<Vec<Threshold>>,
+
+    /// A registry reached over plain HTTP instead of TLS, host[:port]; repeatable. Registries on
+    /// loopback always use plain HTTP.
+    #[arg(long, env = "KRUSTLET_INSECURE_REGISTRY", value_name = "HOST[:PORT]")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure_registry: Option<Vec<String>>,
+
+    /// Disk use of the data dir's filesystem, in percent, at which image GC starts; 100
+    /// disables it. [default: 85]
+    #[arg(long, env = "KRUSTLET_IMAGE_GC_HIGH_THRESHOLD", value_name = "PERCENT",
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_gc_high_threshold: Option<u8>,
+
+    /// Disk use, in percent, image GC brings the filesystem below. [default: 80]
+    #[arg(long, env = "KRUSTLET_IMAGE_GC_LOW_THRESHOLD", value_name = "PERCENT",
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_gc_low_threshold: Option<u8>,
+
+    /// How long an image must be unused before image GC may remove it. [default: 2m]
+    #[arg(long, env = "KRUSTLET_IMAGE_MINIMUM_GC_AGE", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "opt_duration"
+    )]
+    pub image_minimum_gc_age: Option<Duration>,
 }
 
 /// Errors in the configuration; each names the setting and what is allowed.
@@ -222,6 +250,11 @@ pub struct KubeletConfig {
     pub node_lease_duration_seconds: u32,
     /// Pressure thresholds.
     pub eviction_hard: Vec<Threshold>,
+    /// Registries reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// When image GC runs.
+    #[serde(skip)]
+    pub image_gc: crate::image::gc::GcPolicy,
 }
 
 impl Flags {
@@ -296,8 +329,25 @@ impl Flags {
                 .unwrap_or(Duration::from_secs(300)),
             node_lease_duration_seconds: self.node_lease_duration_seconds.unwrap_or(40),
             eviction_hard: self.eviction_hard.unwrap_or_else(Threshold::defaults),
+            insecure_registries: self.insecure_registry.unwrap_or_default(),
+            image_gc: crate::image::gc::GcPolicy {
+                high_percent: self.image_gc_high_threshold.unwrap_or(85),
+                low_percent: self.image_gc_low_threshold.unwrap_or(80),
+                minimum_age: self
+                    .image_minimum_gc_age
+                    .unwrap_or(Duration::from_secs(120)),
+            },
             data_dir,
         };
+        if config.image_gc.low_percent > config.image_gc.high_percent {
+            return Err(ConfigError::Invalid {
+                flag: "image-gc-low-threshold",
+                message: format!(
+                    "{} is above --image-gc-high-threshold {}; the low threshold must not exceed the high one",
+                    config.image_gc.low_percent, config.image_gc.high_percent
+                ),
+            });
+        }
         if config.node_status_update_frequency.is_zero() {
             return Err(ConfigError::Invalid {
                 flag: "node-status-update-frequency",

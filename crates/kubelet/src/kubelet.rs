@@ -79,10 +79,15 @@ impl Kubelet {
         let (readiness_tx, readiness) = watch::channel(Readiness::Ready);
         let stop = CancellationToken::new();
 
-        let images = Arc::new(ImageStore::new(config.data_path("images"))?);
+        let images = Arc::new(ImageStore::new(
+            config.data_path("images"),
+            config.insecure_registries.clone(),
+        )?);
+        let (images_tx, images_rx) = watch::channel(Vec::new());
         let inputs = StatusInputs {
             host: HostInfo::read(),
             runtime_version: self.runtime.version(),
+            images: images_rx,
         };
         let mut reporter = StatusReporter::new(config.clone(), inputs, clients.clone(), uid_tx);
         tokio::pin!(shutdown);
@@ -124,6 +129,13 @@ impl Kubelet {
             stop.clone(),
         ));
 
+        tokio::spawn(crate::image::gc::run(
+            images.clone(),
+            config.data_dir.clone(),
+            config.image_gc,
+            images_tx,
+            stop.clone(),
+        ));
         let status = StatusManager::new();
         tokio::spawn(status.clone().run(clients.clone()));
         let ctx = WorkerContext {

@@ -1,60 +1,62 @@
 //! [`WasiRuntime`]: the kubelet's [`Runtime`] on wasmtime.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use kubelet::runtime::{ContainerSpec, RunningContainer, Runtime, RuntimeError, Termination};
 use tokio::sync::oneshot;
 
+use crate::cache::{CacheOutcome, CompileCache};
 use crate::engine::WasmEngine;
 use crate::module::Program;
 use crate::run::{Exit, Mount, RunSpec};
 
-/// Runs containers as WASI programs; compiles each program once per process.
+/// Runs containers as WASI programs; compiles each program once (see [`CompileCache`]).
 #[derive(Clone)]
 pub struct WasiRuntime {
     engine: WasmEngine,
-    programs: Arc<Mutex<HashMap<String, Program>>>,
+    programs: Arc<CompileCache>,
 }
 
 impl WasiRuntime {
-    /// A runtime on `engine`.
+    /// A runtime on `engine` that keeps compiled programs in memory only.
     pub fn new(engine: WasmEngine) -> Self {
         Self {
+            programs: Arc::new(CompileCache::new(engine.clone(), None)),
             engine,
-            programs: Arc::default(),
         }
     }
 
-    /// The compiled program for `spec`, from the cache or compiled now (off the async threads:
-    /// compiling is CPU-bound).
-    async fn program(&self, spec: &ContainerSpec) -> Result<Program, RuntimeError> {
-        let key = spec.program_digest.clone();
-        if let Some(program) = self
-            .programs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
-            return Ok(program.clone());
+    /// A runtime on `engine` that also keeps compiled programs under `dir`, so a restarted
+    /// process skips compilation.
+    pub fn with_compile_cache(engine: WasmEngine, dir: PathBuf) -> Self {
+        Self {
+            programs: Arc::new(CompileCache::new(engine.clone(), Some(dir))),
+            engine,
         }
-        let engine = self.engine.clone();
-        let path = spec.program.clone();
-        let compiled = tokio::task::spawn_blocking(move || {
-            let bytes =
-                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            Program::compile(&engine, &bytes).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| create_error(format!("compiling the program panicked: {e}")))?
-        .map_err(create_error)?;
-        self.programs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, compiled.clone());
-        Ok(compiled)
+    }
+
+    /// The compiled program for `spec` and where it came from (off the async threads:
+    /// compiling and loading are CPU-bound).
+    async fn program(&self, spec: &ContainerSpec) -> Result<(Program, CacheOutcome), RuntimeError> {
+        let digest = spec.program_digest.clone();
+        let found = match self.programs.in_memory(&digest) {
+            Some(program) => (program, CacheOutcome::Memory),
+            None => {
+                let (cache, path, key) =
+                    (self.programs.clone(), spec.program.clone(), digest.clone());
+                tokio::task::spawn_blocking(move || cache.get(&key, &path))
+                    .await
+                    .map_err(|e| create_error(format!("compiling the program panicked: {e}")))?
+                    .map_err(create_error)?
+            }
+        };
+        if found.1 != CacheOutcome::Compiled {
+            tracing::info!("compile cache hit ({}) for {digest}", found.1.as_str());
+        }
+        Ok(found)
     }
 }
 
@@ -72,7 +74,7 @@ impl Runtime for WasiRuntime {
 
     fn start(&self, spec: ContainerSpec) -> BoxFuture<'_, Result<RunningContainer, RuntimeError>> {
         async move {
-            let program = self.program(&spec).await?;
+            let (program, _outcome) = self.program(&spec).await?;
             let run = RunSpec {
                 args: spec.args,
                 env: spec.env,

@@ -79,6 +79,15 @@ pub struct Runner {
     pub restart_count: i32,
 }
 
+/// A duration as Go prints one (`523ms`, `1.204s`), as the kubelet's messages show it.
+fn go_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.3}s", d.as_secs_f64())
+    }
+}
+
 fn now() -> Time {
     Time(jiff::Timestamp::now())
 }
@@ -164,6 +173,8 @@ impl Runner {
         self.report(&status);
         let mut backoff = Backoff::default();
         let mut last: Option<Termination> = None;
+        // Keeps image GC off this container's image while the runner lives.
+        let mut _in_use = None;
         loop {
             if self.stopping().is_some() {
                 return last;
@@ -194,6 +205,7 @@ impl Runner {
                 }
             };
             status.image_id = pulled.image_id.clone();
+            _in_use = Some(self.services.images.acquire(&image));
 
             // Resolve and start.
             let started_at = Instant::now();
@@ -313,16 +325,29 @@ impl Runner {
             .await;
             return Ok(found);
         }
+        let registry = match crate::image::parse_reference(image) {
+            Ok(reference) => reference.resolve_registry().to_string(),
+            Err(error) => {
+                self.warning(
+                    "InspectFailed",
+                    format!("Failed to apply default image tag {image:?}: {error}"),
+                )
+                .await;
+                return Err((error.reason(), error.to_string()));
+            }
+        };
+        let client = self.services.clients.borrow().clone();
+        let keyring = crate::image::auth::pod_keyring(&client, &self.pod).await;
         self.normal("Pulling", format!("Pulling image {image:?}"))
             .await;
         let started = Instant::now();
-        match images.pull(image, policy, None).await {
+        match images.pull(image, policy, keyring.lookup(&registry)).await {
             Ok((pulled, _)) => {
                 self.normal(
                     "Pulled",
                     format!(
-                        "Successfully pulled image {image:?} in {:?}. Image size: {} bytes.",
-                        started.elapsed(),
+                        "Successfully pulled image {image:?} in {}. Image size: {} bytes.",
+                        go_duration(started.elapsed()),
                         pulled.size_bytes
                     ),
                 )
@@ -371,10 +396,16 @@ impl Runner {
         let args = argv::argv(
             c.command.as_deref().unwrap_or_default(),
             c.args.as_deref().unwrap_or_default(),
-            &[],
+            (&pulled.entrypoint, &pulled.cmd),
             module_name,
             &env_map,
         );
+        let argv0 = args.first().map(String::as_str).unwrap_or_default();
+        let (program, program_digest) = self
+            .services
+            .images
+            .program_for(pulled, argv0)
+            .map_err(|message| ("CreateContainerError", message))?;
         let mut mounts = Vec::new();
         for m in c.volume_mounts.iter().flatten() {
             if let Some(host) = self.volumes.get(&m.name) {
@@ -396,8 +427,8 @@ impl Runner {
         let id = format!("{}-{}-{restart_count}", &uid[..uid.len().min(8)], c.name);
         let spec = ContainerSpec {
             id: id.clone(),
-            program: pulled.program.clone(),
-            program_digest: pulled.program_digest.clone(),
+            program,
+            program_digest,
             args,
             env,
             mounts,
