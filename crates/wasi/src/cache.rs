@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
@@ -44,6 +44,8 @@ pub struct CompileCache {
     engine: WasmEngine,
     dir: Option<PathBuf>,
     memory: Mutex<HashMap<String, Program>>,
+    // One compilation per digest at a time: pods started together wait for the first.
+    compiling: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 const CHECKSUM_LEN: usize = 32;
@@ -63,6 +65,7 @@ impl CompileCache {
             engine,
             dir,
             memory: Mutex::default(),
+            compiling: Mutex::default(),
         }
     }
 
@@ -84,6 +87,14 @@ impl CompileCache {
     /// The compiled program for the wasm file `source` with `digest`: from memory, from disk, or
     /// compiled now (and then stored). Blocking: call it off the async threads.
     pub fn get(&self, digest: &str, source: &Path) -> Result<(Program, CacheOutcome), String> {
+        if let Some(program) = self.in_memory(digest) {
+            return Ok((program, CacheOutcome::Memory));
+        }
+        let lock = {
+            let mut compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
+            compiling.entry(digest.to_string()).or_default().clone()
+        };
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(program) = self.in_memory(digest) {
             return Ok((program, CacheOutcome::Memory));
         }

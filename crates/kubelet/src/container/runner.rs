@@ -173,8 +173,9 @@ impl Runner {
         self.report(&status);
         let mut backoff = Backoff::default();
         let mut last: Option<Termination> = None;
-        // Keeps image GC off this container's image while the runner lives.
-        let mut _in_use = None;
+        // Keeps image GC off this container's image while the runner lives (from before the
+        // pull, so a freshly pulled image is never collected before it starts).
+        let _in_use = self.services.images.acquire(&image);
         loop {
             if self.stopping().is_some() {
                 return last;
@@ -205,7 +206,6 @@ impl Runner {
                 }
             };
             status.image_id = pulled.image_id.clone();
-            _in_use = Some(self.services.images.acquire(&image));
 
             // Resolve and start.
             let started_at = Instant::now();
