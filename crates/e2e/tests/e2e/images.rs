@@ -43,7 +43,12 @@ fn unique_multitool(padding: usize) -> Vec<u8> {
 
 /// `<registry>/images/<name>-<pid>:v1`.
 fn reference(registry: &str, name: &str) -> String {
-    format!("{registry}/images/{name}-{}:v1", std::process::id())
+    tagged(registry, name, "v1")
+}
+
+/// `<registry>/images/<name>-<pid>:<tag>` (an index and its images share one repository).
+fn tagged(registry: &str, name: &str, tag: &str) -> String {
+    format!("{registry}/images/{name}-{}:{tag}", std::process::id())
 }
 
 fn pod(name: &str, image: &str, node: &str, extra: serde_json::Value) -> serde_json::Value {
@@ -120,7 +125,7 @@ async fn formats_1_to_4_run_to_succeeded() {
     ])
     .expect("layer");
     let f3 = reference(&info.registry, "format3");
-    let f3_pushed = registry::push_oci_image(
+    registry::push_oci_image(
         &f3,
         vec![layer.clone()],
         ("wasi", "wasm"),
@@ -130,9 +135,20 @@ async fn formats_1_to_4_run_to_succeeded() {
     )
     .await
     .expect("push format 3");
+    // The same image again in the index's repository.
+    let f3_pushed = registry::push_oci_image(
+        &tagged(&info.registry, "format4", "wasm"),
+        vec![layer.clone()],
+        ("wasi", "wasm"),
+        &["/app/multitool.wasm"],
+        &["print", "from-cmd"],
+        &RegistryAuth::Anonymous,
+    )
+    .await
+    .expect("push format 3 for the index");
     // 4: an index with a Linux image and the wasm one.
     let linux = registry::push_oci_image(
-        &reference(&info.registry, "format4-linux"),
+        &tagged(&info.registry, "format4", "linux"),
         vec![registry::tar_gz(&[("bin/sh", b"\x7fELF")]).expect("layer")],
         ("linux", "amd64"),
         &["/bin/sh"],
@@ -258,7 +274,7 @@ async fn linux_images_back_off_naming_their_platform() {
     let pods = ns.api::<Pod>();
     let sh = registry::tar_gz(&[("bin/sh", b"\x7fELF")]).expect("layer");
     let amd64 = registry::push_oci_image(
-        &reference(&info.registry, "linux-amd64"),
+        &tagged(&info.registry, "kube-proxy-like", "amd64"),
         vec![sh.clone()],
         ("linux", "amd64"),
         &["/bin/sh"],
@@ -268,7 +284,7 @@ async fn linux_images_back_off_naming_their_platform() {
     .await
     .expect("push");
     let arm64 = registry::push_oci_image(
-        &reference(&info.registry, "linux-arm64"),
+        &tagged(&info.registry, "kube-proxy-like", "arm64"),
         vec![sh],
         ("linux", "arm64"),
         &["/bin/sh"],
@@ -284,7 +300,7 @@ async fn linux_images_back_off_naming_their_platform() {
     )
     .await
     .expect("index");
-    let single = reference(&info.registry, "linux-amd64");
+    let single = tagged(&info.registry, "kube-proxy-like", "amd64");
     create(&pods, pod("index", &index, node, json!({})))
         .await
         .expect("create");
