@@ -42,6 +42,7 @@ impl WasiRuntime {
     /// compiling and loading are CPU-bound).
     async fn program(&self, spec: &ContainerSpec) -> Result<(Program, CacheOutcome), RuntimeError> {
         let digest = spec.program_digest.clone();
+        let started = std::time::Instant::now();
         let found = match self.programs.in_memory(&digest) {
             Some(program) => (program, CacheOutcome::Memory),
             None => {
@@ -54,7 +55,11 @@ impl WasiRuntime {
             }
         };
         if found.1 != CacheOutcome::Compiled {
-            tracing::info!("compile cache hit ({}) for {digest}", found.1.as_str());
+            tracing::info!(
+                "compile cache hit ({}) for {digest} in {:?}",
+                found.1.as_str(),
+                started.elapsed()
+            );
         }
         Ok(found)
     }
