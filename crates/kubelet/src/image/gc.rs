@@ -125,3 +125,63 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::PulledImage;
+
+    fn image(images: &ImageStore, reference: &str, content: &[u8]) -> PulledImage {
+        let digest = images.store().put_blob(content).expect("blob");
+        let pulled = PulledImage {
+            reference: reference.into(),
+            image_id: format!("r/x@{digest}"),
+            program: images.store().blob_path(&digest),
+            program_digest: digest,
+            size_bytes: content.len() as u64,
+            entrypoint: Vec::new(),
+            cmd: Vec::new(),
+            files: Default::default(),
+            blobs: Vec::new(),
+        };
+        images.store().record(&pulled).expect("record");
+        pulled
+    }
+
+    #[test]
+    fn collects_unused_images_least_recently_used_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let images = ImageStore::new(dir.path().into(), Vec::new()).expect("store");
+        let used = image(&images, "r/used:v1", b"\0asm used");
+        let old = image(&images, "r/old:v1", b"\0asm old");
+        std::thread::sleep(Duration::from_millis(20));
+        let recent = image(&images, "r/recent:v1", b"\0asm recent");
+        let _guard = images.acquire(&used.reference);
+        let policy = GcPolicy {
+            high_percent: 85,
+            low_percent: 80,
+            minimum_age: Duration::ZERO,
+        };
+        let below = Filesystem {
+            total_bytes: 1000,
+            available_bytes: 500,
+        };
+        assert_eq!(collect(&images, below, &policy), 0, "under the high mark");
+        // 90 % used; reaching 80 % frees 100 bytes: more than the oldest image holds, so both
+        // unused images go, oldest first, and the used one stays.
+        let over = Filesystem {
+            total_bytes: 1000,
+            available_bytes: 100,
+        };
+        assert!(collect(&images, over, &policy) > 0);
+        assert!(images.lookup(&used.reference).is_some());
+        assert!(images.lookup(&old.reference).is_none());
+        assert!(!recent.program.exists());
+        let listed = status_images(&images);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            listed[0].names.as_deref(),
+            Some(&[used.image_id.clone(), used.reference.clone()][..])
+        );
+    }
+}
