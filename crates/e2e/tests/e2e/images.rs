@@ -410,9 +410,15 @@ async fn private_images_run_with_pull_secrets_only() {
         .await
         .expect("create sa");
 
+    // `Always`: an image another pod pulled with credentials is otherwise reused, as kubelets do.
     create(
         &pods,
-        pod("anonymous", &image, node, json!({"args": ["hello"]})),
+        pod(
+            "anonymous",
+            &image,
+            node,
+            json!({"args": ["hello"], "imagePullPolicy": "Always"}),
+        ),
     )
     .await
     .expect("create");
@@ -428,11 +434,20 @@ async fn private_images_run_with_pull_secrets_only() {
             .await
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
     }
-    let p = wait_for(&pods, "anonymous", LONG, "ErrImagePull or back-off", |p| {
+    let p = match wait_for(&pods, "anonymous", LONG, "ErrImagePull or back-off", |p| {
         waiting_with(p, "main", "ErrImagePull") || waiting_with(p, "main", "ImagePullBackOff")
     })
     .await
-    .expect("pull refused");
+    {
+        Ok(p) => p,
+        Err(e) => {
+            let spec = pods.get("anonymous").await.ok().and_then(|p| p.spec);
+            panic!(
+                "pull not refused: {e:#}\nspec: {spec:?}\nevents: {:?}",
+                events(&ns, "anonymous").await
+            )
+        }
+    };
     let message = waiting(&p, "main")
         .and_then(|w| w.message.clone())
         .unwrap_or_default();
@@ -533,6 +548,14 @@ async fn compiled_programs_are_reused_across_pods_and_restarts() {
         "{}",
         node.log()
     );
+    // For the record (visible with --nocapture): what compiling and loading took.
+    for line in node
+        .log()
+        .lines()
+        .filter(|l| l.contains(&digest) && l.contains("compile"))
+    {
+        eprintln!("measure: {line}");
+    }
 }
 
 #[tokio::test]
@@ -585,6 +608,13 @@ async fn killing_krustlet_mid_pull_leaves_no_corrupt_blob() {
     wait_for_phase(&pods, "big", "Succeeded", LONG)
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", node.log()));
+    for (_, message) in events(&ns, "big")
+        .await
+        .into_iter()
+        .filter(|(r, _)| r == "Pulled")
+    {
+        eprintln!("measure: {message}");
+    }
     let stored = std::fs::read(blobs.join(&hex)).expect("blob stored");
     assert_eq!(
         registry::sha256(&stored),
