@@ -10,9 +10,9 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use krustlet_wasi::{Program, RunSpec, WasmEngine};
 use kubelet::log::writer::CriLogWriter;
 use kubelet::runtime::{Limits, Usage};
-use krustlet_wasi::{Program, RunSpec, WasmEngine};
 
 /// A module that does nothing: what is measured is the runtime around it.
 const EMPTY: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;

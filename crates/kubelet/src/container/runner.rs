@@ -111,6 +111,15 @@ pub struct Runner {
     pub restart_count: i32,
 }
 
+/// A duration as Go prints one (`523ms`, `1.204s`), as the kubelet's messages show it.
+fn go_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.3}s", d.as_secs_f64())
+    }
+}
+
 fn now() -> Time {
     Time(jiff::Timestamp::now())
 }
@@ -228,6 +237,9 @@ impl Runner {
         self.report(&status);
         let mut backoff = Backoff::default();
         let mut last: Option<Termination> = None;
+        // Keeps image GC off this container's image while the runner lives (from before the
+        // pull, so a freshly pulled image is never collected before it starts).
+        let _in_use = self.services.images.acquire(&image);
         loop {
             if self.stopping().is_some() {
                 return last;
@@ -400,16 +412,29 @@ impl Runner {
             .await;
             return Ok(found);
         }
+        let registry = match crate::image::parse_reference(image) {
+            Ok(reference) => reference.resolve_registry().to_string(),
+            Err(error) => {
+                self.warning(
+                    "InspectFailed",
+                    format!("Failed to apply default image tag {image:?}: {error}"),
+                )
+                .await;
+                return Err((error.reason(), error.to_string()));
+            }
+        };
+        let client = self.services.clients.borrow().clone();
+        let keyring = crate::image::auth::pod_keyring(&client, &self.pod).await;
         self.normal("Pulling", format!("Pulling image {image:?}"))
             .await;
         let started = Instant::now();
-        match images.pull(image, policy, None).await {
+        match images.pull(image, policy, keyring.lookup(&registry)).await {
             Ok((pulled, _)) => {
                 self.normal(
                     "Pulled",
                     format!(
-                        "Successfully pulled image {image:?} in {:?}. Image size: {} bytes.",
-                        started.elapsed(),
+                        "Successfully pulled image {image:?} in {}. Image size: {} bytes.",
+                        go_duration(started.elapsed()),
                         pulled.size_bytes
                     ),
                 )
@@ -464,10 +489,16 @@ impl Runner {
         let args = argv::argv(
             c.command.as_deref().unwrap_or_default(),
             c.args.as_deref().unwrap_or_default(),
-            &[],
+            (&pulled.entrypoint, &pulled.cmd),
             module_name,
             &env_map,
         );
+        let argv0 = args.first().map(String::as_str).unwrap_or_default();
+        let (program, program_digest) = self
+            .services
+            .images
+            .program_for(pulled, argv0)
+            .map_err(|message| ("CreateContainerError", message))?;
         let mut mounts = Vec::new();
         for (index, m) in c.volume_mounts.iter().flatten().enumerate() {
             if let Some(host) = self.volumes.get(&m.name) {
@@ -494,8 +525,8 @@ impl Runner {
         let id = format!("{}-{}-{restart_count}", &uid[..uid.len().min(8)], c.name);
         let spec = ContainerSpec {
             id: id.clone(),
-            program: pulled.program.clone(),
-            program_digest: pulled.program_digest.clone(),
+            program,
+            program_digest,
             args,
             env,
             mounts,
