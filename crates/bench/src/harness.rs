@@ -42,6 +42,52 @@ pub async fn start_node(prefix: &str, extra_args: &[&str]) -> anyhow::Result<Kru
     }
 }
 
+/// A node, a namespace with a pod watch, and the multitool image already pulled and compiled
+/// on the node (one warm-up pod ran): where every cached-image scenario starts.
+pub struct Warm {
+    /// The node.
+    pub node: KrustletNode,
+    /// The namespace (deleted on drop).
+    pub ns: krustlet_e2e::TestNamespace,
+    /// Pods in the namespace.
+    pub api: Api<Pod>,
+    /// The watch on them.
+    pub observer: Observer,
+    /// The multitool image reference.
+    pub image: String,
+}
+
+impl Warm {
+    /// Starts a node with `extra_args` and runs the warm-up pod.
+    pub async fn start(prefix: &str, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let node = start_node(prefix, extra_args).await?;
+        let ns = krustlet_e2e::TestNamespace::new(prefix).await?;
+        let api = ns.api::<Pod>();
+        let observer = Observer::start(api.clone());
+        let image = krustlet_e2e::workloads::multitool();
+        create(
+            &api,
+            &pod("warmup", node.name(), &image, &["hello"], "Never")?,
+        )
+        .await?;
+        observer
+            .wait_all(
+                &["warmup".to_string()],
+                Duration::from_secs(180),
+                "Succeeded",
+                |s| s.succeeded.is_some(),
+            )
+            .await?;
+        Ok(Self {
+            node,
+            ns,
+            api,
+            observer,
+            image,
+        })
+    }
+}
+
 /// A multitool pod on `node` running `args`.
 pub fn pod(
     name: &str,

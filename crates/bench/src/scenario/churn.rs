@@ -5,12 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use krustlet_e2e::{TestNamespace, workloads};
 use kube::api::{Api, DeleteParams};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::harness::{Observer, create, pod, start_node};
+use crate::harness::{Observer, Warm, create, pod};
 use crate::report::{Latency, latency_cell, print_table};
 
 /// Creates and deletes in flight at once.
@@ -35,24 +34,13 @@ pub struct Churn {
 
 /// Runs the scenario.
 pub async fn run(rate: u32, seconds: u64) -> anyhow::Result<Churn> {
-    let node = start_node("bench-churn", &["--max-pods=5000"]).await?;
-    let ns = TestNamespace::new("bench-churn").await?;
-    let api = ns.api::<Pod>();
-    let observer = Observer::start(api.clone());
-    let image = workloads::multitool();
-    create(
-        &api,
-        &pod("warmup", node.name(), &image, &["hello"], "Never")?,
-    )
-    .await?;
-    observer
-        .wait_all(
-            &["warmup".to_string()],
-            Duration::from_secs(180),
-            "Succeeded",
-            |s| s.succeeded.is_some(),
-        )
-        .await?;
+    let Warm {
+        node,
+        ns: _ns,
+        api,
+        observer,
+        image,
+    } = Warm::start("bench-churn", &["--max-pods=5000"]).await?;
 
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
     let deleter = tokio::spawn(delete_completed(

@@ -34,11 +34,10 @@ pub async fn run() -> anyhow::Result<Cold> {
     let nonce = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let mut bytes = std::fs::read(krustlet_test_workloads::multitool()?)?;
-    append_custom_section(
-        &mut bytes,
-        "krustlet-bench-nonce",
-        nonce.to_string().as_bytes(),
+    let bytes = krustlet_e2e::registry::padded(
+        std::fs::read(krustlet_test_workloads::multitool()?)?,
+        &format!("krustlet-bench-{nonce}"),
+        0,
     );
     let image_bytes = bytes.len();
     let image = workloads::publish(&format!("cold-{}-{nonce}", std::process::id()), move || {
@@ -102,27 +101,4 @@ async fn run_one(
         .succeeded
         .unwrap_or_else(Instant::now)
         .saturating_duration_since(created))
-}
-
-/// Appends a wasm custom section (id 0) named `name` holding `payload`.
-fn append_custom_section(module: &mut Vec<u8>, name: &str, payload: &[u8]) {
-    let mut content = Vec::new();
-    leb128(&mut content, name.len() as u64);
-    content.extend_from_slice(name.as_bytes());
-    content.extend_from_slice(payload);
-    module.push(0);
-    leb128(module, content.len() as u64);
-    module.extend_from_slice(&content);
-}
-
-fn leb128(out: &mut Vec<u8>, mut value: u64) {
-    loop {
-        let byte = (value & 0x7f) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
 }

@@ -6,12 +6,11 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
-use krustlet_e2e::{TestNamespace, workloads};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use serde::Serialize;
 
-use crate::harness::{Observer, cpu_seconds, create, pod, rss_bytes, start_node};
+use crate::harness::{Warm, cpu_seconds, create, pod, rss_bytes};
 use crate::report::print_table;
 
 /// Creates in flight at once during the ramp.
@@ -41,25 +40,14 @@ pub struct Density {
 /// Runs the scenario.
 pub async fn run(pods: usize) -> anyhow::Result<Density> {
     let max_pods = format!("--max-pods={}", pods + 10);
-    let node = start_node("bench-density", &[&max_pods]).await?;
+    let Warm {
+        node,
+        ns,
+        api,
+        observer,
+        image,
+    } = Warm::start("bench-density", &[&max_pods]).await?;
     let pid = node.pid().unwrap_or_default();
-    let ns = TestNamespace::new("bench-density").await?;
-    let api = ns.api::<Pod>();
-    let observer = Observer::start(api.clone());
-    let image = workloads::multitool();
-    create(
-        &api,
-        &pod("warmup", node.name(), &image, &["hello"], "Never")?,
-    )
-    .await?;
-    observer
-        .wait_all(
-            &["warmup".to_string()],
-            Duration::from_secs(180),
-            "Succeeded",
-            |s| s.succeeded.is_some(),
-        )
-        .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_idle = rss_bytes(pid);
 

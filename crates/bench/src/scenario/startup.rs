@@ -3,11 +3,9 @@
 use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
-use k8s_openapi::api::core::v1::Pod;
-use krustlet_e2e::{TestNamespace, workloads};
 use serde::Serialize;
 
-use crate::harness::{Observer, create, pod, pod_start_metric, start_node};
+use crate::harness::{Warm, create, pod, pod_start_metric};
 use crate::report::{Latency, latency_cell, print_table};
 
 /// The startup result.
@@ -28,25 +26,13 @@ pub struct Startup {
 /// Runs the scenario.
 pub async fn run(pods: usize) -> anyhow::Result<Startup> {
     let max_pods = format!("--max-pods={}", pods + 10);
-    let node = start_node("bench-startup", &[&max_pods]).await?;
-    let ns = TestNamespace::new("bench-startup").await?;
-    let api = ns.api::<Pod>();
-    let observer = Observer::start(api.clone());
-    let image = workloads::multitool();
-    // Warm-up: pull and compile once.
-    create(
-        &api,
-        &pod("warmup", node.name(), &image, &["hello"], "Never")?,
-    )
-    .await?;
-    observer
-        .wait_all(
-            &["warmup".to_string()],
-            Duration::from_secs(180),
-            "Succeeded",
-            |s| s.succeeded.is_some(),
-        )
-        .await?;
+    let Warm {
+        node,
+        ns: _ns,
+        api,
+        observer,
+        image,
+    } = Warm::start("bench-startup", &[&max_pods]).await?;
     let (sum_before, count_before) = pod_start_metric(&node).await;
 
     let names: Vec<String> = (0..pods).map(|i| format!("start-{i}")).collect();
