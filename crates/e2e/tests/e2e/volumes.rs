@@ -375,3 +375,76 @@ async fn resource_field_refs_in_env_and_downward_volumes() {
         )
     );
 }
+
+#[tokio::test]
+async fn a_projected_volume_combines_all_four_sources() {
+    let ns = TestNamespace::new("projected").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "settings"}, "data": {"mode": "fast"}}))
+            .expect("cm");
+    ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create cm");
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(
+        json!({"metadata": {"name": "creds"}, "stringData": {"user": "wasm"}}),
+    )
+    .expect("secret");
+    ns.api::<k8s_openapi::api::core::v1::Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
+    let mut pod = volume_pod(
+        "projected",
+        &[
+            "cat",
+            "/all/mode",
+            "print",
+            "",
+            "cat",
+            "/all/auth/user",
+            "print",
+            "",
+            "cat",
+            "/all/name",
+            "print",
+            "",
+            "cat",
+            "/all/token",
+        ],
+        json!([{"name": "all", "projected": {"sources": [
+            {"configMap": {"name": "settings"}},
+            {"secret": {"name": "creds", "items": [{"key": "user", "path": "auth/user"}]}},
+            {"downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+            {"serviceAccountToken": {"path": "token", "audience": "e2e-audience", "expirationSeconds": 3600}}
+        ]}}]),
+        json!([{"name": "all", "mountPath": "/all", "readOnly": true}]),
+    );
+    pod["metadata"]["name"] = json!("projected");
+    create(&pods, pod).await.expect("create");
+    wait_for_phase(&pods, "projected", "Succeeded", LONG)
+        .await
+        .expect("Succeeded");
+    let out = logs(&ns, "projected");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("fast"));
+    assert_eq!(lines.next(), Some("wasm"));
+    assert_eq!(lines.next(), Some("projected"));
+    let token = lines.next().expect("token");
+    // The token is for the requested audience and the pod's service account.
+    let review: k8s_openapi::api::authentication::v1::TokenReview = serde_json::from_value(json!({
+        "spec": {"token": token, "audiences": ["e2e-audience"]}
+    }))
+    .expect("review");
+    let reviewed = Api::<k8s_openapi::api::authentication::v1::TokenReview>::all(ns.client())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("token review");
+    let status = reviewed.status.expect("status");
+    assert_eq!(status.authenticated, Some(true), "{status:?}");
+    assert_eq!(
+        status.user.and_then(|u| u.username),
+        Some(format!("system:serviceaccount:{}:default", ns.name()))
+    );
+}
