@@ -3,6 +3,7 @@
 //! A library so that the end-to-end tests can build the very same command as their own binary.
 
 pub mod cli;
+pub mod standalone;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -36,15 +37,27 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: cli::Cli) -> anyhow::Result<()> {
-    if let Some(cli::Command::Push {
-        file,
-        reference,
-        username,
-    }) = cli.command
-    {
-        return push(&file, &reference, username).await;
-    }
-    let config = cli.flags.merge_config_file()?.resolve()?;
+    let (flags, manifests) = match cli.command {
+        Some(cli::Command::Push {
+            file,
+            reference,
+            username,
+        }) => return push(&file, &reference, username).await,
+        Some(cli::Command::Pods { data_dir }) => return standalone::pods(data_dir),
+        Some(cli::Command::Logs {
+            pod,
+            container,
+            follow,
+            previous,
+            namespace,
+            data_dir,
+        }) => {
+            return standalone::logs(&pod, container, &namespace, follow, previous, data_dir).await;
+        }
+        Some(cli::Command::Standalone { manifests, flags }) => (flags, Some(manifests)),
+        None => (cli.flags, None),
+    };
+    let config = flags.merge_config_file()?.resolve()?;
     // Installed before anything else, so a SIGTERM at any point shuts down gracefully.
     let signals = shutdown::signalled().context("installing signal handlers")?;
     let shutdown = async {
@@ -53,6 +66,17 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     };
     let engine = krustlet_wasi::WasmEngine::new().context("starting the wasm engine")?;
     let runtime = Arc::new(krustlet_wasi::WasiRuntime::new(engine));
+    if let Some(manifests) = manifests {
+        if !manifests.is_dir() {
+            anyhow::bail!(
+                "--manifests {}: not a directory (create it and put pod manifests in it)",
+                manifests.display()
+            );
+        }
+        return kubelet::standalone::run(config, manifests, runtime, shutdown)
+            .await
+            .context("standalone");
+    }
     Kubelet::new(config, runtime)
         .run(shutdown)
         .await

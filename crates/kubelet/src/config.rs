@@ -382,7 +382,8 @@ impl Flags {
     }
 }
 
-fn default_data_dir() -> PathBuf {
+/// The data dir when --data-dir is not given: `~/.krustlet`.
+pub fn default_data_dir() -> PathBuf {
     std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/lib"))

@@ -22,9 +22,10 @@ use crate::node::host::HostInfo;
 use crate::node::lease::LeaseRenewer;
 use crate::node::shutdown::SHUTDOWN_MESSAGE;
 use crate::node::status::{StatusInputs, StatusReporter, registration_backoff};
+use crate::pod::api::ApiLink;
 use crate::pod::events::PodEvents;
 use crate::pod::source;
-use crate::pod::status::StatusManager;
+use crate::pod::status::{StatusManager, StatusSink};
 use crate::pod::worker::{PodDirs, WorkerContext};
 use crate::pod::workers::PodWorkers;
 use crate::runtime::Runtime;
@@ -125,7 +126,7 @@ impl Kubelet {
             stop.clone(),
         ));
         let status = StatusManager::new();
-        tokio::spawn(status.clone().run(clients.clone()));
+        tokio::spawn(status.clone().run(StatusSink::Api(clients.clone())));
         let stats = Stats::new();
         tokio::spawn(stats.clone().run_sampler(stop.clone()));
         let metrics = KubeletMetrics::new(&config.node_name);
@@ -136,18 +137,17 @@ impl Kubelet {
             services: NodeServices {
                 runtime: self.runtime.clone(),
                 images,
-                events: PodEvents::new(clients.clone(), &config.node_name),
+                events: PodEvents::new(ApiLink::Connected(clients.clone()), &config.node_name),
                 node_name: config.node_name.clone(),
                 node_labels: crate::node::registration::labels(&config),
                 node_ip: config.node_ip.to_string(),
-                clients: clients.clone(),
+                api: ApiLink::Connected(clients.clone()),
                 log_policy: config.log_policy(),
                 stats: stats.clone(),
                 metrics: metrics.clone(),
                 allocatable,
             },
             status: status.clone(),
-            clients: clients.clone(),
             dirs: PodDirs {
                 pods: config.data_path("pods"),
                 logs: pods_log_root(&config.data_dir),

@@ -9,6 +9,7 @@ mod foundation;
 mod node;
 mod pods;
 mod resources;
+mod standalone;
 mod volumes;
 
 /// The krustlet command under test, built from this workspace.

@@ -21,6 +21,7 @@ use crate::log::writer::CriLogWriter;
 use crate::log::{container_log_path, mark_run_finished};
 use crate::metrics::{ContainerTypeLabel, KubeletMetrics};
 use crate::node::allocatable::NodeResources;
+use crate::pod::api::ApiLink;
 use crate::pod::backoff::Backoff;
 use crate::pod::events::{PodEvents, container_field};
 use crate::quantity::amount;
@@ -44,8 +45,8 @@ pub struct NodeServices {
     pub node_labels: BTreeMap<String, String>,
     /// The node's IP (also the pod's).
     pub node_ip: String,
-    /// The newest API client (for the ConfigMaps and Secrets containers refer to).
-    pub clients: watch::Receiver<kube::Client>,
+    /// The API server (for the ConfigMaps and Secrets containers refer to), if any.
+    pub api: ApiLink,
     /// How container logs are rotated and bounded.
     pub log_policy: LogPolicy,
     /// Where running containers' usage is registered.
@@ -419,9 +420,8 @@ impl Runner {
         restart_count: i32,
     ) -> Result<(crate::runtime::RunningContainer, PathBuf, String), (&'static str, String)> {
         let c = &self.container;
-        let client = self.services.clients.borrow().clone();
         let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
-        let objects = env::EnvObjects::fetch(&client, namespace, c)
+        let objects = env::EnvObjects::fetch(&self.services.api, namespace, c)
             .await
             .map_err(|e| {
                 (

@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use crate::container::runner::{Kind, NodeServices, Runner};
 use crate::log::pod_log_dir;
 use crate::pod::admission::Rejection;
+use crate::pod::api::ApiLink;
 use crate::pod::phase;
 use crate::pod::status::{PodKey, StatusManager};
 use crate::runtime::Termination;
@@ -62,8 +63,6 @@ pub struct WorkerContext {
     pub services: NodeServices,
     /// The status manager.
     pub status: StatusManager,
-    /// The newest API client.
-    pub clients: watch::Receiver<kube::Client>,
     /// Directories.
     pub dirs: PodDirs,
 }
@@ -293,9 +292,8 @@ impl Worker {
     async fn setup(&mut self, desired: &mut watch::Receiver<Desired>) -> bool {
         let spec = self.pod.spec.clone().unwrap_or_default();
         let prepared = loop {
-            let client = self.ctx.clients.borrow().clone();
             match volume::prepare(
-                &client,
+                &self.ctx.services.api,
                 &self.pod,
                 &self.pod_dir(),
                 self.ctx.services.node_facts(),
@@ -375,9 +373,8 @@ impl Worker {
     /// Rewrites the pod's ConfigMap, Secret, downwardAPI and projected volumes from the current
     /// objects (atomically, so running readers see the old or the new set), and renews tokens.
     async fn refresh_volumes(&mut self) {
-        let client = self.ctx.clients.borrow().clone();
         if let Err(error) = volume::prepare(
-            &client,
+            &self.ctx.services.api,
             &self.pod,
             &self.pod_dir(),
             self.ctx.services.node_facts(),
@@ -589,8 +586,13 @@ impl Worker {
         self.ctx.status.set(&self.key, self.status(true));
     }
 
+    /// Deletes the terminated pod from the API server; standalone pods are only local.
     async fn delete_from_api(&self) {
-        let api: Api<Pod> = Api::namespaced(self.ctx.clients.borrow().clone(), &self.key.namespace);
+        let ApiLink::Connected(clients) = &self.ctx.services.api else {
+            tracing::info!(pod = %self.key, "static pod terminated");
+            return;
+        };
+        let api: Api<Pod> = Api::namespaced(clients.borrow().clone(), &self.key.namespace);
         let params = DeleteParams {
             grace_period_seconds: Some(0),
             preconditions: Some(Preconditions {

@@ -1,0 +1,205 @@
+//! Standalone mode: static pods from a manifest directory, with no API server.
+
+use std::time::Duration;
+
+use krustlet_e2e::standalone::{StandaloneKrustlet, pod_row};
+use krustlet_e2e::workloads;
+
+use crate::KRUSTLET;
+
+const LONG: Duration = Duration::from_secs(90);
+
+fn manifest(name: &str, restart_policy: &str, args: &[&str]) -> String {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": restart_policy,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "app", "image": workloads::multitool(), "args": args}]
+        }
+    })
+    .to_string()
+}
+
+fn phase_of(table: &str, pod: &str) -> Option<String> {
+    pod_row(table, pod).and_then(|row| row.get(2).cloned())
+}
+
+fn restarts_of(table: &str, pod: &str) -> Option<u32> {
+    pod_row(table, pod).and_then(|row| row.get(3)?.parse().ok())
+}
+
+#[tokio::test]
+async fn static_pods_follow_their_manifests_and_survive_a_restart() {
+    let node = format!("standalone-{}", std::process::id());
+    let mut krustlet = StandaloneKrustlet::start(KRUSTLET, &node).expect("start standalone");
+    let hello = krustlet.pod_name("hello");
+    let file = krustlet.manifests().join("hello.yaml");
+    // A dotfile is ignored (editors' swap files).
+    std::fs::write(krustlet.manifests().join(".hello.yaml.swp"), "not: a pod").expect("write");
+
+    // Added: it runs, and `krustlet pods` / `krustlet logs` show it from another process.
+    std::fs::write(
+        &file,
+        manifest(
+            "hello",
+            "Always",
+            &["print", "version-one", "tick", "0", "200"],
+        ),
+    )
+    .expect("write manifest");
+    let table = krustlet
+        .wait_output(&["pods"], "hello Running", LONG, |t| {
+            phase_of(t, &hello).as_deref() == Some("Running")
+        })
+        .await
+        .unwrap();
+    assert!(table.starts_with("NAMESPACE"), "{table}");
+    assert!(
+        pod_row(&table, &hello)
+            .unwrap()
+            .iter()
+            .any(|c| c == "app=Running"),
+        "{table}"
+    );
+    assert_eq!(pod_row(&table, &hello).unwrap()[0], "default", "{table}");
+    krustlet
+        .wait_output(&["logs", &hello], "hello's output", LONG, |out| {
+            out.contains("version-one") && out.contains("tick 1")
+        })
+        .await
+        .unwrap();
+
+    // Edited: the old pod stops, the new version runs under the same name.
+    std::fs::write(
+        &file,
+        manifest(
+            "hello",
+            "Always",
+            &["print", "version-two", "tick", "0", "200"],
+        ),
+    )
+    .expect("edit manifest");
+    krustlet
+        .wait_output(
+            &["logs", &hello, "-c", "app"],
+            "the new version's output",
+            LONG,
+            |out| out.contains("version-two") && !out.contains("version-one"),
+        )
+        .await
+        .unwrap();
+    krustlet
+        .wait_output(&["pods"], "only the new hello", LONG, |t| {
+            t.lines().filter(|l| l.contains(&hello)).count() == 1
+                && phase_of(t, &hello).as_deref() == Some("Running")
+        })
+        .await
+        .unwrap();
+
+    // restartPolicy: a failing container is restarted (OnFailure), a succeeding one is not.
+    let crash = krustlet.pod_name("crash");
+    std::fs::write(
+        krustlet.manifests().join("crash.json"),
+        manifest("crash", "OnFailure", &["print", "crashing", "exit", "3"]),
+    )
+    .expect("write crash");
+    let done = krustlet.pod_name("done");
+    std::fs::write(
+        krustlet.manifests().join("done.yaml"),
+        manifest("done", "OnFailure", &["print", "finished"]),
+    )
+    .expect("write done");
+    krustlet
+        .wait_output(&["pods"], "crash restarted, done Succeeded", LONG, |t| {
+            restarts_of(t, &crash).is_some_and(|n| n >= 1)
+                && phase_of(t, &done).as_deref() == Some("Succeeded")
+        })
+        .await
+        .unwrap();
+    let out = krustlet.command(&["logs", &done]).unwrap();
+    assert_eq!(out, "finished\n");
+
+    // A pod that needs the API server says so instead of hanging silently.
+    let needs_api = krustlet.pod_name("needs-api");
+    let with_secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "needs-api"},
+        "spec": {"containers": [{"name": "app", "image": workloads::multitool(),
+            "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}
+    });
+    std::fs::write(
+        krustlet.manifests().join("needs-api.yaml"),
+        with_secret.to_string(),
+    )
+    .expect("write needs-api");
+    krustlet
+        .wait_output(
+            &["pods"],
+            "needs-api CreateContainerConfigError",
+            LONG,
+            |t| {
+                pod_row(t, &needs_api).is_some_and(|row| {
+                    row.iter()
+                        .any(|c| c == "app=Waiting(CreateContainerConfigError)")
+                })
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        krustlet.log().contains("needs the API server"),
+        "the log should say why:\n{}",
+        krustlet.log()
+    );
+    std::fs::remove_file(krustlet.manifests().join("needs-api.yaml")).expect("rm");
+
+    // Krustlet killed outright and started again: the static pods resume, counting the restart.
+    krustlet.kill_and_restart().expect("restart");
+    krustlet
+        .wait_output(&["pods"], "hello resumed", LONG, |t| {
+            phase_of(t, &hello).as_deref() == Some("Running")
+                && restarts_of(t, &hello).is_some_and(|n| n >= 1)
+                && phase_of(t, &done).as_deref() == Some("Succeeded")
+                && pod_row(t, &needs_api).is_none()
+        })
+        .await
+        .unwrap();
+    krustlet
+        .wait_output(
+            &["logs", &hello],
+            "hello's output after the restart",
+            LONG,
+            |out| out.contains("version-two") && out.contains("tick 2"),
+        )
+        .await
+        .unwrap();
+
+    // Removed: the pod stops and is gone from `krustlet pods`; its logs go with it.
+    std::fs::remove_file(&file).expect("remove manifest");
+    krustlet
+        .wait_output(&["pods"], "hello gone", LONG, |t| {
+            pod_row(t, &hello).is_none()
+        })
+        .await
+        .unwrap();
+    let error = krustlet.command(&["logs", &hello]).unwrap_err();
+    assert!(error.to_string().contains("no static pod"), "{error}");
+}
+
+#[tokio::test]
+async fn krustlet_pods_without_a_standalone_krustlet_says_what_to_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(KRUSTLET)
+        .args(["pods", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run krustlet pods");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("krustlet standalone --data-dir"),
+        "{stderr}"
+    );
+}
