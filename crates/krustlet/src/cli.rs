@@ -65,7 +65,7 @@ pub enum Command {
         manifests: std::path::PathBuf,
         /// Node settings (--data-dir, --node-name and the others of the node agent).
         #[command(flatten)]
-        flags: Flags,
+        flags: Box<Flags>,
     },
     /// List the static pods a `krustlet standalone` with this --data-dir runs.
     Pods {

@@ -54,7 +54,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         }) => {
             return standalone::logs(&pod, container, &namespace, follow, previous, data_dir).await;
         }
-        Some(cli::Command::Standalone { manifests, flags }) => (flags, Some(manifests)),
+        Some(cli::Command::Standalone { manifests, flags }) => (*flags, Some(manifests)),
         None => (cli.flags, None),
     };
     let config = flags.merge_config_file()?.resolve()?;

@@ -55,22 +55,26 @@ async fn static_pods_follow_their_manifests_and_survive_a_restart() {
             phase_of(t, &hello).as_deref() == Some("Running")
         })
         .await
-        .unwrap();
+        .expect("krustlet output");
     assert!(table.starts_with("NAMESPACE"), "{table}");
     assert!(
         pod_row(&table, &hello)
-            .unwrap()
+            .expect("krustlet output")
             .iter()
             .any(|c| c == "app=Running"),
         "{table}"
     );
-    assert_eq!(pod_row(&table, &hello).unwrap()[0], "default", "{table}");
+    assert_eq!(
+        pod_row(&table, &hello).expect("krustlet output")[0],
+        "default",
+        "{table}"
+    );
     krustlet
         .wait_output(&["logs", &hello], "hello's output", LONG, |out| {
             out.contains("version-one") && out.contains("tick 1")
         })
         .await
-        .unwrap();
+        .expect("krustlet output");
 
     // Edited: the old pod stops, the new version runs under the same name.
     std::fs::write(
@@ -90,14 +94,14 @@ async fn static_pods_follow_their_manifests_and_survive_a_restart() {
             |out| out.contains("version-two") && !out.contains("version-one"),
         )
         .await
-        .unwrap();
+        .expect("krustlet output");
     krustlet
         .wait_output(&["pods"], "only the new hello", LONG, |t| {
             t.lines().filter(|l| l.contains(&hello)).count() == 1
                 && phase_of(t, &hello).as_deref() == Some("Running")
         })
         .await
-        .unwrap();
+        .expect("krustlet output");
 
     // restartPolicy: a failing container is restarted (OnFailure), a succeeding one is not.
     let crash = krustlet.pod_name("crash");
@@ -118,8 +122,8 @@ async fn static_pods_follow_their_manifests_and_survive_a_restart() {
                 && phase_of(t, &done).as_deref() == Some("Succeeded")
         })
         .await
-        .unwrap();
-    let out = krustlet.command(&["logs", &done]).unwrap();
+        .expect("krustlet output");
+    let out = krustlet.command(&["logs", &done]).expect("krustlet output");
     assert_eq!(out, "finished\n");
 
     // A pod that needs the API server says so instead of hanging silently.
@@ -147,7 +151,7 @@ async fn static_pods_follow_their_manifests_and_survive_a_restart() {
             },
         )
         .await
-        .unwrap();
+        .expect("krustlet output");
     assert!(
         krustlet.log().contains("needs the API server"),
         "the log should say why:\n{}",
@@ -165,7 +169,7 @@ async fn static_pods_follow_their_manifests_and_survive_a_restart() {
                 && pod_row(t, &needs_api).is_none()
         })
         .await
-        .unwrap();
+        .expect("krustlet output");
     krustlet
         .wait_output(
             &["logs", &hello],
@@ -174,7 +178,7 @@ async fn static_pods_follow_their_manifests_and_survive_a_restart() {
             |out| out.contains("version-two") && out.contains("tick 2"),
         )
         .await
-        .unwrap();
+        .expect("krustlet output");
 
     // Removed: the pod stops and is gone from `krustlet pods`; its logs go with it.
     std::fs::remove_file(&file).expect("remove manifest");
@@ -183,8 +187,10 @@ async fn static_pods_follow_their_manifests_and_survive_a_restart() {
             pod_row(t, &hello).is_none()
         })
         .await
-        .unwrap();
-    let error = krustlet.command(&["logs", &hello]).unwrap_err();
+        .expect("krustlet output");
+    let error = krustlet
+        .command(&["logs", &hello])
+        .expect_err("should fail");
     assert!(error.to_string().contains("no static pod"), "{error}");
 }
 

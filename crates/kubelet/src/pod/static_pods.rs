@@ -324,27 +324,31 @@ mod tests {
     #[test]
     fn static_pods_are_named_and_hashed_as_upstream() {
         let path = Path::new("/etc/manifests/web.yaml");
-        let pod = pod_from_manifest(path, MANIFEST.as_bytes(), "Node-1").unwrap();
+        let pod = pod_from_manifest(path, MANIFEST.as_bytes(), "Node-1").expect("valid manifest");
         assert_eq!(pod.metadata.name.as_deref(), Some("web-node-1"));
         assert_eq!(pod.metadata.namespace.as_deref(), Some("default"));
-        let uid = pod.metadata.uid.clone().unwrap();
+        let uid = pod.metadata.uid.clone().expect("valid manifest");
         assert_eq!(uid.len(), 32);
-        assert_eq!(pod.spec.unwrap().node_name.as_deref(), Some("Node-1"));
-        let annotations = pod.metadata.annotations.unwrap();
+        assert_eq!(
+            pod.spec.expect("valid manifest").node_name.as_deref(),
+            Some("Node-1")
+        );
+        let annotations = pod.metadata.annotations.expect("valid manifest");
         assert_eq!(annotations[CONFIG_HASH], uid);
         assert_eq!(annotations[CONFIG_SOURCE], "file");
         // Same content, same UID; edited content, a new one.
-        let again = pod_from_manifest(path, MANIFEST.as_bytes(), "Node-1").unwrap();
+        let again = pod_from_manifest(path, MANIFEST.as_bytes(), "Node-1").expect("valid manifest");
         assert_eq!(again.metadata.uid.as_deref(), Some(uid.as_str()));
         let edited = MANIFEST.replace("v1\n", "v2\n");
-        let changed = pod_from_manifest(path, edited.as_bytes(), "Node-1").unwrap();
+        let changed = pod_from_manifest(path, edited.as_bytes(), "Node-1").expect("valid manifest");
         assert_ne!(changed.metadata.uid.as_deref(), Some(uid.as_str()));
     }
 
     #[test]
     fn json_manifests_are_read_too() {
         let json = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"j","namespace":"ops"},"spec":{"containers":[{"name":"c","image":"i"}]}}"#;
-        let pod = pod_from_manifest(Path::new("j.json"), json.as_bytes(), "n").unwrap();
+        let pod =
+            pod_from_manifest(Path::new("j.json"), json.as_bytes(), "n").expect("valid manifest");
         assert_eq!(pod.metadata.name.as_deref(), Some("j-n"));
         assert_eq!(pod.metadata.namespace.as_deref(), Some("ops"));
     }
@@ -352,15 +356,16 @@ mod tests {
     #[test]
     fn bad_manifests_say_what_is_wrong() {
         let path = Path::new("x.yaml");
-        let error = pod_from_manifest(path, b"kind: Deployment\n", "n").unwrap_err();
+        let error =
+            pod_from_manifest(path, b"kind: Deployment\n", "n").expect_err("should be refused");
         assert!(
             error.to_string().contains("kind is \"Deployment\""),
             "{error}"
         );
-        let error =
-            pod_from_manifest(path, b"kind: Pod\nspec:\n  containers: []\n", "n").unwrap_err();
+        let error = pod_from_manifest(path, b"kind: Pod\nspec:\n  containers: []\n", "n")
+            .expect_err("should be refused");
         assert!(error.to_string().contains("metadata.name"), "{error}");
-        let error = pod_from_manifest(path, b": : :", "n").unwrap_err();
+        let error = pod_from_manifest(path, b": : :", "n").expect_err("should be refused");
         assert!(error.to_string().contains("x.yaml"), "{error}");
     }
 }
