@@ -67,6 +67,13 @@ pub enum Command {
         #[command(flatten)]
         flags: Box<Flags>,
     },
+    /// Print generated documentation (`config`: docs/configuration.md).
+    #[command(hide = true)]
+    Docs {
+        /// Which document.
+        #[arg(value_parser = ["config"])]
+        topic: String,
+    },
     /// List the static pods a `krustlet standalone` with this --data-dir runs.
     Pods {
         /// The data dir of the standalone Krustlet. [default: ~/.krustlet]

@@ -3,6 +3,7 @@
 //! A library so that the end-to-end tests can build the very same command as their own binary.
 
 pub mod cli;
+pub mod docs;
 pub mod standalone;
 
 use std::process::ExitCode;
@@ -44,6 +45,10 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             username,
         }) => return push(&file, &reference, username).await,
         Some(cli::Command::Pods { data_dir }) => return standalone::pods(data_dir),
+        Some(cli::Command::Docs { .. }) => {
+            print!("{}", docs::configuration_reference());
+            return Ok(());
+        }
         Some(cli::Command::Logs {
             pod,
             container,
