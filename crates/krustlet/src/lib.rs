@@ -16,7 +16,15 @@ use kubelet::node::shutdown;
 /// The whole command: parse the command line, run, and map the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse_or_exit();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into());
+    // kube's client logs every failed connection as an ERROR of its own; Krustlet says what
+    // failed and what to check, so those are hidden unless asked for.
+    let directives = if cli.log.contains("kube_client") {
+        cli.log.clone()
+    } else {
+        format!("{},kube_client::client::builder=off", cli.log)
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

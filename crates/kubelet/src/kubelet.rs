@@ -20,6 +20,7 @@ use crate::node::allocatable::NodeResources;
 use crate::node::conditions::Readiness;
 use crate::node::host::HostInfo;
 use crate::node::lease::LeaseRenewer;
+use crate::node::reachability::{ApiServer, connection_failure};
 use crate::node::shutdown::SHUTDOWN_MESSAGE;
 use crate::node::status::{StatusInputs, StatusReporter, registration_backoff};
 use crate::pod::api::ApiLink;
@@ -53,6 +54,32 @@ pub enum KubeletError {
     /// The kubelet API cannot start.
     #[error("kubelet API: {0}")]
     Server(#[from] crate::server::ServerError),
+    /// The kubelet API's port is taken.
+    #[error(
+        "port {port} on {ip} is already in use (another kubelet or krustlet?): stop that \
+         process or choose another port with --port"
+    )]
+    PortInUse {
+        /// The node IP.
+        ip: std::net::IpAddr,
+        /// The port.
+        port: u16,
+    },
+    /// The API server cannot be reached for TLS bootstrap.
+    #[error("TLS bootstrap: {0}")]
+    Unreachable(String),
+}
+
+/// Fails early, before any API traffic, if the kubelet API's port is taken.
+fn check_port(config: &KubeletConfig) -> Result<(), KubeletError> {
+    match std::net::TcpListener::bind((config.node_ip, config.port)) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(KubeletError::PortInUse {
+            ip: config.node_ip,
+            port: config.port,
+        }),
+        // Other problems (an address not ours) are reported by the server with their cause.
+        _ => Ok(()),
+    }
 }
 
 /// A kubelet for one node.
@@ -78,7 +105,17 @@ impl Kubelet {
             path: config.data_dir.clone(),
             source,
         })?;
-        let client = bootstrap::node_client(&config).await?;
+        check_port(&config)?;
+        let server = ApiServer::of(&config);
+        let client = match bootstrap::node_client(&config).await {
+            Ok(client) => client,
+            Err(error) => {
+                return Err(match connection_failure(&error) {
+                    Some(cause) => KubeletError::Unreachable(server.unreachable_message(&cause)),
+                    None => error.into(),
+                });
+            }
+        };
         let (clients_tx, clients) = watch::channel(client);
         let (uid_tx, node_uid) = watch::channel(None);
         let (readiness_tx, readiness) = watch::channel(Readiness::Ready);
@@ -104,7 +141,16 @@ impl Kubelet {
                 Err(error) => {
                     let wait = registration_backoff(attempt);
                     attempt += 1;
-                    tracing::warn!(%error, retry_in = ?wait, "node registration failed");
+                    match connection_failure(&error) {
+                        Some(cause) => tracing::warn!(
+                            retry_in = ?wait,
+                            "{}",
+                            server.unreachable_message(&cause)
+                        ),
+                        None => {
+                            tracing::warn!(%error, retry_in = ?wait, "node registration failed")
+                        }
+                    }
                     tokio::select! {
                         _ = &mut shutdown => return Ok(()),
                         _ = tokio::time::sleep(wait) => {}

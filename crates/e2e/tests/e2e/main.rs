@@ -6,6 +6,7 @@
 mod api;
 mod config;
 mod foundation;
+mod newcomer;
 mod node;
 mod pods;
 mod resources;
