@@ -14,6 +14,7 @@
  *   ls PATH                list a directory, one sorted name a line (hidden names skipped, as ls)
  *   write PATH TEXT        create or truncate PATH and write TEXT and a newline
  *   append PATH TEXT       append TEXT and a newline to PATH
+ *   fill PATH KIB          write KIB kibibytes of 'x' to PATH
  *   rm PATH                remove a file
  *   sleep SECONDS          sleep (fractions allowed)
  *   spin SECONDS           busy-loop without yielding (0: forever)
@@ -147,6 +148,17 @@ int main(int argc, char **argv) {
             need(i, 2, argc, cmd);
             write_file(cmd, argv[i + 1], cmd[0] == 'w' ? "w" : "a", argv[i + 2]);
             i += 2;
+        } else if (!strcmp(cmd, "fill")) {
+            need(i, 2, argc, cmd);
+            const char *path = argv[++i];
+            long kib = atol(argv[++i]);
+            FILE *f = fopen(path, "w");
+            if (!f) fail(cmd, path);
+            char block[1024];
+            memset(block, 'x', sizeof block);
+            for (long k = 0; k < kib; k++)
+                if (fwrite(block, 1, sizeof block, f) != sizeof block) fail(cmd, path);
+            if (fclose(f) != 0) fail(cmd, path);
         } else if (!strcmp(cmd, "rm")) {
             need(i, 1, argc, cmd);
             if (unlink(argv[++i]) != 0) fail(cmd, argv[i]);

@@ -94,6 +94,12 @@ impl KrustletNode {
         Ok(())
     }
 
+    /// Restarts the process (same name and data dir) with other extra arguments.
+    pub fn restart_with(&mut self, extra_args: &[&str]) -> anyhow::Result<()> {
+        self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+        self.restart()
+    }
+
     /// Starts the process again with the same name and data dir (after a kill or exit).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bootstrap::{self, BootstrapError};
 use crate::config::KubeletConfig;
 use crate::container::runner::NodeServices;
+use crate::eviction::{EvictionManager, Evictions};
 use crate::image::{ImageError, ImageStore};
 use crate::log::pods_log_root;
 use crate::metrics::KubeletMetrics;
@@ -126,8 +127,9 @@ impl Kubelet {
         let storage = crate::node::host::Filesystem::of(&config.data_dir)
             .map(|fs| fs.total_bytes)
             .unwrap_or(0);
-        let allocatable =
-            NodeResources::allocatable(&config, &NodeResources::capacity(&config, &host, storage));
+        let capacity = NodeResources::capacity(&config, &host, storage);
+        let allocatable = NodeResources::allocatable(&config, &capacity);
+        let memory_bound = NodeResources::pods_memory_bound(&config, &capacity);
         let inputs = StatusInputs {
             host,
             runtime_version: self.runtime.version(),
@@ -179,6 +181,7 @@ impl Kubelet {
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
         self.runtime.register_metrics(&mut registry);
+        let evictions = Evictions::default();
         let ctx = WorkerContext {
             services: NodeServices {
                 runtime: self.runtime.clone(),
@@ -192,14 +195,24 @@ impl Kubelet {
                 stats: stats.clone(),
                 metrics: metrics.clone(),
                 allocatable,
+                memory_bound,
             },
             status: status.clone(),
             dirs: PodDirs {
                 pods: config.data_path("pods"),
                 logs: pods_log_root(&config.data_dir),
             },
+            evictions: evictions.clone(),
         };
         let mut workers = PodWorkers::new(ctx);
+        let eviction = EvictionManager {
+            config: config.clone(),
+            pods: workers.known_pods(),
+            stats: stats.clone(),
+            evictions,
+            pods_dir: config.data_path("pods"),
+        };
+        tokio::spawn(eviction.run(stop.clone()));
 
         let (serving_tx, serving) = watch::channel(None);
         let view = NodeView {

@@ -494,7 +494,7 @@ fn multitool_pod(name: &str, node: &str, args: &[&str], restart_policy: &str) ->
 /// GETs a kubelet API path on `node` as the API server does (its kubelet client certificate;
 /// the API server's node proxy refuses loopback addresses). Waits for the issued serving
 /// certificate, which is the only one the cluster CA verifies.
-async fn kubelet_get(node: &KrustletNode, path: &str) -> String {
+pub(crate) async fn kubelet_get(node: &KrustletNode, path: &str) -> String {
     let info = cluster();
     let client = https_client(Some(identity_from_files(
         &info.kubelet_client_cert_file,

@@ -145,6 +145,26 @@ async fn cpu_limits_throttle_busy_loops_and_a_ticker_keeps_its_cadence() {
         "two 250m busy loops used {cores:.2} cores in total"
     );
 
+    // Per pod, as /stats/summary reports it (the rate over the last 10 s sample period).
+    let summary: serde_json::Value =
+        serde_json::from_str(&crate::api::kubelet_get(&node, "/stats/summary").await)
+            .expect("summary");
+    for name in ["spin-a", "spin-b"] {
+        let pod = summary["pods"]
+            .as_array()
+            .and_then(|pods| pods.iter().find(|p| p["podRef"]["name"] == name))
+            .unwrap_or_else(|| panic!("{name} not in {summary}"));
+        let cores = pod["containers"][0]["cpu"]["usageNanoCores"]
+            .as_f64()
+            .unwrap_or_default()
+            / 1e9;
+        eprintln!("{name} used {cores:.2} cores");
+        assert!(
+            (0.1..=0.45).contains(&cores),
+            "{name} limited to 250m used {cores:.2} cores"
+        );
+    }
+
     // The ticker printed about once a second throughout.
     let logs = kubectl(&["logs", "-n", ns.name(), "ticker", "--timestamps"]).expect("logs");
     let stamps: Vec<jiff::Timestamp> = logs
@@ -313,4 +333,122 @@ async fn hostile_modules_never_take_the_node_down() {
     wait_for_phase(&pods, "after", "Succeeded", LONG)
         .await
         .expect("Succeeded");
+}
+
+#[tokio::test]
+async fn memory_pressure_evicts_best_effort_before_burstable() {
+    let mut node = KrustletNode::start(KRUSTLET, "evict", &[]).expect("node");
+    node.wait_ready("True", LONG).await.expect("ready");
+    let ns = TestNamespace::new("evict").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    create(
+        &pods,
+        pod("best-effort", node.name(), &["sleep", "600"], json!({})),
+    )
+    .await
+    .expect("create");
+    create(
+        &pods,
+        pod(
+            "burstable",
+            node.name(),
+            &["sleep", "600"],
+            json!({"requests": {"memory": "100Mi"}}),
+        ),
+    )
+    .await
+    .expect("create");
+    for name in ["best-effort", "burstable"] {
+        wait_for(&pods, name, LONG, "running", running)
+            .await
+            .expect("running");
+    }
+    // A threshold no host can meet: the node is under memory pressure from now on.
+    node.restart_with(&["--eviction-hard=memory.available<1000Ti"])
+        .expect("restart");
+    let evicted = wait_for_phase(&pods, "best-effort", "Failed", LONG)
+        .await
+        .expect("evicted");
+    let status = evicted.status.expect("status");
+    assert_eq!(status.reason.as_deref(), Some("Evicted"));
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.starts_with("The node was low on resource: memory. Threshold quantity: ")
+            && message.contains("Container main was using ")
+            && message.contains("request is 0, has larger consumption of memory."),
+        "{message}"
+    );
+    // The Burstable pod, within its request, is still running when the BestEffort one goes.
+    let burstable = pods.get("burstable").await.expect("burstable");
+    assert!(
+        !matches!(krustlet_e2e::pods::phase(&burstable), "Failed"),
+        "{:?}",
+        burstable.status
+    );
+    let events = ns.api::<Event>();
+    assert!(
+        event_reasons(&events, "best-effort")
+            .await
+            .expect("events")
+            .contains(&"Evicted".to_string())
+    );
+    // With the pressure still on, it is next.
+    let next = wait_for_phase(&pods, "burstable", "Failed", LONG)
+        .await
+        .expect("evicted");
+    assert_eq!(
+        next.status.and_then(|s| s.reason).as_deref(),
+        Some("Evicted")
+    );
+    let node_object = node.wait_ready("True", LONG).await.expect("node");
+    let pressure = node_object
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "MemoryPressure")
+        .map(|c| c.status);
+    assert_eq!(pressure.as_deref(), Some("True"));
+
+    // Under memory pressure a new BestEffort pod is turned away at admission.
+    let mut late = pod("late", node.name(), &["hello"], json!({}));
+    late["spec"]["nodeName"] = json!(node.name());
+    create(&pods, late).await.expect("create");
+    let late = wait_for_phase(&pods, "late", "Failed", LONG)
+        .await
+        .expect("rejected");
+    let status = late.status.expect("status");
+    assert_eq!(
+        (status.reason.as_deref(), status.message.as_deref()),
+        (
+            Some("Evicted"),
+            Some("Pod was rejected: The node had condition: [MemoryPressure]. ")
+        )
+    );
+}
+
+#[tokio::test]
+async fn an_empty_dir_over_its_size_limit_is_evicted() {
+    let node = shared_node(KRUSTLET);
+    let ns = TestNamespace::new("sizelimit").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let mut filler = pod(
+        "filler",
+        node,
+        &["fill", "/scratch/big", "2048", "sleep", "600"],
+        json!({}),
+    );
+    filler["spec"]["volumes"] = json!([{"name": "scratch", "emptyDir": {"sizeLimit": "1Mi"}}]);
+    filler["spec"]["containers"][0]["volumeMounts"] =
+        json!([{"name": "scratch", "mountPath": "/scratch"}]);
+    create(&pods, filler).await.expect("create");
+    let evicted = wait_for_phase(&pods, "filler", "Failed", LONG)
+        .await
+        .expect("evicted");
+    let status = evicted.status.expect("status");
+    assert_eq!(status.reason.as_deref(), Some("Evicted"));
+    assert_eq!(
+        status.message.as_deref(),
+        Some("Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\". ")
+    );
 }

@@ -53,8 +53,10 @@ pub struct NodeServices {
     pub stats: Stats,
     /// The kubelet's metrics.
     pub metrics: KubeletMetrics,
-    /// What pods may use of the node; bounds containers without a memory limit.
+    /// What pods may use of the node (admission, Downward API defaults).
     pub allocatable: NodeResources,
+    /// Memory bound of a container without a memory limit.
+    pub memory_bound: u64,
 }
 
 impl NodeServices {
@@ -129,15 +131,13 @@ fn waiting(reason: &str, message: Option<String>) -> ContainerState {
 
 impl Runner {
     /// The container's resource limits for the runtime; without a memory limit it may use up
-    /// to the node's allocatable memory, as the kubelet's pods cgroup bounds it.
+    /// to what all pods may hold, as the kubelet's pods cgroup bounds it.
     fn limits(&self, c: &Container) -> Limits {
         let resources = c.resources.as_ref();
         let limits = resources.and_then(|r| r.limits.as_ref());
         let requests = resources.and_then(|r| r.requests.as_ref());
         Limits {
-            memory_bytes: Some(
-                amount(limits, "memory").unwrap_or(self.services.allocatable.memory_bytes),
-            ),
+            memory_bytes: Some(amount(limits, "memory").unwrap_or(self.services.memory_bound)),
             cpu_millis: amount(limits, "cpu"),
             cpu_request_millis: amount(requests, "cpu"),
         }

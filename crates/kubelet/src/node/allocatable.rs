@@ -62,6 +62,15 @@ impl NodeResources {
         }
     }
 
+    /// The memory all pods together may hold: capacity minus `--system-reserved` and
+    /// `--kube-reserved` (upstream enforces this on the pods cgroup; eviction thresholds are
+    /// left to the eviction manager). Bounds containers without a memory limit.
+    pub fn pods_memory_bound(config: &KubeletConfig, capacity: &Self) -> u64 {
+        capacity
+            .memory_bytes
+            .saturating_sub(config.reserved(ReservedResource::Memory))
+    }
+
     /// As a Node's `capacity`/`allocatable` list.
     pub fn to_list(&self) -> BTreeMap<String, Quantity> {
         BTreeMap::from([

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::container::runner::{Kind, NodeServices, Runner};
+use crate::eviction::{Eviction, Evictions};
 use crate::log::pod_log_dir;
 use crate::pod::admission::Rejection;
 use crate::pod::api::ApiLink;
@@ -65,6 +66,8 @@ pub struct WorkerContext {
     pub status: StatusManager,
     /// Directories.
     pub dirs: PodDirs,
+    /// Where the eviction manager reaches workers.
+    pub evictions: Evictions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,11 +91,12 @@ pub async fn run(
     let span = tracing::info_span!("pod", pod = %key, uid = %key.uid);
     let _enter = span.enter();
     drop(_enter);
+    let mut eviction = ctx.evictions.subscribe(&key.uid);
     let mut worker = Worker::new(ctx, pod, key);
     if let Some(rejection) = rejection {
         worker.reject(rejection).await;
     }
-    worker.run(&mut desired).await;
+    worker.run(&mut desired, &mut eviction.receiver).await;
 }
 
 struct Worker {
@@ -186,7 +190,11 @@ impl Worker {
         )
     }
 
-    async fn run(&mut self, desired: &mut watch::Receiver<Desired>) {
+    async fn run(
+        &mut self,
+        desired: &mut watch::Receiver<Desired>,
+        eviction: &mut watch::Receiver<Option<Eviction>>,
+    ) {
         let already_done = self.terminal_reason.is_some()
             || matches!(
                 self.pod.status.as_ref().and_then(|s| s.phase.as_deref()),
@@ -220,6 +228,16 @@ impl Worker {
                     self.on_sidecar_started(&name);
                     self.observe_start();
                     self.publish();
+                }
+                Ok(()) = eviction.changed(), if !terminating => {
+                    let evicted = eviction.borrow_and_update().clone();
+                    if let Some(Eviction { message }) = evicted {
+                        self.ctx.services.events.warning(&self.pod, None, "Evicted", message.clone()).await;
+                        self.terminal_reason = Some(("Evicted".into(), message));
+                        // Hard eviction thresholds give no grace, as upstream's.
+                        self.stop.send_replace(Some(Duration::ZERO));
+                        terminating = true;
+                    }
                 }
                 Some(done) = self.runners.join_next(), if !self.runners.is_empty() => {
                     if let Ok((name, termination)) = done {

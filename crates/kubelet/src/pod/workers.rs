@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::eviction;
 use crate::pod::admission::{self, Rejection};
 use crate::pod::known::KnownPods;
 use crate::pod::worker::{self, Desired, WorkerContext};
@@ -106,7 +107,8 @@ impl PodWorkers {
             pod,
             active.iter().map(|p| p.as_ref()),
             &self.ctx.services.allocatable,
-        )
+        )?;
+        eviction::admit(pod, self.ctx.evictions.pressure())
     }
 
     /// A pod is gone from the API server.
