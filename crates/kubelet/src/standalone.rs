@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::KubeletError;
 use crate::config::KubeletConfig;
 use crate::container::runner::NodeServices;
+use crate::eviction::Evictions;
 use crate::image::ImageStore;
 use crate::log::pods_log_root;
 use crate::metrics::KubeletMetrics;
@@ -54,8 +55,9 @@ pub async fn run(
     let storage = crate::node::host::Filesystem::of(&config.data_dir)
         .map(|fs| fs.total_bytes)
         .unwrap_or(0);
-    let allocatable =
-        NodeResources::allocatable(&config, &NodeResources::capacity(&config, &host, storage));
+    let capacity = NodeResources::capacity(&config, &host, storage);
+    let allocatable = NodeResources::allocatable(&config, &capacity);
+    let memory_bound = NodeResources::pods_memory_bound(&config, &capacity);
     let stop = CancellationToken::new();
     let statuses = status_dir(&config.data_dir);
     let status = StatusManager::new();
@@ -75,8 +77,12 @@ pub async fn run(
             stats,
             metrics: KubeletMetrics::new(&config.node_name),
             allocatable,
+            memory_bound,
         },
         status,
+        // No eviction manager here: static pods are never evicted (as upstream's critical
+        // static pods), only bounded by their limits.
+        evictions: Evictions::default(),
         dirs: PodDirs {
             pods: config.data_path("pods"),
             logs: pods_log_root(&config.data_dir),
