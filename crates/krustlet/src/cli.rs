@@ -55,15 +55,7 @@ pub enum Command {
     /// changed or removed. See the pods' state with `krustlet pods`, their output with
     /// `krustlet logs`.
     Standalone {
-        /// The directory of pod manifests.
-        #[arg(
-            long,
-            visible_alias = "pod-manifest-path",
-            env = "KRUSTLET_MANIFESTS",
-            value_name = "DIR"
-        )]
-        manifests: std::path::PathBuf,
-        /// Node settings (--data-dir, --node-name and the others of the node agent).
+        /// Node settings (--manifests is required here) (--data-dir, --node-name and the others of the node agent).
         #[command(flatten)]
         flags: Box<Flags>,
     },

@@ -46,7 +46,7 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: cli::Cli) -> anyhow::Result<()> {
-    let (flags, manifests) = match cli.command {
+    let (flags, standalone) = match cli.command {
         Some(cli::Command::Push {
             file,
             reference,
@@ -67,10 +67,17 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         }) => {
             return standalone::logs(&pod, container, &namespace, follow, previous, data_dir).await;
         }
-        Some(cli::Command::Standalone { manifests, flags }) => (*flags, Some(manifests)),
-        None => (cli.flags, None),
+        Some(cli::Command::Standalone { flags }) => (*flags, true),
+        None => (cli.flags, false),
     };
     let config = flags.merge_config_file()?.resolve()?;
+    let manifests = match (standalone, &config.manifests) {
+        (true, None) => anyhow::bail!(
+            "krustlet standalone needs --manifests DIR (a directory of pod manifests)"
+        ),
+        (true, Some(dir)) => Some(dir.clone()),
+        (false, _) => None,
+    };
     // Installed before anything else, so a SIGTERM at any point shuts down gracefully.
     let signals = shutdown::signalled().context("installing signal handlers")?;
     let shutdown = async {
@@ -79,13 +86,15 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     };
     let engine = krustlet_wasi::WasmEngine::new().context("starting the wasm engine")?;
     let runtime = Arc::new(krustlet_wasi::WasiRuntime::new(engine));
+    if let Some(dir) = &config.manifests
+        && !dir.is_dir()
+    {
+        anyhow::bail!(
+            "--manifests {}: not a directory (create it and put pod manifests in it)",
+            dir.display()
+        );
+    }
     if let Some(manifests) = manifests {
-        if !manifests.is_dir() {
-            anyhow::bail!(
-                "--manifests {}: not a directory (create it and put pod manifests in it)",
-                manifests.display()
-            );
-        }
         return kubelet::standalone::run(config, manifests, runtime, shutdown)
             .await
             .context("standalone");

@@ -190,6 +190,18 @@ pub struct Flags {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kube_reserved: Option<Vec<Reservation>>,
+
+    /// Directory of static pod manifests (YAML or JSON, one Pod each; dotfiles ignored), run
+    /// without the scheduler as the kubelet's static pods. Connected, each also appears in the
+    /// API as a mirror pod; `krustlet standalone` needs it.
+    #[arg(
+        long,
+        visible_alias = "pod-manifest-path",
+        env = "KRUSTLET_MANIFESTS",
+        value_name = "DIR"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifests: Option<PathBuf>,
 }
 
 /// Errors in the configuration; each names the setting and what is allowed.
@@ -275,6 +287,8 @@ pub struct KubeletConfig {
     pub system_reserved: Vec<Reservation>,
     /// Reserved for Krustlet.
     pub kube_reserved: Vec<Reservation>,
+    /// Static pod manifests, if any.
+    pub manifests: Option<PathBuf>,
 }
 
 impl Flags {
@@ -354,6 +368,7 @@ impl Flags {
             container_log_max_rate: self.container_log_max_rate.map_or(2 << 20, |q| q.0),
             system_reserved: self.system_reserved.unwrap_or_default(),
             kube_reserved: self.kube_reserved.unwrap_or_default(),
+            manifests: self.manifests,
             data_dir,
         };
         // A log entry is at most 16 KiB and a little; a file must hold at least one.

@@ -26,7 +26,9 @@ use crate::node::shutdown::SHUTDOWN_MESSAGE;
 use crate::node::status::{StatusInputs, StatusReporter, registration_backoff};
 use crate::pod::api::ApiLink;
 use crate::pod::events::PodEvents;
-use crate::pod::source;
+use crate::pod::mirror::{MirrorPods, MirrorUids};
+use crate::pod::source::{self, StaticPods};
+use crate::pod::static_pods::ManifestDir;
 use crate::pod::status::{StatusManager, StatusSink};
 use crate::pod::worker::{PodDirs, WorkerContext};
 use crate::pod::workers::PodWorkers;
@@ -166,6 +168,7 @@ impl Kubelet {
             config.node_name.clone(),
             config.node_lease_duration_seconds,
         );
+        let node_uid_for_mirrors = node_uid.clone();
         let lease_task = tokio::spawn(lease.run(node_uid, stop.clone()));
         let status_task = tokio::spawn(reporter.run(readiness, stop.clone()));
         tokio::spawn(bootstrap::rotate_client_certificate(
@@ -174,7 +177,12 @@ impl Kubelet {
             stop.clone(),
         ));
         let status = StatusManager::new();
-        tokio::spawn(status.clone().run(StatusSink::Api(clients.clone())));
+        let mirror_uids = MirrorUids::default();
+        tokio::spawn(
+            status
+                .clone()
+                .run(StatusSink::Api(clients.clone(), mirror_uids.clone())),
+        );
         let stats = Stats::new();
         tokio::spawn(stats.clone().run_sampler(stop.clone()));
         let metrics = KubeletMetrics::new(&config.node_name);
@@ -215,6 +223,7 @@ impl Kubelet {
         tokio::spawn(eviction.run(stop.clone()));
 
         let (serving_tx, serving) = watch::channel(None);
+        let status_for_mirrors = status.clone();
         let view = NodeView {
             pods: workers.known_pods(),
             status,
@@ -237,8 +246,18 @@ impl Kubelet {
                 config.node_name.clone(),
                 source_stop.clone(),
             );
+            let statics = config.manifests.clone().map(|dir| StaticPods {
+                dir: ManifestDir::new(dir, &node, None),
+                mirrors: MirrorPods::new(
+                    clients.clone(),
+                    &node,
+                    node_uid_for_mirrors,
+                    mirror_uids,
+                    status_for_mirrors,
+                ),
+            });
             tokio::spawn(async move {
-                source::run(client, &node, &mut workers, stop).await;
+                source::run(client, &node, &mut workers, statics, stop).await;
                 workers
             })
         };

@@ -209,3 +209,88 @@ async fn krustlet_pods_without_a_standalone_krustlet_says_what_to_run() {
         "{stderr}"
     );
 }
+
+/// A connected node with `--manifests`: static pods run from the directory and appear in the
+/// API as mirror pods, which come back when deleted and go when the file does.
+#[tokio::test]
+async fn static_pods_of_a_connected_node_appear_as_mirror_pods() {
+    use k8s_openapi::api::core::v1::Pod;
+    use krustlet_e2e::pods::{phase, wait_for, wait_gone};
+    use krustlet_e2e::{KrustletNode, TestNamespace, kubectl};
+    use kube::api::DeleteParams;
+
+    let ns = TestNamespace::new("mirror").await.expect("namespace");
+    let manifests = tempfile::tempdir().expect("tempdir");
+    let dir = manifests.path().display().to_string();
+    let node = KrustletNode::start(KRUSTLET, "mirror", &["--manifests", &dir]).expect("start node");
+    node.wait_ready("True", LONG).await.expect("node ready");
+    let file = manifests.path().join("web.yaml");
+    let manifest = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "namespace": ns.name(), "labels": {"app": "web"}},
+        "spec": {"terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "app", "image": workloads::multitool(), "args": ["print", "static", "tick", "0", "300"]}]}
+    });
+    std::fs::write(&file, manifest.to_string()).expect("write manifest");
+    let name = format!("web-{}", node.name());
+    let pods = ns.api::<Pod>();
+    let mirror = wait_for(&pods, &name, LONG, "a Running mirror pod", |p| {
+        phase(p) == "Running"
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\nnode log:\n{}", node.log()));
+    let annotations = mirror.metadata.annotations.clone().unwrap_or_default();
+    let hash = annotations
+        .get("kubernetes.io/config.mirror")
+        .expect("config.mirror annotation");
+    assert_eq!(annotations.get("kubernetes.io/config.hash"), Some(hash));
+    assert_eq!(
+        annotations
+            .get("kubernetes.io/config.source")
+            .map(String::as_str),
+        Some("file")
+    );
+    assert_ne!(
+        mirror.metadata.uid.as_ref(),
+        Some(hash),
+        "the API gives the mirror its own UID"
+    );
+    let owner = &mirror.metadata.owner_references.clone().unwrap_or_default()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Node", node.name())
+    );
+    assert_eq!(
+        mirror.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some(node.name())
+    );
+    // kubectl logs works through the kubelet API, as for any pod.
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let out = kubectl(&["-n", ns.name(), "logs", &name]).unwrap_or_default();
+        if out.contains("static") && out.contains("tick 1") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "kubectl logs: {out}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Deleted in the API: the node creates it again (a new UID), the static pod runs on.
+    pods.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete mirror");
+    let old_uid = mirror.metadata.uid.clone();
+    wait_for(&pods, &name, LONG, "re-created and Running", |p| {
+        p.metadata.uid != old_uid
+            && p.metadata.deletion_timestamp.is_none()
+            && phase(p) == "Running"
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\nnode log:\n{}", node.log()));
+
+    // The file removed: the mirror pod goes.
+    std::fs::remove_file(&file).expect("remove manifest");
+    wait_gone(&pods, &name, LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\nnode log:\n{}", node.log()));
+}

@@ -5,6 +5,7 @@ pub mod api;
 pub mod backoff;
 pub mod events;
 pub mod known;
+pub mod mirror;
 pub mod phase;
 pub mod source;
 pub mod static_pods;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Pod, PodStatus, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -91,6 +91,20 @@ pub fn pod_from_manifest(
         return Err(invalid("spec.containers is empty".into()));
     }
     spec.node_name = Some(node_name.into());
+    // As upstream: static pods tolerate every NoExecute taint, so that their mirror pods are
+    // not evicted by node problems (or by the wasm taint of this node).
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    if !tolerations.iter().any(|t| {
+        t.operator.as_deref() == Some("Exists")
+            && t.key.is_none()
+            && t.effect.as_deref() == Some("NoExecute")
+    }) {
+        tolerations.push(Toleration {
+            operator: Some("Exists".into()),
+            effect: Some("NoExecute".into()),
+            ..Default::default()
+        });
+    }
     let uid = pod
         .metadata
         .uid
@@ -252,6 +266,11 @@ impl ManifestDir {
             pod.status = Some(status);
         }
         pod
+    }
+
+    /// The pods currently read from the directory.
+    pub fn pods(&self) -> Vec<Arc<Pod>> {
+        self.files.values().filter_map(|l| l.pod.clone()).collect()
     }
 
     /// Keys of the pods currently read from the directory.

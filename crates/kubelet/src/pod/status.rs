@@ -16,6 +16,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
 use tokio::sync::{Notify, watch};
 
+use crate::pod::mirror::MirrorUids;
+
 /// Which pod a status belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PodKey {
@@ -55,8 +57,9 @@ struct Entry {
 /// Where pod statuses go.
 #[derive(Clone)]
 pub enum StatusSink {
-    /// The status subresource of the pod in the API server, with the newest client.
-    Api(watch::Receiver<kube::Client>),
+    /// The status subresource of the pod in the API server, with the newest client; static
+    /// pods' statuses go to their mirror pods.
+    Api(watch::Receiver<kube::Client>, MirrorUids),
     /// Standalone mode: one `<namespace>_<name>_<uid>.json` per pod in this directory, a Pod
     /// with metadata and status; removed when the pod is forgotten.
     Files(PathBuf),
@@ -73,9 +76,13 @@ enum Sent {
 impl StatusSink {
     async fn send(&self, key: &PodKey, status: &PodStatus) -> Sent {
         match self {
-            Self::Api(clients) => {
+            Self::Api(clients, mirrors) => {
                 let client = clients.borrow().clone();
-                match patch(&client, key, status).await {
+                let target = PodKey {
+                    uid: mirrors.translate(&key.uid),
+                    ..key.clone()
+                };
+                match patch(&client, &target, status).await {
                     Ok(()) => Sent::Ok,
                     Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Sent::Gone,
                     Err(error) => Sent::Failed(error.to_string()),
@@ -156,6 +163,18 @@ impl StatusManager {
         }
         entry.latest = Some(status);
         entry.generation += 1;
+        drop(entries);
+        self.inner.dirty.notify_one();
+    }
+
+    /// Sends the newest status of a pod again even if unchanged (its target changed: a new
+    /// mirror pod).
+    pub fn resend(&self, key: &PodKey) {
+        let mut entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = entries.get_mut(key) {
+            entry.sent = None;
+            entry.generation += 1;
+        }
         drop(entries);
         self.inner.dirty.notify_one();
     }
