@@ -221,6 +221,22 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_file_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/systemd/krustlet.yaml");
+        let flags = Flags {
+            config: Some(path),
+            ..Default::default()
+        };
+        let config = flags
+            .merge_config_file()
+            .and_then(Flags::resolve)
+            .expect("deploy/systemd/krustlet.yaml is a valid config file");
+        assert_eq!(config.node_name, "wasm-node-1");
+        assert_eq!(config.max_pods, 110);
+    }
+
+    #[test]
     fn every_flag_is_in_the_reference() {
         let reference = configuration_reference();
         for arg in Flags::augment_args(Command::new("flags")).get_arguments() {
