@@ -125,6 +125,11 @@ async fn static_pods_follow_their_manifests_and_survive_a_restart() {
         .expect("krustlet output");
     let out = krustlet.command(&["logs", &done]).expect("krustlet output");
     assert_eq!(out, "finished\n");
+    // -f on a finished run prints it and ends.
+    let out = krustlet
+        .command(&["logs", "-f", &done])
+        .expect("krustlet output");
+    assert_eq!(out, "finished\n");
 
     // A pod that needs the API server says so instead of hanging silently.
     let needs_api = krustlet.pod_name("needs-api");

@@ -358,7 +358,7 @@ mod tests {
         // Same content, same UID; edited content, a new one.
         let again = pod_from_manifest(path, MANIFEST.as_bytes(), "Node-1").expect("valid manifest");
         assert_eq!(again.metadata.uid.as_deref(), Some(uid.as_str()));
-        let edited = MANIFEST.replace("v1\n", "v2\n");
+        let edited = MANIFEST.replace("app:v1", "app:v2");
         let changed = pod_from_manifest(path, edited.as_bytes(), "Node-1").expect("valid manifest");
         assert_ne!(changed.metadata.uid.as_deref(), Some(uid.as_str()));
     }
