@@ -60,6 +60,11 @@ pub async fn run(
     let memory_bound = NodeResources::pods_memory_bound(&config, &capacity);
     let stop = CancellationToken::new();
     let statuses = status_dir(&config.data_dir);
+    // Created now, so `krustlet pods` can tell "running, no pods yet" from "not running".
+    std::fs::create_dir_all(&statuses).map_err(|source| KubeletError::DataDir {
+        path: statuses.clone(),
+        source,
+    })?;
     let status = StatusManager::new();
     tokio::spawn(status.clone().run(StatusSink::Files(statuses.clone())));
     let stats = Stats::new();
