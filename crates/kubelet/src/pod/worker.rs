@@ -570,11 +570,15 @@ impl Worker {
             &now,
         );
         let ip = self.ctx.services.node_ip.clone();
+        // An evicted or rejected pod whose containers have already stopped is Failed before
+        // the final status: it carries its reason from the first Failed on, so nobody sees a
+        // Failed pod without one.
+        let terminal = phase == "Failed" || phase == "Succeeded";
         let (reason, message) = match (self.shutdown_reason, &self.terminal_reason) {
             (Some((reason, message)), _) if final_status => {
                 (Some(reason.to_string()), Some(message.to_string()))
             }
-            (_, Some((reason, message))) if final_status => {
+            (_, Some((reason, message))) if final_status || terminal => {
                 (Some(reason.clone()), Some(message.clone()))
             }
             _ => (None, None),
