@@ -15,6 +15,7 @@
 
 pub mod cluster;
 pub mod kubectl;
+pub mod kubelet_api;
 pub mod namespace;
 pub mod node;
 pub mod pods;

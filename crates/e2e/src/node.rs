@@ -20,6 +20,7 @@ pub struct KrustletNode {
     data_dir: TempDir,
     port: u16,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -35,6 +36,16 @@ impl KrustletNode {
     /// Starts `binary` (the test's `CARGO_BIN_EXE_krustlet-e2e-node`) as a new node that joins
     /// through TLS bootstrap with the cluster's bootstrap token. `extra_args` are appended.
     pub fn start(binary: &str, prefix: &str, extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(binary, prefix, extra_args, &[])
+    }
+
+    /// [`KrustletNode::start`] with extra environment variables for the process.
+    pub fn start_with_env(
+        binary: &str,
+        prefix: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "{prefix}-{}-{}",
@@ -47,6 +58,10 @@ impl KrustletNode {
             data_dir: tempfile::Builder::new().prefix("krustlet-e2e-").tempdir()?,
             port: free_port(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         node.spawn()?;
@@ -82,6 +97,7 @@ impl KrustletNode {
         let mut command = Command::new(&self.binary);
         command
             .args(self.args())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -85,7 +85,10 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         tracing::info!(signal, "received shutdown signal");
     };
     let engine = krustlet_wasi::WasmEngine::new().context("starting the wasm engine")?;
-    let runtime = Arc::new(krustlet_wasi::WasiRuntime::new(engine));
+    let runtime = Arc::new(krustlet_wasi::WasiRuntime::with_compile_cache(
+        engine,
+        config.data_path("images/compiled"),
+    ));
     if let Some(dir) = &config.manifests
         && !dir.is_dir()
     {

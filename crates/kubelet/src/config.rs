@@ -191,6 +191,34 @@ pub struct Flags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kube_reserved: Option<Vec<Reservation>>,
 
+    /// A registry reached over plain HTTP instead of TLS, host[:port]; repeatable. Registries on
+    /// loopback always use plain HTTP.
+    #[arg(long, env = "KRUSTLET_INSECURE_REGISTRY", value_name = "HOST[:PORT]")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure_registry: Option<Vec<String>>,
+
+    /// Disk use of the data dir's filesystem, in percent, at which image GC starts; 100
+    /// disables it. [default: 85]
+    #[arg(long, env = "KRUSTLET_IMAGE_GC_HIGH_THRESHOLD", value_name = "PERCENT",
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_gc_high_threshold: Option<u8>,
+
+    /// Disk use, in percent, image GC brings the filesystem below. [default: 80]
+    #[arg(long, env = "KRUSTLET_IMAGE_GC_LOW_THRESHOLD", value_name = "PERCENT",
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_gc_low_threshold: Option<u8>,
+
+    /// How long an image must be unused before image GC may remove it. [default: 2m]
+    #[arg(long, env = "KRUSTLET_IMAGE_MINIMUM_GC_AGE", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "opt_duration"
+    )]
+    pub image_minimum_gc_age: Option<Duration>,
+
     /// Directory of static pod manifests (YAML or JSON, one Pod each; dotfiles ignored), run
     /// without the scheduler as the kubelet's static pods. Connected, each also appears in the
     /// API as a mirror pod; `krustlet standalone` needs it.
@@ -287,6 +315,11 @@ pub struct KubeletConfig {
     pub system_reserved: Vec<Reservation>,
     /// Reserved for Krustlet.
     pub kube_reserved: Vec<Reservation>,
+    /// Registries reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// When image GC runs.
+    #[serde(skip)]
+    pub image_gc: crate::image::gc::GcPolicy,
     /// Static pod manifests, if any.
     pub manifests: Option<PathBuf>,
 }
@@ -368,6 +401,14 @@ impl Flags {
             container_log_max_rate: self.container_log_max_rate.map_or(2 << 20, |q| q.0),
             system_reserved: self.system_reserved.unwrap_or_default(),
             kube_reserved: self.kube_reserved.unwrap_or_default(),
+            insecure_registries: self.insecure_registry.unwrap_or_default(),
+            image_gc: crate::image::gc::GcPolicy {
+                high_percent: self.image_gc_high_threshold.unwrap_or(85),
+                low_percent: self.image_gc_low_threshold.unwrap_or(80),
+                minimum_age: self
+                    .image_minimum_gc_age
+                    .unwrap_or(Duration::from_secs(120)),
+            },
             manifests: self.manifests,
             data_dir,
         };
@@ -385,6 +426,15 @@ impl Flags {
             return Err(ConfigError::Invalid {
                 flag: "container-log-max-files",
                 message: "must be at least 2 (the current file and one rotated)".into(),
+            });
+        }
+        if config.image_gc.low_percent > config.image_gc.high_percent {
+            return Err(ConfigError::Invalid {
+                flag: "image-gc-low-threshold",
+                message: format!(
+                    "{} is above --image-gc-high-threshold {}; the low threshold must not exceed the high one",
+                    config.image_gc.low_percent, config.image_gc.high_percent
+                ),
             });
         }
         if config.node_status_update_frequency.is_zero() {

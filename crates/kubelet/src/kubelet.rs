@@ -124,7 +124,11 @@ impl Kubelet {
         let (readiness_tx, readiness) = watch::channel(Readiness::Ready);
         let stop = CancellationToken::new();
 
-        let images = Arc::new(ImageStore::new(config.data_path("images"))?);
+        let images = Arc::new(ImageStore::new(
+            config.data_path("images"),
+            config.insecure_registries.clone(),
+        )?);
+        let (images_tx, images_rx) = watch::channel(Vec::new());
         let host = HostInfo::read();
         let storage = crate::node::host::Filesystem::of(&config.data_dir)
             .map(|fs| fs.total_bytes)
@@ -135,6 +139,7 @@ impl Kubelet {
         let inputs = StatusInputs {
             host,
             runtime_version: self.runtime.version(),
+            images: images_rx,
         };
         let mut reporter = StatusReporter::new(config.clone(), inputs, clients.clone(), uid_tx);
         tokio::pin!(shutdown);
@@ -193,7 +198,7 @@ impl Kubelet {
         let ctx = WorkerContext {
             services: NodeServices {
                 runtime: self.runtime.clone(),
-                images,
+                images: images.clone(),
                 events: PodEvents::new(ApiLink::Connected(clients.clone()), &config.node_name),
                 node_name: config.node_name.clone(),
                 node_labels: crate::node::registration::labels(&config),
@@ -237,6 +242,14 @@ impl Kubelet {
             config.clone(),
             clients.clone(),
             serving_tx,
+            stop.clone(),
+        ));
+
+        tokio::spawn(crate::image::gc::run(
+            images.clone(),
+            config.data_dir.clone(),
+            config.image_gc,
+            images_tx,
             stop.clone(),
         ));
         let source_stop = CancellationToken::new();

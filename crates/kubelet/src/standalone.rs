@@ -50,7 +50,10 @@ pub async fn run(
         path: config.data_dir.clone(),
         source,
     })?;
-    let images = Arc::new(ImageStore::new(config.data_path("images"))?);
+    let images = Arc::new(ImageStore::new(
+        config.data_path("images"),
+        config.insecure_registries.clone(),
+    )?);
     let host = HostInfo::read();
     let storage = crate::node::host::Filesystem::of(&config.data_dir)
         .map(|fs| fs.total_bytes)

@@ -6,10 +6,12 @@
 //!
 //! - [`engine`]: the one wasmtime [`wasmtime::Engine`] per process and its epoch ticker.
 //! - [`module`]: compiling bytes into a [`Program`], telling modules from components.
+//! - [`cache`]: compiled programs kept in memory and on disk, keyed by digest and engine.
 //! - [`run`]: running a [`Program`] to completion with a [`RunSpec`], yielding an [`Exit`].
 //! - [`memory`]: `limits.memory` through a resource limiter; `cpu` (private): CPU accounting and
 //!   `limits.cpu` throttling at epoch ticks.
 
+pub mod cache;
 mod cpu;
 pub mod engine;
 pub mod log;
@@ -19,6 +21,7 @@ pub mod module;
 pub mod run;
 pub mod runtime;
 
+pub use cache::{CacheOutcome, CompileCache};
 pub use engine::WasmEngine;
 pub use module::{Program, ProgramKind};
 pub use run::{Exit, Mount, RunError, RunSpec};

@@ -1,7 +1,7 @@
 //! [`WasiRuntime`]: the kubelet's [`Runtime`] on wasmtime.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -10,61 +10,71 @@ use kubelet::runtime::{
 };
 use tokio::sync::oneshot;
 
+use crate::cache::{CacheOutcome, CompileCache};
 use crate::engine::WasmEngine;
 use crate::metrics::WasiMetrics;
 use crate::module::Program;
 use crate::run::{Exit, Mount, RunSpec};
 
-/// Runs containers as WASI programs; compiles each program once per process.
+/// Runs containers as WASI programs; compiles each program once (see [`CompileCache`]).
 #[derive(Clone)]
 pub struct WasiRuntime {
     engine: WasmEngine,
-    programs: Arc<Mutex<HashMap<String, Program>>>,
+    programs: Arc<CompileCache>,
     metrics: WasiMetrics,
 }
 
 impl WasiRuntime {
-    /// A runtime on `engine`.
+    /// A runtime on `engine` that keeps compiled programs in memory only.
     pub fn new(engine: WasmEngine) -> Self {
         Self {
+            programs: Arc::new(CompileCache::new(engine.clone(), None)),
             engine,
-            programs: Arc::default(),
             metrics: WasiMetrics::default(),
         }
     }
 
-    /// The compiled program for `spec`, from the cache or compiled now (off the async threads:
-    /// compiling is CPU-bound).
-    async fn program(&self, spec: &ContainerSpec) -> Result<Program, RuntimeError> {
-        let key = spec.program_digest.clone();
-        if let Some(program) = self
-            .programs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
-            self.metrics.hit("memory");
-            return Ok(program.clone());
+    /// A runtime on `engine` that also keeps compiled programs under `dir`, so a restarted
+    /// process skips compilation.
+    pub fn with_compile_cache(engine: WasmEngine, dir: PathBuf) -> Self {
+        Self {
+            programs: Arc::new(CompileCache::new(engine.clone(), Some(dir))),
+            engine,
+            metrics: WasiMetrics::default(),
         }
-        let compile_started = std::time::Instant::now();
-        let engine = self.engine.clone();
-        let path = spec.program.clone();
-        let compiled = tokio::task::spawn_blocking(move || {
-            let bytes =
-                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            Program::compile(&engine, &bytes).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| create_error(format!("compiling the program panicked: {e}")))?
-        .map_err(create_error)?;
-        self.metrics
-            .compile_seconds
-            .observe(compile_started.elapsed().as_secs_f64());
-        self.programs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, compiled.clone());
-        Ok(compiled)
+    }
+
+    /// The compiled program for `spec` and where it came from (off the async threads:
+    /// compiling and loading are CPU-bound).
+    async fn program(&self, spec: &ContainerSpec) -> Result<(Program, CacheOutcome), RuntimeError> {
+        let digest = spec.program_digest.clone();
+        let started = std::time::Instant::now();
+        let found = match self.programs.in_memory(&digest) {
+            Some(program) => (program, CacheOutcome::Memory),
+            None => {
+                let (cache, path, key) =
+                    (self.programs.clone(), spec.program.clone(), digest.clone());
+                tokio::task::spawn_blocking(move || cache.get(&key, &path))
+                    .await
+                    .map_err(|e| create_error(format!("compiling the program panicked: {e}")))?
+                    .map_err(create_error)?
+            }
+        };
+        match found.1 {
+            CacheOutcome::Compiled => self
+                .metrics
+                .compile_seconds
+                .observe(started.elapsed().as_secs_f64()),
+            outcome => self.metrics.hit(outcome.as_str()),
+        }
+        if found.1 != CacheOutcome::Compiled {
+            tracing::info!(
+                "compile cache hit ({}) for {digest} in {:?}",
+                found.1.as_str(),
+                started.elapsed()
+            );
+        }
+        Ok(found)
     }
 }
 
@@ -86,7 +96,7 @@ impl Runtime for WasiRuntime {
 
     fn start(&self, spec: ContainerSpec) -> BoxFuture<'_, Result<RunningContainer, RuntimeError>> {
         async move {
-            let program = self.program(&spec).await?;
+            let (program, _outcome) = self.program(&spec).await?;
             let usage = Arc::new(Usage::default());
             let run = RunSpec {
                 args: spec.args,

@@ -5,9 +5,8 @@
 //! promptly.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
@@ -15,6 +14,7 @@ use k8s_openapi::api::certificates::v1::{
     CertificateSigningRequest, CertificateSigningRequestSpec,
 };
 use k8s_openapi::api::core::v1::Pod;
+use krustlet_e2e::kubelet_api::{https_client, identity_from_files, kubelet_get};
 use krustlet_e2e::node::shared_node;
 use krustlet_e2e::pods::{
     container_status, create, for_node, terminated, wait_for, wait_for_phase, wait_gone,
@@ -281,43 +281,6 @@ async fn kubectl_exec_fails_fast_with_a_clear_message() {
 
 /// A TLS client that trusts the cluster CA (so only the issued serving certificate passes) and
 /// presents `identity`, if any.
-fn https_client(
-    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-) -> reqwest::Client {
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(&cluster().ca_file).expect("ca file") {
-        roots.add(ca.expect("ca")).expect("add ca");
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots);
-    let tls = match identity {
-        Some((chain, key)) => builder
-            .with_client_auth_cert(chain, key)
-            .expect("client cert"),
-        None => builder.with_no_client_auth(),
-    };
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client")
-}
-
-fn identity_from_files(
-    cert: &Path,
-    key: &Path,
-) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    let chain = CertificateDer::pem_file_iter(cert)
-        .expect("cert")
-        .collect::<Result<Vec<_>, _>>()
-        .expect("certs");
-    (chain, PrivateKeyDer::from_pem_file(key).expect("key"))
-}
-
 /// A client certificate for `user` (no RBAC at all), issued by the cluster's
 /// kube-apiserver-client signer.
 async fn user_certificate(user: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
@@ -489,33 +452,6 @@ fn multitool_pod(name: &str, node: &str, args: &[&str], restart_policy: &str) ->
         }),
         node,
     )
-}
-
-/// GETs a kubelet API path on `node` as the API server does (its kubelet client certificate;
-/// the API server's node proxy refuses loopback addresses). Waits for the issued serving
-/// certificate, which is the only one the cluster CA verifies.
-pub(crate) async fn kubelet_get(node: &KrustletNode, path: &str) -> String {
-    let info = cluster();
-    let client = https_client(Some(identity_from_files(
-        &info.kubelet_client_cert_file,
-        &info.kubelet_client_key_file,
-    )));
-    let url = format!("https://127.0.0.1:{}{path}", node.port());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match client.get(&url).send().await {
-            Ok(response) => {
-                let status = response.status();
-                let body = response.text().await.expect("body");
-                assert_eq!(status, 200, "GET {path}: {body}");
-                return body;
-            }
-            Err(error) => {
-                assert!(Instant::now() < deadline, "GET {path}: {error:?}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
 }
 
 /// Waits until the scheduler may place pods on `node`: Ready, and no taints left but the wasm

@@ -14,6 +14,9 @@ use serde_json::json;
 use crate::KRUSTLET;
 
 const LONG: Duration = Duration::from_secs(120);
+/// Within this of an awaited object's creation the pod runs: the node watches the object, and
+/// its fallback retry comes only after 60 s.
+const WATCHED: Duration = Duration::from_secs(30);
 
 fn env_pod(
     name: &str,
@@ -121,7 +124,8 @@ async fn a_missing_config_map_waits_with_create_container_config_error_then_runs
     let message = waiting(&stuck, "main").and_then(|w| w.message.clone());
     assert_eq!(message.as_deref(), Some("configmap \"later\" not found"));
     create_config_map(&ns, "later", json!({"mode": "ready"})).await;
-    wait_for_phase(&pods, "waits", "Succeeded", LONG)
+    // The node watches the ConfigMap: it starts well before the 60 s fallback retry.
+    wait_for_phase(&pods, "waits", "Succeeded", WATCHED)
         .await
         .expect("runs once the ConfigMap exists");
     assert_eq!(
@@ -246,7 +250,7 @@ async fn a_volume_of_a_missing_config_map_fails_mount_until_it_exists() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     create_config_map(&ns, "later", json!({"mode": "ready"})).await;
-    wait_for_phase(&pods, "mountwait", "Succeeded", LONG)
+    wait_for_phase(&pods, "mountwait", "Succeeded", WATCHED)
         .await
         .expect("runs once the ConfigMap exists");
     assert_eq!(

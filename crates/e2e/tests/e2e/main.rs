@@ -6,6 +6,7 @@
 mod api;
 mod config;
 mod foundation;
+mod images;
 mod newcomer;
 mod node;
 mod pods;

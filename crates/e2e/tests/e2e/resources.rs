@@ -146,9 +146,10 @@ async fn cpu_limits_throttle_busy_loops_and_a_ticker_keeps_its_cadence() {
     );
 
     // Per pod, as /stats/summary reports it (the rate over the last 10 s sample period).
-    let summary: serde_json::Value =
-        serde_json::from_str(&crate::api::kubelet_get(&node, "/stats/summary").await)
-            .expect("summary");
+    let summary: serde_json::Value = serde_json::from_str(
+        &krustlet_e2e::kubelet_api::kubelet_get(&node, "/stats/summary").await,
+    )
+    .expect("summary");
     for name in ["spin-a", "spin-b"] {
         let pod = summary["pods"]
             .as_array()

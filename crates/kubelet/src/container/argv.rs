@@ -39,23 +39,28 @@ pub fn expand(input: &str, env: &HashMap<String, String>) -> String {
     out
 }
 
-/// The argv a container runs with: `command` (argv\[0\] first) or else the image's entrypoint
-/// or else `default_argv0`, then `args`; every element `$(VAR)`-expanded.
+/// The argv a container runs with, by Kubernetes' rules for `command`/`args` over the image's
+/// `Entrypoint`/`Cmd`: `command` replaces the entrypoint (and drops `Cmd`); `args` replace
+/// `Cmd`. An image with neither (a wasm artifact) runs as `default_argv0`. Every element is
+/// `$(VAR)`-expanded.
 pub fn argv(
     command: &[String],
     args: &[String],
-    image_entrypoint: &[String],
+    image: (&[String], &[String]),
     default_argv0: &str,
     env: &HashMap<String, String>,
 ) -> Vec<String> {
-    let head: Vec<String> = if !command.is_empty() {
-        command.to_vec()
-    } else if !image_entrypoint.is_empty() {
-        image_entrypoint.to_vec()
+    let (entrypoint, cmd) = image;
+    let (head, tail): (Vec<String>, &[String]) = if !command.is_empty() {
+        (command.to_vec(), args)
+    } else if entrypoint.is_empty() && cmd.is_empty() {
+        (vec![default_argv0.to_string()], args)
+    } else if !args.is_empty() {
+        (entrypoint.to_vec(), args)
     } else {
-        vec![default_argv0.to_string()]
+        (entrypoint.to_vec(), cmd)
     };
-    head.iter().chain(args).map(|a| expand(a, env)).collect()
+    head.iter().chain(tail).map(|a| expand(a, env)).collect()
 }
 
 #[cfg(test)]
@@ -82,19 +87,35 @@ mod tests {
     }
 
     #[test]
-    fn argv_prefers_command_then_entrypoint_then_module_name() {
+    fn argv_follows_kubernetes_command_and_args_rules() {
         let e = env();
         let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            argv(&s(&["tool.wasm", "x"]), &s(&["--flag"]), &[], "m", &e),
+            argv(
+                &s(&["tool.wasm", "x"]),
+                &s(&["--flag"]),
+                (&[], &[]),
+                "m",
+                &e
+            ),
             s(&["tool.wasm", "x", "--flag"])
         );
+        let (ep, cmd) = (s(&["ep"]), s(&["default"]));
         assert_eq!(
-            argv(&[], &s(&["$(NAME)"]), &s(&["ep"]), "m", &e),
+            argv(&[], &s(&["$(NAME)"]), (&ep, &cmd), "m", &e),
             s(&["ep", "wasm"])
         );
+        assert_eq!(argv(&[], &[], (&ep, &cmd), "m", &e), s(&["ep", "default"]));
         assert_eq!(
-            argv(&[], &s(&["--flag"]), &[], "multitool", &e),
+            argv(&s(&["/other.wasm"]), &[], (&ep, &cmd), "m", &e),
+            s(&["/other.wasm"])
+        );
+        assert_eq!(
+            argv(&[], &s(&["/x.wasm"]), (&[], &cmd), "m", &e),
+            s(&["/x.wasm"])
+        );
+        assert_eq!(
+            argv(&[], &s(&["--flag"]), (&[], &[]), "multitool", &e),
             s(&["multitool", "--flag"])
         );
     }

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use kube::api::Api;
 
 use crate::container::argv::expand;
+use crate::container::config_watch::{Kind, ObjectRef};
 use crate::container::downward::{field_value, resource_value};
 use crate::node::allocatable::NodeResources;
 use crate::pod::api::{ApiLink, NoApiServer};
@@ -85,6 +86,22 @@ pub struct EnvObjects {
 }
 
 impl EnvObjects {
+    /// The objects as last read, for [`crate::container::config_watch::changed`].
+    pub fn references(&self) -> Vec<ObjectRef> {
+        let refs = |kind, map: &HashMap<String, Option<BTreeMap<String, String>>>| {
+            map.iter()
+                .map(|(name, data)| ObjectRef {
+                    kind,
+                    name: name.clone(),
+                    existed: data.is_some(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut all = refs(Kind::ConfigMap, &self.config_maps);
+        all.extend(refs(Kind::Secret, &self.secrets));
+        all
+    }
+
     /// Fetches every ConfigMap and Secret `container`'s environment names, from `namespace`.
     /// The node may read exactly these (the Node authorizer allows objects its pods reference).
     pub async fn fetch(

@@ -2,6 +2,7 @@
 //! runs one container through its restarts.
 
 pub mod argv;
+pub mod config_watch;
 pub mod downward;
 pub mod env;
 pub mod runner;

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::{mpsc, watch};
 
-use crate::container::{argv, env};
+use crate::container::{argv, config_watch, env};
 use crate::image::{ImageStore, PullPolicy};
 use crate::log::rotation::{LogPolicy, prune_old_runs};
 use crate::log::writer::CriLogWriter;
@@ -84,9 +84,6 @@ pub enum Kind {
 
 /// The waiting reason for an environment that cannot be built yet.
 const CONFIG_ERROR: &str = "CreateContainerConfigError";
-/// How soon a container waiting on its configuration tries again (the objects it needs may
-/// appear any moment; a GET per object is cheap).
-const CONFIG_RETRY: Duration = Duration::from_secs(3);
 
 /// Asks a runner to stop: `Some(grace)` stops it within that grace period.
 pub type StopSignal = watch::Receiver<Option<Duration>>;
@@ -113,6 +110,15 @@ pub struct Runner {
     pub stop: StopSignal,
     /// Restart count to continue from (a restarted kubelet).
     pub restart_count: i32,
+}
+
+/// A duration as Go prints one (`523ms`, `1.204s`), as the kubelet's messages show it.
+fn go_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.3}s", d.as_secs_f64())
+    }
 }
 
 fn now() -> Time {
@@ -198,6 +204,32 @@ impl Runner {
         }
     }
 
+    /// Waits until an object the environment refers to appears or changes (or the fallback
+    /// timer); false if the runner is stopped meanwhile.
+    async fn wait_for_config(&self) -> bool {
+        if self.stopping().is_some() {
+            return false;
+        }
+        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let mut stop = self.stop.clone();
+        // Standalone: nothing can appear; the error stays until the manifest changes.
+        let Ok(client) = self.services.api.client(String::new) else {
+            return tokio::select! {
+                _ = tokio::time::sleep(config_watch::FALLBACK) => true,
+                _ = stop.wait_for(|s| s.is_some()) => false,
+            };
+        };
+        let refs =
+            match env::EnvObjects::fetch(&self.services.api, namespace, &self.container).await {
+                Ok(objects) => objects.references(),
+                Err(_) => Vec::new(),
+            };
+        tokio::select! {
+            _ = config_watch::changed(&client, namespace, &refs) => true,
+            _ = stop.wait_for(|s| s.is_some()) => false,
+        }
+    }
+
     /// Runs the container until it is done for good (by restart policy) or stopped. Returns
     /// the last termination, if it ever ran.
     pub async fn run(self) -> Option<Termination> {
@@ -213,6 +245,9 @@ impl Runner {
         self.report(&status);
         let mut backoff = Backoff::default();
         let mut last: Option<Termination> = None;
+        // Keeps image GC off this container's image while the runner lives (from before the
+        // pull, so a freshly pulled image is never collected before it starts).
+        let _in_use = self.services.images.acquire(&image);
         loop {
             if self.stopping().is_some() {
                 return last;
@@ -252,12 +287,12 @@ impl Runner {
                     self.warning("Failed", format!("Error: {message}")).await;
                     status.state = Some(waiting(reason, Some(message)));
                     self.report(&status);
-                    let delay = if reason == CONFIG_ERROR {
-                        CONFIG_RETRY
+                    let go_on = if reason == CONFIG_ERROR {
+                        self.wait_for_config().await
                     } else {
-                        backoff.next_delay(Duration::ZERO)
+                        self.pause(backoff.next_delay(Duration::ZERO)).await
                     };
-                    if !self.pause(delay).await {
+                    if !go_on {
                         return last;
                     }
                     continue;
@@ -385,16 +420,32 @@ impl Runner {
             .await;
             return Ok(found);
         }
+        let registry = match crate::image::parse_reference(image) {
+            Ok(reference) => reference.resolve_registry().to_string(),
+            Err(error) => {
+                self.warning(
+                    "InspectFailed",
+                    format!("Failed to apply default image tag {image:?}: {error}"),
+                )
+                .await;
+                return Err((error.reason(), error.to_string()));
+            }
+        };
+        // Pull secrets live in the API; standalone pulls anonymously.
+        let keyring = match self.services.api.client(String::new) {
+            Ok(client) => crate::image::auth::pod_keyring(&client, &self.pod).await,
+            Err(_) => crate::image::auth::Keyring::default(),
+        };
         self.normal("Pulling", format!("Pulling image {image:?}"))
             .await;
         let started = Instant::now();
-        match images.pull(image, policy, None).await {
+        match images.pull(image, policy, keyring.lookup(&registry)).await {
             Ok((pulled, _)) => {
                 self.normal(
                     "Pulled",
                     format!(
-                        "Successfully pulled image {image:?} in {:?}. Image size: {} bytes.",
-                        started.elapsed(),
+                        "Successfully pulled image {image:?} in {}. Image size: {} bytes.",
+                        go_duration(started.elapsed()),
                         pulled.size_bytes
                     ),
                 )
@@ -448,10 +499,16 @@ impl Runner {
         let args = argv::argv(
             c.command.as_deref().unwrap_or_default(),
             c.args.as_deref().unwrap_or_default(),
-            &[],
+            (&pulled.entrypoint, &pulled.cmd),
             module_name,
             &env_map,
         );
+        let argv0 = args.first().map(String::as_str).unwrap_or_default();
+        let (program, program_digest) = self
+            .services
+            .images
+            .program_for(pulled, argv0)
+            .map_err(|message| ("CreateContainerError", message))?;
         let mut mounts = Vec::new();
         for (index, m) in c.volume_mounts.iter().flatten().enumerate() {
             if let Some(host) = self.volumes.get(&m.name) {
@@ -478,8 +535,8 @@ impl Runner {
         let id = format!("{}-{}-{restart_count}", &uid[..uid.len().min(8)], c.name);
         let spec = ContainerSpec {
             id: id.clone(),
-            program: pulled.program.clone(),
-            program_digest: pulled.program_digest.clone(),
+            program,
+            program_digest,
             args,
             env,
             mounts,

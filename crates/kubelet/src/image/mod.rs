@@ -1,25 +1,31 @@
 //! Images: pulling WebAssembly from OCI registries into a content-addressed store under the data
 //! dir, by the pod's pull policy.
 //!
-//! Store layout: `<root>/blobs/sha256/<hex>` holds verified blobs (written to a temp file, checked
-//! against their digest, then renamed, so a crash never leaves a bad blob that looks good);
-//! `<root>/refs/<reference>.json` records what a reference resolved to.
+//! `format.rs` tells the layouts apart (wasm artifacts, `wasi/wasm` images, indexes),
+//! `store.rs` keeps verified blobs and records, `auth.rs` reads pull secrets, `gc.rs` evicts
+//! unused images under disk pressure, `push.rs` publishes modules.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+pub mod auth;
+pub mod format;
+pub mod gc;
+pub mod push;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::{OciDescriptor, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-/// Layer media types that hold a wasm module or component.
-pub const WASM_LAYER_MEDIA_TYPES: &[&str] = &[
-    "application/wasm",
-    "application/vnd.wasm.content.layer.v1+wasm",
-];
+pub use format::WASM_LAYER_MEDIA_TYPES;
+use format::{ImageConfig, Layout};
+pub use push::{WASM_CONFIG_MEDIA_TYPE, push_wasm};
+use store::{Store, store_error};
 
 /// When to pull (the container's `imagePullPolicy`, with Kubernetes' defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,12 +76,43 @@ pub struct PulledImage {
     pub reference: String,
     /// `<repository>@<manifest digest>`, the container status's `imageID`.
     pub image_id: String,
-    /// The wasm blob's digest.
+    /// The default program's digest (the wasm layer, or the file the entrypoint names).
     pub program_digest: String,
-    /// The wasm file in the store.
+    /// The default program's file in the store.
     pub program: PathBuf,
-    /// The wasm blob's size.
+    /// The image's size: its blobs as the registry lists them.
     pub size_bytes: u64,
+    /// The image config's `Entrypoint` (format 3).
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    /// The image config's `Cmd` (format 3).
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// The wasm files of a format 3 image: path in the image -> blob digest.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    /// The config and layer blobs of a format 3 image.
+    #[serde(default)]
+    pub blobs: Vec<String>,
+}
+
+impl PulledImage {
+    /// Every blob this image keeps in the store.
+    pub fn all_blobs(&self) -> Vec<String> {
+        let mut all = vec![self.program_digest.clone()];
+        all.extend(self.files.values().cloned());
+        all.extend(self.blobs.iter().cloned());
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// The digest that names this image's content (`sha256:..` of `image_id`).
+    pub fn digest(&self) -> &str {
+        self.image_id
+            .rsplit_once('@')
+            .map_or(self.image_id.as_str(), |(_, d)| d)
+    }
 }
 
 /// Why an image could not be had; [`ImageError::reason`] is the container's waiting reason.
@@ -105,6 +142,30 @@ pub enum ImageError {
         /// The registry's or client's message.
         message: String,
     },
+    /// The registry wants credentials, or refused the ones given.
+    #[error(
+        "failed to pull image {image:?}: unauthorized: the registry {registry} requires authentication ({hint}): {message}"
+    )]
+    Unauthorized {
+        /// The reference.
+        image: String,
+        /// The registry host.
+        registry: String,
+        /// What to do about it.
+        hint: &'static str,
+        /// The registry's or client's message.
+        message: String,
+    },
+    /// The image is for another platform (a Linux container image, say).
+    #[error(
+        "image {image:?} is for {platform}, not wasi/wasm; Krustlet runs only WebAssembly images"
+    )]
+    WrongPlatform {
+        /// The reference.
+        image: String,
+        /// The platform(s) it is for.
+        platform: String,
+    },
     /// The image holds no WebAssembly.
     #[error("image {image:?} is not WebAssembly: {found}")]
     NotWasm {
@@ -114,7 +175,9 @@ pub enum ImageError {
         found: String,
     },
     /// A blob did not match its digest.
-    #[error("image {image:?}: blob {digest} failed verification: {message}")]
+    #[error(
+        "image {image:?}: blob {digest} failed digest verification: {message}; the registry's copy is corrupt (push the image again)"
+    )]
     Corrupt {
         /// The reference.
         image: String,
@@ -144,25 +207,53 @@ impl ImageError {
     }
 }
 
-/// The content-addressed image store.
+/// The content-addressed image store and its pulls.
 pub struct ImageStore {
-    root: PathBuf,
-    // One lock per reference, so concurrent pulls of one image download once.
+    store: Store,
+    insecure: Vec<String>,
+    // One lock per reference, so concurrent pulls of one image resolve it once...
     pulling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    // ...and one per blob, so two references to one content download it once.
+    blobs: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    in_use: Arc<Mutex<HashMap<String, usize>>>,
 }
 
-fn store_error(path: &Path) -> impl Fn(std::io::Error) -> ImageError + '_ {
-    move |e| ImageError::Store {
-        path: path.into(),
-        message: e.to_string(),
+/// Marks an image as used by a container while it is alive (image GC spares it).
+pub struct InUse {
+    image: String,
+    in_use: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        let mut map = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.image) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.image);
+            }
+        }
     }
 }
 
-/// A client for `registry` (plain HTTP on loopback, TLS elsewhere) and the auth to send.
-fn registry_client(registry: &str, credentials: Option<&Credentials>) -> (Client, RegistryAuth) {
+fn lock_for(
+    map: &Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    key: &str,
+) -> Arc<tokio::sync::Mutex<()>> {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.entry(key.to_string()).or_default().clone()
+}
+
+/// A client for `registry` and the auth to send: plain HTTP on loopback and for registries
+/// listed in `insecure` (`--insecure-registry`), TLS elsewhere.
+pub(crate) fn registry_client(
+    registry: &str,
+    credentials: Option<&Credentials>,
+    insecure: &[String],
+) -> (Client, RegistryAuth) {
     // reqwest (under oci-client) has no TLS provider of its own here; use ring, as kube does.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let protocol = if is_loopback(registry) {
+    let protocol = if is_loopback(registry) || insecure.iter().any(|r| r == registry) {
         ClientProtocol::Http
     } else {
         ClientProtocol::Https
@@ -184,42 +275,120 @@ fn is_loopback(registry: &str) -> bool {
     host == "localhost" || host.starts_with("127.") || host == "[::1]"
 }
 
+/// Whether `digest` is a well-formed sha256 digest (it becomes a file name).
+fn valid_digest(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Turns a registry client error into what the user should read.
+fn pull_error(
+    image: &str,
+    registry: &str,
+    authenticated: bool,
+    error: OciDistributionError,
+) -> ImageError {
+    let unauthorized = match &error {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => true,
+        OciDistributionError::ServerError { code, .. } => *code == 401 || *code == 403,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
+        _ => false,
+    };
+    if unauthorized {
+        return ImageError::Unauthorized {
+            image: image.into(),
+            registry: registry.into(),
+            hint: if authenticated {
+                "it refused the credentials from the pod's imagePullSecrets"
+            } else {
+                "the pod has no imagePullSecrets entry for it"
+            },
+            message: error.to_string(),
+        };
+    }
+    if let OciDistributionError::DigestError(oci_client::errors::DigestError::VerificationError {
+        expected,
+        actual,
+    }) = &error
+    {
+        return ImageError::Corrupt {
+            image: image.into(),
+            digest: expected.clone(),
+            message: format!("content hashes to {actual}"),
+        };
+    }
+    ImageError::Pull {
+        image: image.into(),
+        registry: registry.into(),
+        message: error.to_string(),
+    }
+}
+
 impl ImageStore {
-    /// A store rooted at `root` (created if missing).
-    pub fn new(root: PathBuf) -> Result<Self, ImageError> {
-        std::fs::create_dir_all(root.join("blobs/sha256")).map_err(store_error(&root))?;
-        std::fs::create_dir_all(root.join("refs")).map_err(store_error(&root))?;
+    /// A store rooted at `root` (created if missing); `insecure` registries use plain HTTP.
+    pub fn new(root: PathBuf, insecure: Vec<String>) -> Result<Self, ImageError> {
         Ok(Self {
-            root,
-            pulling: Mutex::new(HashMap::new()),
+            store: Store::open(root)?,
+            insecure,
+            pulling: Mutex::default(),
+            blobs: Mutex::default(),
+            in_use: Arc::default(),
         })
     }
 
-    fn ref_path(&self, image: &str) -> PathBuf {
-        let escaped: String = image
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.root.join("refs").join(format!("{escaped}.json"))
-    }
-
-    fn blob_path(&self, digest: &str) -> PathBuf {
-        self.root
-            .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"))
+    /// The files of the store.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The stored image for `image`, if any.
     pub fn lookup(&self, image: &str) -> Option<PulledImage> {
-        let text = std::fs::read(self.ref_path(image)).ok()?;
-        let pulled: PulledImage = serde_json::from_slice(&text).ok()?;
-        pulled.program.exists().then_some(pulled)
+        self.store.lookup(image)
+    }
+
+    /// Marks `image` in use until the guard is dropped, and as used now.
+    pub fn acquire(&self, image: &str) -> InUse {
+        self.store.touch(image);
+        let mut map = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry(image.to_string()).or_default() += 1;
+        InUse {
+            image: image.into(),
+            in_use: self.in_use.clone(),
+        }
+    }
+
+    /// The references containers on this node use now.
+    pub fn in_use(&self) -> HashSet<String> {
+        let map = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        map.keys().cloned().collect()
+    }
+
+    /// The program a container of `pulled` runs when its argv\[0\] is `argv0`: for an image
+    /// with a filesystem (format 3), the wasm file of that name; else the image's program.
+    pub fn program_for(
+        &self,
+        pulled: &PulledImage,
+        argv0: &str,
+    ) -> Result<(PathBuf, String), String> {
+        if pulled.files.is_empty() {
+            return Ok((pulled.program.clone(), pulled.program_digest.clone()));
+        }
+        match format::resolve_program(&pulled.files, argv0) {
+            Some((_, digest)) => Ok((self.store.blob_path(digest), digest.clone())),
+            None => Err(format!(
+                "executable {argv0:?} is not a WebAssembly file in image {:?}; its WebAssembly files are {:?}",
+                pulled.reference,
+                pulled.files.keys().collect::<Vec<_>>()
+            )),
+        }
     }
 
     /// Makes `image` available by `policy`. Returns it, and whether a download happened.
@@ -229,17 +398,8 @@ impl ImageStore {
         policy: PullPolicy,
         credentials: Option<&Credentials>,
     ) -> Result<(PulledImage, bool), ImageError> {
-        let reference: Reference =
-            image
-                .parse()
-                .map_err(|e: oci_client::ParseError| ImageError::InvalidName {
-                    image: image.into(),
-                    message: e.to_string(),
-                })?;
-        let lock = {
-            let mut pulling = self.pulling.lock().unwrap_or_else(|e| e.into_inner());
-            pulling.entry(image.to_string()).or_default().clone()
-        };
+        let reference = parse_reference(image)?;
+        let lock = lock_for(&self.pulling, image);
         let _guard = lock.lock().await;
         match (policy, self.lookup(image)) {
             (PullPolicy::Never, Some(found)) | (PullPolicy::IfNotPresent, Some(found)) => {
@@ -253,126 +413,160 @@ impl ImageStore {
             _ => {}
         }
         let registry = reference.resolve_registry().to_string();
-        let pull_error = |message: String| ImageError::Pull {
-            image: image.into(),
-            registry: registry.clone(),
-            message,
-        };
-        let (client, auth) = registry_client(&registry, credentials);
+        let (client, auth) = registry_client(&registry, credentials, &self.insecure);
+        let oci_error =
+            |e: OciDistributionError| pull_error(image, &registry, credentials.is_some(), e);
         let (manifest, manifest_digest) = client
-            .pull_image_manifest(&reference, &auth)
+            .pull_manifest(&reference, &auth)
             .await
-            .map_err(|e| pull_error(e.to_string()))?;
-        let layer = manifest
-            .layers
-            .iter()
-            .find(|l| WASM_LAYER_MEDIA_TYPES.contains(&l.media_type.as_str()))
-            .ok_or_else(|| ImageError::NotWasm {
-                image: image.into(),
-                found: format!(
-                    "layers of media types {:?}",
-                    manifest
-                        .layers
-                        .iter()
-                        .map(|l| l.media_type.as_str())
-                        .collect::<Vec<_>>()
-                ),
-            })?;
-        let blob = self.blob_path(&layer.digest);
-        let downloaded = !blob.exists();
-        if downloaded {
-            let mut bytes = Vec::with_capacity(layer.size.max(0) as usize);
-            client
-                .pull_blob(&reference, layer, &mut bytes)
-                .await
-                .map_err(|e| pull_error(e.to_string()))?;
-            self.store_blob(image, &layer.digest, &bytes)?;
-        }
-        let pulled = PulledImage {
-            reference: image.into(),
-            image_id: format!("{}/{}@{manifest_digest}", registry, reference.repository()),
-            program_digest: layer.digest.clone(),
-            program: blob,
-            size_bytes: layer.size.max(0) as u64,
+            .map_err(oci_error)?;
+        // Format 4: an index; its wasm entry is one of the other formats.
+        let (manifest, source) = match manifest {
+            OciManifest::Image(m) => (m, reference.clone()),
+            OciManifest::ImageIndex(index) => {
+                let chosen = format::choose_platform(image, &index)?;
+                let by_digest = reference.clone_with_digest(chosen);
+                match client
+                    .pull_manifest(&by_digest, &auth)
+                    .await
+                    .map_err(oci_error)?
+                {
+                    (OciManifest::Image(m), _) => (m, by_digest),
+                    (OciManifest::ImageIndex(_), _) => {
+                        return Err(ImageError::NotWasm {
+                            image: image.into(),
+                            found: "an index whose wasi/wasm entry is another index".into(),
+                        });
+                    }
+                }
+            }
         };
-        let record = self.ref_path(image);
-        let json = serde_json::to_vec(&pulled).map_err(|e| ImageError::Store {
-            path: record.clone(),
-            message: e.to_string(),
-        })?;
-        write_atomic(&record, &json)?;
+        let image_id = format!("{registry}/{}@{manifest_digest}", reference.repository());
+        let mut downloaded = false;
+        let pulled = match format::classify(image, &manifest)? {
+            Layout::Wasm(layer) => {
+                downloaded |= self
+                    .fetch_blob(&client, &source, layer.clone(), image, credentials)
+                    .await?;
+                PulledImage {
+                    reference: image.into(),
+                    image_id,
+                    program: self.store.blob_path(&layer.digest),
+                    program_digest: layer.digest,
+                    size_bytes: layer.size.max(0) as u64,
+                    entrypoint: Vec::new(),
+                    cmd: Vec::new(),
+                    files: BTreeMap::new(),
+                    blobs: Vec::new(),
+                }
+            }
+            Layout::Image { config, layers } => {
+                downloaded |= self
+                    .fetch_blob(&client, &source, config.clone(), image, credentials)
+                    .await?;
+                let config_path = self.store.blob_path(&config.digest);
+                let bytes = std::fs::read(&config_path).map_err(store_error(&config_path))?;
+                let parsed = ImageConfig::parse_wasm(image, &bytes)?;
+                let mut stored = Vec::new();
+                for layer in &layers {
+                    downloaded |= self
+                        .fetch_blob(&client, &source, layer.clone(), image, credentials)
+                        .await?;
+                    stored.push((layer.clone(), self.store.blob_path(&layer.digest)));
+                }
+                let (store, name) = (self.store.clone(), image.to_string());
+                let files = tokio::task::spawn_blocking(move || {
+                    format::unpack_wasm_files(&name, &store, &stored)
+                })
+                .await
+                .map_err(|e| ImageError::Store {
+                    path: self.store.root().into(),
+                    message: format!("unpacking panicked: {e}"),
+                })??;
+                let entrypoint = parsed.config.entrypoint.unwrap_or_default();
+                let cmd = parsed.config.cmd.unwrap_or_default();
+                let argv0 = entrypoint.first().or(cmd.first());
+                let default = argv0
+                    .and_then(|a| format::resolve_program(&files, a))
+                    .or_else(|| files.iter().next())
+                    .map(|(_, d)| d.clone())
+                    .ok_or_else(|| ImageError::NotWasm {
+                        image: image.into(),
+                        found: "a wasi/wasm image without any WebAssembly file in its layers"
+                            .into(),
+                    })?;
+                let mut blobs = vec![config.digest.clone()];
+                blobs.extend(layers.iter().map(|l| l.digest.clone()));
+                PulledImage {
+                    reference: image.into(),
+                    image_id,
+                    program: self.store.blob_path(&default),
+                    program_digest: default,
+                    size_bytes: std::iter::once(&config)
+                        .chain(&layers)
+                        .map(|d| d.size.max(0) as u64)
+                        .sum(),
+                    entrypoint,
+                    cmd,
+                    files,
+                    blobs,
+                }
+            }
+        };
+        self.store.record(&pulled)?;
         Ok((pulled, downloaded))
     }
 
-    fn store_blob(&self, image: &str, digest: &str, bytes: &[u8]) -> Result<(), ImageError> {
-        let actual = format!("sha256:{:x}", Sha256::digest(bytes));
-        if actual != digest {
-            return Err(ImageError::Corrupt {
+    /// Downloads one blob into the store unless it is there; returns whether it downloaded.
+    /// One download per digest at a time, however many images or pods want it.
+    async fn fetch_blob(
+        &self,
+        client: &Client,
+        reference: &Reference,
+        blob: OciDescriptor,
+        image: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<bool, ImageError> {
+        if !valid_digest(&blob.digest) {
+            return Err(ImageError::NotWasm {
                 image: image.into(),
-                digest: digest.into(),
-                message: format!("content hashes to {actual}"),
+                found: format!("a blob with unsupported digest {:?}", blob.digest),
             });
         }
-        write_atomic(&self.blob_path(digest), bytes)
+        let lock = lock_for(&self.blobs, &blob.digest);
+        let _guard = lock.lock().await;
+        if self.store.blob_path(&blob.digest).exists() {
+            return Ok(false);
+        }
+        tracing::info!(image, digest = %blob.digest, size = blob.size, "downloading blob");
+        let tmp = self.store.temp_path(&blob.digest);
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(store_error(&tmp))?;
+        if let Err(error) = client.pull_blob(reference, &blob, file).await {
+            let _ = std::fs::remove_file(&tmp);
+            let registry = reference.resolve_registry();
+            return Err(pull_error(image, registry, credentials.is_some(), error));
+        }
+        let (store, name, digest) = (self.store.clone(), image.to_string(), blob.digest.clone());
+        tokio::task::spawn_blocking(move || store.commit_blob(&name, &digest, &tmp))
+            .await
+            .map_err(|e| ImageError::Store {
+                path: self.store.root().into(),
+                message: format!("verifying panicked: {e}"),
+            })??;
+        Ok(true)
     }
 }
 
-/// Writes through a temp file and a rename, so readers never see a partial file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(store_error(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(store_error(path))
-}
-
-/// The CNCF Wasm OCI artifact config media type (as `wkg` and `oras` push it).
-pub const WASM_CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
-
-/// Publishes `wasm` (a module or component) to `reference` in the CNCF Wasm OCI artifact
-/// layout; returns the manifest digest the registry stored.
-pub async fn push_wasm(
-    reference: &str,
-    wasm: Vec<u8>,
-    credentials: Option<&Credentials>,
-) -> Result<String, ImageError> {
-    use oci_client::client::{Config, ImageLayer};
-    use oci_client::manifest::OciImageManifest;
-    let parsed: Reference =
-        reference
-            .parse()
-            .map_err(|e: oci_client::ParseError| ImageError::InvalidName {
-                image: reference.into(),
-                message: e.to_string(),
-            })?;
-    let registry = parsed.resolve_registry().to_string();
-    let push_error = |message: String| ImageError::Pull {
-        image: reference.into(),
-        registry: registry.clone(),
-        message,
-    };
-    let (client, auth) = registry_client(&registry, credentials);
-    let layer = ImageLayer::new(wasm, WASM_LAYER_MEDIA_TYPES[0].to_string(), None);
-    let config = serde_json::json!({
-        "architecture": "wasm",
-        "os": "wasip1",
-        "layerDigests": [layer.sha256_digest()],
-    });
-    let config = Config::new(
-        config.to_string().into_bytes(),
-        WASM_CONFIG_MEDIA_TYPE.to_string(),
-        None,
-    );
-    let layers = [layer];
-    let manifest = OciImageManifest::build(&layers, &config, None);
-    client
-        .push(&parsed, &layers, config, &auth, Some(manifest))
-        .await
-        .map_err(|e| push_error(e.to_string()))?;
-    // The push response names the tag; ask the registry for the digest it stored.
-    let (_, digest) = client
-        .pull_image_manifest(&parsed, &auth)
-        .await
-        .map_err(|e| push_error(e.to_string()))?;
-    Ok(digest)
+/// Parses an image reference, or says why it is not one.
+pub fn parse_reference(image: &str) -> Result<Reference, ImageError> {
+    image
+        .parse()
+        .map_err(|e: oci_client::ParseError| ImageError::InvalidName {
+            image: image.into(),
+            message: e.to_string(),
+        })
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
-    NodeSystemInfo,
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints,
+    NodeStatus, NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
@@ -29,6 +29,8 @@ pub struct StatusInputs {
     pub host: HostInfo,
     /// `nodeInfo.containerRuntimeVersion`, e.g. `wasmtime://48.0.8`.
     pub runtime_version: String,
+    /// The images on the node, as image GC publishes them.
+    pub images: watch::Receiver<Vec<ContainerImage>>,
 }
 
 /// Measures the host now.
@@ -85,6 +87,10 @@ pub fn node_status(
             system_uuid: host.machine_id.clone(),
             ..Default::default()
         }),
+        images: {
+            let images = inputs.images.borrow().clone();
+            (!images.is_empty()).then_some(images)
+        },
         ..Default::default()
     }
 }

@@ -22,6 +22,7 @@ use kube::api::{Api, DeleteParams, Preconditions};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::container::config_watch;
 use crate::container::runner::{Kind, NodeServices, Runner};
 use crate::eviction::{Eviction, Evictions};
 use crate::log::pod_log_dir;
@@ -32,7 +33,8 @@ use crate::pod::status::{PodKey, StatusManager};
 use crate::runtime::Termination;
 use crate::volume;
 
-/// How soon volume setup is retried after a failure (a missing ConfigMap may appear any moment).
+/// How soon volume setup is retried after a failure other than a missing ConfigMap or Secret
+/// (those are watched): an unbound claim, a hostPath not there yet.
 const VOLUME_RETRY: Duration = Duration::from_secs(3);
 /// How often a running pod's volumes are refreshed (the kubelet's sync period is about a minute).
 const VOLUME_RESYNC: Duration = Duration::from_secs(30);
@@ -326,8 +328,19 @@ impl Worker {
                         .warning(&self.pod, None, "FailedMount", error.to_string())
                         .await;
                     self.publish();
+                    let namespace = self.key.namespace.clone();
+                    let client = self.ctx.services.api.client(String::new).ok();
+                    let retry = async {
+                        match (error.object(), client) {
+                            // Retry when the object appears or changes, not on a timer.
+                            (Some(reference), Some(client)) => {
+                                config_watch::changed(&client, &namespace, &[reference]).await
+                            }
+                            _ => tokio::time::sleep(VOLUME_RETRY).await,
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::time::sleep(VOLUME_RETRY) => {}
+                        _ = retry => {}
                         changed = desired.changed() => {
                             let go_on = changed.is_ok()
                                 && matches!(&*desired.borrow(), Desired::Run(p) if p.metadata.deletion_timestamp.is_none());

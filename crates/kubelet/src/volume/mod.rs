@@ -24,6 +24,7 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::api::{Api, PostParams};
 
+use crate::container::config_watch::{Kind, ObjectRef};
 use crate::container::downward::{field_value, resource_value};
 use crate::node::allocatable::NodeResources;
 use crate::pod::api::{ApiLink, NoApiServer};
@@ -88,6 +89,27 @@ pub enum VolumeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl VolumeError {
+    /// The ConfigMap or Secret whose absence (or missing key) caused this, to watch for.
+    pub fn object(&self) -> Option<ObjectRef> {
+        let (kind, name, existed) = match self {
+            Self::Missing { kind, name, .. } => (*kind, name, false),
+            Self::MissingKey { kind, name, .. } => (*kind, name, true),
+            _ => return None,
+        };
+        let kind = if kind == "configmap" {
+            Kind::ConfigMap
+        } else {
+            Kind::Secret
+        };
+        Some(ObjectRef {
+            kind,
+            name: name.clone(),
+            existed,
+        })
+    }
 }
 
 /// The outcome of setting up a pod's volumes.

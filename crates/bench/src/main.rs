@@ -1,0 +1,56 @@
+//! `krustlet-bench`: benchmarks against the real control plane (see `BENCHMARKS.md`).
+//!
+//! ```text
+//! cargo run -p krustlet-bench --release -- startup [--pods 100]
+//! cargo run -p krustlet-bench --release -- density [--pods 1000]
+//! cargo run -p krustlet-bench --release -- churn [--rate 300 --seconds 60]
+//! cargo run -p krustlet-bench --release -- cold
+//! cargo run -p krustlet-bench --release -- smoke      # every scenario, tiny
+//! ```
+//! Each starts the test cluster (the real control plane and registry on loopback, as the e2e
+//! tests do) and Krustlet nodes (this very binary, re-run as `krustlet`), prints a table and
+//! writes `bench-results/<scenario>.json` with machine information.
+
+mod harness;
+mod report;
+mod scenario;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Set in the environment of the node processes the benchmark starts: run as `krustlet`.
+pub const RUN_AS_NODE: &str = "KRUSTLET_BENCH_RUN_AS_NODE";
+
+/// Benchmarks of Krustlet against a real Kubernetes control plane.
+#[derive(Debug, Parser)]
+#[command(name = "krustlet-bench", version)]
+struct Cli {
+    /// The scenario.
+    #[command(subcommand)]
+    scenario: scenario::Scenario,
+    /// Where the JSON result goes [default: bench-results/<scenario>.json].
+    #[arg(long, global = true)]
+    out: Option<std::path::PathBuf>,
+}
+
+fn main() -> ExitCode {
+    if std::env::var_os(RUN_AS_NODE).is_some() {
+        return krustlet::main();
+    }
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("krustlet-bench: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(scenario::run(cli.scenario, cli.out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("krustlet-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Churn: create → complete → delete at a target rate.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use krustlet_e2e::{TestNamespace, workloads};
+use kube::api::{Api, DeleteParams};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::harness::{Observer, create, pod, start_node};
+use crate::report::{Latency, latency_cell, print_table};
+
+/// Creates and deletes in flight at once.
+const CONCURRENCY: usize = 64;
+
+/// The churn result.
+#[derive(Debug, Serialize)]
+pub struct Churn {
+    /// The target rate, pods per second.
+    pub target_rate: u32,
+    /// How long pods were created.
+    pub seconds: u64,
+    /// Pods created.
+    pub created: usize,
+    /// Pods that completed, over the whole run including the drain.
+    pub completed: usize,
+    /// Completed pods per second of the run (creation window plus drain).
+    pub achieved_rate: f64,
+    /// Create returned → Succeeded observed.
+    pub to_succeeded: Latency,
+}
+
+/// Runs the scenario.
+pub async fn run(rate: u32, seconds: u64) -> anyhow::Result<Churn> {
+    let node = start_node("bench-churn", &["--max-pods=5000"]).await?;
+    let ns = TestNamespace::new("bench-churn").await?;
+    let api = ns.api::<Pod>();
+    let observer = Observer::start(api.clone());
+    let image = workloads::multitool();
+    create(
+        &api,
+        &pod("warmup", node.name(), &image, &["hello"], "Never")?,
+    )
+    .await?;
+    observer
+        .wait_all(
+            &["warmup".to_string()],
+            Duration::from_secs(180),
+            "Succeeded",
+            |s| s.succeeded.is_some(),
+        )
+        .await?;
+
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let deleter = tokio::spawn(delete_completed(
+        api.clone(),
+        observer.clone(),
+        permits.clone(),
+    ));
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+    let mut creates = tokio::task::JoinSet::new();
+    let mut n = 0usize;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        ticks.tick().await;
+        let name = format!("churn-{n}");
+        n += 1;
+        let manifest = pod(&name, node.name(), &image, &["hello"], "Never")?;
+        let (api, permits) = (api.clone(), permits.clone());
+        creates.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            create(&api, &manifest).await.map(|t| (name, t))
+        });
+    }
+    let mut created = Vec::new();
+    while let Some(done) = creates.join_next().await {
+        created.push(done??);
+    }
+    let names: Vec<String> = created.iter().map(|(n, _)| n.clone()).collect();
+    observer
+        .wait_all(&names, Duration::from_secs(180), "Succeeded", |s| {
+            s.succeeded.is_some()
+        })
+        .await?;
+    let elapsed = started.elapsed();
+    deleter.abort();
+    let latencies: Vec<Duration> = created
+        .iter()
+        .filter_map(|(name, t)| Some(observer.get(name).succeeded?.saturating_duration_since(*t)))
+        .collect();
+    let result = Churn {
+        target_rate: rate,
+        seconds,
+        created: created.len(),
+        completed: latencies.len(),
+        achieved_rate: latencies.len() as f64 / elapsed.as_secs_f64(),
+        to_succeeded: Latency::of(&latencies),
+    };
+    print_table(
+        &format!("churn: create → complete → delete at {rate}/s for {seconds} s"),
+        &[
+            (
+                "created / completed".into(),
+                format!("{} / {}", result.created, result.completed),
+            ),
+            (
+                "achieved".into(),
+                format!("{:.1} pods/s", result.achieved_rate),
+            ),
+            (
+                "create → Succeeded".into(),
+                latency_cell(&result.to_succeeded),
+            ),
+        ],
+    );
+    Ok(result)
+}
+
+/// Deletes each pod once it is seen Succeeded.
+async fn delete_completed(api: Api<Pod>, observer: Observer, permits: Arc<Semaphore>) {
+    let mut deleted = HashSet::new();
+    loop {
+        for name in observer.succeeded_names() {
+            if deleted.insert(name.clone()) {
+                let (api, permits) = (api.clone(), permits.clone());
+                tokio::spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    let _ = api
+                        .delete(&name, &DeleteParams::default().grace_period(0))
+                        .await;
+                });
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

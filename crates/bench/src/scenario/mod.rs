@@ -1,0 +1,69 @@
+//! The scenarios; each returns a serialisable result and prints its table.
+
+mod churn;
+mod cold;
+mod density;
+mod startup;
+
+use std::path::PathBuf;
+
+use crate::report::write_json;
+
+/// What to measure.
+#[derive(Debug, clap::Subcommand)]
+pub enum Scenario {
+    /// N pods created in a burst with the image cached: create → Running and → Succeeded.
+    Startup {
+        /// How many pods.
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+    },
+    /// Ramp to N long-running pods on one node: RSS and CPU per pod, node health throughout.
+    Density {
+        /// How many pods.
+        #[arg(long, default_value_t = 1000)]
+        pods: usize,
+    },
+    /// Sustained create → complete → delete at a target rate.
+    Churn {
+        /// Target pods per second.
+        #[arg(long, default_value_t = 300)]
+        rate: u32,
+        /// For how long.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// First pod of a new image (pull + compile) vs. cached, and after a Krustlet restart.
+    Cold,
+    /// Every scenario with tiny numbers, so the harness cannot rot (run by the test suite).
+    Smoke,
+}
+
+/// Runs `scenario` and writes its JSON to `out` (default `bench-results/<name>.json`).
+pub async fn run(scenario: Scenario, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = |name: &str| {
+        out.clone()
+            .unwrap_or_else(|| PathBuf::from(format!("bench-results/{name}.json")))
+    };
+    match scenario {
+        Scenario::Startup { pods } => {
+            write_json(&path("startup"), "startup", &startup::run(pods).await?)
+        }
+        Scenario::Density { pods } => {
+            write_json(&path("density"), "density", &density::run(pods).await?)
+        }
+        Scenario::Churn { rate, seconds } => {
+            write_json(&path("churn"), "churn", &churn::run(rate, seconds).await?)
+        }
+        Scenario::Cold => write_json(&path("cold"), "cold", &cold::run().await?),
+        Scenario::Smoke => {
+            let result = serde_json::json!({
+                "startup": startup::run(3).await?,
+                "density": density::run(5).await?,
+                "churn": churn::run(5, 3).await?,
+                "cold": cold::run().await?,
+            });
+            write_json(&path("smoke"), "smoke", &result)
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The benchmark harness cannot rot: every scenario runs with tiny numbers against the real
+//! control plane, as part of the test suite.
+
+use std::process::Command;
+
+#[test]
+fn every_scenario_runs_small() {
+    let out = tempfile_path();
+    let output = Command::new(env!("CARGO_BIN_EXE_krustlet-bench"))
+        .args(["smoke", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run krustlet-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "krustlet-bench smoke failed:\n{stdout}\n{stderr}"
+    );
+    for table in ["startup:", "density:", "churn:", "cold start:"] {
+        assert!(stdout.contains(table), "no {table} table in\n{stdout}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("JSON written")).expect("JSON");
+    assert_eq!(
+        json["result"]["startup"]["to_running"]["count"], 3,
+        "{json}"
+    );
+    assert_eq!(json["result"]["density"]["pods"], 5, "{json}");
+    assert!(
+        json["result"]["churn"]["completed"].as_u64().unwrap_or(0) > 0,
+        "{json}"
+    );
+    assert!(
+        json["result"]["cold"]["first_ms"].as_f64().unwrap_or(0.0) > 0.0,
+        "{json}"
+    );
+    assert!(json["machine"]["cpus"].as_u64().unwrap_or(0) > 0, "{json}");
+}
+
+fn tempfile_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("krustlet-bench-smoke-{}.json", std::process::id()))
+}

@@ -1,0 +1,75 @@
+//! Calling a node's kubelet API directly, as the API server does (the API server's node proxy
+//! refuses loopback addresses, so tests and benchmarks cannot go through it).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::cluster::cluster;
+use crate::node::KrustletNode;
+
+/// A client certificate chain and key.
+pub type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// An HTTPS client that trusts the cluster CA, with `identity` as its client certificate.
+pub fn https_client(identity: Option<Identity>) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(&cluster().ca_file).expect("ca file") {
+        roots.add(ca.expect("ca")).expect("add ca");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots);
+    let tls = match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .expect("client cert"),
+        None => builder.with_no_client_auth(),
+    };
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// Reads a PEM certificate chain and key.
+pub fn identity_from_files(cert: &Path, key: &Path) -> Identity {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .expect("cert")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certs");
+    (chain, PrivateKeyDer::from_pem_file(key).expect("key"))
+}
+
+/// GETs a kubelet API path on `node` with the API server's kubelet client certificate. Waits
+/// for the issued serving certificate, which is the only one the cluster CA verifies.
+pub async fn kubelet_get(node: &KrustletNode, path: &str) -> String {
+    let info = cluster();
+    let client = https_client(Some(identity_from_files(
+        &info.kubelet_client_cert_file,
+        &info.kubelet_client_key_file,
+    )));
+    let url = format!("https://127.0.0.1:{}{path}", node.port());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.get(&url).send().await {
+            Ok(response) => {
+                let status = response.status();
+                let body = response.text().await.expect("body");
+                assert_eq!(status, 200, "GET {path}: {body}");
+                return body;
+            }
+            Err(error) => {
+                assert!(Instant::now() < deadline, "GET {path}: {error:?}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}

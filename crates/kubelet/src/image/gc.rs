@@ -1,0 +1,187 @@
+//! Image garbage collection (the kubelet's `image_gc_manager.go`): when disk use of the data
+//! dir's filesystem reaches `--image-gc-high-threshold` percent, remove the least recently used
+//! images that no container on the node uses, until use is below `--image-gc-low-threshold`.
+//! Also publishes the node's image list for the node status.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::ContainerImage;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::ImageStore;
+use crate::node::host::Filesystem;
+
+/// How often disk use is checked (one `statvfs`, cheap).
+pub const GC_PERIOD: Duration = Duration::from_secs(10);
+/// The most images the node status lists, as the kubelet's `nodeStatusMaxImages`.
+pub const MAX_STATUS_IMAGES: usize = 50;
+
+/// When to collect.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GcPolicy {
+    /// Disk use (percent) at which collection starts.
+    pub high_percent: u8,
+    /// Disk use (percent) collection brings it below.
+    pub low_percent: u8,
+    /// An image unused for less than this is kept.
+    pub minimum_age: Duration,
+}
+
+/// Collects once if disk use calls for it; returns the bytes freed.
+pub fn collect(images: &ImageStore, fs: Filesystem, policy: &GcPolicy) -> u64 {
+    if fs.total_bytes == 0 || policy.high_percent >= 100 {
+        return 0;
+    }
+    let used = fs.total_bytes.saturating_sub(fs.available_bytes);
+    let usage = used * 100 / fs.total_bytes;
+    if usage < u64::from(policy.high_percent) {
+        return 0;
+    }
+    let target = fs.total_bytes * u64::from(policy.low_percent) / 100;
+    let to_free = used.saturating_sub(target);
+    tracing::info!(
+        usage_percent = usage,
+        high = policy.high_percent,
+        to_free,
+        "disk use is over the image GC high threshold"
+    );
+    let in_use = images.in_use();
+    let now = SystemTime::now();
+    let mut candidates: Vec<_> = images
+        .store()
+        .list()
+        .into_iter()
+        .filter(|(image, _)| !in_use.contains(&image.reference))
+        .filter(|(_, used)| now.duration_since(*used).unwrap_or_default() >= policy.minimum_age)
+        .collect();
+    candidates.sort_by_key(|(_, used)| *used);
+    let mut freed = 0;
+    for (image, _) in candidates {
+        if freed >= to_free {
+            break;
+        }
+        let bytes = images.store().remove(&image.reference);
+        tracing::info!(image = %image.reference, bytes, "image GC removed an unused image");
+        freed += bytes;
+    }
+    freed
+}
+
+/// The node status `images` list: one entry per image (by digest), names `repo@digest` and
+/// the references that resolved to it, largest first, at most [`MAX_STATUS_IMAGES`].
+pub fn status_images(images: &ImageStore) -> Vec<ContainerImage> {
+    let mut by_id: std::collections::BTreeMap<String, ContainerImage> = Default::default();
+    for (image, _) in images.store().list() {
+        let entry = by_id
+            .entry(image.image_id.clone())
+            .or_insert_with(|| ContainerImage {
+                names: Some(vec![image.image_id.clone()]),
+                size_bytes: Some(image.size_bytes as i64),
+            });
+        let names = entry.names.get_or_insert_with(Vec::new);
+        if !names.contains(&image.reference) {
+            names.push(image.reference.clone());
+        }
+    }
+    let mut list: Vec<_> = by_id.into_values().collect();
+    list.sort_by_key(|i| std::cmp::Reverse(i.size_bytes));
+    list.truncate(MAX_STATUS_IMAGES);
+    list
+}
+
+/// Runs collection every [`GC_PERIOD`] until `stop`, publishing the image list on `published`.
+pub async fn run(
+    images: Arc<ImageStore>,
+    data_dir: PathBuf,
+    policy: GcPolicy,
+    published: watch::Sender<Vec<ContainerImage>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let store = images.clone();
+        let dir = data_dir.clone();
+        let list = tokio::task::spawn_blocking(move || {
+            match Filesystem::of(&dir) {
+                Ok(fs) => {
+                    collect(&store, fs, &policy);
+                }
+                Err(error) => tracing::warn!(%error, "image GC cannot measure the data dir"),
+            }
+            status_images(&store)
+        })
+        .await
+        .unwrap_or_default();
+        published.send_if_modified(|current| {
+            let changed = *current != list;
+            *current = list;
+            changed
+        });
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(GC_PERIOD) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::PulledImage;
+
+    fn image(images: &ImageStore, reference: &str, content: &[u8]) -> PulledImage {
+        let digest = images.store().put_blob(content).expect("blob");
+        let pulled = PulledImage {
+            reference: reference.into(),
+            image_id: format!("r/x@{digest}"),
+            program: images.store().blob_path(&digest),
+            program_digest: digest,
+            size_bytes: content.len() as u64,
+            entrypoint: Vec::new(),
+            cmd: Vec::new(),
+            files: Default::default(),
+            blobs: Vec::new(),
+        };
+        images.store().record(&pulled).expect("record");
+        pulled
+    }
+
+    #[test]
+    fn collects_unused_images_least_recently_used_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let images = ImageStore::new(dir.path().into(), Vec::new()).expect("store");
+        let used = image(&images, "r/used:v1", b"\0asm used");
+        let old = image(&images, "r/old:v1", b"\0asm old");
+        std::thread::sleep(Duration::from_millis(20));
+        let recent = image(&images, "r/recent:v1", b"\0asm recent");
+        let _guard = images.acquire(&used.reference);
+        let policy = GcPolicy {
+            high_percent: 85,
+            low_percent: 80,
+            minimum_age: Duration::ZERO,
+        };
+        let below = Filesystem {
+            total_bytes: 1000,
+            available_bytes: 500,
+        };
+        assert_eq!(collect(&images, below, &policy), 0, "under the high mark");
+        // 90 % used; reaching 80 % frees 100 bytes: more than the oldest image holds, so both
+        // unused images go, oldest first, and the used one stays.
+        let over = Filesystem {
+            total_bytes: 1000,
+            available_bytes: 100,
+        };
+        assert!(collect(&images, over, &policy) > 0);
+        assert!(images.lookup(&used.reference).is_some());
+        assert!(images.lookup(&old.reference).is_none());
+        assert!(!recent.program.exists());
+        let listed = status_images(&images);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            listed[0].names.as_deref(),
+            Some(&[used.image_id.clone(), used.reference.clone()][..])
+        );
+    }
+}
