@@ -20,6 +20,7 @@ pub mod namespace;
 pub mod node;
 pub mod pods;
 pub mod registry;
+pub mod standalone;
 pub mod workloads;
 
 pub use cluster::{ClusterInfo, cluster};

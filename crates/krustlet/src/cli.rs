@@ -28,6 +28,7 @@ pub struct Cli {
     /// Log filter, as RUST_LOG (e.g. info, kubelet=debug).
     #[arg(
         long,
+        global = true,
         env = "KRUSTLET_LOG",
         default_value = "info",
         value_name = "FILTER"
@@ -48,6 +49,48 @@ pub enum Command {
         /// Registry user (the password comes from KRUSTLET_REGISTRY_PASSWORD).
         #[arg(long, env = "KRUSTLET_REGISTRY_USER")]
         username: Option<String>,
+    },
+    /// Run static pods from a directory of pod manifests, without an API server. Files (YAML
+    /// or JSON, one Pod each; names starting with "." are ignored) are picked up when added,
+    /// changed or removed. See the pods' state with `krustlet pods`, their output with
+    /// `krustlet logs`.
+    Standalone {
+        /// Node settings (--manifests is required here) (--data-dir, --node-name and the others of the node agent).
+        #[command(flatten)]
+        flags: Box<Flags>,
+    },
+    /// Print generated documentation (`config`: docs/configuration.md).
+    #[command(hide = true)]
+    Docs {
+        /// Which document.
+        #[arg(value_parser = ["config"])]
+        topic: String,
+    },
+    /// List the static pods a `krustlet standalone` with this --data-dir runs.
+    Pods {
+        /// The data dir of the standalone Krustlet. [default: ~/.krustlet]
+        #[arg(long, env = "KRUSTLET_DATA_DIR", value_name = "DIR")]
+        data_dir: Option<std::path::PathBuf>,
+    },
+    /// Print the logs of a container of a static pod (as `kubectl logs`).
+    Logs {
+        /// The pod, as `krustlet pods` names it (`<name>-<node>`).
+        pod: String,
+        /// The container; may be left out if the pod has one.
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// Keep streaming until the container's run ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// The log of the run before the current one.
+        #[arg(short = 'p', long)]
+        previous: bool,
+        /// The pod's namespace.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// The data dir of the standalone Krustlet. [default: ~/.krustlet]
+        #[arg(long, env = "KRUSTLET_DATA_DIR", value_name = "DIR")]
+        data_dir: Option<std::path::PathBuf>,
     },
 }
 

@@ -3,6 +3,8 @@
 //! A library so that the end-to-end tests can build the very same command as their own binary.
 
 pub mod cli;
+pub mod docs;
+pub mod standalone;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,7 +16,15 @@ use kubelet::node::shutdown;
 /// The whole command: parse the command line, run, and map the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse_or_exit();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into());
+    // kube's client logs every failed connection as an ERROR of its own; Krustlet says what
+    // failed and what to check, so those are hidden unless asked for.
+    let directives = if cli.log.contains("kube_client") {
+        cli.log.clone()
+    } else {
+        format!("{},kube_client::client::builder=off", cli.log)
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -36,15 +46,38 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: cli::Cli) -> anyhow::Result<()> {
-    if let Some(cli::Command::Push {
-        file,
-        reference,
-        username,
-    }) = cli.command
-    {
-        return push(&file, &reference, username).await;
-    }
-    let config = cli.flags.merge_config_file()?.resolve()?;
+    let (flags, standalone) = match cli.command {
+        Some(cli::Command::Push {
+            file,
+            reference,
+            username,
+        }) => return push(&file, &reference, username).await,
+        Some(cli::Command::Pods { data_dir }) => return standalone::pods(data_dir),
+        Some(cli::Command::Docs { .. }) => {
+            print!("{}", docs::configuration_reference());
+            return Ok(());
+        }
+        Some(cli::Command::Logs {
+            pod,
+            container,
+            follow,
+            previous,
+            namespace,
+            data_dir,
+        }) => {
+            return standalone::logs(&pod, container, &namespace, follow, previous, data_dir).await;
+        }
+        Some(cli::Command::Standalone { flags }) => (*flags, true),
+        None => (cli.flags, false),
+    };
+    let config = flags.merge_config_file()?.resolve()?;
+    let manifests = match (standalone, &config.manifests) {
+        (true, None) => anyhow::bail!(
+            "krustlet standalone needs --manifests DIR (a directory of pod manifests)"
+        ),
+        (true, Some(dir)) => Some(dir.clone()),
+        (false, _) => None,
+    };
     // Installed before anything else, so a SIGTERM at any point shuts down gracefully.
     let signals = shutdown::signalled().context("installing signal handlers")?;
     let shutdown = async {
@@ -56,6 +89,19 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         engine,
         config.data_path("images/compiled"),
     ));
+    if let Some(dir) = &config.manifests
+        && !dir.is_dir()
+    {
+        anyhow::bail!(
+            "--manifests {}: not a directory (create it and put pod manifests in it)",
+            dir.display()
+        );
+    }
+    if let Some(manifests) = manifests {
+        return kubelet::standalone::run(config, manifests, runtime, shutdown)
+            .await
+            .context("standalone");
+    }
     Kubelet::new(config, runtime)
         .run(shutdown)
         .await

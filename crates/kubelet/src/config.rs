@@ -218,6 +218,18 @@ pub struct Flags {
         with = "opt_duration"
     )]
     pub image_minimum_gc_age: Option<Duration>,
+
+    /// Directory of static pod manifests (YAML or JSON, one Pod each; dotfiles ignored), run
+    /// without the scheduler as the kubelet's static pods. Connected, each also appears in the
+    /// API as a mirror pod; `krustlet standalone` needs it.
+    #[arg(
+        long,
+        visible_alias = "pod-manifest-path",
+        env = "KRUSTLET_MANIFESTS",
+        value_name = "DIR"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifests: Option<PathBuf>,
 }
 
 /// Errors in the configuration; each names the setting and what is allowed.
@@ -308,6 +320,8 @@ pub struct KubeletConfig {
     /// When image GC runs.
     #[serde(skip)]
     pub image_gc: crate::image::gc::GcPolicy,
+    /// Static pod manifests, if any.
+    pub manifests: Option<PathBuf>,
 }
 
 impl Flags {
@@ -395,6 +409,7 @@ impl Flags {
                     .image_minimum_gc_age
                     .unwrap_or(Duration::from_secs(120)),
             },
+            manifests: self.manifests,
             data_dir,
         };
         // A log entry is at most 16 KiB and a little; a file must hold at least one.
@@ -432,7 +447,8 @@ impl Flags {
     }
 }
 
-fn default_data_dir() -> PathBuf {
+/// The data dir when --data-dir is not given: `~/.krustlet`.
+pub fn default_data_dir() -> PathBuf {
     std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/lib"))

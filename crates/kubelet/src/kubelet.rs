@@ -21,11 +21,15 @@ use crate::node::allocatable::NodeResources;
 use crate::node::conditions::Readiness;
 use crate::node::host::HostInfo;
 use crate::node::lease::LeaseRenewer;
+use crate::node::reachability::{ApiServer, connection_failure};
 use crate::node::shutdown::SHUTDOWN_MESSAGE;
 use crate::node::status::{StatusInputs, StatusReporter, registration_backoff};
+use crate::pod::api::ApiLink;
 use crate::pod::events::PodEvents;
-use crate::pod::source;
-use crate::pod::status::StatusManager;
+use crate::pod::mirror::{MirrorPods, MirrorUids};
+use crate::pod::source::{self, StaticPods};
+use crate::pod::static_pods::ManifestDir;
+use crate::pod::status::{StatusManager, StatusSink};
 use crate::pod::worker::{PodDirs, WorkerContext};
 use crate::pod::workers::PodWorkers;
 use crate::runtime::Runtime;
@@ -53,6 +57,32 @@ pub enum KubeletError {
     /// The kubelet API cannot start.
     #[error("kubelet API: {0}")]
     Server(#[from] crate::server::ServerError),
+    /// The kubelet API's port is taken.
+    #[error(
+        "port {port} on {ip} is already in use (another kubelet or krustlet?): stop that \
+         process or choose another port with --port"
+    )]
+    PortInUse {
+        /// The node IP.
+        ip: std::net::IpAddr,
+        /// The port.
+        port: u16,
+    },
+    /// The API server cannot be reached for TLS bootstrap.
+    #[error("TLS bootstrap: {0}")]
+    Unreachable(String),
+}
+
+/// Fails early, before any API traffic, if the kubelet API's port is taken.
+fn check_port(config: &KubeletConfig) -> Result<(), KubeletError> {
+    match std::net::TcpListener::bind((config.node_ip, config.port)) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(KubeletError::PortInUse {
+            ip: config.node_ip,
+            port: config.port,
+        }),
+        // Other problems (an address not ours) are reported by the server with their cause.
+        _ => Ok(()),
+    }
 }
 
 /// A kubelet for one node.
@@ -78,7 +108,17 @@ impl Kubelet {
             path: config.data_dir.clone(),
             source,
         })?;
-        let client = bootstrap::node_client(&config).await?;
+        check_port(&config)?;
+        let server = ApiServer::of(&config);
+        let client = match bootstrap::node_client(&config).await {
+            Ok(client) => client,
+            Err(error) => {
+                return Err(match connection_failure(&error) {
+                    Some(cause) => KubeletError::Unreachable(server.unreachable_message(&cause)),
+                    None => error.into(),
+                });
+            }
+        };
         let (clients_tx, clients) = watch::channel(client);
         let (uid_tx, node_uid) = watch::channel(None);
         let (readiness_tx, readiness) = watch::channel(Readiness::Ready);
@@ -110,7 +150,16 @@ impl Kubelet {
                 Err(error) => {
                     let wait = registration_backoff(attempt);
                     attempt += 1;
-                    tracing::warn!(%error, retry_in = ?wait, "node registration failed");
+                    match connection_failure(&error) {
+                        Some(cause) => tracing::warn!(
+                            retry_in = ?wait,
+                            "{}",
+                            server.unreachable_message(&cause)
+                        ),
+                        None => {
+                            tracing::warn!(%error, retry_in = ?wait, "node registration failed")
+                        }
+                    }
                     tokio::select! {
                         _ = &mut shutdown => return Ok(()),
                         _ = tokio::time::sleep(wait) => {}
@@ -124,6 +173,7 @@ impl Kubelet {
             config.node_name.clone(),
             config.node_lease_duration_seconds,
         );
+        let node_uid_for_mirrors = node_uid.clone();
         let lease_task = tokio::spawn(lease.run(node_uid, stop.clone()));
         let status_task = tokio::spawn(reporter.run(readiness, stop.clone()));
         tokio::spawn(bootstrap::rotate_client_certificate(
@@ -132,7 +182,12 @@ impl Kubelet {
             stop.clone(),
         ));
         let status = StatusManager::new();
-        tokio::spawn(status.clone().run(clients.clone()));
+        let mirror_uids = MirrorUids::default();
+        tokio::spawn(
+            status
+                .clone()
+                .run(StatusSink::Api(clients.clone(), mirror_uids.clone())),
+        );
         let stats = Stats::new();
         tokio::spawn(stats.clone().run_sampler(stop.clone()));
         let metrics = KubeletMetrics::new(&config.node_name);
@@ -144,11 +199,11 @@ impl Kubelet {
             services: NodeServices {
                 runtime: self.runtime.clone(),
                 images: images.clone(),
-                events: PodEvents::new(clients.clone(), &config.node_name),
+                events: PodEvents::new(ApiLink::Connected(clients.clone()), &config.node_name),
                 node_name: config.node_name.clone(),
                 node_labels: crate::node::registration::labels(&config),
                 node_ip: config.node_ip.to_string(),
-                clients: clients.clone(),
+                api: ApiLink::Connected(clients.clone()),
                 log_policy: config.log_policy(),
                 stats: stats.clone(),
                 metrics: metrics.clone(),
@@ -156,7 +211,6 @@ impl Kubelet {
                 memory_bound,
             },
             status: status.clone(),
-            clients: clients.clone(),
             dirs: PodDirs {
                 pods: config.data_path("pods"),
                 logs: pods_log_root(&config.data_dir),
@@ -174,6 +228,7 @@ impl Kubelet {
         tokio::spawn(eviction.run(stop.clone()));
 
         let (serving_tx, serving) = watch::channel(None);
+        let status_for_mirrors = status.clone();
         let view = NodeView {
             pods: workers.known_pods(),
             status,
@@ -204,8 +259,18 @@ impl Kubelet {
                 config.node_name.clone(),
                 source_stop.clone(),
             );
+            let statics = config.manifests.clone().map(|dir| StaticPods {
+                dir: ManifestDir::new(dir, &node, None),
+                mirrors: MirrorPods::new(
+                    clients.clone(),
+                    &node,
+                    node_uid_for_mirrors,
+                    mirror_uids,
+                    status_for_mirrors,
+                ),
+            });
             tokio::spawn(async move {
-                source::run(client, &node, &mut workers, stop).await;
+                source::run(client, &node, &mut workers, statics, stop).await;
                 workers
             })
         };

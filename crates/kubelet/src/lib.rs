@@ -17,6 +17,7 @@
 //! - [`server`]: the kubelet HTTPS API (health, logs, pods, metrics, stats), authenticated and
 //!   authorized.
 //! - [`kubelet`]: [`Kubelet`], which runs all of the above.
+//! - [`standalone`]: static pods from a manifest directory without an API server.
 
 pub mod bootstrap;
 pub mod config;
@@ -31,6 +32,7 @@ pub mod pod;
 pub mod quantity;
 pub mod runtime;
 pub mod server;
+pub mod standalone;
 pub mod stats;
 pub mod volume;
 

@@ -7,9 +7,11 @@ mod api;
 mod config;
 mod foundation;
 mod images;
+mod newcomer;
 mod node;
 mod pods;
 mod resources;
+mod standalone;
 mod volumes;
 
 /// The krustlet command under test, built from this workspace.

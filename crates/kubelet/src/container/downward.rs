@@ -19,6 +19,9 @@ pub fn field_value(pod: &Pod, path: &str, node_ip: &str) -> Option<String> {
         "metadata.name" => meta.name.clone().unwrap_or_default(),
         "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
         "metadata.uid" => meta.uid.clone().unwrap_or_default(),
+        // Whole maps (downwardAPI volumes only), as upstream's `fieldpath.FormatMap`.
+        "metadata.labels" => format_map(meta.labels.as_ref()),
+        "metadata.annotations" => format_map(meta.annotations.as_ref()),
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
         "spec.serviceAccountName" => spec
             .and_then(|s| s.service_account_name.clone())
@@ -45,6 +48,16 @@ pub fn field_value(pod: &Pod, path: &str, node_ip: &str) -> Option<String> {
             }
         }
     })
+}
+
+/// `key="value"` lines, sorted by key, values quoted (upstream quotes with Go's `%q`; JSON
+/// string quoting agrees with it for printable text).
+fn format_map(map: Option<&std::collections::BTreeMap<String, String>>) -> String {
+    map.into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", serde_json::Value::String(v.clone())))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Resolves a `resourceFieldRef` for `container` (upstream's `ExtractContainerResourceValue`):
@@ -118,6 +131,22 @@ pub fn resource_value(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_label_and_annotation_maps_are_formatted_as_upstream() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "labels": {"tier": "demo", "app": "x"}, "annotations": {"note": "say \"hi\""}},
+        }))
+        .expect("pod");
+        assert_eq!(
+            field_value(&pod, "metadata.labels", "1.2.3.4").as_deref(),
+            Some("app=\"x\"\ntier=\"demo\"")
+        );
+        assert_eq!(
+            field_value(&pod, "metadata.annotations", "1.2.3.4").as_deref(),
+            Some("note=\"say \\\"hi\\\"\"")
+        );
+    }
 
     #[test]
     fn resource_values_divide_and_default_to_allocatable() {

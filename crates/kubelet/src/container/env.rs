@@ -12,6 +12,7 @@ use crate::container::argv::expand;
 use crate::container::config_watch::{Kind, ObjectRef};
 use crate::container::downward::{field_value, resource_value};
 use crate::node::allocatable::NodeResources;
+use crate::pod::api::{ApiLink, NoApiServer};
 
 /// Why the environment cannot be built; the container waits with
 /// `CreateContainerConfigError` and this message.
@@ -63,6 +64,17 @@ pub enum EnvError {
     },
 }
 
+/// Why the objects of a container's environment cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The API server refused or is away.
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    /// Standalone mode: there is no API server to read them from.
+    #[error(transparent)]
+    NoApiServer(#[from] NoApiServer),
+}
+
 /// The data of the ConfigMaps and Secrets a container's environment refers to, as fetched
 /// (`None`: the object does not exist).
 #[derive(Debug, Clone, Default)]
@@ -93,10 +105,10 @@ impl EnvObjects {
     /// Fetches every ConfigMap and Secret `container`'s environment names, from `namespace`.
     /// The node may read exactly these (the Node authorizer allows objects its pods reference).
     pub async fn fetch(
-        client: &kube::Client,
+        api: &ApiLink,
         namespace: &str,
         container: &Container,
-    ) -> Result<Self, kube::Error> {
+    ) -> Result<Self, FetchError> {
         let mut config_maps = BTreeSet::new();
         let mut secrets = BTreeSet::new();
         for from in container.env_from.iter().flatten() {
@@ -113,6 +125,10 @@ impl EnvObjects {
             secrets.extend(from.secret_key_ref.as_ref().map(|r| r.name.clone()));
         }
         let mut objects = Self::default();
+        if config_maps.is_empty() && secrets.is_empty() {
+            return Ok(objects);
+        }
+        let client = api.client(|| format!("the environment of container {:?}", container.name))?;
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
         for name in config_maps {
             let data = cms

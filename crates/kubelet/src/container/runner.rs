@@ -21,6 +21,7 @@ use crate::log::writer::CriLogWriter;
 use crate::log::{container_log_path, mark_run_finished};
 use crate::metrics::{ContainerTypeLabel, KubeletMetrics};
 use crate::node::allocatable::NodeResources;
+use crate::pod::api::ApiLink;
 use crate::pod::backoff::Backoff;
 use crate::pod::events::{PodEvents, container_field};
 use crate::quantity::amount;
@@ -44,8 +45,8 @@ pub struct NodeServices {
     pub node_labels: BTreeMap<String, String>,
     /// The node's IP (also the pod's).
     pub node_ip: String,
-    /// The newest API client (for the ConfigMaps and Secrets containers refer to).
-    pub clients: watch::Receiver<kube::Client>,
+    /// The API server (for the ConfigMaps and Secrets containers refer to), if any.
+    pub api: ApiLink,
     /// How container logs are rotated and bounded.
     pub log_policy: LogPolicy,
     /// Where running containers' usage is registered.
@@ -209,13 +210,20 @@ impl Runner {
         if self.stopping().is_some() {
             return false;
         }
-        let client = self.services.clients.borrow().clone();
         let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
-        let refs = match env::EnvObjects::fetch(&client, namespace, &self.container).await {
-            Ok(objects) => objects.references(),
-            Err(_) => Vec::new(),
-        };
         let mut stop = self.stop.clone();
+        // Standalone: nothing can appear; the error stays until the manifest changes.
+        let Ok(client) = self.services.api.client(String::new) else {
+            return tokio::select! {
+                _ = tokio::time::sleep(config_watch::FALLBACK) => true,
+                _ = stop.wait_for(|s| s.is_some()) => false,
+            };
+        };
+        let refs =
+            match env::EnvObjects::fetch(&self.services.api, namespace, &self.container).await {
+                Ok(objects) => objects.references(),
+                Err(_) => Vec::new(),
+            };
         tokio::select! {
             _ = config_watch::changed(&client, namespace, &refs) => true,
             _ = stop.wait_for(|s| s.is_some()) => false,
@@ -423,8 +431,11 @@ impl Runner {
                 return Err((error.reason(), error.to_string()));
             }
         };
-        let client = self.services.clients.borrow().clone();
-        let keyring = crate::image::auth::pod_keyring(&client, &self.pod).await;
+        // Pull secrets live in the API; standalone pulls anonymously.
+        let keyring = match self.services.api.client(String::new) {
+            Ok(client) => crate::image::auth::pod_keyring(&client, &self.pod).await,
+            Err(_) => crate::image::auth::Keyring::default(),
+        };
         self.normal("Pulling", format!("Pulling image {image:?}"))
             .await;
         let started = Instant::now();
@@ -460,9 +471,8 @@ impl Runner {
         restart_count: i32,
     ) -> Result<(crate::runtime::RunningContainer, PathBuf, String), (&'static str, String)> {
         let c = &self.container;
-        let client = self.services.clients.borrow().clone();
         let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
-        let objects = env::EnvObjects::fetch(&client, namespace, c)
+        let objects = env::EnvObjects::fetch(&self.services.api, namespace, c)
             .await
             .map_err(|e| {
                 (

@@ -4,6 +4,7 @@ pub mod allocatable;
 pub mod conditions;
 pub mod host;
 pub mod lease;
+pub mod reachability;
 pub mod registration;
 pub mod shutdown;
 pub mod status;

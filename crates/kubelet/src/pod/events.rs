@@ -4,20 +4,21 @@
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use tokio::sync::watch;
 
-/// Publishes events for pods as `kubelet` on this node.
+use crate::pod::api::ApiLink;
+
+/// Publishes events for pods as `kubelet` on this node (to the log only in standalone mode).
 #[derive(Clone)]
 pub struct PodEvents {
-    clients: watch::Receiver<kube::Client>,
+    api: ApiLink,
     reporter: Reporter,
 }
 
 impl PodEvents {
     /// A publisher reporting as the kubelet of `node_name`.
-    pub fn new(clients: watch::Receiver<kube::Client>, node_name: &str) -> Self {
+    pub fn new(api: ApiLink, node_name: &str) -> Self {
         Self {
-            clients,
+            api,
             reporter: Reporter {
                 controller: "kubelet".into(),
                 instance: Some(node_name.into()),
@@ -45,11 +46,21 @@ impl PodEvents {
         reason: &str,
         note: String,
     ) {
+        let ApiLink::Connected(clients) = &self.api else {
+            // No API server: the log is where a standalone user looks.
+            let pod = pod.metadata.name.as_deref().unwrap_or_default();
+            let object = field_path.as_deref().unwrap_or_default();
+            match type_ {
+                EventType::Normal => tracing::info!(pod, object, reason, "{note}"),
+                EventType::Warning => tracing::warn!(pod, object, reason, "{note}"),
+            }
+            return;
+        };
         let reference = ObjectReference {
             field_path,
             ..pod.object_ref(&())
         };
-        let recorder = Recorder::new(self.clients.borrow().clone(), self.reporter.clone());
+        let recorder = Recorder::new(clients.borrow().clone(), self.reporter.clone());
         let event = Event {
             type_,
             reason: reason.into(),

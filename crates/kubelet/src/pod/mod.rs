@@ -1,11 +1,14 @@
 //! Pods: the watch, per-pod workers, status, phase, events and back-off.
 
 pub mod admission;
+pub mod api;
 pub mod backoff;
 pub mod events;
 pub mod known;
+pub mod mirror;
 pub mod phase;
 pub mod source;
+pub mod static_pods;
 pub mod status;
 pub mod worker;
 pub mod workers;

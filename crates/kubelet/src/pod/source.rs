@@ -10,28 +10,68 @@ use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
 
+use crate::pod::mirror::{MirrorPods, is_mirror};
+use crate::pod::static_pods::ManifestDir;
 use crate::pod::workers::PodWorkers;
+
+/// Static pods of a connected node: the manifest directory and their mirror pods.
+pub struct StaticPods {
+    /// The manifest directory.
+    pub dir: ManifestDir,
+    /// The mirror pods in the API.
+    pub mirrors: MirrorPods,
+}
 
 /// Feeds `workers` from the API server until `stop` is cancelled.
 ///
 /// A relist (start, or after the watch broke) ends with the set of pods that exist: workers
 /// of pods missing from it are told their pod was removed, so pods deleted while the watch was
 /// down are cleaned up.
+///
+/// With `statics`, the manifest directory is read every second too, and mirror pods (which
+/// the node does not run: it runs their static pods) are kept in step with it.
 pub async fn run(
     client: kube::Client,
     node_name: &str,
     workers: &mut PodWorkers,
+    mut statics: Option<StaticPods>,
     stop: CancellationToken,
 ) {
     let api: Api<Pod> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
     let mut events = watcher(api, config).default_backoff().boxed();
     let mut relisted: HashSet<String> = HashSet::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
+            _ = tick.tick(), if statics.is_some() => {
+                if let Some(statics) = statics.as_mut() {
+                    statics.dir.sync(workers);
+                    statics.mirrors.reconcile(&statics.dir.pods()).await;
+                }
+                continue;
+            }
             event = events.next() => event,
         };
+        // Mirror pods are the node's own reflections of static pods: tracked, never run.
+        if let Some(Ok(
+            watcher::Event::Apply(pod)
+            | watcher::Event::InitApply(pod)
+            | watcher::Event::Delete(pod),
+        )) = &event
+            && is_mirror(pod)
+        {
+            if let Some(statics) = statics.as_mut() {
+                if matches!(event, Some(Ok(watcher::Event::Delete(_)))) {
+                    statics.mirrors.forget(pod);
+                } else {
+                    statics.mirrors.observe(pod);
+                }
+                statics.mirrors.reconcile(&statics.dir.pods()).await;
+            }
+            continue;
+        }
         match event {
             Some(Ok(watcher::Event::Apply(pod))) => workers.update(Arc::new(pod)),
             Some(Ok(watcher::Event::Delete(pod))) => {
@@ -45,9 +85,14 @@ pub async fn run(
                 workers.update(Arc::new(pod));
             }
             Some(Ok(watcher::Event::InitDone)) => {
+                // Static pods are not in the API under their own UIDs.
+                let static_uids: HashSet<String> = statics
+                    .as_ref()
+                    .map(|s| s.dir.keys().into_iter().map(|k| k.uid).collect())
+                    .unwrap_or_default();
                 let gone: Vec<String> = workers
                     .known()
-                    .filter(|uid| !relisted.contains(*uid))
+                    .filter(|uid| !relisted.contains(*uid) && !static_uids.contains(*uid))
                     .cloned()
                     .collect();
                 for uid in gone {

@@ -3,15 +3,20 @@
 //! Workers hand it the status they computed; it keeps the newest per pod, sends a patch of the
 //! status subresource only when that differs from what was last sent, and sends patches from
 //! one background task. Patches carry the pod's UID, so a status never lands on a newer pod
-//! of the same name.
+//! of the same name. In standalone mode the sink is a directory of status files instead
+//! ([`StatusSink::Files`]), which `krustlet pods` reads from another process.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
 use tokio::sync::{Notify, watch};
+
+use crate::pod::mirror::MirrorUids;
 
 /// Which pod a status belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -49,9 +54,86 @@ struct Entry {
     sent_generation: u64,
 }
 
+/// Where pod statuses go.
+#[derive(Clone)]
+pub enum StatusSink {
+    /// The status subresource of the pod in the API server, with the newest client; static
+    /// pods' statuses go to their mirror pods.
+    Api(watch::Receiver<kube::Client>, MirrorUids),
+    /// Standalone mode: one `<namespace>_<name>_<uid>.json` per pod in this directory, a Pod
+    /// with metadata and status; removed when the pod is forgotten.
+    Files(PathBuf),
+}
+
+/// The result of sending one status.
+enum Sent {
+    Ok,
+    /// The pod is gone (404, or a newer pod of that name): nothing more to send.
+    Gone,
+    Failed(String),
+}
+
+impl StatusSink {
+    async fn send(&self, key: &PodKey, status: &PodStatus) -> Sent {
+        match self {
+            Self::Api(clients, mirrors) => {
+                let client = clients.borrow().clone();
+                let target = PodKey {
+                    uid: mirrors.translate(&key.uid),
+                    ..key.clone()
+                };
+                match patch(&client, &target, status).await {
+                    Ok(()) => Sent::Ok,
+                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Sent::Gone,
+                    Err(error) => Sent::Failed(error.to_string()),
+                }
+            }
+            Self::Files(dir) => match write_status_file(dir, key, status) {
+                Ok(()) => Sent::Ok,
+                Err(error) => Sent::Failed(format!("writing {}: {error}", dir.display())),
+            },
+        }
+    }
+
+    fn forget(&self, key: &PodKey) {
+        if let Self::Files(dir) = self {
+            let _ = std::fs::remove_file(status_file(dir, key));
+        }
+    }
+}
+
+/// The status file of a pod in standalone mode.
+pub fn status_file(dir: &Path, key: &PodKey) -> PathBuf {
+    dir.join(format!("{}_{}_{}.json", key.namespace, key.name, key.uid))
+}
+
+/// Writes the file whole (temporary file, then rename), so readers never see half of it.
+fn write_status_file(dir: &Path, key: &PodKey, status: &PodStatus) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let pod = Pod {
+        metadata: ObjectMeta {
+            namespace: Some(key.namespace.clone()),
+            name: Some(key.name.clone()),
+            uid: Some(key.uid.clone()),
+            ..Default::default()
+        },
+        status: Some(status.clone()),
+        ..Default::default()
+    };
+    let path = status_file(dir, key);
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(&pod).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(tmp, path)
+}
+
 #[derive(Default)]
 struct Inner {
     entries: Mutex<HashMap<PodKey, Entry>>,
+    /// Pods forgotten since the last round, for the sink to drop.
+    forgotten: Mutex<Vec<PodKey>>,
     dirty: Notify,
     // Bumped after every round of patches, for `flush`.
     rounds: watch::Sender<u64>,
@@ -85,6 +167,18 @@ impl StatusManager {
         self.inner.dirty.notify_one();
     }
 
+    /// Sends the newest status of a pod again even if unchanged (its target changed: a new
+    /// mirror pod).
+    pub fn resend(&self, key: &PodKey) {
+        let mut entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = entries.get_mut(key) {
+            entry.sent = None;
+            entry.generation += 1;
+        }
+        drop(entries);
+        self.inner.dirty.notify_one();
+    }
+
     /// The newest status recorded for a pod.
     pub fn get(&self, key: &PodKey) -> Option<PodStatus> {
         let entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -98,6 +192,12 @@ impl StatusManager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
+        self.inner
+            .forgotten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(key.clone());
+        self.inner.dirty.notify_one();
     }
 
     /// Waits until the newest status of `key` has been sent (or found unchanged).
@@ -116,12 +216,22 @@ impl StatusManager {
         }
     }
 
-    /// Sends changed statuses with the newest client until the process ends. A failed patch
-    /// is retried with the next round (a 404 or UID conflict means the pod is gone: dropped).
-    pub async fn run(self, clients: watch::Receiver<kube::Client>) {
+    /// Sends changed statuses to `sink` until the process ends. A failed patch is retried
+    /// with the next round (a 404 or UID conflict means the pod is gone: dropped).
+    pub async fn run(self, sink: StatusSink) {
         loop {
             self.inner.dirty.notified().await;
             loop {
+                let forgotten = std::mem::take(
+                    &mut *self
+                        .inner
+                        .forgotten
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()),
+                );
+                for key in forgotten {
+                    sink.forget(&key);
+                }
                 let batch: Vec<(PodKey, PodStatus, u64)> = {
                     let entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
                     entries
@@ -133,24 +243,20 @@ impl StatusManager {
                 if batch.is_empty() {
                     break;
                 }
-                let client = clients.borrow().clone();
                 let inner = &self.inner;
+                let sink = &sink;
                 let results: Vec<_> = futures::stream::iter(batch)
-                    .map(|(key, status, generation)| {
-                        let client = client.clone();
-                        async move {
-                            let unchanged = {
-                                let entries =
-                                    inner.entries.lock().unwrap_or_else(|e| e.into_inner());
-                                entries.get(&key).and_then(|e| e.sent.as_ref()) == Some(&status)
-                            };
-                            let result = if unchanged {
-                                Ok(())
-                            } else {
-                                patch(&client, &key, &status).await
-                            };
-                            (key, status, generation, result)
-                        }
+                    .map(|(key, status, generation)| async move {
+                        let unchanged = {
+                            let entries = inner.entries.lock().unwrap_or_else(|e| e.into_inner());
+                            entries.get(&key).and_then(|e| e.sent.as_ref()) == Some(&status)
+                        };
+                        let result = if unchanged {
+                            Sent::Ok
+                        } else {
+                            sink.send(&key, &status).await
+                        };
+                        (key, status, generation, result)
                     })
                     .buffer_unordered(CONCURRENT_PATCHES)
                     .collect()
@@ -163,14 +269,14 @@ impl StatusManager {
                             continue;
                         };
                         match result {
-                            Ok(()) => {
+                            Sent::Ok => {
                                 entry.sent = Some(status);
                                 entry.sent_generation = entry.sent_generation.max(generation);
                             }
-                            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
+                            Sent::Gone => {
                                 entry.sent_generation = entry.generation;
                             }
-                            Err(error) => {
+                            Sent::Failed(error) => {
                                 tracing::warn!(pod = %key, %error, "pod status patch failed; retrying");
                                 failed = true;
                             }

@@ -27,6 +27,7 @@ use crate::container::runner::{Kind, NodeServices, Runner};
 use crate::eviction::{Eviction, Evictions};
 use crate::log::pod_log_dir;
 use crate::pod::admission::Rejection;
+use crate::pod::api::ApiLink;
 use crate::pod::phase;
 use crate::pod::status::{PodKey, StatusManager};
 use crate::runtime::Termination;
@@ -65,8 +66,6 @@ pub struct WorkerContext {
     pub services: NodeServices,
     /// The status manager.
     pub status: StatusManager,
-    /// The newest API client.
-    pub clients: watch::Receiver<kube::Client>,
     /// Directories.
     pub dirs: PodDirs,
     /// Where the eviction manager reaches workers.
@@ -313,9 +312,8 @@ impl Worker {
     async fn setup(&mut self, desired: &mut watch::Receiver<Desired>) -> bool {
         let spec = self.pod.spec.clone().unwrap_or_default();
         let prepared = loop {
-            let client = self.ctx.clients.borrow().clone();
             match volume::prepare(
-                &client,
+                &self.ctx.services.api,
                 &self.pod,
                 &self.pod_dir(),
                 self.ctx.services.node_facts(),
@@ -331,13 +329,14 @@ impl Worker {
                         .await;
                     self.publish();
                     let namespace = self.key.namespace.clone();
+                    let client = self.ctx.services.api.client(String::new).ok();
                     let retry = async {
-                        match error.object() {
+                        match (error.object(), client) {
                             // Retry when the object appears or changes, not on a timer.
-                            Some(reference) => {
+                            (Some(reference), Some(client)) => {
                                 config_watch::changed(&client, &namespace, &[reference]).await
                             }
-                            None => tokio::time::sleep(VOLUME_RETRY).await,
+                            _ => tokio::time::sleep(VOLUME_RETRY).await,
                         }
                     };
                     tokio::select! {
@@ -405,9 +404,8 @@ impl Worker {
     /// Rewrites the pod's ConfigMap, Secret, downwardAPI and projected volumes from the current
     /// objects (atomically, so running readers see the old or the new set), and renews tokens.
     async fn refresh_volumes(&mut self) {
-        let client = self.ctx.clients.borrow().clone();
         if let Err(error) = volume::prepare(
-            &client,
+            &self.ctx.services.api,
             &self.pod,
             &self.pod_dir(),
             self.ctx.services.node_facts(),
@@ -585,11 +583,15 @@ impl Worker {
             &now,
         );
         let ip = self.ctx.services.node_ip.clone();
+        // An evicted or rejected pod whose containers have already stopped is Failed before
+        // the final status: it carries its reason from the first Failed on, so nobody sees a
+        // Failed pod without one.
+        let terminal = phase == "Failed" || phase == "Succeeded";
         let (reason, message) = match (self.shutdown_reason, &self.terminal_reason) {
             (Some((reason, message)), _) if final_status => {
                 (Some(reason.to_string()), Some(message.to_string()))
             }
-            (_, Some((reason, message))) if final_status => {
+            (_, Some((reason, message))) if final_status || terminal => {
                 (Some(reason.clone()), Some(message.clone()))
             }
             _ => (None, None),
@@ -619,8 +621,13 @@ impl Worker {
         self.ctx.status.set(&self.key, self.status(true));
     }
 
+    /// Deletes the terminated pod from the API server; standalone pods are only local.
     async fn delete_from_api(&self) {
-        let api: Api<Pod> = Api::namespaced(self.ctx.clients.borrow().clone(), &self.key.namespace);
+        let ApiLink::Connected(clients) = &self.ctx.services.api else {
+            tracing::info!(pod = %self.key, "static pod terminated");
+            return;
+        };
+        let api: Api<Pod> = Api::namespaced(clients.borrow().clone(), &self.key.namespace);
         let params = DeleteParams {
             grace_period_seconds: Some(0),
             preconditions: Some(Preconditions {

@@ -27,6 +27,7 @@ use kube::api::{Api, PostParams};
 use crate::container::config_watch::{Kind, ObjectRef};
 use crate::container::downward::{field_value, resource_value};
 use crate::node::allocatable::NodeResources;
+use crate::pod::api::{ApiLink, NoApiServer};
 
 /// Why a volume cannot be set up now; reported as a `FailedMount` event and retried.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,15 @@ pub enum VolumeError {
         /// Why.
         #[source]
         source: kube::Error,
+    },
+    /// Standalone mode: the volume's content lives in the API server.
+    #[error("MountVolume.SetUp failed for volume {volume:?}: {source}")]
+    NoApiServer {
+        /// The volume.
+        volume: String,
+        /// What needed the API server.
+        #[source]
+        source: NoApiServer,
     },
     /// The volume's spec cannot be honoured as written.
     #[error("MountVolume.SetUp failed for volume {volume:?}: {message}")]
@@ -129,7 +139,7 @@ pub struct NodeFacts<'a> {
 
 /// Sets up every volume of `pod` under `pod_dir/volumes`.
 pub async fn prepare(
-    client: &kube::Client,
+    api: &ApiLink,
     pod: &Pod,
     pod_dir: &Path,
     node: NodeFacts<'_>,
@@ -169,12 +179,19 @@ pub async fn prepare(
             continue;
         } else if let Some(claim) = &volume.persistent_volume_claim {
             let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-            let path = pvc::host_path(client, namespace, &claim.claim_name, node.name, node.labels)
-                .await
-                .map_err(|message| VolumeError::Invalid {
-                    volume: volume.name.clone(),
-                    message,
-                })?;
+            let client = client_for(api, &volume.name, "persistentVolumeClaim")?;
+            let path = pvc::host_path(
+                &client,
+                namespace,
+                &claim.claim_name,
+                node.name,
+                node.labels,
+            )
+            .await
+            .map_err(|message| VolumeError::Invalid {
+                volume: volume.name.clone(),
+                message,
+            })?;
             prepared.mounts.insert(volume.name.clone(), path);
             continue;
         } else if volume.config_map.is_some()
@@ -194,7 +211,7 @@ pub async fn prepare(
             let dir = pod_dir
                 .join(format!("volumes/kubernetes.io~{plugin}"))
                 .join(&volume.name);
-            let files = files_for(client, pod, volume, node, &dir).await?;
+            let files = files_for(api, pod, volume, node, &dir).await?;
             (dir, files)
         } else {
             prepared.unsupported.push(volume.name.clone());
@@ -287,10 +304,19 @@ fn sources(volume: &Volume) -> (Vec<Source<'_>>, Option<i32>) {
     (all, projected.default_mode)
 }
 
+/// The client for a volume whose content comes from the API server.
+fn client_for(api: &ApiLink, volume: &str, kind: &str) -> Result<kube::Client, VolumeError> {
+    api.client(|| format!("a {kind} volume"))
+        .map_err(|source| VolumeError::NoApiServer {
+            volume: volume.into(),
+            source,
+        })
+}
+
 /// The files of a ConfigMap, Secret, downwardAPI or projected volume; `current` is where the
 /// volume is (or will be) written, to reuse a still-fresh service account token.
 async fn files_for(
-    client: &kube::Client,
+    api: &ApiLink,
     pod: &Pod,
     volume: &Volume,
     node: NodeFacts<'_>,
@@ -313,10 +339,11 @@ async fn files_for(
                 items,
                 optional,
             } => {
+                let client = client_for(api, name, kind)?;
                 let data = if kind == "configmap" {
-                    config_map(client, &namespace, &object).await
+                    config_map(&client, &namespace, &object).await
                 } else {
-                    secret_data(client, &namespace, &object).await
+                    secret_data(&client, &namespace, &object).await
                 }
                 .map_err(api_error)?;
                 add_items(
@@ -351,7 +378,8 @@ async fn files_for(
                 }
             }
             Source::Token(token) => {
-                let content = service_account_token(client, pod, token, current)
+                let client = client_for(api, name, "serviceAccountToken")?;
+                let content = service_account_token(&client, pod, token, current)
                     .await
                     .map_err(api_error)?;
                 files.insert(token.path.clone(), (content, default_mode));

@@ -1,0 +1,118 @@
+//! Standalone mode: static pods from a manifest directory with no API server (the kubelet's
+//! `--pod-manifest-path` without `--kubeconfig`).
+//!
+//! The same pod workers run the pods; what differs is at the edges: statuses go to status
+//! files under `<data-dir>/static-pods/` (read by `krustlet pods`), events go to the log,
+//! volumes and env that need the API server fail with a message saying so, and a deleted pod
+//! is only local. Logs are the usual CRI files under `<data-dir>/logs/pods/`.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::KubeletError;
+use crate::config::KubeletConfig;
+use crate::container::runner::NodeServices;
+use crate::eviction::Evictions;
+use crate::image::ImageStore;
+use crate::log::pods_log_root;
+use crate::metrics::KubeletMetrics;
+use crate::node::allocatable::NodeResources;
+use crate::node::host::HostInfo;
+use crate::pod::api::ApiLink;
+use crate::pod::events::PodEvents;
+use crate::pod::static_pods::{self, ManifestDir};
+use crate::pod::status::{StatusManager, StatusSink};
+use crate::pod::worker::{PodDirs, WorkerContext};
+use crate::pod::workers::PodWorkers;
+use crate::runtime::Runtime;
+use crate::stats::Stats;
+
+/// Where standalone mode writes pod status files: `<data-dir>/static-pods`.
+pub fn status_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("static-pods")
+}
+
+/// Runs the static pods of `manifests` on `runtime` until `shutdown` resolves, then stops them
+/// within the shutdown grace period.
+///
+/// # Errors
+/// Only for problems at start: the data dir or the image store cannot be created.
+pub async fn run(
+    config: KubeletConfig,
+    manifests: PathBuf,
+    runtime: Arc<dyn Runtime>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), KubeletError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| KubeletError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let images = Arc::new(ImageStore::new(
+        config.data_path("images"),
+        config.insecure_registries.clone(),
+    )?);
+    let host = HostInfo::read();
+    let storage = crate::node::host::Filesystem::of(&config.data_dir)
+        .map(|fs| fs.total_bytes)
+        .unwrap_or(0);
+    let capacity = NodeResources::capacity(&config, &host, storage);
+    let allocatable = NodeResources::allocatable(&config, &capacity);
+    let memory_bound = NodeResources::pods_memory_bound(&config, &capacity);
+    let stop = CancellationToken::new();
+    let statuses = status_dir(&config.data_dir);
+    // Created now, so `krustlet pods` can tell "running, no pods yet" from "not running".
+    std::fs::create_dir_all(&statuses).map_err(|source| KubeletError::DataDir {
+        path: statuses.clone(),
+        source,
+    })?;
+    let status = StatusManager::new();
+    tokio::spawn(status.clone().run(StatusSink::Files(statuses.clone())));
+    let stats = Stats::new();
+    tokio::spawn(stats.clone().run_sampler(stop.clone()));
+    let ctx = WorkerContext {
+        services: NodeServices {
+            runtime,
+            images,
+            events: PodEvents::new(ApiLink::Standalone, &config.node_name),
+            node_name: config.node_name.clone(),
+            node_labels: crate::node::registration::labels(&config),
+            node_ip: config.node_ip.to_string(),
+            api: ApiLink::Standalone,
+            log_policy: config.log_policy(),
+            stats,
+            metrics: KubeletMetrics::new(&config.node_name),
+            allocatable,
+            memory_bound,
+        },
+        status,
+        // No eviction manager here: static pods are never evicted (as upstream's critical
+        // static pods), only bounded by their limits.
+        evictions: Evictions::default(),
+        dirs: PodDirs {
+            pods: config.data_path("pods"),
+            logs: pods_log_root(&config.data_dir),
+        },
+    };
+    let mut workers = PodWorkers::new(ctx);
+    tracing::info!(manifests = %manifests.display(), node = %config.node_name, data_dir = %config.data_dir.display(), "running static pods standalone");
+    let source = ManifestDir::new(manifests, &config.node_name, Some(statuses));
+    let source_stop = CancellationToken::new();
+    let pods = {
+        let stop = source_stop.clone();
+        tokio::spawn(async move {
+            static_pods::run(source, &mut workers, stop).await;
+            workers
+        })
+    };
+    shutdown.await;
+    tracing::info!("shutting down");
+    source_stop.cancel();
+    if let Ok(mut workers) = pods.await {
+        workers.shutdown(config.shutdown_grace_period).await;
+    }
+    stop.cancel();
+    Ok(())
+}
