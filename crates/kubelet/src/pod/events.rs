@@ -68,10 +68,14 @@ impl PodEvents {
             action: reason.into(),
             secondary: None,
         };
-        // Events are best effort, as in the kubelet: a lost event never stops a pod.
-        if let Err(error) = recorder.publish(&event, &reference).await {
-            tracing::debug!(%error, reason, "event not recorded");
-        }
+        // Events are best effort and asynchronous, as the kubelet's broadcaster: a slow or lost
+        // event never delays or stops a pod (awaiting them cost a pod start two round trips).
+        let reason = reason.to_string();
+        tokio::spawn(async move {
+            if let Err(error) = recorder.publish(&event, &reference).await {
+                tracing::debug!(%error, reason, "event not recorded");
+            }
+        });
     }
 }
 
