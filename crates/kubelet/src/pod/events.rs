@@ -5,25 +5,36 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
+use tokio::sync::{mpsc, watch};
+
 use crate::pod::api::ApiLink;
 
 /// Publishes events for pods as `kubelet` on this node (to the log only in standalone mode).
+///
+/// Events go through a queue to one background publisher, as the kubelet's event broadcaster
+/// does: a pod start never waits on an event's round trip, and events keep their order.
 #[derive(Clone)]
 pub struct PodEvents {
-    api: ApiLink,
-    reporter: Reporter,
+    queue: Option<mpsc::UnboundedSender<(Event, ObjectReference)>>,
 }
 
 impl PodEvents {
-    /// A publisher reporting as the kubelet of `node_name`.
+    /// A publisher reporting as the kubelet of `node_name`; with an API server, starts the
+    /// background publisher (call within the async runtime).
     pub fn new(api: ApiLink, node_name: &str) -> Self {
-        Self {
-            api,
-            reporter: Reporter {
-                controller: "kubelet".into(),
-                instance: Some(node_name.into()),
-            },
-        }
+        let reporter = Reporter {
+            controller: "kubelet".into(),
+            instance: Some(node_name.into()),
+        };
+        let queue = match &api {
+            ApiLink::Connected(clients) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(publish_all(clients.clone(), reporter, rx));
+                Some(tx)
+            }
+            ApiLink::Standalone => None,
+        };
+        Self { queue }
     }
 
     /// A Normal event about `pod` (or one of its containers, via `field_path`).
@@ -46,7 +57,7 @@ impl PodEvents {
         reason: &str,
         note: String,
     ) {
-        let ApiLink::Connected(clients) = &self.api else {
+        let Some(queue) = &self.queue else {
             // No API server: the log is where a standalone user looks.
             let pod = pod.metadata.name.as_deref().unwrap_or_default();
             let object = field_path.as_deref().unwrap_or_default();
@@ -60,7 +71,6 @@ impl PodEvents {
             field_path,
             ..pod.object_ref(&())
         };
-        let recorder = Recorder::new(clients.borrow().clone(), self.reporter.clone());
         let event = Event {
             type_,
             reason: reason.into(),
@@ -68,14 +78,22 @@ impl PodEvents {
             action: reason.into(),
             secondary: None,
         };
-        // Events are best effort and asynchronous, as the kubelet's broadcaster: a slow or lost
-        // event never delays or stops a pod (awaiting them cost a pod start two round trips).
-        let reason = reason.to_string();
-        tokio::spawn(async move {
-            if let Err(error) = recorder.publish(&event, &reference).await {
-                tracing::debug!(%error, reason, "event not recorded");
-            }
-        });
+        let _ = queue.send((event, reference));
+    }
+}
+
+/// Publishes queued events one at a time, in order, with the newest API client. Events are best
+/// effort, as in the kubelet: a lost event never stops a pod.
+async fn publish_all(
+    clients: watch::Receiver<kube::Client>,
+    reporter: Reporter,
+    mut queue: mpsc::UnboundedReceiver<(Event, ObjectReference)>,
+) {
+    while let Some((event, reference)) = queue.recv().await {
+        let recorder = Recorder::new(clients.borrow().clone(), reporter.clone());
+        if let Err(error) = recorder.publish(&event, &reference).await {
+            tracing::debug!(%error, reason = %event.reason, "event not recorded");
+        }
     }
 }
 
