@@ -579,26 +579,30 @@ async fn killing_krustlet_mid_pull_leaves_no_corrupt_blob() {
 
     let blobs = node.data_dir().join("images/blobs/sha256");
     let hex = digest.trim_start_matches("sha256:").to_string();
+    let partial = || {
+        std::fs::read_dir(&blobs).is_ok_and(|dir| {
+            dir.flatten().any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{hex}.tmp."))
+            })
+        })
+    };
+    // Kill once the download is writing its temporary file (the log line comes a moment
+    // before the file exists).
     let deadline = Instant::now() + LONG;
-    while count_log_lines(&node, &["downloading blob", &digest]) == 0 {
+    while !partial() {
         assert!(
-            Instant::now() < deadline,
-            "no download started:\n{}",
+            Instant::now() < deadline && !blobs.join(&hex).exists(),
+            "no download caught in progress:\n{}",
             node.log()
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     node.signal(nix::sys::signal::Signal::SIGKILL)
         .expect("SIGKILL");
     node.wait_exit(Duration::from_secs(10)).await.expect("exit");
-    let partial = std::fs::read_dir(&blobs)
-        .expect("blob dir")
-        .flatten()
-        .any(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{hex}.tmp."))
-        });
+    let partial = partial();
     assert!(
         partial && !blobs.join(&hex).exists(),
         "the kill did not land mid-download (make the image bigger)"
