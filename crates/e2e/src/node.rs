@@ -13,6 +13,12 @@ use tempfile::TempDir;
 
 use crate::cluster::{client, cluster};
 
+/// The hard eviction thresholds test nodes run with: the tests share the machine's disk with
+/// builds, and a nearly full disk must not taint every test node with disk-pressure (tests
+/// that need pressure set their own).
+pub const TEST_EVICTION_HARD: &str =
+    "--eviction-hard=memory.available<100Mi,nodefs.available<1%,pid.available<5%";
+
 /// A running Krustlet node; killed, and its Node object deleted, on drop.
 pub struct KrustletNode {
     name: String,
@@ -81,9 +87,7 @@ impl KrustletNode {
                 info.bootstrap_kubeconfig.display()
             ),
             "--log=info,kubelet=debug".into(),
-            // The tests share the machine's disk with builds; a nearly full disk must not
-            // taint every test node with disk-pressure (tests that need pressure set their own).
-            "--eviction-hard=memory.available<100Mi,nodefs.available<1%,pid.available<5%".into(),
+            TEST_EVICTION_HARD.into(),
         ];
         args.extend(self.extra_args.iter().cloned());
         args

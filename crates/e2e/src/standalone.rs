@@ -52,7 +52,7 @@ impl StandaloneKrustlet {
             .arg(format!("--node-name={}", self.node_name))
             .arg("--node-ip=127.0.0.1")
             .arg("--log=info,kubelet=debug")
-            .arg("--eviction-hard=memory.available<100Mi,nodefs.available<1%,pid.available<5%")
+            .arg(crate::node::TEST_EVICTION_HARD)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -42,6 +42,18 @@ fn logs(ns: &TestNamespace, pod: &str) -> String {
     kubectl(&["logs", "-n", ns.name(), pod]).expect("kubectl logs")
 }
 
+/// Waits for the pod's `main` container to wait with `CreateContainerConfigError`; its message.
+async fn config_error_message(pods: &Api<Pod>, name: &str) -> String {
+    let pod = wait_for(pods, name, LONG, "CreateContainerConfigError", |p| {
+        waiting_with(p, "main", "CreateContainerConfigError")
+    })
+    .await
+    .expect("refused");
+    krustlet_e2e::pods::waiting(&pod, "main")
+        .and_then(|w| w.message.clone())
+        .unwrap_or_default()
+}
+
 async fn warning_messages(ns: &TestNamespace, pod: &str, reason: &str) -> Vec<String> {
     let events = ns.api::<Event>();
     let list = events.list(&Default::default()).await.expect("events");
@@ -118,14 +130,7 @@ async fn host_path_directories_files_and_type_checks() {
     )
     .await
     .expect("create");
-    let pod = wait_for(&pods, "escape", LONG, "CreateContainerConfigError", |p| {
-        waiting_with(p, "main", "CreateContainerConfigError")
-    })
-    .await
-    .expect("refused");
-    let message = krustlet_e2e::pods::waiting(&pod, "main")
-        .and_then(|w| w.message.clone())
-        .unwrap_or_default();
+    let message = config_error_message(&pods, "escape").await;
     assert!(
         message.contains("resolves to /etc, outside the volume"),
         "{message}"
@@ -227,18 +232,7 @@ async fn sub_paths_and_read_only_mounts() {
     )
     .await
     .expect("create");
-    let pod = wait_for(
-        &pods,
-        "dots-expr",
-        LONG,
-        "CreateContainerConfigError",
-        |p| waiting_with(p, "main", "CreateContainerConfigError"),
-    )
-    .await
-    .expect("refused");
-    let message = krustlet_e2e::pods::waiting(&pod, "main")
-        .and_then(|w| w.message.clone())
-        .unwrap_or_default();
+    let message = config_error_message(&pods, "dots-expr").await;
     assert!(
         message.contains("must be a relative path that does not contain '..'"),
         "{message}"
