@@ -106,7 +106,7 @@ pub struct Flags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub register_with_taints: Option<Vec<TaintSpec>>,
 
-    /// How long a graceful shutdown (SIGTERM) may take in all, e.g. 30s. [default: 30s]
+    /// Graceful node shutdown: with a period (e.g. 30s), SIGTERM stops every pod within it, reports them Failed and the node NotReady. 0 (the default, as upstream's shutdownGracePeriod) makes SIGTERM a restart: pods are left as they are and resume when Krustlet starts again. [default: 0s]
     #[arg(long, env = "KRUSTLET_SHUTDOWN_GRACE_PERIOD", value_name = "DURATION", value_parser = parse_duration)]
     #[serde(
         skip_serializing_if = "Option::is_none",
@@ -385,9 +385,7 @@ impl Flags {
             register_with_taints: self
                 .register_with_taints
                 .unwrap_or_else(TaintSpec::wasm_defaults),
-            shutdown_grace_period: self
-                .shutdown_grace_period
-                .unwrap_or(Duration::from_secs(30)),
+            shutdown_grace_period: self.shutdown_grace_period.unwrap_or(Duration::ZERO),
             node_status_update_frequency: self
                 .node_status_update_frequency
                 .unwrap_or(Duration::from_secs(10)),

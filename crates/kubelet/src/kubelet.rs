@@ -2,7 +2,8 @@
 //!
 //! Start: credentials (TLS bootstrap if needed) -> register the Node (retried until the API
 //! server answers) -> lease, status, certificate tasks. Stop (the shutdown future resolves):
-//! report NotReady, stop the tasks, return.
+//! with `--shutdown-grace-period` > 0 a graceful node shutdown (stop the pods, report them
+//! Failed and the node NotReady); otherwise a restart (return at once, pods resume next start).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bootstrap::{self, BootstrapError};
 use crate::config::KubeletConfig;
 use crate::container::runner::NodeServices;
+use crate::container::service_env::ServiceEnv;
 use crate::eviction::{EvictionManager, Evictions};
 use crate::image::{ImageError, ImageStore};
 use crate::log::pods_log_root;
@@ -209,6 +211,7 @@ impl Kubelet {
                 metrics: metrics.clone(),
                 allocatable,
                 memory_bound,
+                service_env: ServiceEnv::watch(clients.clone(), stop.clone()),
             },
             status: status.clone(),
             dirs: PodDirs {
@@ -276,7 +279,16 @@ impl Kubelet {
         };
 
         shutdown.await;
-        tracing::info!(node = %config.node_name, "shutting down");
+        if config.shutdown_grace_period.is_zero() {
+            // A restart, not a node shutdown (upstream's kubelet exits on SIGTERM too; its
+            // graceful node shutdown needs shutdownGracePeriod > 0). Wasm instances end with
+            // the process; pods resume from their last status when Krustlet starts again.
+            tracing::info!(node = %config.node_name, "exiting; pods resume at the next start (graceful node shutdown is off: --shutdown-grace-period=0)");
+            source_stop.cancel();
+            stop.cancel();
+            return Ok(());
+        }
+        tracing::info!(node = %config.node_name, "graceful node shutdown");
         readiness_tx.send_replace(Readiness::NotReady(SHUTDOWN_MESSAGE.into()));
         source_stop.cancel();
         if let Ok(mut workers) = pods.await {

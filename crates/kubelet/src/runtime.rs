@@ -13,6 +13,9 @@ use tokio::sync::oneshot;
 
 use crate::log::writer::CriLogWriter;
 
+#[cfg(test)]
+pub mod fake;
+
 /// A host directory mounted into a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
@@ -74,6 +77,12 @@ pub enum Termination {
     },
     /// Force-stopped through [`RunningContainer::kill`].
     Killed,
+    /// The runtime could not start the program (instantiation failed): upstream's
+    /// `StartError`, exit code 128.
+    StartFailed {
+        /// Why.
+        message: String,
+    },
 }
 
 impl Termination {
@@ -83,14 +92,16 @@ impl Termination {
             Self::Exited(code) => *code,
             Self::Trapped { exit_code, .. } => *exit_code,
             Self::OomKilled { .. } | Self::Killed => 137,
+            Self::StartFailed { .. } => 128,
         }
     }
 
-    /// The `reason` of the terminated state: `Completed`, `Error` or `OOMKilled`.
+    /// The `reason` of the terminated state: `Completed`, `Error`, `OOMKilled` or `StartError`.
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Exited(0) => "Completed",
             Self::OomKilled { .. } => "OOMKilled",
+            Self::StartFailed { .. } => "StartError",
             _ => "Error",
         }
     }
@@ -98,7 +109,9 @@ impl Termination {
     /// The terminated state's message, if any.
     pub fn message(&self) -> Option<String> {
         match self {
-            Self::Trapped { message, .. } | Self::OomKilled { message } => Some(message.clone()),
+            Self::Trapped { message, .. }
+            | Self::OomKilled { message }
+            | Self::StartFailed { message } => Some(message.clone()),
             _ => None,
         }
     }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::KubeletError;
 use crate::config::KubeletConfig;
 use crate::container::runner::NodeServices;
+use crate::container::service_env::ServiceEnv;
 use crate::eviction::Evictions;
 use crate::image::ImageStore;
 use crate::log::pods_log_root;
@@ -86,6 +87,7 @@ pub async fn run(
             metrics: KubeletMetrics::new(&config.node_name),
             allocatable,
             memory_bound,
+            service_env: ServiceEnv::none(),
         },
         status,
         // No eviction manager here: static pods are never evicted (as upstream's critical
@@ -108,9 +110,12 @@ pub async fn run(
         })
     };
     shutdown.await;
-    tracing::info!("shutting down");
     source_stop.cancel();
-    if let Ok(mut workers) = pods.await {
+    if config.shutdown_grace_period.is_zero() {
+        // A restart: pods resume from their status files at the next start.
+        tracing::info!("exiting; pods resume at the next start (--shutdown-grace-period=0)");
+    } else if let Ok(mut workers) = pods.await {
+        tracing::info!("graceful shutdown");
         workers.shutdown(config.shutdown_grace_period).await;
     }
     stop.cancel();

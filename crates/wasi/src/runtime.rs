@@ -123,7 +123,7 @@ impl Runtime for WasiRuntime {
                         Ok(Exit::Code(code)) => Termination::Exited(code),
                         Ok(Exit::Trap(message)) => Termination::Trapped { exit_code: 1, message },
                         Ok(Exit::OomKilled(exceeded)) => Termination::OomKilled { message: exceeded.to_string() },
-                        Err(error) => Termination::Trapped { exit_code: 128, message: error.to_string() },
+                        Err(error) => Termination::StartFailed { message: error.to_string() },
                     },
                 };
                 let _ = exit_tx.send(termination);

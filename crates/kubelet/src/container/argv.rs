@@ -41,8 +41,9 @@ pub fn expand(input: &str, env: &HashMap<String, String>) -> String {
 
 /// The argv a container runs with, by Kubernetes' rules for `command`/`args` over the image's
 /// `Entrypoint`/`Cmd`: `command` replaces the entrypoint (and drops `Cmd`); `args` replace
-/// `Cmd`. An image with neither (a wasm artifact) runs as `default_argv0`. Every element is
-/// `$(VAR)`-expanded.
+/// `Cmd`. An image with neither (a wasm artifact) runs as `default_argv0`. Only the spec's
+/// `command` and `args` are `$(VAR)`-expanded, never the image's entrypoint or cmd (upstream
+/// expands the container's fields before the runtime merges in the image's).
 pub fn argv(
     command: &[String],
     args: &[String],
@@ -51,16 +52,18 @@ pub fn argv(
     env: &HashMap<String, String>,
 ) -> Vec<String> {
     let (entrypoint, cmd) = image;
-    let (head, tail): (Vec<String>, &[String]) = if !command.is_empty() {
-        (command.to_vec(), args)
+    let expanded =
+        |list: &[String]| -> Vec<String> { list.iter().map(|a| expand(a, env)).collect() };
+    let (head, tail): (Vec<String>, Vec<String>) = if !command.is_empty() {
+        (expanded(command), expanded(args))
     } else if entrypoint.is_empty() && cmd.is_empty() {
-        (vec![default_argv0.to_string()], args)
+        (vec![default_argv0.to_string()], expanded(args))
     } else if !args.is_empty() {
-        (entrypoint.to_vec(), args)
+        (entrypoint.to_vec(), expanded(args))
     } else {
-        (entrypoint.to_vec(), cmd)
+        (entrypoint.to_vec(), cmd.to_vec())
     };
-    head.iter().chain(tail).map(|a| expand(a, env)).collect()
+    head.into_iter().chain(tail).collect()
 }
 
 #[cfg(test)]
@@ -106,6 +109,12 @@ mod tests {
             s(&["ep", "wasm"])
         );
         assert_eq!(argv(&[], &[], (&ep, &cmd), "m", &e), s(&["ep", "default"]));
+        // The image's own entrypoint and cmd are never expanded.
+        let (ep_var, cmd_var) = (s(&["$(NAME)"]), s(&["$(NAME)"]));
+        assert_eq!(
+            argv(&[], &[], (&ep_var, &cmd_var), "m", &e),
+            s(&["$(NAME)", "$(NAME)"])
+        );
         assert_eq!(
             argv(&s(&["/other.wasm"]), &[], (&ep, &cmd), "m", &e),
             s(&["/other.wasm"])

@@ -180,15 +180,19 @@ fn key_value(
     }
 }
 
-/// The container's environment, in order: `envFrom` sources, then `env` entries.
+/// The container's environment, in order: `base` (HOSTNAME, Service variables), `envFrom`
+/// sources, then `env` entries.
 pub fn resolve(
     pod: &Pod,
     container: &Container,
     node_ip: &str,
     allocatable: &NodeResources,
     objects: &EnvObjects,
+    base: Vec<(String, String)>,
 ) -> Result<Vec<(String, String)>, EnvError> {
-    let mut resolved: Vec<(String, String)> = Vec::new();
+    // What the runtime and the cluster give every container first (HOSTNAME, Service
+    // variables); the pod's own envFrom and env override them.
+    let mut resolved: Vec<(String, String)> = base;
     let set = |resolved: &mut Vec<(String, String)>, name: String, value: String| match resolved
         .iter_mut()
         .find(|(n, _)| *n == name)
@@ -313,7 +317,15 @@ mod tests {
         }))
         .expect("pod");
         let container = &pod.spec.as_ref().expect("spec").containers[0];
-        let env = resolve(&pod, container, "10.0.0.5", &NODE, &EnvObjects::default()).expect("env");
+        let env = resolve(
+            &pod,
+            container,
+            "10.0.0.5",
+            &NODE,
+            &EnvObjects::default(),
+            Vec::new(),
+        )
+        .expect("env");
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("B"), Some("a-b-$(Z)"));
         assert_eq!(get("POD"), Some("p"));
@@ -357,17 +369,19 @@ mod tests {
             .secrets
             .insert("creds".into(), data(&[("password", "s3cret")]));
         objects.secrets.insert("absent".into(), None);
-        let env = resolve(&pod, container, "ip", &NODE, &objects).expect("env");
+        let env = resolve(&pod, container, "ip", &NODE, &objects, Vec::new()).expect("env");
         let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["CFG_greeting", "PASSWORD", "GREETING"]);
         assert_eq!(env[2].1, "hello world");
         assert_eq!(env[1].1, "s3cret");
 
         objects.secrets.insert("creds".into(), None);
-        let error = resolve(&pod, container, "ip", &NODE, &objects).expect_err("missing secret");
+        let error = resolve(&pod, container, "ip", &NODE, &objects, Vec::new())
+            .expect_err("missing secret");
         assert_eq!(error.to_string(), "secret \"creds\" not found");
         objects.secrets.insert("creds".into(), data(&[]));
-        let error = resolve(&pod, container, "ip", &NODE, &objects).expect_err("missing key");
+        let error =
+            resolve(&pod, container, "ip", &NODE, &objects, Vec::new()).expect_err("missing key");
         assert_eq!(
             error.to_string(),
             "couldn't find key password in Secret ns/creds"

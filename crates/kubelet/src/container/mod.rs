@@ -6,3 +6,5 @@ pub mod config_watch;
 pub mod downward;
 pub mod env;
 pub mod runner;
+pub mod service_env;
+pub mod termination_message;

@@ -14,7 +14,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::{mpsc, watch};
 
-use crate::container::{argv, config_watch, env};
+use crate::container::service_env::ServiceEnv;
+use crate::container::{argv, config_watch, env, termination_message};
 use crate::image::{ImageStore, PullPolicy};
 use crate::log::rotation::{LogPolicy, prune_old_runs};
 use crate::log::writer::CriLogWriter;
@@ -24,6 +25,7 @@ use crate::node::allocatable::NodeResources;
 use crate::pod::api::ApiLink;
 use crate::pod::backoff::Backoff;
 use crate::pod::events::{PodEvents, container_field};
+use crate::pod::restart::RestartPolicy;
 use crate::quantity::amount;
 use crate::runtime::{ContainerSpec, Limits, Runtime, Termination};
 use crate::stats::{PodRef, Stats};
@@ -57,6 +59,8 @@ pub struct NodeServices {
     pub allocatable: NodeResources,
     /// Memory bound of a container without a memory limit.
     pub memory_bound: u64,
+    /// The Services whose variables containers get.
+    pub service_env: ServiceEnv,
 }
 
 impl NodeServices {
@@ -84,6 +88,8 @@ pub enum Kind {
 
 /// The waiting reason for an environment that cannot be built yet.
 const CONFIG_ERROR: &str = "CreateContainerConfigError";
+/// How long a container start waits for the first list of Services.
+const SERVICES_WAIT: Duration = Duration::from_secs(10);
 
 /// Asks a runner to stop: `Some(grace)` stops it within that grace period.
 pub type StopSignal = watch::Receiver<Option<Duration>>;
@@ -110,6 +116,8 @@ pub struct Runner {
     pub stop: StopSignal,
     /// Restart count to continue from (a restarted kubelet).
     pub restart_count: i32,
+    /// How the previous run ended, if there was one (a restarted kubelet, a changed image).
+    pub last_state: Option<ContainerState>,
 }
 
 /// A duration as Go prints one (`523ms`, `1.204s`), as the kubelet's messages show it.
@@ -149,18 +157,18 @@ impl Runner {
         }
     }
 
-    fn restart_policy(&self) -> &str {
-        let pod_policy = self
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.restart_policy.as_deref())
-            .unwrap_or("Always");
-        match self.kind {
-            Kind::Sidecar => "Always",
-            Kind::Init if pod_policy == "Never" => "Never",
-            Kind::Init => "OnFailure",
-            Kind::App => pod_policy,
+    fn restart_policy(&self) -> RestartPolicy {
+        let pod_policy = RestartPolicy::parse(
+            self.pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.restart_policy.as_deref()),
+        );
+        match (self.kind, pod_policy) {
+            (Kind::Sidecar, _) => RestartPolicy::Always,
+            (Kind::Init, RestartPolicy::Never) => RestartPolicy::Never,
+            (Kind::Init, _) => RestartPolicy::OnFailure,
+            (Kind::App, policy) => policy,
         }
     }
 
@@ -239,11 +247,14 @@ impl Runner {
             name: name.clone(),
             image: image.clone(),
             restart_count: self.restart_count,
+            last_state: self.last_state.clone(),
             state: Some(waiting("ContainerCreating", None)),
             ..Default::default()
         };
         self.report(&status);
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::crash();
+        // Pull and create errors back off apart from crashes, from 10 s on.
+        let mut retry_backoff = Backoff::pull();
         let mut last: Option<Termination> = None;
         // Keeps image GC off this container's image while the runner lives (from before the
         // pull, so a freshly pulled image is never collected before it starts).
@@ -260,7 +271,7 @@ impl Runner {
                 Err((reason, message)) => {
                     status.state = Some(waiting(reason, Some(message.clone())));
                     self.report(&status);
-                    let delay = backoff.next_delay(Duration::ZERO);
+                    let delay = retry_backoff.next_delay(Duration::ZERO);
                     if reason == "ErrImagePull" {
                         // After a failed pull the kubelet shows ImagePullBackOff while it waits.
                         status.state = Some(waiting(
@@ -290,7 +301,7 @@ impl Runner {
                     let go_on = if reason == CONFIG_ERROR {
                         self.wait_for_config().await
                     } else {
-                        self.pause(backoff.next_delay(Duration::ZERO)).await
+                        self.pause(retry_backoff.next_delay(Duration::ZERO)).await
                     };
                     if !go_on {
                         return last;
@@ -298,7 +309,7 @@ impl Runner {
                     continue;
                 }
             };
-            let (mut running, log_path, container_id) = run;
+            let (mut running, log_path, container_id, message_file) = run;
             let registration = self.services.stats.register(
                 PodRef {
                     name: self.pod.metadata.name.clone().unwrap_or_default(),
@@ -359,7 +370,12 @@ impl Runner {
                 terminated: Some(ContainerStateTerminated {
                     exit_code: termination.exit_code(),
                     reason: Some(termination.reason().into()),
-                    message: termination.message(),
+                    message: match &message_file {
+                        Some(file) => {
+                            file.message(termination.exit_code(), &log_path, termination.message())
+                        }
+                        None => termination.message(),
+                    },
                     started_at: Some(started_time),
                     finished_at: Some(now()),
                     container_id: status.container_id.clone(),
@@ -368,35 +384,35 @@ impl Runner {
                 ..Default::default()
             });
             self.report(&status);
-            let failed = termination.exit_code() != 0;
+            let restart = self
+                .restart_policy()
+                .restarts_after(termination.exit_code());
             last = Some(termination);
-            let restart = match self.restart_policy() {
-                "Always" => true,
-                "OnFailure" => failed,
-                _ => false,
-            };
             if !restart || self.stopping().is_some() {
                 return last;
             }
             let delay = backoff.next_delay(started_at.elapsed());
             status.last_state = status.state.take();
-            status.state = Some(waiting(
-                "CrashLoopBackOff",
-                Some(format!(
-                    "back-off {}s restarting failed container={name} pod={}",
-                    delay.as_secs(),
-                    self.pod.metadata.name.as_deref().unwrap_or_default()
-                )),
-            ));
-            self.report(&status);
-            self.warning(
-                "BackOff",
-                format!(
-                    "Back-off restarting failed container {name} in pod {}",
-                    self.pod.metadata.name.as_deref().unwrap_or_default()
-                ),
-            )
-            .await;
+            status.state = Some(waiting("ContainerCreating", None));
+            if !delay.is_zero() {
+                status.state = Some(waiting(
+                    "CrashLoopBackOff",
+                    Some(format!(
+                        "back-off {}s restarting failed container={name} pod={}",
+                        delay.as_secs(),
+                        self.pod.metadata.name.as_deref().unwrap_or_default()
+                    )),
+                ));
+                self.report(&status);
+                self.warning(
+                    "BackOff",
+                    format!(
+                        "Back-off restarting failed container {name} in pod {}",
+                        self.pod.metadata.name.as_deref().unwrap_or_default()
+                    ),
+                )
+                .await;
+            }
             if !self.pause(delay).await {
                 return last;
             }
@@ -464,12 +480,44 @@ impl Runner {
         }
     }
 
+    /// What every container's environment starts with: `HOSTNAME` as a container runtime sets
+    /// it (the pod's `spec.hostname`, else its name), then the Service variables.
+    async fn base_env(&self) -> Result<Vec<(String, String)>, (&'static str, String)> {
+        let spec = self.pod.spec.as_ref();
+        let hostname = spec
+            .and_then(|s| s.hostname.clone())
+            .filter(|h| !h.is_empty())
+            .or_else(|| self.pod.metadata.name.clone())
+            .unwrap_or_default();
+        // A hostname is at most 63 characters (upstream's GeneratePodHostNameAndDomain).
+        let hostname: String = hostname.chars().take(63).collect();
+        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let links = spec.and_then(|s| s.enable_service_links).unwrap_or(true);
+        let services = self
+            .services
+            .service_env
+            .vars(namespace, links, SERVICES_WAIT)
+            .await
+            .map_err(|e| (CONFIG_ERROR, e.to_string()))?;
+        Ok(std::iter::once(("HOSTNAME".to_string(), hostname))
+            .chain(services)
+            .collect())
+    }
+
     /// Resolves env, argv and mounts, creates the log file and starts the run.
     async fn start(
         &self,
         pulled: &crate::image::PulledImage,
         restart_count: i32,
-    ) -> Result<(crate::runtime::RunningContainer, PathBuf, String), (&'static str, String)> {
+    ) -> Result<
+        (
+            crate::runtime::RunningContainer,
+            PathBuf,
+            String,
+            Option<termination_message::MessageFile>,
+        ),
+        (&'static str, String),
+    > {
         let c = &self.container;
         let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
         let objects = env::EnvObjects::fetch(&self.services.api, namespace, c)
@@ -480,12 +528,14 @@ impl Runner {
                     format!("cannot read the ConfigMaps and Secrets of the environment: {e}"),
                 )
             })?;
+        let base = self.base_env().await?;
         let env = env::resolve(
             &self.pod,
             c,
             &self.services.node_ip,
             &self.services.allocatable,
             &objects,
+            base,
         )
         .map_err(|e| (CONFIG_ERROR, e.to_string()))?;
         let env_map: HashMap<String, String> = env.iter().cloned().collect();
@@ -523,6 +573,23 @@ impl Runner {
                 mounts.push(mount);
             }
         }
+        let containers_in_pod = self.pod.spec.as_ref().map_or(1, |s| {
+            s.containers.len() + s.init_containers.as_ref().map_or(0, Vec::len)
+        });
+        let staging = self.pod_dir.join("termination").join(&c.name);
+        let message_file = match termination_message::prepare(c, containers_in_pod, &staging) {
+            Ok(Some((file, mount))) => {
+                mounts.push(mount);
+                Some(file)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                return Err((
+                    "CreateContainerError",
+                    format!("cannot create the termination message file: {e}"),
+                ));
+            }
+        };
         let log_path = container_log_path(&self.log_dir, &c.name, restart_count as u32);
         prune_old_runs(&self.log_dir.join(&c.name), restart_count as u32);
         let log = CriLogWriter::create_with(&log_path, self.services.log_policy).map_err(|e| {
@@ -554,6 +621,6 @@ impl Runner {
             .await;
         self.normal("Started", format!("Started container {name}"))
             .await;
-        Ok((running, log_path, id))
+        Ok((running, log_path, id, message_file))
     }
 }

@@ -147,6 +147,11 @@ impl EvictionManager {
         let Some(uid) = pod.metadata.uid.as_deref() else {
             return;
         };
+        // eviction_manager.go evictPod: "cannot evict a critical pod".
+        if rank::is_critical(pod) {
+            tracing::warn!(pod = ?pod.metadata.name, %message, "not evicting a critical (static, mirror or system-critical) pod");
+            return;
+        }
         let delivered = self.evictions.evict(
             uid,
             Eviction {

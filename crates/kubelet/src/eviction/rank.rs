@@ -80,7 +80,20 @@ fn request(pod: &Pod, resource: Resource) -> u64 {
     }
 }
 
-/// The pod to evict for `resource` and upstream's per-container sentence about it.
+/// The priority from which a pod is system-critical (`scheduling.SystemCriticalPriority`).
+const SYSTEM_CRITICAL_PRIORITY: i32 = 2_000_000_000;
+
+/// Static, mirror and system-critical pods are never evicted (`kubelettypes.IsCriticalPod`).
+pub fn is_critical(pod: &Pod) -> bool {
+    let annotations = pod.metadata.annotations.as_ref();
+    let source = annotations.and_then(|a| a.get("kubernetes.io/config.source"));
+    let mirror = annotations.is_some_and(|a| a.contains_key("kubernetes.io/config.mirror"));
+    let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+    mirror || source.is_some_and(|s| s != "api") || priority >= SYSTEM_CRITICAL_PRIORITY
+}
+
+/// The pod to evict for `resource` and upstream's per-container sentence about it; critical
+/// pods are never chosen.
 pub fn victim(
     active: &[Arc<Pod>],
     usage: &HashMap<String, PodUsage>,
@@ -90,7 +103,7 @@ pub fn victim(
         Resource::Memory => u.memory.iter().map(|(_, b)| b).sum(),
         Resource::EphemeralStorage => u.storage,
     };
-    let candidates = active.iter().filter_map(|pod| {
+    let candidates = active.iter().filter(|p| !is_critical(p)).filter_map(|pod| {
         let usage = usage.get(pod.metadata.uid.as_deref()?)?;
         let used = used(usage);
         let request = request(pod, resource);
@@ -193,6 +206,27 @@ mod tests {
             ("batch".to_string(), using(1 << 20)),
         ]);
         assert_eq!(victim_of(&pods, &usage).0, "batch");
+    }
+
+    #[test]
+    fn critical_static_and_mirror_pods_are_never_evicted() {
+        let critical = pod("critical", None, 2_000_000_000);
+        let mut static_pod = (*pod("static", None, 0)).clone();
+        static_pod.metadata.annotations = Some(
+            [(
+                "kubernetes.io/config.source".to_string(),
+                "file".to_string(),
+            )]
+            .into(),
+        );
+        let pods = vec![critical, Arc::new(static_pod), pod("plain", None, 0)];
+        let usage = HashMap::from([
+            ("critical".to_string(), using(500 << 20)),
+            ("static".to_string(), using(400 << 20)),
+            ("plain".to_string(), using(1 << 20)),
+        ]);
+        assert_eq!(victim_of(&pods, &usage).0, "plain");
+        assert!(victim(&pods[..2], &usage, Resource::Memory).is_none());
     }
 
     fn victim_of(pods: &[Arc<Pod>], usage: &HashMap<String, PodUsage>) -> (String, String) {

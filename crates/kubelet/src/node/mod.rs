@@ -2,6 +2,7 @@
 
 pub mod allocatable;
 pub mod conditions;
+pub mod events;
 pub mod host;
 pub mod lease;
 pub mod reachability;

@@ -11,9 +11,24 @@ use crate::config::KubeletConfig;
 /// The architecture label and `nodeInfo.architecture` of a wasm node.
 pub const WASM_ARCH: &str = "wasm32-wasi";
 
-/// The labels this kubelet owns on its Node.
+/// The labels this kubelet sets on its Node at registration: [`default_labels`] and
+/// `--node-labels`.
 pub fn labels(config: &KubeletConfig) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::from([
+    let mut labels = default_labels(config);
+    labels.extend(
+        config
+            .node_labels
+            .iter()
+            .map(|l| (l.key.clone(), l.value.clone())),
+    );
+    labels
+}
+
+/// The well-known labels the kubelet keeps true on an existing Node too (upstream's
+/// `updateDefaultLabels`); `--node-labels` are applied at registration only, after which they
+/// belong to the cluster's operators.
+pub fn default_labels(config: &KubeletConfig) -> BTreeMap<String, String> {
+    BTreeMap::from([
         (
             "kubernetes.io/os".to_string(),
             std::env::consts::OS.to_string(),
@@ -24,14 +39,7 @@ pub fn labels(config: &KubeletConfig) -> BTreeMap<String, String> {
             config.node_name.clone(),
         ),
         ("type".to_string(), "krustlet".to_string()),
-    ]);
-    labels.extend(
-        config
-            .node_labels
-            .iter()
-            .map(|l| (l.key.clone(), l.value.clone())),
-    );
-    labels
+    ])
 }
 
 /// The Node to create: metadata and spec; the status comes from [`crate::node::status`].
@@ -65,6 +73,14 @@ pub fn initial_node(config: &KubeletConfig) -> Node {
     }
 }
 
+/// The keys of [`default_labels`].
+const DEFAULT_LABEL_KEYS: &[&str] = &[
+    "kubernetes.io/os",
+    "kubernetes.io/arch",
+    "kubernetes.io/hostname",
+    "type",
+];
+
 /// Errors registering the node.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistrationError {
@@ -79,7 +95,7 @@ pub enum RegistrationError {
     },
 }
 
-/// Creates the Node, or reconciles our labels on an existing one (a restart, or a Node that an
+/// Creates the Node, or reconciles the default labels on an existing one (a restart, or a Node that an
 /// operator created ahead of time). Returns the Node as the API server has it.
 pub async fn register(api: &Api<Node>, node: &Node) -> Result<Node, RegistrationError> {
     let name = node.metadata.name.clone().unwrap_or_default();
@@ -93,15 +109,48 @@ pub async fn register(api: &Api<Node>, node: &Node) -> Result<Node, Registration
             Ok(created)
         }
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            // Taints are not reconciled: after registration they belong to the cluster's operators.
-            let patch = serde_json::json!({"metadata": {"labels": node.metadata.labels}});
+            // Taints and --node-labels are not reconciled: after registration they belong to
+            // the cluster's operators (kubelet_node_status.go reconcileExistingNode).
+            let ours: BTreeMap<String, String> = node
+                .metadata
+                .labels
+                .iter()
+                .flatten()
+                .filter(|(k, _)| DEFAULT_LABEL_KEYS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let patch = serde_json::json!({"metadata": {"labels": ours}});
             let existing = api
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map_err(api_error)?;
-            tracing::info!(node = %name, "node already registered; labels reconciled");
+            tracing::info!(node = %name, "node already registered; default labels reconciled");
             Ok(existing)
         }
         Err(source) => Err(api_error(source)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reconciled_keys_are_exactly_the_default_labels() {
+        let config = crate::config::Flags {
+            node_name: Some("n1".into()),
+            node_labels: Some(vec!["team=wasm".parse().expect("label")]),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("config");
+        assert_eq!(
+            labels(&config).get("team").map(String::as_str),
+            Some("wasm")
+        );
+        let keys: Vec<&str> = default_labels(&config).keys().map(String::as_str).collect();
+        let mut expected = DEFAULT_LABEL_KEYS.to_vec();
+        expected.sort_unstable();
+        assert_eq!(keys, expected);
     }
 }

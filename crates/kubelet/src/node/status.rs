@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::config::KubeletConfig;
 use crate::node::allocatable::NodeResources;
 use crate::node::conditions::{Measurements, Pressure, Readiness, conditions};
+use crate::node::events::NodeEvents;
 use crate::node::host::{Filesystem, HostInfo, Memory, Pids};
 use crate::node::registration::{WASM_ARCH, initial_node, register};
 
@@ -91,6 +92,7 @@ pub fn node_status(
             let images = inputs.images.borrow().clone();
             (!images.is_empty()).then_some(images)
         },
+        runtime_handlers: Some(crate::pod::runtime_class::node_handlers()),
         ..Default::default()
     }
 }
@@ -118,6 +120,8 @@ pub struct StatusReporter {
     clients: watch::Receiver<kube::Client>,
     last_sent: Option<(NodeStatus, Instant)>,
     node_uid: watch::Sender<Option<String>>,
+    events: NodeEvents,
+    started: bool,
 }
 
 /// Errors of one status round; all are retried at the next round.
@@ -143,12 +147,15 @@ impl StatusReporter {
         clients: watch::Receiver<kube::Client>,
         node_uid: watch::Sender<Option<String>>,
     ) -> Self {
+        let events = NodeEvents::new(clients.clone(), &config.node_name);
         Self {
             config,
             inputs,
             clients,
             last_sent: None,
             node_uid,
+            events,
+            started: false,
         }
     }
 
@@ -160,6 +167,10 @@ impl StatusReporter {
     pub async fn register(&mut self, readiness: &Readiness) -> Result<(), StatusError> {
         let node = register(&self.api(), &initial_node(&self.config)).await?;
         self.node_uid.send_replace(node.metadata.uid.clone());
+        if !self.started {
+            self.started = true;
+            self.events.starting().await;
+        }
         self.last_sent = None;
         self.report(
             readiness,
@@ -227,6 +238,9 @@ impl StatusReporter {
             )
             .await?;
         tracing::debug!(node = %self.config.node_name, "node status sent");
+        self.events
+            .transitions(&previous, status.conditions.as_deref().unwrap_or_default())
+            .await;
         self.last_sent = Some((status, Instant::now()));
         Ok(())
     }

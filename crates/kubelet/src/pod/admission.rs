@@ -78,8 +78,18 @@ impl Requests {
             .iter()
             .map(Self::of)
             .fold(sidecars, Self::add);
+        let mut containers = apps.max(init_peak);
+        // Pod-level resources replace the containers' sum for what they name (upstream's
+        // PodRequests with the PodLevelResources feature).
+        let pod_level = spec.resources.as_ref().and_then(|r| r.requests.as_ref());
+        if let Some(cpu) = amount(pod_level, "cpu") {
+            containers.cpu_millis = cpu;
+        }
+        if let Some(memory) = amount(pod_level, "memory") {
+            containers.memory_bytes = memory;
+        }
         let overhead = spec.overhead.as_ref();
-        apps.max(init_peak).add(Self {
+        containers.add(Self {
             cpu_millis: amount(overhead, "cpu").unwrap_or(0),
             memory_bytes: amount(overhead, "memory").unwrap_or(0),
         })
@@ -164,6 +174,14 @@ mod tests {
         let r = Requests::of_pod(&p);
         assert_eq!(r.cpu_millis, 1000);
         assert_eq!(r.memory_bytes, 30 << 20);
+        // Pod-level requests replace the containers' for what they name.
+        let mut pod_level = p.clone();
+        pod_level.spec.as_mut().expect("spec").resources = Some(
+            serde_json::from_value(serde_json::json!({"requests": {"cpu": "300m"}}))
+                .expect("resources"),
+        );
+        let r = Requests::of_pod(&pod_level);
+        assert_eq!((r.cpu_millis, r.memory_bytes), (300, 30 << 20));
     }
 
     #[test]

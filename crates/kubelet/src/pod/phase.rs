@@ -68,36 +68,89 @@ pub fn phase(
     }
 }
 
-/// Builds the pod conditions, keeping a condition's `lastTransitionTime` from `previous` while
-/// its status holds.
-pub fn conditions(
-    sandbox_ready: bool,
-    initialized: bool,
-    containers_ready: bool,
-    previous: &[PodCondition],
-    now: &Time,
-) -> Vec<PodCondition> {
-    let reason = |ok: bool, why: &str| (!ok).then(|| why.to_string());
+/// What the pod's readiness conditions are computed from.
+pub struct Readiness<'a> {
+    /// The pod has its sandbox (false once it has stopped).
+    pub sandbox_ready: bool,
+    /// Every init container is done.
+    pub initialized: bool,
+    /// Every app container is ready.
+    pub containers_ready: bool,
+    /// The app containers that are not ready (for the message).
+    pub unready_containers: Vec<&'a str>,
+    /// The condition types of `spec.readinessGates`.
+    pub gates: &'a [String],
+    /// The pod's conditions as the API server has them (readiness gates are set by others).
+    pub current: &'a [PodCondition],
+    /// The pod phase is `Succeeded` (conditions then say `PodCompleted`).
+    pub completed: bool,
+    /// The pod's `metadata.generation`, reported as each condition's `observedGeneration`.
+    pub generation: Option<i64>,
+}
+
+/// Why a readiness gate holds Ready back, as upstream's `GeneratePodReadyCondition`
+/// (`pkg/kubelet/status/generate.go`) words it.
+fn gates_message(gates: &[String], current: &[PodCondition]) -> Option<String> {
+    let unready: Vec<String> = gates
+        .iter()
+        .filter_map(|gate| match current.iter().find(|c| &c.type_ == gate) {
+            None => Some(format!(
+                "corresponding condition of pod readiness gate {gate:?} does not exist."
+            )),
+            Some(c) if c.status != "True" => Some(format!(
+                "the status of pod readiness gate {gate:?} is not \"True\", but {}",
+                c.status
+            )),
+            Some(_) => None,
+        })
+        .collect();
+    (!unready.is_empty()).then(|| unready.join(", "))
+}
+
+/// Builds the pod conditions (upstream's `status/generate.go`), keeping a condition's
+/// `lastTransitionTime` from `previous` while its status holds.
+pub fn conditions(r: &Readiness<'_>, previous: &[PodCondition], now: &Time) -> Vec<PodCondition> {
+    let not_ready = || -> (Option<String>, Option<String>) {
+        if r.completed {
+            (Some("PodCompleted".into()), None)
+        } else {
+            (
+                Some("ContainersNotReady".into()),
+                (!r.unready_containers.is_empty()).then(|| {
+                    format!(
+                        "containers with unready status: [{}]",
+                        r.unready_containers.join(" ")
+                    )
+                }),
+            )
+        }
+    };
+    let initialized = if r.initialized {
+        (true, None, None)
+    } else {
+        (false, Some("ContainersNotInitialized".to_string()), None)
+    };
+    let containers_ready = if r.containers_ready {
+        (true, None, None)
+    } else {
+        let (reason, message) = not_ready();
+        (false, reason, message)
+    };
+    let ready = if !r.containers_ready {
+        containers_ready.clone()
+    } else if let Some(message) = gates_message(r.gates, r.current) {
+        (false, Some("ReadinessGatesNotReady".into()), Some(message))
+    } else {
+        (true, None, None)
+    };
     [
-        ("PodReadyToStartContainers", sandbox_ready, None),
-        (
-            "Initialized",
-            initialized,
-            reason(initialized, "ContainersNotInitialized"),
-        ),
-        (
-            "ContainersReady",
-            containers_ready,
-            reason(containers_ready, "ContainersNotReady"),
-        ),
-        (
-            "Ready",
-            containers_ready,
-            reason(containers_ready, "ContainersNotReady"),
-        ),
+        ("PodReadyToStartContainers", (r.sandbox_ready, None, None)),
+        ("Initialized", initialized),
+        ("ContainersReady", containers_ready),
+        ("Ready", ready),
     ]
     .into_iter()
-    .map(|(type_, ok, reason)| {
+    .map(|(type_, (ok, reason, message))| {
         let status = if ok { "True" } else { "False" };
         let transition = previous
             .iter()
@@ -108,43 +161,86 @@ pub fn conditions(
             type_: type_.into(),
             status: status.into(),
             reason,
+            message,
             last_transition_time: Some(transition),
+            observed_generation: r.generation,
             ..Default::default()
         }
     })
     .collect()
 }
 
-/// The QoS class: Guaranteed when every container limits cpu and memory at its requests,
-/// BestEffort when none requests or limits anything, Burstable otherwise.
+/// The QoS class the API server assigned at creation (`status.qosClass`, immutable), else
+/// computed as upstream's `ComputePodQOS` (`pkg/apis/core/v1/helper/qos/qos.go`): only cpu and
+/// memory count, zero quantities are ignored, quantities are compared as numbers, and
+/// pod-level `spec.resources` replace the containers' when given.
 pub fn qos_class(pod: &Pod) -> &'static str {
+    match pod.status.as_ref().and_then(|s| s.qos_class.as_deref()) {
+        Some("Guaranteed") => "Guaranteed",
+        Some("Burstable") => "Burstable",
+        Some("BestEffort") => "BestEffort",
+        _ => compute_qos(pod),
+    }
+}
+
+/// `ComputePodQOS`, ignoring what the API server stored.
+pub fn compute_qos(pod: &Pod) -> &'static str {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use std::collections::BTreeMap;
+    type List = BTreeMap<String, Quantity>;
     let Some(spec) = &pod.spec else {
         return "BestEffort";
     };
-    let containers: Vec<_> = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .collect();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in containers {
-        let resources = c.resources.clone().unwrap_or_default();
-        let limits = resources.limits.unwrap_or_default();
-        // Requests default to limits when only limits are given.
-        let requests = resources.requests.unwrap_or_else(|| limits.clone());
-        any |= !limits.is_empty() || !requests.is_empty();
-        for resource in ["cpu", "memory"] {
-            let limit = limits.get(resource);
-            if limit.is_none() || requests.get(resource).or(limit) != limit {
-                guaranteed = false;
+    // Adds the positive cpu/memory quantities of `list` to `sum`; returns which were found.
+    fn add(sum: &mut BTreeMap<&'static str, f64>, list: Option<&List>) -> (bool, bool) {
+        let mut found = (false, false);
+        for (name, flag) in [("cpu", 0), ("memory", 1)] {
+            let value = list
+                .and_then(|l| l.get(name))
+                .and_then(|q| crate::quantity::parse(&q.0).ok())
+                .unwrap_or(0.0);
+            if value > 0.0 {
+                *sum.entry(name).or_default() += value;
+                if flag == 0 {
+                    found.0 = true;
+                } else {
+                    found.1 = true;
+                }
             }
         }
+        found
     }
-    match (any, guaranteed) {
-        (false, _) => "BestEffort",
-        (true, true) => "Guaranteed",
-        (true, false) => "Burstable",
+    let mut requests = BTreeMap::new();
+    let mut limits = BTreeMap::new();
+    let mut guaranteed = true;
+    if let Some(resources) = &spec.resources {
+        add(&mut requests, resources.requests.as_ref());
+        if resources.limits.as_ref().is_some_and(|l| !l.is_empty()) {
+            let (cpu, memory) = add(&mut limits, resources.limits.as_ref());
+            guaranteed &= cpu && memory;
+        }
+    } else {
+        for c in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+        {
+            let resources = c.resources.as_ref();
+            add(&mut requests, resources.and_then(|r| r.requests.as_ref()));
+            let (cpu, memory) = add(&mut limits, resources.and_then(|r| r.limits.as_ref()));
+            guaranteed &= cpu && memory;
+        }
+    }
+    if requests.is_empty() && limits.is_empty() {
+        return "BestEffort";
+    }
+    guaranteed &= requests
+        .iter()
+        .all(|(name, req)| limits.get(name).is_some_and(|lim| (lim - req).abs() < 1e-9));
+    if guaranteed && requests.len() == limits.len() {
+        "Guaranteed"
+    } else {
+        "Burstable"
     }
 }
 
@@ -208,6 +304,53 @@ mod tests {
     }
 
     #[test]
+    fn readiness_gates_hold_ready_until_true() {
+        let gates = vec!["example.com/gate".to_string()];
+        let now = Time(jiff::Timestamp::now());
+        let mut r = Readiness {
+            sandbox_ready: true,
+            initialized: true,
+            containers_ready: true,
+            unready_containers: vec![],
+            gates: &gates,
+            current: &[],
+            completed: false,
+            generation: Some(3),
+        };
+        let ready = |c: &[PodCondition]| {
+            c.iter()
+                .find(|c| c.type_ == "Ready")
+                .cloned()
+                .expect("Ready")
+        };
+        let missing = ready(&conditions(&r, &[], &now));
+        assert_eq!(missing.status, "False");
+        assert_eq!(missing.observed_generation, Some(3));
+        assert_eq!(missing.reason.as_deref(), Some("ReadinessGatesNotReady"));
+        assert_eq!(
+            missing.message.as_deref(),
+            Some(
+                "corresponding condition of pod readiness gate \"example.com/gate\" does not exist."
+            )
+        );
+        let set = [PodCondition {
+            type_: "example.com/gate".into(),
+            status: "True".into(),
+            ..Default::default()
+        }];
+        r.current = &set;
+        assert_eq!(ready(&conditions(&r, &[], &now)).status, "True");
+        r.containers_ready = false;
+        r.unready_containers = vec!["a", "b"];
+        let unready = ready(&conditions(&r, &[], &now));
+        assert_eq!(unready.reason.as_deref(), Some("ContainersNotReady"));
+        assert_eq!(
+            unready.message.as_deref(),
+            Some("containers with unready status: [a b]")
+        );
+    }
+
+    #[test]
     fn qos_classes() {
         let pod = |resources: serde_json::Value| -> Pod {
             serde_json::from_value(serde_json::json!({"spec": {"containers": [{"name": "c", "resources": resources}]}}))
@@ -224,5 +367,34 @@ mod tests {
             qos_class(&pod(serde_json::json!({"requests": {"cpu": "1"}}))),
             "Burstable"
         );
+        // The API server defaults requests to limits; equal amounts in other units match.
+        assert_eq!(
+            qos_class(&pod(serde_json::json!({
+                "limits": {"cpu": "1", "memory": "1Gi"},
+                "requests": {"cpu": "1000m", "memory": "1073741824"}
+            }))),
+            "Guaranteed"
+        );
+        // Zero quantities and other resources do not count.
+        assert_eq!(
+            qos_class(&pod(
+                serde_json::json!({"requests": {"cpu": "0", "ephemeral-storage": "1Gi"}})
+            )),
+            "BestEffort"
+        );
+        // Pod-level resources win over the containers'.
+        let pod_level: Pod = serde_json::from_value(serde_json::json!({"spec": {
+            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "1", "memory": "1Gi"}},
+            "containers": [{"name": "c"}]
+        }}))
+        .expect("pod");
+        assert_eq!(qos_class(&pod_level), "Guaranteed");
+        // What the API server stored is kept.
+        let mut stored = pod(serde_json::json!({}));
+        stored.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            qos_class: Some("Burstable".into()),
+            ..Default::default()
+        });
+        assert_eq!(qos_class(&stored), "Burstable");
     }
 }

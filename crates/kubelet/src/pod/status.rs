@@ -217,8 +217,11 @@ impl StatusManager {
     }
 
     /// Sends changed statuses to `sink` until the process ends. A failed patch is retried
-    /// with the next round (a 404 or UID conflict means the pod is gone: dropped).
+    /// with back-off (a 404 or UID conflict means the pod is gone: dropped, never retried).
     pub async fn run(self, sink: StatusSink) {
+        // After failed rounds the next waits longer (1 s doubling to 30 s), so an API server
+        // that is away is not hammered; a successful round resets it.
+        let mut retry = std::time::Duration::from_secs(1);
         loop {
             self.inner.dirty.notified().await;
             loop {
@@ -285,7 +288,10 @@ impl StatusManager {
                 }
                 self.inner.rounds.send_modify(|n| *n += 1);
                 if failed {
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(std::time::Duration::from_secs(30));
+                } else {
+                    retry = std::time::Duration::from_secs(1);
                 }
             }
         }

@@ -1,17 +1,15 @@
-//! One pod's lifecycle (the kubelet's `pod_workers.go` + `syncPod`), as one task.
+//! One pod's worker (the kubelet's `pod_workers.go` + `syncPod`), as one task that drives the
+//! pod's [`lifecycle`] state machine.
 //!
-//! ```text
-//! Run(pod) ─▶ setup (volumes, log dir) ─▶ init containers, one at a time (sidecars keep running)
-//!          ─▶ app containers together ─▶ done (phase terminal) ─▶ wait for deletion
-//! deletionTimestamp ─▶ stop containers within the grace period ─▶ final status ─▶ delete (grace 0)
-//! Removed (gone from the API) ─▶ stop at once ─▶ clean up
-//! NodeShutdown(grace) ─▶ stop within grace ─▶ final status: Failed/Terminated
-//! ```
-//! Only the newest desired state counts; the worker reads it from a `watch` channel. Container
-//! runners report `ContainerStatus`es; the worker turns them into the pod status and hands that
-//! to the status manager, the one writer.
+//! The worker owns the desired-state receiver and turns everything that happens into
+//! [`Input`]s: setup finishing, container runners reporting and ending, the desired state
+//! changing (deletion, removal, node shutdown, a new container image), eviction, the
+//! `activeDeadlineSeconds` timer. [`lifecycle::transition`] says what comes next; the worker
+//! carries out its [`Action`]s (start init containers or apps, stop regular containers or
+//! sidecars, finish). Container runners report `ContainerStatus`es; the worker turns them into
+//! the pod status and hands that to the status manager, the one writer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,8 +26,11 @@ use crate::eviction::{Eviction, Evictions};
 use crate::log::pod_log_dir;
 use crate::pod::admission::Rejection;
 use crate::pod::api::ApiLink;
+use crate::pod::lifecycle::{self, Action, Cause, InitKind, Input, PodState, StopStep};
 use crate::pod::phase;
+use crate::pod::restart::{RestartPolicy, Resume, resume};
 use crate::pod::status::{PodKey, StatusManager};
+use crate::pod::{runtime_class, unsupported};
 use crate::runtime::Termination;
 use crate::volume;
 
@@ -72,11 +73,14 @@ pub struct WorkerContext {
     pub evictions: Evictions,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Init(usize),
-    Apps,
-    InitFailed,
+/// How setup ended.
+enum Setup {
+    /// Volumes are ready.
+    Ready,
+    /// The desired state changed to one that stops the pod first.
+    Superseded,
+    /// The pod workers are gone (the process is exiting): stop, report nothing.
+    Abandoned,
 }
 
 /// Runs one pod until it is deleted or the node shuts down; a pod with a `rejection` from
@@ -90,47 +94,76 @@ pub async fn run(
         return;
     };
     let key = PodKey::of(&pod);
-    let span = tracing::info_span!("pod", pod = %key, uid = %key.uid);
-    let _enter = span.enter();
-    drop(_enter);
     let mut eviction = ctx.evictions.subscribe(&key.uid);
     let mut worker = Worker::new(ctx, pod, key);
-    if let Some(rejection) = rejection {
-        worker.reject(rejection).await;
-    }
-    worker.run(&mut desired, &mut eviction.receiver).await;
+    worker
+        .run(&mut desired, &mut eviction.receiver, rejection)
+        .await;
+}
+
+/// A container runner in flight.
+struct Running {
+    /// Its stop request channel.
+    stop: watch::Sender<Option<Duration>>,
+    /// Its role.
+    kind: Kind,
+    /// Its index among the init containers (sidecars, init containers).
+    index: usize,
+    /// The spec it runs.
+    container: Container,
 }
 
 struct Worker {
     ctx: WorkerContext,
     pod: Arc<Pod>,
     key: PodKey,
+    state: PodState,
+    inits: Vec<InitKind>,
     statuses: HashMap<String, ContainerStatus>,
+    /// The statuses the pod had when this worker started (a restarted Krustlet resumes them).
+    initial: HashMap<String, ContainerStatus>,
     start_time: Time,
-    stage: Stage,
     runners: JoinSet<(String, Option<Termination>)>,
+    running: HashMap<String, Running>,
+    /// App containers done for good.
+    finished_apps: HashSet<String>,
+    /// Containers stopped because their definition changed; they start again when stopped.
+    restarting: HashSet<String>,
     updates_tx: mpsc::UnboundedSender<(String, ContainerStatus)>,
     updates: mpsc::UnboundedReceiver<(String, ContainerStatus)>,
-    stop: watch::Sender<Option<Duration>>,
     volumes: Arc<HashMap<String, PathBuf>>,
-    shutdown_reason: Option<(&'static str, &'static str)>,
     /// When this worker first saw the pod, for `kubelet_pod_start_duration_seconds`.
     seen: Instant,
     start_observed: bool,
-    /// Why the pod ended without running to completion (admission, eviction).
-    terminal_reason: Option<(String, String)>,
+    apps_started: bool,
+    queue: VecDeque<Input>,
+    /// The first cause that failed the pod (eviction, deadline, rejection, shutdown): its
+    /// reason stays on the status through a later deletion.
+    failure: Option<Cause>,
 }
 
 impl Worker {
     fn new(ctx: WorkerContext, pod: Arc<Pod>, key: PodKey) -> Self {
         let (updates_tx, updates) = mpsc::unbounded_channel();
         let previous = pod.status.clone().unwrap_or_default();
-        let statuses = previous
+        let initial: HashMap<String, ContainerStatus> = previous
             .init_container_statuses
             .iter()
             .flatten()
             .chain(previous.container_statuses.iter().flatten())
             .map(|s| (s.name.clone(), s.clone()))
+            .collect();
+        let inits = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .map(|c| {
+                if c.restart_policy.as_deref() == Some("Always") {
+                    InitKind::Sidecar
+                } else {
+                    InitKind::Regular
+                }
+            })
             .collect();
         Self {
             ctx,
@@ -139,44 +172,37 @@ impl Worker {
                 .unwrap_or_else(|| Time(jiff::Timestamp::now())),
             pod,
             key,
-            statuses,
-            stage: Stage::Init(0),
+            state: PodState::Preparing,
+            inits,
+            statuses: initial.clone(),
+            initial,
             runners: JoinSet::new(),
+            running: HashMap::new(),
+            finished_apps: HashSet::new(),
+            restarting: HashSet::new(),
             updates_tx,
             updates,
-            stop: watch::channel(None).0,
             volumes: Arc::default(),
-            shutdown_reason: None,
             seen: Instant::now(),
             start_observed: false,
-            terminal_reason: None,
+            apps_started: false,
+            queue: VecDeque::new(),
+            failure: None,
         }
-    }
-
-    /// Reports the pod rejected by admission, as upstream's `rejectPod`: a Warning event with
-    /// the reason, phase Failed with "Pod was rejected: <message>".
-    async fn reject(&mut self, rejection: Rejection) {
-        tracing::warn!(pod = %self.key, reason = %rejection.reason, message = %rejection.message, "pod rejected");
-        self.ctx
-            .services
-            .events
-            .warning(
-                &self.pod,
-                None,
-                &rejection.reason,
-                rejection.message.clone(),
-            )
-            .await;
-        self.terminal_reason = Some((
-            rejection.reason,
-            format!("Pod was rejected: {}", rejection.message),
-        ));
-        self.publish_final();
     }
 
     fn spec_containers(&self) -> (Vec<Container>, Vec<Container>) {
         let spec = self.pod.spec.clone().unwrap_or_default();
         (spec.init_containers.unwrap_or_default(), spec.containers)
+    }
+
+    fn restart_policy(&self) -> RestartPolicy {
+        RestartPolicy::parse(
+            self.pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.restart_policy.as_deref()),
+        )
     }
 
     fn pod_dir(&self) -> PathBuf {
@@ -192,146 +218,497 @@ impl Worker {
         )
     }
 
+    fn grace_period(&self) -> Duration {
+        lifecycle::deletion_grace(
+            self.pod.metadata.deletion_grace_period_seconds,
+            self.pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds),
+        )
+    }
+
+    /// When `activeDeadlineSeconds` runs out, counted from the pod's start time.
+    fn active_deadline(&self) -> Option<tokio::time::Instant> {
+        let seconds = self.pod.spec.as_ref()?.active_deadline_seconds?;
+        let started = self.start_time.0;
+        let elapsed = jiff::Timestamp::now().duration_since(started);
+        let left = jiff::SignedDuration::from_secs(seconds.max(0)) - elapsed;
+        let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
+        Some(tokio::time::Instant::now() + left)
+    }
+
+    fn terminating(&self) -> bool {
+        matches!(
+            self.state,
+            PodState::Terminating { .. } | PodState::Terminated { .. }
+        )
+    }
+
+    fn done(&self) -> bool {
+        matches!(&self.state, PodState::Terminated { cause } if cause.ends_worker())
+    }
+
     async fn run(
         &mut self,
         desired: &mut watch::Receiver<Desired>,
         eviction: &mut watch::Receiver<Option<Eviction>>,
+        rejection: Option<Rejection>,
     ) {
-        let already_done = self.terminal_reason.is_some()
-            || matches!(
-                self.pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Succeeded") | Some("Failed")
-            );
-        let setup_started = Instant::now();
-        if !already_done
-            && self.pod.metadata.deletion_timestamp.is_none()
-            && self.setup(desired).await
-        {
+        let already_done = matches!(
+            self.pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded") | Some("Failed")
+        );
+        if let Some(rejection) = rejection {
+            tracing::warn!(pod = %self.key, reason = %rejection.reason, message = %rejection.message, "pod rejected");
             self.ctx
                 .services
-                .metrics
-                .observe_worker("create", setup_started.elapsed().as_secs_f64());
-            self.publish();
-            self.advance();
+                .events
+                .warning(
+                    &self.pod,
+                    None,
+                    &rejection.reason,
+                    rejection.message.clone(),
+                )
+                .await;
+            self.state = PodState::Terminated {
+                cause: Cause::Rejected {
+                    reason: rejection.reason,
+                    message: rejection.message,
+                },
+            };
+            self.note_failure();
+            self.publish_final();
+        } else if already_done {
+            // Ran to the end before (a Krustlet restart): nothing runs, deletion is awaited.
+            self.state = PodState::Terminated {
+                cause: Cause::Completed,
+            };
+        } else if self.pod.metadata.deletion_timestamp.is_none() {
+            let setup_started = Instant::now();
+            match self.setup(desired).await {
+                Setup::Ready => {
+                    self.ctx
+                        .services
+                        .metrics
+                        .observe_worker("create", setup_started.elapsed().as_secs_f64());
+                    self.publish();
+                    self.queue.push_back(Input::Prepared);
+                }
+                Setup::Superseded => {}
+                Setup::Abandoned => return,
+            }
         }
-        // A pod deleted while this node was away is terminated right away.
-        let mut terminating = self.pod.metadata.deletion_timestamp.is_some();
+        // A pod deleted while this node was away (or during setup) is terminated right away.
+        if self.pod.metadata.deletion_timestamp.is_some() {
+            self.queue.push_back(Input::Stop {
+                cause: Cause::Deleted,
+                grace: self.grace_period(),
+            });
+        }
         let mut resync =
             tokio::time::interval_at(tokio::time::Instant::now() + VOLUME_RESYNC, VOLUME_RESYNC);
-        while !(terminating && self.runners.is_empty()) {
+        let mut deadline = self.active_deadline();
+        loop {
+            self.step().await;
+            if self.done() {
+                break;
+            }
+            let active = matches!(
+                self.state,
+                PodState::Initializing { .. } | PodState::Running
+            );
+            let deadline_timer = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = resync.tick(), if !terminating && !self.runners.is_empty() => {
+                _ = resync.tick(), if active && !self.running.is_empty() => {
                     let started = Instant::now();
                     self.refresh_volumes().await;
                     self.ctx.services.metrics.observe_worker("sync", started.elapsed().as_secs_f64());
                 }
-                Some((name, status)) = self.updates.recv() => {
-                    self.statuses.insert(name.clone(), status);
-                    self.on_sidecar_started(&name);
-                    self.observe_start();
-                    self.publish();
-                }
-                Ok(()) = eviction.changed(), if !terminating => {
+                Some((name, status)) = self.updates.recv() => self.on_update(name, status),
+                Ok(()) = eviction.changed(), if !self.terminating() => {
                     let evicted = eviction.borrow_and_update().clone();
                     if let Some(Eviction { message }) = evicted {
                         self.ctx.services.events.warning(&self.pod, None, "Evicted", message.clone()).await;
-                        self.terminal_reason = Some(("Evicted".into(), message));
                         // Hard eviction thresholds give no grace, as upstream's.
-                        self.stop.send_replace(Some(Duration::ZERO));
-                        terminating = true;
+                        self.queue.push_back(Input::Stop { cause: Cause::Evicted(message), grace: Duration::ZERO });
                     }
                 }
                 Some(done) = self.runners.join_next(), if !self.runners.is_empty() => {
                     if let Ok((name, termination)) = done {
-                        self.on_runner_done(&name, termination);
+                        self.on_runner_done(name, termination);
                     }
                 }
-                changed = desired.changed(), if !terminating => {
+                _ = deadline_timer, if active => {
+                    deadline = None;
+                    self.ctx.services.events.warning(
+                        &self.pod, None, "DeadlineExceeded",
+                        "Pod was active on the node longer than the specified deadline".into(),
+                    ).await;
+                    self.queue.push_back(Input::Stop { cause: Cause::DeadlineExceeded, grace: self.grace_period() });
+                }
+                changed = desired.changed() => {
                     if changed.is_err() {
-                        // The manager is gone (process exit): stop at once.
-                        self.stop.send_replace(Some(Duration::ZERO));
-                        terminating = true;
-                    } else {
-                        let next = desired.borrow_and_update().clone();
-                        match next {
-                            Desired::Run(pod) => {
-                                let deleting = pod.metadata.deletion_timestamp.is_some();
-                                self.pod = pod;
-                                if deleting {
-                                    self.stop.send_replace(Some(self.grace_period()));
-                                    terminating = true;
-                                }
-                            }
-                            Desired::Removed => {
-                                self.stop.send_replace(Some(Duration::ZERO));
-                                self.finish_removed().await;
-                                return;
-                            }
-                            Desired::NodeShutdown(grace) => {
-                                self.stop.send_replace(Some(grace.min(self.grace_period())));
-                                self.shutdown_reason = Some(("Terminated", "Pod was terminated in response to imminent node shutdown."));
-                                terminating = true;
-                            }
+                        // The manager is gone (process exit): stop at once, report nothing.
+                        for r in self.running.values() {
+                            r.stop.send_replace(Some(Duration::ZERO));
                         }
+                        while self.runners.join_next().await.is_some() {}
+                        return;
                     }
+                    let next = desired.borrow_and_update().clone();
+                    self.on_desired(next);
+                    deadline = if active { self.active_deadline() } else { None };
                 }
             }
         }
-        // Drain the last container reports, then send the final status.
-        while let Ok((name, status)) = self.updates.try_recv() {
-            self.statuses.insert(name, status);
-        }
-        self.publish_final();
-        self.ctx.status.flush(&self.key).await;
-        if self.shutdown_reason.is_none() && self.pod.metadata.deletion_timestamp.is_some() {
-            self.delete_from_api().await;
-            self.cleanup(true);
-        } else {
-            self.cleanup(false);
+    }
+
+    /// Feeds queued inputs through the state machine and carries out its actions.
+    async fn step(&mut self) {
+        while let Some(input) = self.queue.pop_front() {
+            let (next, actions) =
+                lifecycle::transition(&self.state, input, &self.inits, tokio::time::Instant::now());
+            tracing::debug!(pod = %self.key, from = ?self.state, to = ?next, ?actions, "pod state");
+            self.state = next;
+            self.note_failure();
+            for action in actions {
+                self.execute(action).await;
+            }
         }
     }
 
-    fn grace_period(&self) -> Duration {
-        let seconds = self
-            .pod
-            .metadata
-            .deletion_grace_period_seconds
-            .or_else(|| {
-                self.pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.termination_grace_period_seconds)
-            })
-            .unwrap_or(30);
-        Duration::from_secs(seconds.max(0) as u64)
+    async fn execute(&mut self, action: Action) {
+        match action {
+            Action::StartInit(index) => self.start_init(index),
+            Action::StartApps => self.start_apps(),
+            Action::StopRegular(grace) => {
+                let mut any = false;
+                for r in self.running.values() {
+                    if r.kind != Kind::Sidecar {
+                        r.stop.send_replace(Some(grace));
+                        any = true;
+                    }
+                }
+                self.restarting.clear();
+                if !any {
+                    let sidecars = self.running_sidecars();
+                    self.queue.push_back(Input::RegularStopped { sidecars });
+                }
+                self.publish();
+            }
+            Action::StopSidecar(index, grace) => {
+                match self
+                    .running
+                    .values()
+                    .find(|r| r.kind == Kind::Sidecar && r.index == index)
+                {
+                    Some(r) => {
+                        r.stop.send_replace(Some(grace));
+                    }
+                    None => self.queue.push_back(Input::SidecarStopped { index }),
+                }
+            }
+            Action::Finish => self.finish().await,
+        }
     }
 
-    /// Creates the pod's directories and volumes; warns about what this node cannot honour.
+    fn note_failure(&mut self) {
+        if let PodState::Terminating { cause, .. } | PodState::Terminated { cause } = &self.state
+            && cause.fails_pod()
+            && self.failure.is_none()
+        {
+            self.failure = Some(cause.clone());
+        }
+    }
+
+    fn running_sidecars(&self) -> Vec<usize> {
+        self.running
+            .values()
+            .filter(|r| r.kind == Kind::Sidecar)
+            .map(|r| r.index)
+            .collect()
+    }
+
+    /// Starts init container `index`, or skips it if it already succeeded before a Krustlet
+    /// restart.
+    fn start_init(&mut self, index: usize) {
+        let (inits, _) = self.spec_containers();
+        let Some(init) = inits.get(index).cloned() else {
+            return;
+        };
+        let sidecar = self.inits.get(index) == Some(&InitKind::Sidecar);
+        if sidecar {
+            self.spawn(init, Kind::Sidecar, index, RestartPolicy::Always);
+            return;
+        }
+        // Regular init containers restart on failure unless the pod says Never.
+        let policy = match self.restart_policy() {
+            RestartPolicy::Never => RestartPolicy::Never,
+            _ => RestartPolicy::OnFailure,
+        };
+        if let Some(Resume::Done(status)) = self.first_resume(&init.name, policy) {
+            let success = status
+                .state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .is_some_and(|t| t.exit_code == 0);
+            self.statuses.insert(init.name.clone(), *status);
+            self.queue.push_back(Input::InitExited { index, success });
+            return;
+        }
+        self.spawn(init, Kind::Init, index, policy);
+    }
+
+    fn start_apps(&mut self) {
+        self.apps_started = true;
+        let (_, apps) = self.spec_containers();
+        let policy = self.restart_policy();
+        for (index, app) in apps.into_iter().enumerate() {
+            if let Some(Resume::Done(status)) = self.first_resume(&app.name, policy) {
+                self.finished_apps.insert(app.name.clone());
+                self.statuses.insert(app.name.clone(), *status);
+                continue;
+            }
+            self.spawn(app, Kind::App, index, policy);
+        }
+        self.check_apps_finished();
+        self.publish();
+    }
+
+    /// What a container's status from before this worker (a Krustlet restart) says about
+    /// running it; `None` once it has run under this worker.
+    fn first_resume(&self, name: &str, policy: RestartPolicy) -> Option<Resume> {
+        self.initial
+            .get(name)
+            .map(|previous| resume(Some(previous), policy))
+    }
+
+    fn spawn(&mut self, container: Container, kind: Kind, index: usize, policy: RestartPolicy) {
+        let name = container.name.clone();
+        // The first run of this worker continues from the pod's last status (a restarted
+        // Krustlet); later runs of a changed definition continue from this worker's.
+        let previous = self
+            .initial
+            .remove(&name)
+            .or_else(|| self.statuses.get(&name).cloned());
+        let (restart_count, last_state) = match resume(previous.as_ref(), policy) {
+            Resume::Fresh => (previous.map(|p| p.restart_count).unwrap_or(0), None),
+            Resume::Again {
+                restart_count,
+                last_state,
+            } => (restart_count, Some(last_state)),
+            // Done by policy, yet asked to run (a changed definition): run it again.
+            Resume::Done(done) => (done.restart_count + 1, done.state),
+        };
+        let (stop, stop_rx) = watch::channel(None);
+        let runner = Runner {
+            services: self.ctx.services.clone(),
+            pod: self.pod.clone(),
+            container: container.clone(),
+            kind,
+            log_dir: self.log_dir(),
+            pod_dir: self.pod_dir(),
+            volumes: self.volumes.clone(),
+            updates: self.updates_tx.clone(),
+            stop: stop_rx,
+            restart_count,
+            last_state,
+        };
+        self.running.insert(
+            name.clone(),
+            Running {
+                stop,
+                kind,
+                index,
+                container,
+            },
+        );
+        self.runners
+            .spawn(async move { (name, runner.run().await) });
+    }
+
+    fn on_update(&mut self, name: String, status: ContainerStatus) {
+        let started = status.started == Some(true);
+        self.statuses.insert(name.clone(), status);
+        if started
+            && let Some(r) = self.running.get(&name)
+            && r.kind == Kind::Sidecar
+        {
+            self.queue
+                .push_back(Input::SidecarStarted { index: r.index });
+        }
+        self.observe_start();
+        self.publish();
+    }
+
+    fn on_runner_done(&mut self, name: String, termination: Option<Termination>) {
+        let Some(ended) = self.running.remove(&name) else {
+            return;
+        };
+        // Drain reports first, so the final state of this container is in `statuses`.
+        while let Ok((n, status)) = self.updates.try_recv() {
+            self.statuses.insert(n, status);
+        }
+        if self.restarting.remove(&name) && !self.terminating() {
+            // A changed definition: run the new one (computePodActions' "definition changed").
+            self.spawn(
+                ended.container,
+                ended.kind,
+                ended.index,
+                match ended.kind {
+                    Kind::Sidecar => RestartPolicy::Always,
+                    Kind::Init => RestartPolicy::OnFailure,
+                    Kind::App => self.restart_policy(),
+                },
+            );
+            self.publish();
+            return;
+        }
+        match (&self.state, ended.kind) {
+            (PodState::Initializing { next }, Kind::Init) if *next == ended.index => {
+                let success = termination.as_ref().is_some_and(|t| t.exit_code() == 0);
+                self.queue.push_back(Input::InitExited {
+                    index: ended.index,
+                    success,
+                });
+            }
+            (PodState::Running, Kind::App) => {
+                self.finished_apps.insert(name);
+                self.check_apps_finished();
+            }
+            (
+                PodState::Terminating {
+                    step: StopStep::Regular,
+                    ..
+                },
+                Kind::App | Kind::Init,
+            ) => {
+                if self.running.values().all(|r| r.kind == Kind::Sidecar) {
+                    let sidecars = self.running_sidecars();
+                    self.queue.push_back(Input::RegularStopped { sidecars });
+                }
+            }
+            (PodState::Terminating { .. }, Kind::Sidecar) => {
+                self.queue
+                    .push_back(Input::SidecarStopped { index: ended.index });
+            }
+            _ => {}
+        }
+        self.publish();
+    }
+
+    /// Every app container done for good: the sidecars stop and the pod ends (upstream stops
+    /// restartable init containers once the regular ones are done).
+    fn check_apps_finished(&mut self) {
+        let (_, apps) = self.spec_containers();
+        if matches!(self.state, PodState::Running)
+            && apps.iter().all(|c| self.finished_apps.contains(&c.name))
+        {
+            self.queue.push_back(Input::AppsFinished {
+                grace: self.grace_period(),
+            });
+        }
+    }
+
+    fn on_desired(&mut self, next: Desired) {
+        match next {
+            Desired::Run(pod) => {
+                let deleting = pod.metadata.deletion_timestamp.is_some();
+                self.pod = pod;
+                if deleting {
+                    self.queue.push_back(Input::Stop {
+                        cause: Cause::Deleted,
+                        grace: self.grace_period(),
+                    });
+                } else {
+                    self.restart_changed();
+                }
+                // Readiness gates and other conditions may have changed.
+                self.publish();
+            }
+            Desired::Removed => self.queue.push_back(Input::Stop {
+                cause: Cause::Removed,
+                grace: Duration::ZERO,
+            }),
+            Desired::NodeShutdown(grace) => self.queue.push_back(Input::Stop {
+                cause: Cause::NodeShutdown,
+                grace: grace.min(self.grace_period()),
+            }),
+        }
+    }
+
+    /// Restarts running containers whose image changed (`kubectl set image`), as
+    /// `computePodActions` does when a container's hash changes.
+    fn restart_changed(&mut self) {
+        if self.terminating() {
+            return;
+        }
+        let (inits, apps) = self.spec_containers();
+        let grace = self.grace_period();
+        for new in inits.iter().chain(&apps) {
+            let Some(r) = self.running.get_mut(&new.name) else {
+                continue;
+            };
+            if r.container.image == new.image {
+                continue;
+            }
+            let note = format!(
+                "Container {} definition changed, will be restarted",
+                new.name
+            );
+            tracing::info!(pod = %self.key, "{note}");
+            let events = self.ctx.services.events.clone();
+            let pod = self.pod.clone();
+            let field = crate::pod::events::container_field(r.kind != Kind::App, &new.name);
+            tokio::spawn(async move { events.normal(&pod, field, "Killing", note).await });
+            r.container = new.clone();
+            r.stop.send_replace(Some(grace));
+            self.restarting.insert(new.name.clone());
+        }
+    }
+
     /// Sets up the pod's volumes, retrying with `FailedMount` events until they are ready;
-    /// returns false if the pod was deleted (or the node is stopping) meanwhile.
-    async fn setup(&mut self, desired: &mut watch::Receiver<Desired>) -> bool {
+    /// [`Setup::Superseded`] if the pod is deleted, removed or the node stops meanwhile (the
+    /// new desired state is then applied, so the deletion is never lost).
+    async fn setup(&mut self, desired: &mut watch::Receiver<Desired>) -> Setup {
         let spec = self.pod.spec.clone().unwrap_or_default();
         let prepared = loop {
-            match volume::prepare(
-                &self.ctx.services.api,
-                &self.pod,
-                &self.pod_dir(),
-                self.ctx.services.node_facts(),
-            )
-            .await
-            {
+            let attempt = async {
+                if let Err(error) = runtime_class::check(&self.ctx.services.api, &self.pod).await {
+                    return Err((
+                        "FailedCreatePodSandBox",
+                        format!("Failed to create pod sandbox: {error}"),
+                        None,
+                    ));
+                }
+                volume::prepare(
+                    &self.ctx.services.api,
+                    &self.pod,
+                    &self.pod_dir(),
+                    self.ctx.services.node_facts(),
+                )
+                .await
+                .map_err(|error| ("FailedMount", error.to_string(), error.object()))
+            };
+            match attempt.await {
                 Ok(prepared) => break prepared,
-                Err(error) => {
+                Err((reason, message, object)) => {
                     self.ctx
                         .services
                         .events
-                        .warning(&self.pod, None, "FailedMount", error.to_string())
+                        .warning(&self.pod, None, reason, message)
                         .await;
                     self.publish();
                     let namespace = self.key.namespace.clone();
                     let client = self.ctx.services.api.client(String::new).ok();
                     let retry = async {
-                        match (error.object(), client) {
+                        match (object, client) {
                             // Retry when the object appears or changes, not on a timer.
                             (Some(reference), Some(client)) => {
                                 config_watch::changed(&client, &namespace, &[reference]).await
@@ -342,10 +719,14 @@ impl Worker {
                     tokio::select! {
                         _ = retry => {}
                         changed = desired.changed() => {
-                            let go_on = changed.is_ok()
-                                && matches!(&*desired.borrow(), Desired::Run(p) if p.metadata.deletion_timestamp.is_none());
-                            if !go_on {
-                                return false;
+                            if changed.is_err() {
+                                return Setup::Abandoned;
+                            }
+                            let next = desired.borrow_and_update().clone();
+                            let stops = !matches!(&next, Desired::Run(p) if p.metadata.deletion_timestamp.is_none());
+                            self.on_desired(next);
+                            if stops {
+                                return Setup::Superseded;
                             }
                         }
                     }
@@ -357,34 +738,26 @@ impl Worker {
                 "volume {name:?} is of a type this node does not mount yet; containers run without it"
             )).await;
         }
-        let volumes = prepared.mounts;
-        self.volumes = Arc::new(volumes);
+        self.volumes = Arc::new(prepared.mounts);
+        let pod_fields = unsupported::pod_fields(&spec);
+        if !pod_fields.is_empty() {
+            let note = format!(
+                "the pod asks for what a WebAssembly node cannot honour: {}",
+                pod_fields.join(", ")
+            );
+            self.ctx
+                .services
+                .events
+                .warning(&self.pod, None, "UnsupportedFeature", note)
+                .await;
+        }
         for c in spec
             .init_containers
             .iter()
             .flatten()
             .chain(&spec.containers)
         {
-            let mut unsupported = Vec::new();
-            if c.liveness_probe.is_some()
-                || c.readiness_probe.is_some()
-                || c.startup_probe.is_some()
-            {
-                unsupported.push("probes (readiness follows the running state)");
-            }
-            if c.security_context
-                .as_ref()
-                .and_then(|s| s.privileged)
-                .unwrap_or(false)
-            {
-                unsupported.push("privileged mode (wasm has no privileges to grant)");
-            }
-            if c.lifecycle.is_some() {
-                unsupported.push("lifecycle hooks");
-            }
-            if c.working_dir.is_some() {
-                unsupported.push("workingDir");
-            }
+            let unsupported = unsupported::container_fields(c);
             if !unsupported.is_empty() {
                 let note = format!(
                     "container {:?} asks for what a WebAssembly node cannot honour: {}",
@@ -398,7 +771,7 @@ impl Worker {
                     .await;
             }
         }
-        true
+        Setup::Ready
     }
 
     /// Rewrites the pod's ConfigMap, Secret, downwardAPI and projected volumes from the current
@@ -413,52 +786,6 @@ impl Worker {
         .await
         {
             tracing::warn!(pod = %self.key, %error, "volume refresh failed; keeping the current contents");
-        }
-    }
-
-    fn spawn(&mut self, container: Container, kind: Kind) {
-        let restart_count = self.statuses.get(&container.name).map(|s| {
-            let ran = s
-                .state
-                .as_ref()
-                .is_some_and(|st| st.running.is_some() || st.terminated.is_some());
-            s.restart_count + i32::from(ran)
-        });
-        let runner = Runner {
-            services: self.ctx.services.clone(),
-            pod: self.pod.clone(),
-            container: container.clone(),
-            kind,
-            log_dir: self.log_dir(),
-            pod_dir: self.pod_dir(),
-            volumes: self.volumes.clone(),
-            updates: self.updates_tx.clone(),
-            stop: self.stop.subscribe(),
-            restart_count: restart_count.unwrap_or(0),
-        };
-        let name = container.name.clone();
-        self.runners
-            .spawn(async move { (name, runner.run().await) });
-    }
-
-    /// Starts what comes next: the next init container, or all app containers.
-    fn advance(&mut self) {
-        let (inits, apps) = self.spec_containers();
-        if let Stage::Init(i) = self.stage {
-            match inits.get(i).cloned() {
-                Some(init) => {
-                    let sidecar = init.restart_policy.as_deref() == Some("Always");
-                    self.spawn(init, if sidecar { Kind::Sidecar } else { Kind::Init });
-                    // Wait for it to finish (or, for a sidecar, to start) before going on.
-                    return;
-                }
-                None => self.stage = Stage::Apps,
-            }
-        }
-        if self.stage == Stage::Apps {
-            for app in apps {
-                self.spawn(app, Kind::App);
-            }
         }
     }
 
@@ -484,38 +811,6 @@ impl Worker {
         }
     }
 
-    fn on_sidecar_started(&mut self, name: &str) {
-        let (inits, _) = self.spec_containers();
-        if let Stage::Init(i) = self.stage
-            && inits
-                .get(i)
-                .is_some_and(|c| c.name == name && c.restart_policy.as_deref() == Some("Always"))
-            && self.statuses.get(name).and_then(|s| s.started) == Some(true)
-        {
-            self.stage = Stage::Init(i + 1);
-            self.advance();
-        }
-    }
-
-    fn on_runner_done(&mut self, name: &str, termination: Option<Termination>) {
-        let (inits, _) = self.spec_containers();
-        if let Stage::Init(i) = self.stage
-            && inits.get(i).is_some_and(|c| c.name == name)
-            && self.stop.borrow().is_none()
-        {
-            if termination.as_ref().is_some_and(|t| t.exit_code() == 0) {
-                self.stage = Stage::Init(i + 1);
-                self.advance();
-            } else {
-                // An init container failed for good (restartPolicy Never): the pod fails and
-                // the sidecars stop.
-                self.stage = Stage::InitFailed;
-                self.stop.send_replace(Some(Duration::ZERO));
-            }
-        }
-        self.publish();
-    }
-
     fn status(&self, final_status: bool) -> PodStatus {
         let (inits, apps) = self.spec_containers();
         let ordered = |list: &[Container]| -> Vec<ContainerStatus> {
@@ -534,40 +829,45 @@ impl Worker {
             .iter()
             .filter(|c| c.restart_policy.as_deref() != Some("Always"))
             .count();
-        let restart_policy = self
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.restart_policy.as_deref())
-            .unwrap_or("Always");
+        let restart_policy = self.restart_policy();
+        let cause = self.failure.as_ref().or(match &self.state {
+            PodState::Terminating { cause, .. } | PodState::Terminated { cause } => Some(cause),
+            _ => None,
+        });
         let mut phase = phase::phase(
             &regular_inits,
             &app_statuses,
-            restart_policy,
+            restart_policy.as_str(),
             expected_inits,
         )
         .to_string();
-        if final_status {
+        let stopped = matches!(self.state, PodState::Terminated { .. });
+        if cause.is_some_and(Cause::fails_pod) && (final_status || stopped) {
+            phase = "Failed".into();
+        } else if final_status && phase != "Succeeded" && phase != "Failed" {
             let all_ok = app_statuses.iter().chain(&regular_inits).all(|s| {
                 s.state
                     .as_ref()
                     .and_then(|st| st.terminated.as_ref())
                     .is_some_and(|t| t.exit_code == 0)
             });
-            if phase != "Succeeded" && phase != "Failed" {
-                phase = if all_ok && self.stage == Stage::Apps && !app_statuses.is_empty() {
-                    "Succeeded"
-                } else {
-                    "Failed"
-                }
-                .into();
+            phase = if all_ok && self.apps_started && !app_statuses.is_empty() {
+                "Succeeded"
+            } else {
+                "Failed"
             }
+            .into();
         }
-        let initialized = matches!(self.stage, Stage::Apps);
-        let containers_ready = !app_statuses.is_empty()
-            && app_statuses.len() == apps.len()
-            && app_statuses.iter().all(|s| s.ready)
-            && !final_status;
+        let initialized = self.apps_started;
+        // Sidecars count for ContainersReady as app containers do (status/generate.go).
+        let unready: Vec<&str> = inits
+            .iter()
+            .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+            .chain(&apps)
+            .filter(|c| !self.statuses.get(&c.name).is_some_and(|s| s.ready))
+            .map(|c| c.name.as_str())
+            .collect();
+        let containers_ready = unready.is_empty() && !apps.is_empty() && !final_status;
         let previous = self
             .ctx
             .status
@@ -575,25 +875,63 @@ impl Worker {
             .or_else(|| self.pod.status.clone())
             .unwrap_or_default();
         let now = Time(jiff::Timestamp::now());
-        let conditions = phase::conditions(
-            !final_status,
-            initialized,
-            containers_ready,
+        let current = self
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let gates: Vec<String> = self
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.readiness_gates.iter().flatten())
+            .map(|g| g.condition_type.clone())
+            .collect();
+        let mut conditions = phase::conditions(
+            &phase::Readiness {
+                sandbox_ready: !final_status && !stopped,
+                initialized,
+                unready_containers: if containers_ready {
+                    Vec::new()
+                } else {
+                    unready
+                },
+                containers_ready,
+                gates: &gates,
+                current: &current,
+                completed: phase == "Succeeded",
+                generation: self.pod.metadata.generation,
+            },
             previous.conditions.as_deref().unwrap_or_default(),
             &now,
         );
+        // The kubelet marks pods it stops for the node's sake (pkg/kubelet/eviction,
+        // nodeshutdown): DisruptionTarget, reason TerminationByKubelet.
+        if let Some(cause @ (Cause::NodeShutdown | Cause::Evicted(_))) = cause
+            && let Some((_, message)) = cause.status_reason()
+        {
+            let since = previous
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+                .and_then(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone());
+            conditions.push(k8s_openapi::api::core::v1::PodCondition {
+                type_: "DisruptionTarget".into(),
+                status: "True".into(),
+                reason: Some("TerminationByKubelet".into()),
+                message: Some(message),
+                last_transition_time: Some(since),
+                ..Default::default()
+            });
+        }
         let ip = self.ctx.services.node_ip.clone();
-        // An evicted or rejected pod whose containers have already stopped is Failed before
-        // the final status: it carries its reason from the first Failed on, so nobody sees a
-        // Failed pod without one.
-        let terminal = phase == "Failed" || phase == "Succeeded";
-        let (reason, message) = match (self.shutdown_reason, &self.terminal_reason) {
-            (Some((reason, message)), _) if final_status => {
-                (Some(reason.to_string()), Some(message.to_string()))
-            }
-            (_, Some((reason, message))) if final_status || terminal => {
-                (Some(reason.clone()), Some(message.clone()))
-            }
+        // A pod that fails for a reason (eviction, deadline, rejection, shutdown) carries it
+        // from its first Failed status on, so nobody sees it Failed without one.
+        let (reason, message) = match cause.and_then(Cause::status_reason) {
+            Some((reason, message)) if phase == "Failed" => (Some(reason), Some(message)),
             _ => (None, None),
         };
         PodStatus {
@@ -609,6 +947,7 @@ impl Worker {
             container_statuses: Some(app_statuses),
             reason,
             message,
+            observed_generation: self.pod.metadata.generation,
             ..Default::default()
         }
     }
@@ -619,6 +958,29 @@ impl Worker {
 
     fn publish_final(&self) {
         self.ctx.status.set(&self.key, self.status(true));
+    }
+
+    /// Everything has stopped: the final status, then deletion and clean-up as the cause asks.
+    async fn finish(&mut self) {
+        while let Ok((name, status)) = self.updates.try_recv() {
+            self.statuses.insert(name, status);
+        }
+        let PodState::Terminated { cause } = self.state.clone() else {
+            return;
+        };
+        if cause == Cause::Removed {
+            self.ctx.status.forget(&self.key);
+            self.cleanup(true);
+            return;
+        }
+        self.publish_final();
+        self.ctx.status.flush(&self.key).await;
+        if cause.deletes_pod() {
+            self.delete_from_api().await;
+            self.cleanup(true);
+        } else if cause.ends_worker() {
+            self.cleanup(false);
+        }
     }
 
     /// Deletes the terminated pod from the API server; standalone pods are only local.
@@ -645,12 +1007,6 @@ impl Worker {
         }
     }
 
-    async fn finish_removed(&mut self) {
-        while self.runners.join_next().await.is_some() {}
-        self.ctx.status.forget(&self.key);
-        self.cleanup(true);
-    }
-
     /// Removes the pod's volumes; with `logs`, its logs too (the pod is gone from the API).
     fn cleanup(&self, logs: bool) {
         let _ = std::fs::remove_dir_all(self.pod_dir());
@@ -660,3 +1016,6 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

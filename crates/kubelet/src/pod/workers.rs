@@ -1,5 +1,7 @@
 //! The pod workers (the kubelet's `podWorkers`): one worker task per pod UID, fed the newest
-//! desired state, forgotten when it ends.
+//! desired state, forgotten when it ends. The tasks are supervised: a worker that panicked is
+//! reaped and started again from the newest desired state (its pod's last status tells it where
+//! the pod was), so one bad pod never wedges the node's view of it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +28,8 @@ pub struct PodWorkers {
     ctx: WorkerContext,
     workers: HashMap<String, Entry>,
     tasks: JoinSet<String>,
+    /// Which pod each task runs, to find a panicked one's pod.
+    task_pods: HashMap<tokio::task::Id, String>,
     admitting: bool,
     known: KnownPods,
 }
@@ -37,6 +41,7 @@ impl PodWorkers {
             ctx,
             workers: HashMap::new(),
             tasks: JoinSet::new(),
+            task_pods: HashMap::new(),
             admitting: true,
             known: KnownPods::default(),
         }
@@ -69,12 +74,7 @@ impl PodWorkers {
         let rejection = self.admit(&pod).err();
         let rejected = rejection.is_some();
         let (tx, rx) = watch::channel(Desired::Run(pod));
-        let ctx = self.ctx.clone();
-        let task_uid = uid.clone();
-        self.tasks.spawn(async move {
-            worker::run(ctx, rx, rejection).await;
-            task_uid
-        });
+        self.spawn(uid.clone(), rx, rejection);
         self.workers.insert(
             uid,
             Entry {
@@ -119,9 +119,47 @@ impl PodWorkers {
         }
     }
 
+    fn spawn(&mut self, uid: String, rx: watch::Receiver<Desired>, rejection: Option<Rejection>) {
+        let ctx = self.ctx.clone();
+        let task_uid = uid.clone();
+        let handle = self.tasks.spawn(async move {
+            worker::run(ctx, rx, rejection).await;
+            task_uid
+        });
+        self.task_pods.insert(handle.id(), uid);
+    }
+
+    /// Forgets workers that ended; starts again one that panicked, from the newest desired
+    /// state.
     fn reap(&mut self) {
-        while let Some(Ok(uid)) = self.tasks.try_join_next() {
-            self.workers.remove(&uid);
+        while let Some(done) = self.tasks.try_join_next_with_id() {
+            match done {
+                Ok((id, uid)) => {
+                    self.task_pods.remove(&id);
+                    self.workers.remove(&uid);
+                }
+                Err(error) => {
+                    let Some(uid) = self.task_pods.remove(&error.id()) else {
+                        continue;
+                    };
+                    tracing::error!(pod_uid = %uid, %error, "pod worker panicked; starting it again");
+                    let Some(entry) = self.workers.remove(&uid) else {
+                        continue;
+                    };
+                    let desired = entry.desired.borrow().clone();
+                    if let Desired::Run(pod) = desired {
+                        let (tx, rx) = watch::channel(Desired::Run(pod));
+                        self.spawn(uid.clone(), rx, None);
+                        self.workers.insert(
+                            uid,
+                            Entry {
+                                desired: tx,
+                                rejected: entry.rejected,
+                            },
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -133,6 +171,7 @@ impl PodWorkers {
             worker.desired.send_replace(Desired::NodeShutdown(grace));
         }
         let all = async { while self.tasks.join_next().await.is_some() {} };
+        self.task_pods.clear();
         if tokio::time::timeout(grace + Duration::from_secs(5), all)
             .await
             .is_err()

@@ -1,0 +1,109 @@
+//! Pod and container fields where the upstream kubelet would act and a wasm node cannot:
+//! each is named in an `UnsupportedFeature` warning event, so no field is ignored silently
+//! (the full list, with what is supported, is `docs/pod-spec.md`).
+
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+
+/// What of the pod itself this node does not honour.
+pub fn pod_fields(spec: &PodSpec) -> Vec<&'static str> {
+    let mut found = Vec::new();
+    let on = |flag: Option<bool>| flag.unwrap_or(false);
+    if on(spec.host_network) {
+        found.push("hostNetwork (pods have no network namespace of their own yet)");
+    }
+    if on(spec.host_pid) || on(spec.host_ipc) || on(spec.share_process_namespace) {
+        found
+            .push("hostPID/hostIPC/shareProcessNamespace (wasm guests have no processes to share)");
+    }
+    if spec.host_aliases.as_ref().is_some_and(|h| !h.is_empty()) {
+        found.push("hostAliases (guests have no /etc/hosts)");
+    }
+    if spec.dns_config.is_some() || spec.dns_policy.as_deref() == Some("None") {
+        found.push("dnsConfig (guests have no resolver configuration)");
+    }
+    if spec.resource_claims.as_ref().is_some_and(|c| !c.is_empty()) {
+        found.push("resourceClaims (no devices for wasm guests)");
+    }
+    if let Some(sc) = &spec.security_context {
+        let ids = sc.run_as_user.is_some()
+            || sc.run_as_group.is_some()
+            || sc.fs_group.is_some()
+            || sc
+                .supplemental_groups
+                .as_ref()
+                .is_some_and(|g| !g.is_empty());
+        if ids {
+            found.push("securityContext user and group IDs (files are created by the node)");
+        }
+        if sc.sysctls.as_ref().is_some_and(|s| !s.is_empty()) {
+            found.push("securityContext.sysctls (no kernel namespace per pod)");
+        }
+    }
+    found
+}
+
+/// What of a container this node does not honour.
+pub fn container_fields(c: &Container) -> Vec<&'static str> {
+    let mut found = Vec::new();
+    if c.liveness_probe.is_some() || c.readiness_probe.is_some() || c.startup_probe.is_some() {
+        found.push("probes (readiness follows the running state)");
+    }
+    if let Some(sc) = &c.security_context {
+        if sc.privileged.unwrap_or(false) {
+            found.push("privileged mode (wasm has no privileges to grant)");
+        }
+        if sc.run_as_user.is_some() || sc.run_as_group.is_some() {
+            found.push("securityContext user and group IDs");
+        }
+        if sc
+            .capabilities
+            .as_ref()
+            .is_some_and(|caps| caps.add.as_ref().is_some_and(|a| !a.is_empty()))
+        {
+            found.push("added capabilities (wasm guests have only what WASI grants)");
+        }
+    }
+    if c.lifecycle.is_some() {
+        found.push("lifecycle hooks");
+    }
+    if c.working_dir.is_some() {
+        found.push("workingDir");
+    }
+    if c.ports.as_ref().is_some_and(|p| !p.is_empty()) {
+        found.push("ports (wasm pods have no network yet; Services cannot reach them)");
+    }
+    if c.stdin.unwrap_or(false) || c.tty.unwrap_or(false) {
+        found.push("stdin/tty (no attach yet)");
+    }
+    if c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()) {
+        found.push("volumeDevices (no block devices for wasm guests)");
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_upstream_acts_on_are_named() {
+        let spec: PodSpec = serde_json::from_value(serde_json::json!({
+            "hostNetwork": true,
+            "hostAliases": [{"ip": "1.2.3.4", "hostnames": ["x"]}],
+            "securityContext": {"runAsUser": 1000},
+            "containers": [{"name": "c", "ports": [{"containerPort": 80}], "tty": true,
+                            "securityContext": {"privileged": true}}]
+        }))
+        .expect("spec");
+        let pod = pod_fields(&spec);
+        assert_eq!(pod.len(), 3, "{pod:?}");
+        let container = container_fields(&spec.containers[0]);
+        assert_eq!(container.len(), 3, "{container:?}");
+        let plain: PodSpec = serde_json::from_value(serde_json::json!({
+            "containers": [{"name": "c", "image": "x"}]
+        }))
+        .expect("spec");
+        assert!(pod_fields(&plain).is_empty());
+        assert!(container_fields(&plain.containers[0]).is_empty());
+    }
+}
