@@ -148,7 +148,8 @@ mod tests {
             labels(&config).get("team").map(String::as_str),
             Some("wasm")
         );
-        let keys: Vec<&str> = default_labels(&config).keys().map(String::as_str).collect();
+        let defaults = default_labels(&config);
+        let keys: Vec<&str> = defaults.keys().map(String::as_str).collect();
         let mut expected = DEFAULT_LABEL_KEYS.to_vec();
         expected.sort_unstable();
         assert_eq!(keys, expected);

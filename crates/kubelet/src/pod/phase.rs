@@ -210,11 +210,21 @@ pub fn compute_qos(pod: &Pod) -> &'static str {
         }
         found
     }
+    // The API server defaults requests to limits (static pods are defaulted the same way);
+    // do it here too, so an undefaulted pod is classed as the API would class it.
+    let defaulted = |requests: Option<&List>, limits: Option<&List>| -> List {
+        let mut merged = limits.cloned().unwrap_or_default();
+        for (k, v) in requests.into_iter().flatten() {
+            merged.insert(k.clone(), v.clone());
+        }
+        merged
+    };
     let mut requests = BTreeMap::new();
     let mut limits = BTreeMap::new();
     let mut guaranteed = true;
     if let Some(resources) = &spec.resources {
-        add(&mut requests, resources.requests.as_ref());
+        let reqs = defaulted(resources.requests.as_ref(), resources.limits.as_ref());
+        add(&mut requests, Some(&reqs));
         if resources.limits.as_ref().is_some_and(|l| !l.is_empty()) {
             let (cpu, memory) = add(&mut limits, resources.limits.as_ref());
             guaranteed &= cpu && memory;
@@ -226,8 +236,10 @@ pub fn compute_qos(pod: &Pod) -> &'static str {
             .chain(spec.init_containers.iter().flatten())
         {
             let resources = c.resources.as_ref();
-            add(&mut requests, resources.and_then(|r| r.requests.as_ref()));
-            let (cpu, memory) = add(&mut limits, resources.and_then(|r| r.limits.as_ref()));
+            let lims = resources.and_then(|r| r.limits.as_ref());
+            let reqs = defaulted(resources.and_then(|r| r.requests.as_ref()), lims);
+            add(&mut requests, Some(&reqs));
+            let (cpu, memory) = add(&mut limits, lims);
             guaranteed &= cpu && memory;
         }
     }

@@ -224,7 +224,14 @@ async fn sidecars_stop_in_reverse_order_once_the_app_is_done() {
         ),
         &fake,
     );
-    h.wait("Succeeded", |s| phase(s) == "Succeeded").await;
+    let terminated = |s: &PodStatus, name: &str| {
+        container(s, name)
+            .is_some_and(|c| c.state.as_ref().is_some_and(|st| st.terminated.is_some()))
+    };
+    h.wait("Succeeded with its sidecars stopped", |s| {
+        phase(s) == "Succeeded" && terminated(s, "first") && terminated(s, "second")
+    })
+    .await;
     assert_eq!(h.fake.killed(), ["second", "first"]);
     let order: Vec<String> = h.fake.started().into_iter().map(|s| s.container).collect();
     assert_eq!(order, ["first", "second", "app"]);
