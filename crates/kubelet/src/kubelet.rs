@@ -71,6 +71,9 @@ pub enum KubeletError {
     /// The API server cannot be reached for TLS bootstrap.
     #[error("TLS bootstrap: {0}")]
     Unreachable(String),
+    /// The client certificate expired and was not renewed.
+    #[error(transparent)]
+    CertificateExpired(#[from] bootstrap::CertificateExpired),
 }
 
 /// Fails early, before any API traffic, if the kubelet API's port is taken.
@@ -254,8 +257,8 @@ impl Kubelet {
         ));
         let source_stop = CancellationToken::new();
         let pods = {
-            let (client, node, stop) = (
-                clients.borrow().clone(),
+            let (clients, node, stop) = (
+                clients.clone(),
                 config.node_name.clone(),
                 source_stop.clone(),
             );
@@ -270,12 +273,23 @@ impl Kubelet {
                 ),
             });
             tokio::spawn(async move {
-                source::run(client, &node, &mut workers, statics, stop).await;
+                source::run(clients, &node, &mut workers, statics, stop).await;
                 workers
             })
         };
 
-        shutdown.await;
+        let expired = bootstrap::exit_when_expired(config.client_cert_path(), clients.clone(), None);
+        tokio::select! {
+            _ = shutdown => {}
+            expired = expired => {
+                // As upstream: exit at once, pods as they are; their statuses cannot be written
+                // without credentials anyway, and the restarted kubelet picks them up again.
+                tracing::error!(%expired, "exiting");
+                source_stop.cancel();
+                stop.cancel();
+                return Err(expired.into());
+            }
+        }
         tracing::info!(node = %config.node_name, "shutting down");
         readiness_tx.send_replace(Readiness::NotReady(SHUTDOWN_MESSAGE.into()));
         source_stop.cancel();
