@@ -1,0 +1,172 @@
+//! What one client may hold of the kubelet API: header bytes per request, idle time per
+//! connection, and connections in all. The first two are upstream's `http.Server` settings
+//! (`MaxHeaderBytes: 1 << 20`, `IdleTimeout: 90s`, `pkg/kubelet/server/server.go`); the cap
+//! has no upstream equivalent but keeps idle crowds from exhausting file descriptors.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Largest request head (request line and headers): Go's `MaxHeaderBytes` of 1 MiB plus the
+/// 4096 bytes of slack `net/http` allows on top. A larger head is refused with 431.
+pub const MAX_HEADER_BYTES: usize = (1 << 20) + 4096;
+
+/// The HTTP/1.1 and HTTP/2 settings of every kubelet API connection.
+pub fn http_builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // hyper refuses a head that does not fit its read buffer with 431.
+    builder.http1().max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    builder
+}
+
+/// Whether a connection has a request in progress, and since when it has had none.
+///
+/// A request is in progress from the moment its head is read until its response body is
+/// finished or dropped, so a long `kubectl logs -f` is never idle, while a connection that
+/// sends nothing, dribbles a head, or keeps an unused keep-alive (HTTP/1.1 or HTTP/2) is.
+#[derive(Debug)]
+pub struct Activity {
+    active: AtomicUsize,
+    idle_since: Mutex<Instant>,
+    changed: Notify,
+}
+
+impl Activity {
+    /// A connection that has just been accepted: idle from now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            active: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+            changed: Notify::new(),
+        })
+    }
+
+    /// Marks a request in progress until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        ActiveGuard(self.clone())
+    }
+
+    /// Resolves once the connection has had no request in progress for `timeout`.
+    pub async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.active.load(Ordering::SeqCst) > 0 {
+                changed.await;
+                continue;
+            }
+            let since = *self.idle_since.lock().unwrap_or_else(|e| e.into_inner());
+            let deadline = since + timeout;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = changed => {}
+            }
+        }
+    }
+}
+
+/// A request in progress; see [`Activity::begin`].
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<Activity>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        if activity.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *activity
+                .idle_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        }
+        activity.changed.notify_waiters();
+    }
+}
+
+/// A response body that keeps its request in progress until it is finished or dropped.
+pub struct ActiveBody {
+    inner: axum::body::Body,
+    _guard: ActiveGuard,
+}
+
+impl ActiveBody {
+    /// Wraps `inner`, holding `guard` for as long as it is sent.
+    pub fn new(inner: axum::body::Body, guard: ActiveGuard) -> Self {
+        Self {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl http_body::Body for ActiveBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_time_counts_only_without_requests_in_progress() {
+        let activity = Activity::new();
+        let timeout = Duration::from_secs(90);
+        let start = Instant::now();
+        // A request starts at once and its response streams for 10 minutes.
+        let guard = activity.begin();
+        let finisher = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            drop(guard);
+        });
+        activity.idle_for(timeout).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(690));
+        finisher.await.expect("finisher");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_nothing_is_idle_from_the_start() {
+        let activity = Activity::new();
+        let start = Instant::now();
+        activity.idle_for(Duration::from_secs(90)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(90));
+        // Two overlapping requests: idle only once both are over.
+        let (a, b) = (activity.begin(), activity.begin());
+        drop(a);
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        let waited = Instant::now();
+        drop(b);
+        activity.idle_for(Duration::from_secs(90)).await;
+        assert_eq!(waited.elapsed(), Duration::from_secs(90));
+    }
+}
