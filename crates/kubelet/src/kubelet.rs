@@ -221,6 +221,17 @@ impl Kubelet {
             evictions: evictions.clone(),
         };
         let mut workers = PodWorkers::new(ctx);
+        tokio::spawn(crate::pod::orphans::run(
+            clients.clone(),
+            config.node_name.clone(),
+            workers.known_pods(),
+            crate::pod::orphans::OrphanDirs {
+                pods: config.data_path("pods"),
+                logs: pods_log_root(&config.data_dir),
+            },
+            crate::pod::orphans::ORPHAN_CLEANUP_PERIOD,
+            stop.clone(),
+        ));
         let eviction = EvictionManager {
             config: config.clone(),
             pods: workers.known_pods(),

@@ -11,6 +11,7 @@ mod newcomer;
 mod node;
 mod pods;
 mod resources;
+mod security;
 mod standalone;
 mod volumes;
 

@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod events;
 pub mod known;
 pub mod mirror;
+pub mod orphans;
 pub mod phase;
 pub mod source;
 pub mod static_pods;
