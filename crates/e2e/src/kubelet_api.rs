@@ -51,7 +51,10 @@ pub fn https_client_with_timeout(identity: Option<Identity>, timeout: Duration) 
 /// The API server's kubelet client identity (allowed everything on the kubelet API).
 pub fn apiserver_identity() -> Identity {
     let info = cluster();
-    identity_from_files(&info.kubelet_client_cert_file, &info.kubelet_client_key_file)
+    identity_from_files(
+        &info.kubelet_client_cert_file,
+        &info.kubelet_client_key_file,
+    )
 }
 
 /// Reads a PEM certificate chain and key.

@@ -289,7 +289,8 @@ impl Kubelet {
             })
         };
 
-        let expired = bootstrap::exit_when_expired(config.client_cert_path(), clients.clone(), None);
+        let expired =
+            bootstrap::exit_when_expired(config.client_cert_path(), clients.clone(), None);
         tokio::select! {
             _ = shutdown => {}
             expired = expired => {

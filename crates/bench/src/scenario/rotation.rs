@@ -99,7 +99,11 @@ pub async fn run(minutes: u64) -> anyhow::Result<Rotation> {
         }
         tokio::time::sleep(CYCLE_EVERY.saturating_sub(cycle_start.elapsed())).await;
     }
-    let rotations_logged = warm.node.log().matches("client certificate rotated").count();
+    let rotations_logged = warm
+        .node
+        .log()
+        .matches("client certificate rotated")
+        .count();
     let result = Rotation {
         seconds: started.elapsed().as_secs(),
         cycles: cycle,
@@ -130,16 +134,20 @@ pub async fn run(minutes: u64) -> anyhow::Result<Rotation> {
                 "first certificate lifetime".into(),
                 format!("{}s", result.first_lifetime_seconds),
             ),
-            ("rotations logged".into(), result.rotations_logged.to_string()),
             (
-                "create → Succeeded".into(),
-                latency_cell(&result.succeeded),
+                "rotations logged".into(),
+                result.rotations_logged.to_string(),
             ),
+            ("create → Succeeded".into(), latency_cell(&result.succeeded)),
             ("delete → gone".into(), latency_cell(&result.deleted)),
         ],
     );
     if !result.failures.is_empty() {
-        anyhow::bail!("{} cycles failed: {:?}", result.failures.len(), result.failures);
+        anyhow::bail!(
+            "{} cycles failed: {:?}",
+            result.failures.len(),
+            result.failures
+        );
     }
     // Two rotations: three certificates, the last two issued while pods kept cycling.
     if minutes >= 20 && result.client_certificates < 3 {

@@ -51,7 +51,10 @@ fn multitool_pod(name: &str, node: &str, args: &[&str], restart: &str) -> serde_
 }
 
 /// A TLS connection to the node's kubelet API, handshake done, nothing sent.
-async fn tls_connect(port: u16, identity: Option<Identity>) -> std::io::Result<TlsStream<TcpStream>> {
+async fn tls_connect(
+    port: u16,
+    identity: Option<Identity>,
+) -> std::io::Result<TlsStream<TcpStream>> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(identity)));
     let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
     let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
@@ -62,7 +65,9 @@ async fn tls_connect(port: u16, identity: Option<Identity>) -> std::io::Result<T
 fn tokenreviews_total() -> f64 {
     let text = kubectl(&["get", "--raw", "/metrics"]).expect("apiserver metrics");
     text.lines()
-        .filter(|l| l.starts_with("apiserver_request_total{") && l.contains("resource=\"tokenreviews\""))
+        .filter(|l| {
+            l.starts_with("apiserver_request_total{") && l.contains("resource=\"tokenreviews\"")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -84,9 +89,12 @@ async fn idle_crowds_and_bogus_tokens_leave_the_node_ready_and_cost_one_review_p
     let node = ready_node("abuse", &[&format!("--api-max-connections={CAP}")]).await;
     let ns = TestNamespace::new("abuse").await.expect("namespace");
     let pods = ns.api::<Pod>();
-    create(&pods, multitool_pod("ticker", node.name(), &["tick", "0", "500"], "Always"))
-        .await
-        .expect("create");
+    create(
+        &pods,
+        multitool_pod("ticker", node.name(), &["tick", "0", "500"], "Always"),
+    )
+    .await
+    .expect("create");
     wait_for_phase(&pods, "ticker", "Running", LONG)
         .await
         .expect("Running");
@@ -96,9 +104,9 @@ async fn idle_crowds_and_bogus_tokens_leave_the_node_ready_and_cost_one_review_p
     let mut held = Vec::new();
     let mut refused = 0;
     for _ in 0..CROWD / 100 {
-        let batch = futures::future::join_all(
-            (0..100).map(|_| tokio::time::timeout(Duration::from_secs(20), tls_connect(node.port(), None))),
-        )
+        let batch = futures::future::join_all((0..100).map(|_| {
+            tokio::time::timeout(Duration::from_secs(20), tls_connect(node.port(), None))
+        }))
         .await;
         for connection in batch {
             match connection {
@@ -106,21 +114,32 @@ async fn idle_crowds_and_bogus_tokens_leave_the_node_ready_and_cost_one_review_p
                 _ => refused += 1,
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(300), "the crowd took too long");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the crowd took too long"
+        );
     }
     eprintln!(
         "{} idle connections held, {refused} refused at the cap, in {:?}",
         held.len(),
         started.elapsed()
     );
-    assert!(held.len() <= CAP, "{} connections held past the cap", held.len());
+    assert!(
+        held.len() <= CAP,
+        "{} connections held past the cap",
+        held.len()
+    );
     assert!(refused >= CROWD - CAP, "only {refused} refused");
 
     // While the crowd holds the API: the lease is renewed, the node Ready, the pod running.
     let renewed = lease_renewed(node.name()).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while lease_renewed(node.name()).await == renewed {
-        assert!(Instant::now() < deadline, "lease not renewed during the crowd; log:\n{}", node.log());
+        assert!(
+            Instant::now() < deadline,
+            "lease not renewed during the crowd; log:\n{}",
+            node.log()
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     node.wait_ready("True", Duration::from_secs(10))
@@ -128,7 +147,14 @@ async fn idle_crowds_and_bogus_tokens_leave_the_node_ready_and_cost_one_review_p
         .expect("Ready during the crowd");
     let pod = pods.get("ticker").await.expect("pod");
     let status = container_status(&pod, "main").expect("status");
-    assert!(status.state.as_ref().and_then(|s| s.running.as_ref()).is_some(), "{status:?}");
+    assert!(
+        status
+            .state
+            .as_ref()
+            .and_then(|s| s.running.as_ref())
+            .is_some(),
+        "{status:?}"
+    );
     assert_eq!(status.restart_count, 0);
     drop(held);
 
@@ -142,10 +168,17 @@ async fn idle_crowds_and_bogus_tokens_leave_the_node_ready_and_cost_one_review_p
     let url = format!("https://127.0.0.1:{}/pods", node.port());
     let statuses: Vec<u16> = futures::stream::iter(0..1000)
         .map(|i| {
-            let request = client
-                .get(&url)
-                .bearer_auth(format!("bogus-{}-{}", i % 10, std::process::id()));
-            async move { request.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+            let request =
+                client
+                    .get(&url)
+                    .bearer_auth(format!("bogus-{}-{}", i % 10, std::process::id()));
+            async move {
+                request
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
         })
         .buffer_unordered(50)
         .collect()
@@ -153,8 +186,13 @@ async fn idle_crowds_and_bogus_tokens_leave_the_node_ready_and_cost_one_review_p
     assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
     let by_node = reviews_logged() - node_before;
     let by_api = tokenreviews_total() - api_before;
-    eprintln!("1000 bogus-token requests: {by_node} TokenReviews by the node, {by_api} seen by the API server");
-    assert!(by_node <= 10, "{by_node} TokenReviews for 10 distinct tokens");
+    eprintln!(
+        "1000 bogus-token requests: {by_node} TokenReviews by the node, {by_api} seen by the API server"
+    );
+    assert!(
+        by_node <= 10,
+        "{by_node} TokenReviews for 10 distinct tokens"
+    );
     // Other tests running alongside may review a few tokens of their own.
     assert!(by_api <= 40.0, "the API server saw {by_api} TokenReviews");
     node.wait_ready("True", Duration::from_secs(10))
@@ -172,17 +210,34 @@ struct Grant(String);
 impl Grant {
     fn new(user: &str, verb: &str, resource: &str) -> Self {
         let name = format!("{user}-{}", std::process::id());
-        kubectl(&["create", "clusterrole", &name, &format!("--verb={verb}"), &format!("--resource={resource}")])
-            .expect("clusterrole");
-        kubectl(&["create", "clusterrolebinding", &name, &format!("--clusterrole={name}"), &format!("--user={user}")])
-            .expect("clusterrolebinding");
+        kubectl(&[
+            "create",
+            "clusterrole",
+            &name,
+            &format!("--verb={verb}"),
+            &format!("--resource={resource}"),
+        ])
+        .expect("clusterrole");
+        kubectl(&[
+            "create",
+            "clusterrolebinding",
+            &name,
+            &format!("--clusterrole={name}"),
+            &format!("--user={user}"),
+        ])
+        .expect("clusterrolebinding");
         Self(name)
     }
 }
 
 impl Drop for Grant {
     fn drop(&mut self) {
-        let _ = kubectl(&["delete", "clusterrolebinding,clusterrole", &self.0, "--ignore-not-found"]);
+        let _ = kubectl(&[
+            "delete",
+            "clusterrolebinding,clusterrole",
+            &self.0,
+            "--ignore-not-found",
+        ]);
     }
 }
 
@@ -235,29 +290,40 @@ async fn head_has_no_verb_big_headers_are_refused_and_idle_connections_close() {
         .await
         .expect("closed within a minute");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    assert!(opened.elapsed() >= Duration::from_secs(2), "closed after {:?}", opened.elapsed());
+    assert!(
+        opened.elapsed() >= Duration::from_secs(2),
+        "closed after {:?}",
+        opened.elapsed()
+    );
     // ...and so is a keep-alive connection once its request is answered.
     let mut kept = tls_connect(node.port(), None).await.expect("connect");
     kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
         .await
         .expect("request");
     let mut response = Vec::new();
-    let ended = tokio::time::timeout(Duration::from_secs(60), kept.read_to_end(&mut response)).await;
+    let ended =
+        tokio::time::timeout(Duration::from_secs(60), kept.read_to_end(&mut response)).await;
     assert!(ended.is_ok(), "keep-alive connection not closed");
     assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 200"));
 
     // A log stream that lasts longer than the idle timeout is a request in progress: not cut.
     let ns = TestNamespace::new("limits").await.expect("namespace");
     let pods = ns.api::<Pod>();
-    create(&pods, multitool_pod("ticker", node.name(), &["tick", "0", "500"], "Always"))
-        .await
-        .expect("create");
+    create(
+        &pods,
+        multitool_pod("ticker", node.name(), &["tick", "0", "500"], "Always"),
+    )
+    .await
+    .expect("create");
     wait_for_phase(&pods, "ticker", "Running", LONG)
         .await
         .expect("Running");
     let follower = https_client(Some(apiserver_identity()));
     let response = follower
-        .get(url(&format!("/containerLogs/{}/ticker/main?follow=true", ns.name())))
+        .get(url(&format!(
+            "/containerLogs/{}/ticker/main?follow=true",
+            ns.name()
+        )))
         .send()
         .await
         .expect("follow");
@@ -269,7 +335,10 @@ async fn head_has_no_verb_big_headers_are_refused_and_idle_connections_close() {
         match tokio::time::timeout(Duration::from_secs(5), body.next()).await {
             Ok(Some(Ok(_))) if following.elapsed() > Duration::from_secs(6) => late_chunks += 1,
             Ok(Some(Ok(_))) => {}
-            other => panic!("the log stream ended after {:?}: {other:?}", following.elapsed()),
+            other => panic!(
+                "the log stream ended after {:?}: {other:?}",
+                following.elapsed()
+            ),
         }
     }
     assert!(late_chunks > 0, "nothing streamed after the idle timeout");
@@ -315,11 +384,17 @@ async fn a_malformed_pull_secret_is_named_in_an_event_without_its_content() {
         {
             for event in &list.items {
                 let text = format!("{:?}", event);
-                assert!(!text.contains(&payload), "an event holds the secret: {text}");
+                assert!(
+                    !text.contains(&payload),
+                    "an event holds the secret: {text}"
+                );
             }
             break event.message.clone().unwrap_or_default();
         }
-        assert!(Instant::now() < deadline, "no FailedToRetrieveImagePullSecret event");
+        assert!(
+            Instant::now() < deadline,
+            "no FailedToRetrieveImagePullSecret event"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert!(warning.contains("\"broken\""), "{warning}");
@@ -328,11 +403,17 @@ async fn a_malformed_pull_secret_is_named_in_an_event_without_its_content() {
         "{warning}"
     );
     let log = node.log();
-    assert!(log.contains("image pull secret"), "the node log says nothing");
+    assert!(
+        log.contains("image pull secret"),
+        "the node log says nothing"
+    );
     assert!(!log.contains(&payload), "the node log holds the secret");
     // `kubectl describe` shows the same event.
     let described = kubectl(&["describe", "pod", "puller", "-n", ns.name()]).expect("describe");
-    assert!(described.contains("FailedToRetrieveImagePullSecret"), "{described}");
+    assert!(
+        described.contains("FailedToRetrieveImagePullSecret"),
+        "{described}"
+    );
     assert!(!described.contains(&payload));
 }
 
@@ -360,9 +441,12 @@ async fn log_files_are_0640_and_a_200_mib_log_streams_in_a_few_mib() {
     let node = ready_node("biglog", &[]).await;
     let ns = TestNamespace::new("biglog").await.expect("namespace");
     let pods = ns.api::<Pod>();
-    let created = create(&pods, multitool_pod("printer", node.name(), &["hello"], "Never"))
-        .await
-        .expect("create");
+    let created = create(
+        &pods,
+        multitool_pod("printer", node.name(), &["hello"], "Never"),
+    )
+    .await
+    .expect("create");
     wait_for_phase(&pods, "printer", "Succeeded", LONG)
         .await
         .expect("Succeeded");
@@ -433,7 +517,10 @@ async fn log_files_are_0640_and_a_200_mib_log_streams_in_a_few_mib() {
     );
     assert_eq!(received, expected);
     assert!(String::from_utf8_lossy(&tail).ends_with(&current_output));
-    assert!(growth_kib < 16 * 1024, "node RSS grew by {growth_kib} KiB reading the log");
+    assert!(
+        growth_kib < 16 * 1024,
+        "node RSS grew by {growth_kib} KiB reading the log"
+    );
 }
 
 #[tokio::test]
@@ -454,7 +541,8 @@ async fn files_of_a_pod_deleted_while_the_node_was_down_are_removed_after_restar
         .expect("create secret");
     let mut pod = multitool_pod("holder", node.name(), &["tick", "0", "500"], "Always");
     // The service account token volume is injected by admission; add a secret volume.
-    pod["spec"]["volumes"] = serde_json::json!([{"name": "creds", "secret": {"secretName": "creds"}}]);
+    pod["spec"]["volumes"] =
+        serde_json::json!([{"name": "creds", "secret": {"secretName": "creds"}}]);
     pod["spec"]["containers"][0]["volumeMounts"] =
         serde_json::json!([{"name": "creds", "mountPath": "/creds"}]);
     let pods = ns.api::<Pod>();
@@ -463,9 +551,12 @@ async fn files_of_a_pod_deleted_while_the_node_was_down_are_removed_after_restar
         .await
         .expect("Running");
     let uid = created.metadata.uid.expect("uid");
-    let stayer = create(&pods, multitool_pod("stayer", node.name(), &["tick", "0", "500"], "Always"))
-        .await
-        .expect("create");
+    let stayer = create(
+        &pods,
+        multitool_pod("stayer", node.name(), &["tick", "0", "500"], "Always"),
+    )
+    .await
+    .expect("create");
     wait_for_phase(&pods, "stayer", "Running", LONG)
         .await
         .expect("Running");
@@ -483,19 +574,35 @@ async fn files_of_a_pod_deleted_while_the_node_was_down_are_removed_after_restar
         .filter_map(Result::ok)
         .map(|e| e.path())
         .collect::<Vec<_>>();
-    assert!(!secret_file.is_empty(), "no volumes under {}", volumes.display());
+    assert!(
+        !secret_file.is_empty(),
+        "no volumes under {}",
+        volumes.display()
+    );
     assert!(logs.exists(), "no logs at {}", logs.display());
 
     // Down: the pod is force-deleted, so the API forgets it at once and the node never hears.
-    node.signal(nix::sys::signal::Signal::SIGKILL).expect("kill");
-    node.wait_exit(Duration::from_secs(10)).await.expect("exited");
-    pods.delete("holder", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() })
+    node.signal(nix::sys::signal::Signal::SIGKILL)
+        .expect("kill");
+    node.wait_exit(Duration::from_secs(10))
         .await
-        .expect("force delete");
+        .expect("exited");
+    pods.delete(
+        "holder",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("force delete");
     krustlet_e2e::pods::wait_gone(&pods, "holder", Duration::from_secs(30))
         .await
         .expect("gone from the API");
-    assert!(volumes.exists() && logs.exists(), "removed while the node was down?");
+    assert!(
+        volumes.exists() && logs.exists(),
+        "removed while the node was down?"
+    );
 
     node.restart().expect("restart");
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -515,4 +622,28 @@ async fn files_of_a_pod_deleted_while_the_node_was_down_are_removed_after_restar
     wait_for_phase(&pods, "stayer", "Running", LONG)
         .await
         .expect("the other pod runs again");
+}
+
+#[tokio::test]
+async fn csr_expiration_seconds_asks_for_short_lived_certificates() {
+    let node = ready_node("shortcert", &["--csr-expiration-seconds=600"]).await;
+    let now = std::time::SystemTime::now();
+    for file in ["kubelet-client-current.pem", "kubelet-server-current.pem"] {
+        let path = node.data_dir().join("pki").join(file);
+        let bundle = kubelet::bootstrap::certs::CertBundle::load(&path)
+            .expect("load")
+            .unwrap_or_else(|| panic!("{} missing", path.display()));
+        let left = bundle.not_after.duration_since(now).unwrap_or_default();
+        // The signer gives exactly what was asked for short certificates (no backdating of
+        // the end), so at most 600 s are left.
+        assert!(
+            left <= Duration::from_secs(600) && left > Duration::from_secs(300),
+            "{file} expires in {left:?}"
+        );
+    }
+    let log = node.log();
+    assert!(
+        log.contains("client certificate rotation scheduled"),
+        "{log}"
+    );
 }

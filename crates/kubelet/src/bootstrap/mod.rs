@@ -244,9 +244,15 @@ pub async fn rotate_client_certificate(
         }
         let client = clients.borrow().clone();
         let rotated = async {
-            let new = request(&client, &config, CLIENT_SIGNER, Vec::new(), BOOTSTRAP_TIMEOUT)
-                .await
-                .map_err(BootstrapError::from)?;
+            let new = request(
+                &client,
+                &config,
+                CLIENT_SIGNER,
+                Vec::new(),
+                BOOTSTRAP_TIMEOUT,
+            )
+            .await
+            .map_err(BootstrapError::from)?;
             new.store(&path)?;
             load_client(&config.kubeconfig).await
         };
@@ -435,9 +441,7 @@ mod tests {
 
     #[test]
     fn rotation_retries_back_off_to_two_minutes() {
-        let delays: Vec<u64> = (0..6)
-            .map(|n| rotation_retry_delay(n).as_secs())
-            .collect();
+        let delays: Vec<u64> = (0..6).map(|n| rotation_retry_delay(n).as_secs()).collect();
         assert_eq!(delays, [10, 20, 40, 80, 120, 120]);
         assert_eq!(rotation_retry_delay(u32::MAX), ROTATION_RETRY_MAX);
     }
@@ -446,8 +450,14 @@ mod tests {
     fn expiry_counts_only_after_five_minutes() {
         let expired = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         assert!(!expired_too_long(expired, expired - Duration::from_secs(1)));
-        assert!(!expired_too_long(expired, expired + Duration::from_secs(299)));
-        assert!(expired_too_long(expired, expired + Duration::from_secs(300)));
+        assert!(!expired_too_long(
+            expired,
+            expired + Duration::from_secs(299)
+        ));
+        assert!(expired_too_long(
+            expired,
+            expired + Duration::from_secs(300)
+        ));
     }
 
     #[tokio::test]

@@ -434,8 +434,7 @@ impl Runner {
         // Pull secrets live in the API; standalone pulls anonymously.
         let keyring = match self.services.api.client(String::new) {
             Ok(client) => {
-                let (keyring, problems) =
-                    crate::image::auth::pod_keyring(&client, &self.pod).await;
+                let (keyring, problems) = crate::image::auth::pod_keyring(&client, &self.pod).await;
                 if !problems.is_empty() {
                     // Upstream's event (`kubelet_pods.go`), with each secret's problem.
                     self.warning(

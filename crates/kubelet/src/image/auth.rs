@@ -98,8 +98,7 @@ impl Keyring {
             }
             Some("kubernetes.io/dockercfg") => {
                 let bytes = data.get(".dockercfg").ok_or("has no .dockercfg key")?;
-                serde_json::from_slice(&bytes.0)
-                    .map_err(|e| parse_problem(".dockercfg", &e))?
+                serde_json::from_slice(&bytes.0).map_err(|e| parse_problem(".dockercfg", &e))?
             }
             other => {
                 return Err(format!(
@@ -228,10 +227,13 @@ mod tests {
             .add_secret(&secret(
                 "kubernetes.io/dockercfg",
                 ".dockercfg",
-                r#"{"r": ["hunter2-SECRET"]}"#,
+                r#"{"r": "hunter2-SECRET"}"#,
             ))
             .expect_err("malformed");
-        assert!(problem.starts_with(".dockercfg is JSON but not"), "{problem}");
+        assert!(
+            problem.starts_with(".dockercfg is JSON but not"),
+            "{problem}"
+        );
         assert!(!problem.contains("hunter2"), "{problem}");
     }
 }

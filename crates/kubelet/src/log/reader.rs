@@ -311,7 +311,8 @@ impl Emitter {
         }
         self.sent += bytes.len() as u64;
         self.buffer.extend_from_slice(&bytes);
-        if (self.buffer.len() >= SEND_CHUNK || flow == Flow::Stop) && self.flush().await == Flow::Stop
+        if (self.buffer.len() >= SEND_CHUNK || flow == Flow::Stop)
+            && self.flush().await == Flow::Stop
         {
             return Flow::Stop;
         }
@@ -664,17 +665,30 @@ garbage line
         task.await.expect("join").expect("stream");
         assert!(largest <= SEND_CHUNK + 64, "a chunk of {largest} bytes");
         assert!(chunks > 10, "{chunks} chunks");
-        assert_eq!(total, "rotated\n".len() + (0..100_000).map(|n| format!("line {n}\n").len()).sum::<usize>());
+        assert_eq!(
+            total,
+            "rotated\n".len()
+                + (0..100_000)
+                    .map(|n| format!("line {n}\n").len())
+                    .sum::<usize>()
+        );
         let tail = LogOptions {
             tail_lines: Some(3),
             ..Default::default()
         };
-        assert_eq!(read(&path, tail).await, "line 99997\nline 99998\nline 99999\n");
+        assert_eq!(
+            read(&path, tail).await,
+            "line 99997\nline 99998\nline 99999\n"
+        );
         let everything = LogOptions {
             tail_lines: Some(1_000_000),
             ..Default::default()
         };
-        assert!(read(&path, everything).await.starts_with("rotated\nline 0\n"));
+        assert!(
+            read(&path, everything)
+                .await
+                .starts_with("rotated\nline 0\n")
+        );
     }
 
     #[tokio::test]

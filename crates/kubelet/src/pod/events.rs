@@ -160,13 +160,18 @@ mod tests {
         };
         // Nobody publishes: a node cut off from the API server, with chatty pods.
         for i in 0..1500 {
-            events.normal(&pod, None, "Started", format!("event {i}")).await;
+            events
+                .normal(&pod, None, "Started", format!("event {i}"))
+                .await;
         }
         assert_eq!(events.dropped(), 500);
         let mut queued = 0;
         while let Ok((event, _)) = rx.try_recv() {
             // The oldest are kept, in order, as upstream's broadcaster keeps them.
-            assert_eq!(event.note.as_deref(), Some(format!("event {queued}").as_str()));
+            assert_eq!(
+                event.note.as_deref(),
+                Some(format!("event {queued}").as_str())
+            );
             queued += 1;
         }
         assert_eq!(queued, MAX_QUEUED_EVENTS);

@@ -84,7 +84,10 @@ fn subdirs(root: &Path, uid_of: impl Fn(&str) -> Option<String>) -> Vec<PodDir> 
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| {
             let uid = uid_of(e.file_name().to_str()?)?;
-            (!uid.is_empty()).then(|| PodDir { uid, path: e.path() })
+            (!uid.is_empty()).then(|| PodDir {
+                uid,
+                path: e.path(),
+            })
         })
         .collect()
 }

@@ -405,7 +405,9 @@ mod tests {
                     let mut buffer = [0; 8192];
                     // The head, then as much body as it announces.
                     loop {
-                        let Ok(n) = tcp.read(&mut buffer).await else { return };
+                        let Ok(n) = tcp.read(&mut buffer).await else {
+                            return;
+                        };
                         if n == 0 {
                             return;
                         }
@@ -457,11 +459,17 @@ mod tests {
         };
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..100 {
-            let (auth, headers) = (auth.clone(), headers(if i % 2 == 0 { "bogus-a" } else { "bogus-b" }));
+            let (auth, headers) = (
+                auth.clone(),
+                headers(if i % 2 == 0 { "bogus-a" } else { "bogus-b" }),
+            );
             tasks.spawn(async move { auth.authenticate(None, &headers).await });
         }
         while let Some(result) = tasks.join_next().await {
-            assert!(matches!(result.expect("join"), Err(AuthError::Unauthorized)));
+            assert!(matches!(
+                result.expect("join"),
+                Err(AuthError::Unauthorized)
+            ));
         }
         assert_eq!(reviews.load(std::sync::atomic::Ordering::SeqCst), 2);
         // Later requests come from the cache, and leave no review gates behind.

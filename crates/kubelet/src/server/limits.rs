@@ -17,16 +17,29 @@ use tokio::time::Instant;
 /// Largest request head (request line and headers): Go's `MaxHeaderBytes` of 1 MiB plus the
 /// 4096 bytes of slack `net/http` allows on top. A larger head is refused with 431.
 pub const MAX_HEADER_BYTES: usize = (1 << 20) + 4096;
+/// What hyper buffers of a head at most. Heads between [`MAX_HEADER_BYTES`] and this are read
+/// whole and answered 431 by [`head_too_large`]'s check, so the client reads the answer
+/// instead of a reset; beyond it hyper answers 431 itself and closes.
+const HEAD_BUFFER: usize = 2 * MAX_HEADER_BYTES;
 
 /// The HTTP/1.1 and HTTP/2 settings of every kubelet API connection.
 pub fn http_builder() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    // hyper refuses a head that does not fit its read buffer with 431.
-    builder.http1().max_buf_size(MAX_HEADER_BYTES);
+    builder.http1().max_buf_size(HEAD_BUFFER);
+    builder.http2().max_header_list_size(HEAD_BUFFER as u32);
     builder
-        .http2()
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
-    builder
+}
+
+/// Whether a request's head (request line and header fields, as sent) exceeds
+/// [`MAX_HEADER_BYTES`].
+pub fn head_too_large<B>(request: &http::Request<B>) -> bool {
+    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    line + fields > MAX_HEADER_BYTES
 }
 
 /// Whether a connection has a request in progress, and since when it has had none.
@@ -64,11 +77,15 @@ impl Activity {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if self.active.load(Ordering::SeqCst) > 0 {
+            // Read together with the count, which the guard changes under the same lock.
+            let since = {
+                let since = self.idle_since.lock().unwrap_or_else(|e| e.into_inner());
+                (self.active.load(Ordering::SeqCst) == 0).then_some(*since)
+            };
+            let Some(since) = since else {
                 changed.await;
                 continue;
-            }
-            let since = *self.idle_since.lock().unwrap_or_else(|e| e.into_inner());
+            };
             let deadline = since + timeout;
             if Instant::now() >= deadline {
                 return;
@@ -88,11 +105,14 @@ pub struct ActiveGuard(Arc<Activity>);
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         let activity = &self.0;
-        if activity.active.fetch_sub(1, Ordering::SeqCst) == 1 {
-            *activity
+        {
+            let mut since = activity
                 .idle_since
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                .unwrap_or_else(|e| e.into_inner());
+            if activity.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+                *since = Instant::now();
+            }
         }
         activity.changed.notify_waiters();
     }
@@ -138,35 +158,55 @@ impl http_body::Body for ActiveBody {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[test]
+    fn heads_over_a_mebibyte_are_too_large() {
+        let request = |padding: usize| {
+            http::Request::get("/pods")
+                .header("x-padding", "a".repeat(padding))
+                .body(())
+                .expect("request")
+        };
+        assert!(!head_too_large(&request(1 << 20)));
+        assert!(head_too_large(&request((1 << 20) + 4096)));
+    }
+
+    // Real time, scaled down: 100 ms stands for upstream's 90 s.
+    const TIMEOUT: Duration = Duration::from_millis(100);
+
+    #[tokio::test]
     async fn idle_time_counts_only_without_requests_in_progress() {
         let activity = Activity::new();
-        let timeout = Duration::from_secs(90);
         let start = Instant::now();
-        // A request starts at once and its response streams for 10 minutes.
+        // A request starts at once and its response streams for far longer than the timeout.
         let guard = activity.begin();
         let finisher = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(600)).await;
+            tokio::time::sleep(TIMEOUT * 5).await;
             drop(guard);
         });
-        activity.idle_for(timeout).await;
-        assert_eq!(start.elapsed(), Duration::from_secs(690));
+        tokio::time::timeout(Duration::from_secs(30), activity.idle_for(TIMEOUT))
+            .await
+            .expect("idle in the end");
+        assert!(start.elapsed() >= TIMEOUT * 6, "{:?}", start.elapsed());
         finisher.await.expect("finisher");
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_connection_that_sends_nothing_is_idle_from_the_start() {
         let activity = Activity::new();
         let start = Instant::now();
-        activity.idle_for(Duration::from_secs(90)).await;
-        assert_eq!(start.elapsed(), Duration::from_secs(90));
+        tokio::time::timeout(Duration::from_secs(30), activity.idle_for(TIMEOUT))
+            .await
+            .expect("idle");
+        assert!(start.elapsed() >= TIMEOUT);
         // Two overlapping requests: idle only once both are over.
         let (a, b) = (activity.begin(), activity.begin());
         drop(a);
-        tokio::time::sleep(Duration::from_secs(100)).await;
+        tokio::time::sleep(TIMEOUT * 2).await;
         let waited = Instant::now();
         drop(b);
-        activity.idle_for(Duration::from_secs(90)).await;
-        assert_eq!(waited.elapsed(), Duration::from_secs(90));
+        tokio::time::timeout(Duration::from_secs(30), activity.idle_for(TIMEOUT))
+            .await
+            .expect("idle");
+        assert!(waited.elapsed() >= TIMEOUT);
     }
 }

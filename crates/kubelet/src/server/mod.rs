@@ -499,7 +499,15 @@ async fn serve(acceptor: TlsAcceptor, tcp: TcpStream, router: Router, idle_timeo
         let mut router = router.clone();
         let guard = requests.begin();
         async move {
-            let response = router.call(request).await?;
+            let response = if limits::head_too_large(&request) {
+                (
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "431 Request Header Fields Too Large\n",
+                )
+                    .into_response()
+            } else {
+                router.call(request).await?
+            };
             Ok::<_, std::convert::Infallible>(
                 response.map(|body| axum::body::Body::new(limits::ActiveBody::new(body, guard))),
             )
