@@ -103,8 +103,10 @@ impl Kubelet {
     /// Runs until `shutdown` resolves, then shuts down gracefully and returns `Ok`.
     ///
     /// # Errors
-    /// Only for problems at start that retrying cannot fix (credentials, data dir). An
-    /// unreachable or failing API server is retried for as long as it takes.
+    /// For problems at start that retrying cannot fix (credentials, data dir), and
+    /// [`KubeletError::CertificateExpired`] when the client certificate stayed expired for 5
+    /// minutes with no renewal. An unreachable or failing API server is retried for as long as
+    /// it takes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), KubeletError> {
         let config = self.config;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| KubeletError::DataDir {

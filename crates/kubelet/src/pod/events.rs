@@ -108,7 +108,7 @@ impl PodEvents {
         if let Err(mpsc::error::TrySendError::Full(_)) = queue.try_send((event, reference)) {
             // Counted, and said once per thousand so the log is not flooded in turn.
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed);
-            if dropped % 1000 == 0 {
+            if dropped.is_multiple_of(1000) {
                 tracing::warn!(
                     dropped = dropped + 1,
                     "event queue full ({MAX_QUEUED_EVENTS} waiting); dropping events"
