@@ -5,6 +5,7 @@
 //! cargo run -p krustlet-bench --release -- density [--pods 1000]
 //! cargo run -p krustlet-bench --release -- churn [--rate 300 --seconds 60]
 //! cargo run -p krustlet-bench --release -- cold
+//! cargo run -p krustlet-bench -- rotation [--minutes 25]   # certificates of 600 s
 //! cargo run -p krustlet-bench --release -- smoke      # every scenario, tiny
 //! ```
 //! Each starts the test cluster (the real control plane and registry on loopback, as the e2e

@@ -16,6 +16,11 @@ pub type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
 /// An HTTPS client that trusts the cluster CA, with `identity` as its client certificate.
 pub fn https_client(identity: Option<Identity>) -> reqwest::Client {
+    https_client_with_timeout(identity, Duration::from_secs(20))
+}
+
+/// The cluster CA's rustls client configuration, presenting `identity` if given (HTTP/1.1).
+pub fn tls_config(identity: Option<Identity>) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_file_iter(&cluster().ca_file).expect("ca file") {
         roots.add(ca.expect("ca")).expect("add ca");
@@ -26,17 +31,30 @@ pub fn https_client(identity: Option<Identity>) -> reqwest::Client {
     .with_safe_default_protocol_versions()
     .expect("versions")
     .with_root_certificates(roots);
-    let tls = match identity {
+    match identity {
         Some((chain, key)) => builder
             .with_client_auth_cert(chain, key)
             .expect("client cert"),
         None => builder.with_no_client_auth(),
-    };
+    }
+}
+
+/// [`https_client`] whose requests may take up to `timeout` (large responses).
+pub fn https_client_with_timeout(identity: Option<Identity>, timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(Duration::from_secs(20))
+        .tls_backend_preconfigured(tls_config(identity))
+        .timeout(timeout)
         .build()
         .expect("client")
+}
+
+/// The API server's kubelet client identity (allowed everything on the kubelet API).
+pub fn apiserver_identity() -> Identity {
+    let info = cluster();
+    identity_from_files(
+        &info.kubelet_client_cert_file,
+        &info.kubelet_client_key_file,
+    )
 }
 
 /// Reads a PEM certificate chain and key.

@@ -74,6 +74,32 @@ pub struct Flags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ca_file: Option<PathBuf>,
 
+    /// Lifetime, in seconds, the node asks for its client and serving certificates (the CSR's
+    /// spec.expirationSeconds), at least 600 (the API server's minimum). The signer may issue
+    /// shorter ones; each is renewed at 80% of its lifetime. [default: the signer's,
+    /// kube-controller-manager --cluster-signing-duration]
+    #[arg(long, env = "KRUSTLET_CSR_EXPIRATION_SECONDS", value_name = "SECONDS",
+          value_parser = clap::value_parser!(u32).range(600..=i32::MAX as i64))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csr_expiration_seconds: Option<u32>,
+
+    /// Most connections the kubelet API holds open at once; a connection beyond it is closed
+    /// at once, so an idle crowd cannot exhaust the process's file descriptors. [default: 1000]
+    #[arg(long, env = "KRUSTLET_API_MAX_CONNECTIONS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_max_connections: Option<u32>,
+
+    /// How long a kubelet API connection may sit with no request in progress before it is
+    /// closed, e.g. 90s (the kubelet's IdleTimeout). [default: 90s]
+    #[arg(long, env = "KRUSTLET_API_IDLE_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "opt_duration"
+    )]
+    pub api_idle_timeout: Option<Duration>,
+
     /// Directory for pod data, logs, images and state. [default: ~/.krustlet]
     #[arg(long, env = "KRUSTLET_DATA_DIR", value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -284,6 +310,13 @@ pub struct KubeletConfig {
     pub tls_private_key_file: Option<PathBuf>,
     /// CA for client certificates; `None`: the kubeconfig's cluster CA.
     pub client_ca_file: Option<PathBuf>,
+    /// Requested certificate lifetime (CSR `expirationSeconds`); `None`: the signer's.
+    pub csr_expiration_seconds: Option<u32>,
+    /// Most open kubelet API connections.
+    pub api_max_connections: u32,
+    /// Idle kubelet API connections are closed after this.
+    #[serde(with = "humantime_serde")]
+    pub api_idle_timeout: Duration,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Pod capacity.
@@ -380,6 +413,9 @@ impl Flags {
             tls_cert_file: self.tls_cert_file,
             tls_private_key_file: self.tls_private_key_file,
             client_ca_file: self.client_ca_file,
+            csr_expiration_seconds: self.csr_expiration_seconds,
+            api_max_connections: self.api_max_connections.unwrap_or(1000),
+            api_idle_timeout: self.api_idle_timeout.unwrap_or(Duration::from_secs(90)),
             max_pods: self.max_pods.unwrap_or(110),
             node_labels: self.node_labels.unwrap_or_default(),
             register_with_taints: self
@@ -433,6 +469,12 @@ impl Flags {
                     "{} is above --image-gc-high-threshold {}; the low threshold must not exceed the high one",
                     config.image_gc.low_percent, config.image_gc.high_percent
                 ),
+            });
+        }
+        if config.api_idle_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                flag: "api-idle-timeout",
+                message: "must be more than 0s".into(),
             });
         }
         if config.node_status_update_frequency.is_zero() {

@@ -73,6 +73,9 @@ pub enum KubeletError {
     /// The API server cannot be reached for TLS bootstrap.
     #[error("TLS bootstrap: {0}")]
     Unreachable(String),
+    /// The client certificate expired and was not renewed.
+    #[error(transparent)]
+    CertificateExpired(#[from] bootstrap::CertificateExpired),
 }
 
 /// Fails early, before any API traffic, if the kubelet API's port is taken.
@@ -102,8 +105,10 @@ impl Kubelet {
     /// Runs until `shutdown` resolves, then shuts down gracefully and returns `Ok`.
     ///
     /// # Errors
-    /// Only for problems at start that retrying cannot fix (credentials, data dir). An
-    /// unreachable or failing API server is retried for as long as it takes.
+    /// For problems at start that retrying cannot fix (credentials, data dir), and
+    /// [`KubeletError::CertificateExpired`] when the client certificate stayed expired for 5
+    /// minutes with no renewal. An unreachable or failing API server is retried for as long as
+    /// it takes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), KubeletError> {
         let config = self.config;
         std::fs::create_dir_all(&config.data_dir).map_err(|source| KubeletError::DataDir {
@@ -221,6 +226,17 @@ impl Kubelet {
             evictions: evictions.clone(),
         };
         let mut workers = PodWorkers::new(ctx);
+        tokio::spawn(crate::pod::orphans::run(
+            clients.clone(),
+            config.node_name.clone(),
+            workers.known_pods(),
+            crate::pod::orphans::OrphanDirs {
+                pods: config.data_path("pods"),
+                logs: pods_log_root(&config.data_dir),
+            },
+            crate::pod::orphans::ORPHAN_CLEANUP_PERIOD,
+            stop.clone(),
+        ));
         let eviction = EvictionManager {
             config: config.clone(),
             pods: workers.known_pods(),
@@ -257,8 +273,8 @@ impl Kubelet {
         ));
         let source_stop = CancellationToken::new();
         let pods = {
-            let (client, node, stop) = (
-                clients.borrow().clone(),
+            let (clients, node, stop) = (
+                clients.clone(),
                 config.node_name.clone(),
                 source_stop.clone(),
             );
@@ -273,12 +289,24 @@ impl Kubelet {
                 ),
             });
             tokio::spawn(async move {
-                source::run(client, &node, &mut workers, statics, stop).await;
+                source::run(clients, &node, &mut workers, statics, stop).await;
                 workers
             })
         };
 
-        shutdown.await;
+        let expired =
+            bootstrap::exit_when_expired(config.client_cert_path(), clients.clone(), None);
+        tokio::select! {
+            _ = shutdown => {}
+            expired = expired => {
+                // As upstream: exit at once, pods as they are; their statuses cannot be written
+                // without credentials anyway, and the restarted kubelet picks them up again.
+                tracing::error!(%expired, "exiting");
+                source_stop.cancel();
+                stop.cancel();
+                return Err(expired.into());
+            }
+        }
         if config.shutdown_grace_period.is_zero() {
             // A restart, not a node shutdown (upstream's kubelet exits on SIGTERM too; its
             // graceful node shutdown needs shutdownGracePeriod > 0). Wasm instances end with

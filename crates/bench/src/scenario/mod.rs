@@ -3,6 +3,7 @@
 mod churn;
 mod cold;
 mod density;
+mod rotation;
 mod startup;
 
 use std::path::PathBuf;
@@ -35,6 +36,13 @@ pub enum Scenario {
     },
     /// First pod of a new image (pull + compile) vs. cached, and after a Krustlet restart.
     Cold,
+    /// Certificates of 600 s: pods keep starting and being deleted across client certificate
+    /// rotations (takes `minutes` of wall time, mostly idle; not part of `smoke`).
+    Rotation {
+        /// For how long.
+        #[arg(long, default_value_t = 25)]
+        minutes: u64,
+    },
     /// Every scenario with tiny numbers, so the harness cannot rot (run by the test suite).
     Smoke,
 }
@@ -56,6 +64,11 @@ pub async fn run(scenario: Scenario, out: Option<PathBuf>) -> anyhow::Result<()>
             write_json(&path("churn"), "churn", &churn::run(rate, seconds).await?)
         }
         Scenario::Cold => write_json(&path("cold"), "cold", &cold::run().await?),
+        Scenario::Rotation { minutes } => write_json(
+            &path("rotation"),
+            "rotation",
+            &rotation::run(minutes).await?,
+        ),
         Scenario::Smoke => {
             let result = serde_json::json!({
                 "startup": startup::run(3).await?,

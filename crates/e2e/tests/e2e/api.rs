@@ -283,7 +283,9 @@ async fn kubectl_exec_fails_fast_with_a_clear_message() {
 /// presents `identity`, if any.
 /// A client certificate for `user` (no RBAC at all), issued by the cluster's
 /// kube-apiserver-client signer.
-async fn user_certificate(user: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+pub(crate) async fn user_certificate(
+    user: &str,
+) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
     let key = rcgen::KeyPair::generate().expect("key");
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();

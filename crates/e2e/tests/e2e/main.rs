@@ -13,6 +13,7 @@ mod node;
 mod node_events;
 mod pods;
 mod resources;
+mod security;
 mod standalone;
 mod volumes;
 

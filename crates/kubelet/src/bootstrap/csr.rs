@@ -76,6 +76,8 @@ pub struct NodeCsr<'a> {
     pub signer: &'a str,
     /// Subject alternative names (serving certificates only).
     pub sans: Vec<rcgen::SanType>,
+    /// The lifetime asked for (`spec.expirationSeconds`); `None`: the signer's default.
+    pub expiration_seconds: Option<u32>,
 }
 
 impl NodeCsr<'_> {
@@ -111,6 +113,10 @@ impl NodeCsr<'_> {
                 request: ByteString(request.into_bytes()),
                 signer_name: self.signer.into(),
                 usages: Some(vec!["digital signature".into(), usages.into()]),
+                // At most i32::MAX by the flag's range; the API server enforces at least 600.
+                expiration_seconds: self
+                    .expiration_seconds
+                    .map(|s| i32::try_from(s).unwrap_or(i32::MAX)),
                 ..Default::default()
             },
             status: None,

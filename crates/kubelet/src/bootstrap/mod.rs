@@ -8,6 +8,7 @@
 //! grants it, a self-signed certificate serves.
 
 pub mod certs;
+pub mod clients;
 pub mod csr;
 
 use std::net::IpAddr;
@@ -24,6 +25,15 @@ use csr::{CLIENT_SIGNER, CsrError, NodeCsr, SERVING_SIGNER, wait_for_certificate
 
 /// How long to wait for a client certificate during bootstrap before giving up.
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the client certificate may stay expired, with no renewal, before the kubelet
+/// exits (upstream's `exitAfter` of 5 minutes, `cmd/kubelet/app/server.go`).
+pub const EXPIRED_EXIT_AFTER: Duration = Duration::from_secs(300);
+/// How often the expiry of the client certificate is checked.
+const EXPIRY_CHECK: Duration = Duration::from_secs(10);
+/// First wait after a failed rotation; doubled per failure up to [`ROTATION_RETRY_MAX`].
+const ROTATION_RETRY: Duration = Duration::from_secs(10);
+/// Longest wait between rotation attempts, so a failing store cannot spin out CSRs.
+const ROTATION_RETRY_MAX: Duration = Duration::from_secs(120);
 
 /// Errors getting a working API client.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +61,22 @@ pub enum BootstrapError {
     /// The CSR flow failed.
     #[error("TLS bootstrap: {0}")]
     Csr(#[from] CsrError),
+}
+
+/// The client certificate expired and no renewal came: only a new bootstrap helps.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the client certificate {path} expired at {expired} and was not renewed within {after:?} \
+     while the API server answers; exiting so that the supervisor restarts krustlet, which \
+     bootstraps a new one with --bootstrap-kubeconfig"
+)]
+pub struct CertificateExpired {
+    /// The certificate file.
+    pub path: PathBuf,
+    /// When it expired (RFC 3339).
+    pub expired: String,
+    /// How long it had been expired.
+    pub after: Duration,
 }
 
 /// Loads a kubeconfig file into a client.
@@ -111,6 +137,7 @@ async fn request(
         node_name: &config.node_name,
         signer,
         sans,
+        expiration_seconds: config.csr_expiration_seconds,
     }
     .create(client)
     .await?;
@@ -192,14 +219,17 @@ fn write_node_kubeconfig(
 
 /// Rotates the client certificate before it expires and publishes each new client on
 /// `clients`. Does nothing for credentials that are not our certificate (a kubeconfig with a
-/// token or another certificate file).
+/// token or another certificate file). A failed attempt (request, store or load) is retried
+/// with a doubling back-off (10 s to 2 min), so each failure costs at most one CSR.
 pub async fn rotate_client_certificate(
     config: KubeletConfig,
     clients: watch::Sender<kube::Client>,
     shutdown: CancellationToken,
 ) {
+    let path = config.client_cert_path();
+    let mut failures = 0;
     loop {
-        let bundle = match CertBundle::load(&config.client_cert_path()) {
+        let bundle = match CertBundle::load(&path) {
             Ok(Some(bundle)) => bundle,
             _ => return,
         };
@@ -213,35 +243,93 @@ pub async fn rotate_client_certificate(
             _ = tokio::time::sleep(wait) => {}
         }
         let client = clients.borrow().clone();
-        match request(
-            &client,
-            &config,
-            CLIENT_SIGNER,
-            Vec::new(),
-            BOOTSTRAP_TIMEOUT,
-        )
-        .await
-        {
-            Ok(new) => {
-                if let Err(error) = new.store(&config.client_cert_path()) {
-                    tracing::error!(%error, "storing the rotated client certificate");
-                    continue;
-                }
-                match load_client(&config.kubeconfig).await {
-                    Ok(client) => {
-                        clients.send_replace(client);
-                        tracing::info!("client certificate rotated");
-                    }
-                    Err(error) => tracing::error!(%error, "loading the rotated client certificate"),
-                }
+        let rotated = async {
+            let new = request(
+                &client,
+                &config,
+                CLIENT_SIGNER,
+                Vec::new(),
+                BOOTSTRAP_TIMEOUT,
+            )
+            .await
+            .map_err(BootstrapError::from)?;
+            new.store(&path)?;
+            load_client(&config.kubeconfig).await
+        };
+        let rotated = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            rotated = rotated => rotated,
+        };
+        match rotated {
+            Ok(client) => {
+                failures = 0;
+                clients.send_replace(client);
+                tracing::info!("client certificate rotated");
             }
             Err(error) => {
-                tracing::warn!(%error, "client certificate rotation failed; retrying in 1 minute");
+                let delay = rotation_retry_delay(failures);
+                failures += 1;
+                tracing::warn!(%error, retry_in = ?delay, "client certificate rotation failed");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
             }
+        }
+    }
+}
+
+/// The wait after `failures` failed rotations in a row.
+fn rotation_retry_delay(failures: u32) -> Duration {
+    ROTATION_RETRY
+        .saturating_mul(2u32.saturating_pow(failures.min(16)))
+        .min(ROTATION_RETRY_MAX)
+}
+
+/// Whether a certificate valid until `not_after` has been expired for [`EXPIRED_EXIT_AFTER`].
+fn expired_too_long(not_after: SystemTime, now: SystemTime) -> bool {
+    now.duration_since(not_after)
+        .is_ok_and(|expired_for| expired_for >= EXPIRED_EXIT_AFTER)
+}
+
+/// Returns once the client certificate at `path` has been expired for
+/// [`EXPIRED_EXIT_AFTER`] with no renewal while the API server answers (so a restart, which
+/// bootstraps again, can help); the caller exits non-zero, as upstream's kubelet does
+/// (`pkg/kubelet/certificate/transport.go`). Never returns for credentials that are not our
+/// certificate. An unreachable API server is logged and waited for: a restart would not help.
+pub async fn exit_when_expired(
+    path: PathBuf,
+    clients: watch::Receiver<kube::Client>,
+    period: Option<Duration>,
+) -> CertificateExpired {
+    let period = period.unwrap_or(EXPIRY_CHECK);
+    loop {
+        tokio::time::sleep(period).await;
+        let Ok(Some(bundle)) = CertBundle::load(&path) else {
+            continue;
+        };
+        let now = SystemTime::now();
+        if !expired_too_long(bundle.not_after, now) {
+            continue;
+        }
+        let client = clients.borrow().clone();
+        let expired = jiff::Timestamp::try_from(bundle.not_after)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        match client.apiserver_version().await {
+            // Any answer (the expired certificate's 401 Unauthorized) means it is responsive.
+            Ok(_) | Err(kube::Error::Api(_)) => {
+                return CertificateExpired {
+                    path,
+                    expired,
+                    after: now.duration_since(bundle.not_after).unwrap_or_default(),
+                };
+            }
+            Err(error) => tracing::error!(
+                %error, %expired,
+                "no valid client certificate and the API server does not answer; a restart may \
+                 be necessary to bootstrap new credentials"
+            ),
         }
     }
 }
@@ -301,5 +389,128 @@ pub async fn manage_serving_certificate(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A certificate that expired long ago, stored at `path`.
+    fn store_expired(path: &Path) {
+        let key = certs::new_key().expect("key");
+        let mut params = certs::node_params("node-a", Vec::new());
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 2);
+        let cert = params.self_signed(&key).expect("cert");
+        CertBundle::new(cert.pem(), key.serialize_pem())
+            .expect("bundle")
+            .store(path)
+            .expect("store");
+    }
+
+    fn client_of(url: &str) -> watch::Receiver<kube::Client> {
+        let config = kube::Config::new(url.parse().expect("url"));
+        watch::channel(kube::Client::try_from(config).expect("client")).1
+    }
+
+    /// An API server that answers every request 401, as one does to an expired certificate.
+    async fn unauthorized_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buffer = [0; 4096];
+                    let _ = tcp.read(&mut buffer).await;
+                    let body = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#;
+                    let response = format!(
+                        "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tcp.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[test]
+    fn rotation_retries_back_off_to_two_minutes() {
+        let delays: Vec<u64> = (0..6).map(|n| rotation_retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [10, 20, 40, 80, 120, 120]);
+        assert_eq!(rotation_retry_delay(u32::MAX), ROTATION_RETRY_MAX);
+    }
+
+    #[test]
+    fn expiry_counts_only_after_five_minutes() {
+        let expired = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert!(!expired_too_long(expired, expired - Duration::from_secs(1)));
+        assert!(!expired_too_long(
+            expired,
+            expired + Duration::from_secs(299)
+        ));
+        assert!(expired_too_long(
+            expired,
+            expired + Duration::from_secs(300)
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_expired_certificate_exits_once_the_api_server_answers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kubelet-client-current.pem");
+        store_expired(&path);
+        let clients = client_of(&unauthorized_server().await);
+        let expired = tokio::time::timeout(
+            Duration::from_secs(30),
+            exit_when_expired(path.clone(), clients, Some(Duration::from_millis(10))),
+        )
+        .await
+        .expect("exits");
+        assert_eq!(expired.path, path);
+        assert!(expired.expired.starts_with("2020-01-02"), "{expired}");
+        assert!(expired.to_string().contains("--bootstrap-kubeconfig"));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_api_server_or_a_valid_certificate_never_exits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kubelet-client-current.pem");
+        store_expired(&path);
+        // Nothing listens on a port just released: connection refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let unreachable = exit_when_expired(
+            path,
+            client_of(&format!("http://127.0.0.1:{port}")),
+            Some(Duration::from_millis(10)),
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), unreachable)
+                .await
+                .is_err()
+        );
+        let valid = dir.path().join("valid.pem");
+        certs::self_signed_serving("node-a", Vec::new())
+            .expect("cert")
+            .store(&valid)
+            .expect("store");
+        let answering = exit_when_expired(
+            valid,
+            client_of(&unauthorized_server().await),
+            Some(Duration::from_millis(10)),
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), answering)
+                .await
+                .is_err()
+        );
     }
 }

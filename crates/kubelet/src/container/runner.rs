@@ -449,7 +449,22 @@ impl Runner {
         };
         // Pull secrets live in the API; standalone pulls anonymously.
         let keyring = match self.services.api.client(String::new) {
-            Ok(client) => crate::image::auth::pod_keyring(&client, &self.pod).await,
+            Ok(client) => {
+                let (keyring, problems) = crate::image::auth::pod_keyring(&client, &self.pod).await;
+                if !problems.is_empty() {
+                    // Upstream's event (`kubelet_pods.go`), with each secret's problem.
+                    self.warning(
+                        "FailedToRetrieveImagePullSecret",
+                        format!(
+                            "Unable to retrieve some image pull secrets ({}); attempting to \
+                             pull the image may not succeed.",
+                            problems.join(", ")
+                        ),
+                    )
+                    .await;
+                }
+                keyring
+            }
             Err(_) => crate::image::auth::Keyring::default(),
         };
         self.normal("Pulling", format!("Pulling image {image:?}"))

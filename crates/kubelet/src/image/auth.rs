@@ -68,6 +68,21 @@ fn credentials(entry: &AuthEntry) -> Option<Credentials> {
     })
 }
 
+/// Why a docker config does not parse, by position only: serde's own message quotes the
+/// offending value, and in a pull secret that may be a password.
+fn parse_problem(key: &str, error: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match error.classify() {
+        Category::Syntax | Category::Eof | Category::Io => "is not valid JSON",
+        Category::Data => "is JSON but not a docker config (a value of the wrong type)",
+    };
+    format!(
+        "{key} {what} at line {}, column {}",
+        error.line(),
+        error.column()
+    )
+}
+
 impl Keyring {
     /// Adds the entries of one secret; returns why it was unusable, if it was.
     pub fn add_secret(&mut self, secret: &Secret) -> Result<(), String> {
@@ -78,13 +93,12 @@ impl Keyring {
                     .get(".dockerconfigjson")
                     .ok_or("has no .dockerconfigjson key")?;
                 serde_json::from_slice::<DockerConfigJson>(&bytes.0)
-                    .map_err(|e| format!(".dockerconfigjson does not parse: {e}"))?
+                    .map_err(|e| parse_problem(".dockerconfigjson", &e))?
                     .auths
             }
             Some("kubernetes.io/dockercfg") => {
                 let bytes = data.get(".dockercfg").ok_or("has no .dockercfg key")?;
-                serde_json::from_slice(&bytes.0)
-                    .map_err(|e| format!(".dockercfg does not parse: {e}"))?
+                serde_json::from_slice(&bytes.0).map_err(|e| parse_problem(".dockercfg", &e))?
             }
             other => {
                 return Err(format!(
@@ -111,12 +125,15 @@ impl Keyring {
     }
 }
 
-/// Reads the pod's `imagePullSecrets` into a keyring. A missing or unusable secret is logged and
-/// skipped, as the kubelet does: the pull goes on anonymously and its error tells the user.
-pub async fn pod_keyring(client: &kube::Client, pod: &Pod) -> Keyring {
+/// Reads the pod's `imagePullSecrets` into a keyring. A missing or unusable secret is skipped,
+/// as the kubelet does: the pull goes on anonymously and its error tells the user. Returns the
+/// keyring and, per skipped secret, `"<name>": <problem>` for the pod's event; a problem names
+/// what is wrong and where, never the secret's content.
+pub async fn pod_keyring(client: &kube::Client, pod: &Pod) -> (Keyring, Vec<String>) {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut keyring = Keyring::default();
+    let mut problems = Vec::new();
     let names = pod
         .spec
         .as_ref()
@@ -125,19 +142,17 @@ pub async fn pod_keyring(client: &kube::Client, pod: &Pod) -> Keyring {
         .flatten()
         .filter_map(|r| (!r.name.is_empty()).then_some(r.name.clone()));
     for name in names {
-        match secrets.get_opt(&name).await {
-            Ok(Some(secret)) => {
-                if let Err(why) = keyring.add_secret(&secret) {
-                    tracing::warn!(%namespace, secret = %name, "image pull secret {why}");
-                }
-            }
-            Ok(None) => tracing::warn!(%namespace, secret = %name, "image pull secret not found"),
-            Err(error) => {
-                tracing::warn!(%namespace, secret = %name, %error, "cannot read image pull secret")
-            }
+        let problem = match secrets.get_opt(&name).await {
+            Ok(Some(secret)) => keyring.add_secret(&secret).err(),
+            Ok(None) => Some("not found".into()),
+            Err(error) => Some(format!("cannot be read: {error}")),
+        };
+        if let Some(problem) = problem {
+            tracing::warn!(%namespace, secret = %name, "image pull secret {problem}");
+            problems.push(format!("{name:?}: {problem}"));
         }
     }
-    keyring
+    (keyring, problems)
 }
 
 #[cfg(test)]
@@ -179,5 +194,46 @@ mod tests {
         assert!(keyring.lookup("127.0.0.1:5002").is_none());
         let opaque = secret("Opaque", "x", "{}");
         assert!(keyring.add_secret(&opaque).is_err());
+    }
+
+    #[test]
+    fn a_malformed_secret_is_described_without_its_content() {
+        let mut keyring = Keyring::default();
+        for (json, expected) in [
+            (
+                r#"{"auths":{"r":{"password":"hunter2-SECRET"#,
+                ".dockerconfigjson is not valid JSON at line 1",
+            ),
+            (
+                r#"{"auths":"hunter2-SECRET"}"#,
+                ".dockerconfigjson is JSON but not a docker config (a value of the wrong type) at line 1, column ",
+            ),
+            (
+                r#"hunter2-SECRET"#,
+                ".dockerconfigjson is not valid JSON at line 1, column 1",
+            ),
+        ] {
+            let problem = keyring
+                .add_secret(&secret(
+                    "kubernetes.io/dockerconfigjson",
+                    ".dockerconfigjson",
+                    json,
+                ))
+                .expect_err("malformed");
+            assert!(problem.starts_with(expected), "{problem}");
+            assert!(!problem.contains("hunter2"), "{problem}");
+        }
+        let problem = keyring
+            .add_secret(&secret(
+                "kubernetes.io/dockercfg",
+                ".dockercfg",
+                r#"{"r": "hunter2-SECRET"}"#,
+            ))
+            .expect_err("malformed");
+        assert!(
+            problem.starts_with(".dockercfg is JSON but not"),
+            "{problem}"
+        );
+        assert!(!problem.contains("hunter2"), "{problem}");
     }
 }

@@ -1,14 +1,18 @@
 //! Reading CRI-format log files the way `kubectl logs` expects them from the kubelet API:
 //! content only (or with timestamps), partial entries joined, with tail, since, byte limit and
 //! follow.
+//!
+//! Files are streamed in bounded chunks whatever their size: `tailLines` counts the lines in
+//! a first pass over the open files instead of holding them, and a line joined from partial
+//! entries is cut at [`MAX_LINE`], so a request costs a few hundred KiB however large the log.
 
-use std::collections::VecDeque;
+use std::io::SeekFrom;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 
 use super::rotation::rotated_files;
@@ -16,6 +20,16 @@ use super::{done_marker_path, pods_log_root};
 
 /// How often a followed log file is polled for new entries and for the end of its run.
 const FOLLOW_POLL: Duration = Duration::from_millis(150);
+/// Bytes read from a file at a time.
+const READ_CHUNK: usize = 64 * 1024;
+/// Output is sent in chunks of about this size (or sooner, when the file has no more yet).
+const SEND_CHUNK: usize = 32 * 1024;
+/// A line joined from partial entries longer than this is sent in pieces of this size. The
+/// writer splits lines into 16 KiB entries; only a guest that never prints a newline gets here.
+pub const MAX_LINE: usize = 1 << 20;
+/// An entry (one line of the file) longer than this is not one the writer wrote: it is
+/// skipped as malformed instead of being buffered.
+const MAX_ENTRY: usize = 1 << 20;
 
 /// Errors finding or reading a container's log.
 #[derive(Debug, thiserror::Error)]
@@ -243,7 +257,7 @@ impl CriParser {
             },
         };
         line.content.extend_from_slice(content);
-        if partial {
+        if partial && line.content.len() < MAX_LINE {
             self.pending.push(line);
             None
         } else {
@@ -259,11 +273,14 @@ impl CriParser {
     }
 }
 
-/// Applies `since`, `tail` and `limitBytes` and sends rendered output to `tx`.
+/// Applies `since`, the tail's skip and `limitBytes`, and sends rendered output to `tx` in
+/// chunks.
 struct Emitter {
     options: LogOptions,
-    tail: Option<VecDeque<LogLine>>,
+    /// Lines (of those after `since`) still to leave out: all but the last `tailLines`.
+    skip: u64,
     sent: u64,
+    buffer: Vec<u8>,
     tx: mpsc::Sender<Vec<u8>>,
 }
 
@@ -279,27 +296,10 @@ impl Emitter {
         if self.options.since.is_some_and(|since| line.time < since) {
             return Flow::More;
         }
-        if let (Some(tail), Some(n)) = (&mut self.tail, self.options.tail_lines) {
-            tail.push_back(line);
-            while tail.len() as u64 > n {
-                tail.pop_front();
-            }
+        if self.skip > 0 {
+            self.skip -= 1;
             return Flow::More;
         }
-        self.send(line).await
-    }
-
-    /// Ends the tail window: what it holds is sent and later lines go straight out.
-    async fn end_tail(&mut self) -> Flow {
-        for line in self.tail.take().unwrap_or_default() {
-            if self.send(line).await == Flow::Stop {
-                return Flow::Stop;
-            }
-        }
-        Flow::More
-    }
-
-    async fn send(&mut self, line: LogLine) -> Flow {
         let mut bytes = line.render(self.options.timestamps);
         let mut flow = Flow::More;
         if let Some(limit) = self.options.limit_bytes {
@@ -310,16 +310,32 @@ impl Emitter {
             }
         }
         self.sent += bytes.len() as u64;
-        if !bytes.is_empty() && self.tx.send(bytes).await.is_err() {
-            // The client went away.
+        self.buffer.extend_from_slice(&bytes);
+        if (self.buffer.len() >= SEND_CHUNK || flow == Flow::Stop)
+            && self.flush().await == Flow::Stop
+        {
             return Flow::Stop;
         }
         flow
     }
+
+    /// Sends what is buffered.
+    async fn flush(&mut self) -> Flow {
+        if self.buffer.is_empty() {
+            return Flow::More;
+        }
+        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(SEND_CHUNK));
+        if self.tx.send(chunk).await.is_err() {
+            // The client went away.
+            return Flow::Stop;
+        }
+        Flow::More
+    }
 }
 
-/// Reads new complete entries from an open file, keeping an unterminated last entry for later.
-/// When the file it follows is rotated away, it finishes the old file and goes on with the new.
+/// Reads complete entries from an open file in bounded batches, keeping an unterminated last
+/// entry for later. When the file it follows is rotated away, it finishes the old file and goes
+/// on with the new.
 struct Tail {
     file: tokio::fs::File,
     inode: u64,
@@ -350,9 +366,10 @@ impl Tail {
             .is_ok_and(|m| m.ino() != self.inode)
     }
 
-    async fn read_entries(&mut self) -> Result<Vec<Vec<u8>>, LogError> {
-        let mut chunk = vec![0; 64 * 1024];
-        let mut entries = Vec::new();
+    /// The next batch of entries (at most one read's worth), or `None` at the end of the file.
+    /// With `reopen`, the end of a file that was rotated away moves on to the new one.
+    async fn read_batch(&mut self, reopen: bool) -> Result<Option<Vec<Vec<u8>>>, LogError> {
+        let mut chunk = vec![0; READ_CHUNK];
         loop {
             let n = self
                 .file
@@ -364,45 +381,93 @@ impl Tail {
                 })?;
             if n == 0 {
                 // At the end of a rotated file: everything in it is read, go on with the new one.
-                if self.rotated().await {
+                if reopen && self.rotated().await {
                     let next = Self::open(&self.path).await?;
                     self.file = next.file;
                     self.inode = next.inode;
                     continue;
                 }
-                return Ok(entries);
+                return Ok(None);
             }
             self.carry.extend_from_slice(&chunk[..n]);
+            let mut entries = Vec::new();
             let mut start = 0;
             while let Some(pos) = self.carry[start..].iter().position(|&b| b == b'\n') {
                 entries.push(self.carry[start..start + pos].to_vec());
                 start += pos + 1;
             }
             self.carry.drain(..start);
+            if self.carry.len() > MAX_ENTRY {
+                tracing::debug!(path = %self.path.display(), "skipping an overlong log entry");
+                self.carry.clear();
+            }
+            return Ok(Some(entries));
         }
+    }
+
+    /// Back to the start, for a second pass.
+    async fn rewind(&mut self) -> Result<(), LogError> {
+        self.carry.clear();
+        self.file
+            .seek(SeekFrom::Start(0))
+            .await
+            .map(drop)
+            .map_err(|source| LogError::Io {
+                path: self.path.clone(),
+                source,
+            })
     }
 }
 
-/// Feeds the run's rotated files (oldest first) through `parser` and `emitter`, leaving out the
-/// one already open as the current file (it was rotated after it was opened).
-async fn read_rotated(
-    current: &Tail,
+/// Opens the run's rotated files, oldest first, leaving out the one already open as the current
+/// file (it was rotated after it was opened).
+async fn open_rotated(current: &Tail) -> Result<Vec<Tail>, LogError> {
+    let mut files = Vec::new();
+    for path in rotated_files(&current.path) {
+        match Tail::open(&path).await {
+            Ok(old) if old.inode == current.inode => {}
+            Ok(old) => files.push(old),
+            // Removed by rotation meanwhile: older than what is kept.
+            Err(LogError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(files)
+}
+
+/// The tail's first pass: how many lines at or after `since` the files hold now (the rotated
+/// ones, then the current one to its present end); every file is rewound afterwards.
+async fn count_lines(
+    rotated: &mut [Tail],
+    current: &mut Tail,
+    since: Option<Timestamp>,
+) -> Result<u64, LogError> {
+    let mut parser = CriParser::default();
+    let mut count = 0;
+    for file in rotated.iter_mut().chain(std::iter::once(&mut *current)) {
+        while let Some(batch) = file.read_batch(false).await? {
+            for entry in batch {
+                if let Some(line) = parser.push(&entry)
+                    && since.is_none_or(|since| line.time >= since)
+                {
+                    count += 1;
+                }
+            }
+        }
+        file.rewind().await?;
+    }
+    Ok(count)
+}
+
+/// Feeds every batch of `file` until its end through `parser` and `emitter`.
+async fn feed(
+    file: &mut Tail,
+    reopen: bool,
     parser: &mut CriParser,
     emitter: &mut Emitter,
 ) -> Result<Flow, LogError> {
-    for path in rotated_files(&current.path) {
-        let mut old = match Tail::open(&path).await {
-            Ok(old) => old,
-            // Removed by rotation meanwhile: older than what is kept.
-            Err(LogError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                continue;
-            }
-            Err(error) => return Err(error),
-        };
-        if old.inode == current.inode {
-            continue;
-        }
-        for entry in old.read_entries().await? {
+    while let Some(batch) = file.read_batch(reopen).await? {
+        for entry in batch {
             if let Some(line) = parser.push(&entry)
                 && emitter.line(line).await == Flow::Stop
             {
@@ -424,29 +489,34 @@ pub async fn stream_log(
     // The current file first, then the rotated ones: a rotation in between shows up as the
     // open file among the rotated ones, and nothing is missed.
     let mut reader = Tail::open(&run.path).await?;
-    let mut parser = CriParser::default();
-    let mut emitter = Emitter {
-        tail: options.tail_lines.map(|_| VecDeque::new()),
-        options: options.clone(),
-        sent: 0,
-        tx,
-    };
+    let mut rotated = open_rotated(&reader).await?;
     if options.limit_bytes == Some(0) || (options.tail_lines == Some(0) && !options.follow) {
         return Ok(());
     }
+    let skip = match options.tail_lines {
+        Some(n) => count_lines(&mut rotated, &mut reader, options.since)
+            .await?
+            .saturating_sub(n),
+        None => 0,
+    };
+    let mut parser = CriParser::default();
+    let mut emitter = Emitter {
+        options: options.clone(),
+        skip,
+        sent: 0,
+        buffer: Vec::with_capacity(SEND_CHUNK),
+        tx,
+    };
     let mut finished = !options.follow || run.is_finished();
-    if read_rotated(&reader, &mut parser, &mut emitter).await? == Flow::Stop {
-        return Ok(());
+    for mut old in rotated {
+        if feed(&mut old, false, &mut parser, &mut emitter).await? == Flow::Stop {
+            return Ok(());
+        }
     }
     loop {
-        for entry in reader.read_entries().await? {
-            if let Some(line) = parser.push(&entry)
-                && emitter.line(line).await == Flow::Stop
-            {
-                return Ok(());
-            }
-        }
-        if emitter.end_tail().await == Flow::Stop {
+        if feed(&mut reader, true, &mut parser, &mut emitter).await? == Flow::Stop
+            || emitter.flush().await == Flow::Stop
+        {
             return Ok(());
         }
         if finished {
@@ -459,6 +529,8 @@ pub async fn stream_log(
         }
         finished = run.is_finished();
     }
+    // The tail's window ends here: what follows was not counted, and is shown.
+    emitter.skip = 0;
     if !reader.carry.is_empty() {
         let last = std::mem::take(&mut reader.carry);
         if let Some(line) = parser.push(&last)
@@ -472,7 +544,7 @@ pub async fn stream_log(
             return Ok(());
         }
     }
-    emitter.end_tail().await;
+    emitter.flush().await;
     Ok(())
 }
 
@@ -563,6 +635,71 @@ garbage line
             ..Default::default()
         };
         assert_eq!(read(&path, limit).await, "one\ner");
+    }
+
+    #[tokio::test]
+    async fn large_logs_stream_in_bounded_chunks_and_tail_counts_instead_of_holding() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut text = String::new();
+        for n in 0..100_000 {
+            text.push_str(&format!("2026-01-01T00:00:01Z stdout F line {n}\n"));
+        }
+        let path = write_run(dir.path(), "c", 0, &text);
+        std::fs::write(
+            super::super::rotation::rotated_path(&path, "2026-01-01T00:00:00Z".parse().expect("t")),
+            "2026-01-01T00:00:00Z stdout F rotated\n",
+        )
+        .expect("rotated");
+        let run = LogRun {
+            path: path.clone(),
+            restart_count: 0,
+        };
+        let (tx, mut rx) = mpsc::channel(16);
+        let task = tokio::spawn(stream_log(run.clone(), LogOptions::default(), tx));
+        let (mut largest, mut total, mut chunks) = (0, 0, 0);
+        while let Some(chunk) = rx.recv().await {
+            largest = largest.max(chunk.len());
+            total += chunk.len();
+            chunks += 1;
+        }
+        task.await.expect("join").expect("stream");
+        assert!(largest <= SEND_CHUNK + 64, "a chunk of {largest} bytes");
+        assert!(chunks > 10, "{chunks} chunks");
+        assert_eq!(
+            total,
+            "rotated\n".len()
+                + (0..100_000)
+                    .map(|n| format!("line {n}\n").len())
+                    .sum::<usize>()
+        );
+        let tail = LogOptions {
+            tail_lines: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(
+            read(&path, tail).await,
+            "line 99997\nline 99998\nline 99999\n"
+        );
+        let everything = LogOptions {
+            tail_lines: Some(1_000_000),
+            ..Default::default()
+        };
+        assert!(
+            read(&path, everything)
+                .await
+                .starts_with("rotated\nline 0\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_line_without_end_is_cut_into_pieces_of_max_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let entry = format!("2026-01-01T00:00:01Z stdout P {}\n", "x".repeat(16 * 1024));
+        let text = entry.repeat(MAX_LINE / (16 * 1024) + 1);
+        let path = write_run(dir.path(), "c", 0, &text);
+        let out = read(&path, LogOptions::default()).await;
+        let lines: Vec<usize> = out.lines().map(str::len).collect();
+        assert_eq!(lines, [MAX_LINE, 16 * 1024]);
     }
 
     #[tokio::test]

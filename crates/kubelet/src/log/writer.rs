@@ -70,11 +70,26 @@ impl State {
     }
 }
 
+/// Mode of container log files: what containerd's CRI plugin creates them with
+/// (`openLogFile` in containerd `internal/cri/server/helpers_linux.go`): owner read-write,
+/// group read, nothing for others. A guest's output may hold secrets.
+pub const LOG_FILE_MODE: u32 = 0o640;
+
+/// Opens (or creates) a log file for appending, never through a symlink (containerd's
+/// `O_NOFOLLOW`), with [`LOG_FILE_MODE`]; a file an older version left wider is narrowed.
 fn open(path: &Path) -> std::io::Result<File> {
-    std::fs::OpenOptions::new()
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(path)
+        .mode(LOG_FILE_MODE)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)?;
+    let metadata = file.metadata()?;
+    if metadata.permissions().mode() & 0o777 & !LOG_FILE_MODE != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(LOG_FILE_MODE))?;
+    }
+    Ok(file)
 }
 
 /// A container run's log file; clone it to write from both streams.
@@ -249,5 +264,35 @@ mod tests {
         assert!(total <= policy.max_size * 3);
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(text.ends_with(" stdout F line 9999\n"), "{text}");
+        for file in rotated.iter().chain([&path]) {
+            assert_eq!(mode(file), LOG_FILE_MODE, "{}", file.display());
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).expect("meta").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn log_files_are_not_world_readable_and_never_followed_through_symlinks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c/0.log");
+        CriLogWriter::create(&path).expect("create");
+        assert_eq!(mode(&path), 0o640);
+        // A file left world-readable (by an older version) is narrowed on open.
+        let old = dir.path().join("c/1.log");
+        std::fs::write(&old, "").expect("write");
+        std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .expect("chmod");
+        CriLogWriter::create(&old).expect("reopen");
+        assert_eq!(mode(&old), 0o640);
+        // A symlink planted where a log goes is refused, not written through.
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "untouched").expect("write");
+        let link = dir.path().join("c/2.log");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        assert!(CriLogWriter::create(&link).is_err());
+        assert_eq!(std::fs::read_to_string(&target).expect("read"), "untouched");
     }
 }

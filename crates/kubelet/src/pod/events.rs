@@ -5,9 +5,17 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::sync::{mpsc, watch};
 
 use crate::pod::api::ApiLink;
+
+/// Events waiting for the publisher beyond this are dropped, as upstream's broadcaster drops
+/// them (`maxQueuedEvents = 1000`, client-go `tools/record/event.go`): a node that cannot reach
+/// the API server, or pods that churn out events, must not grow memory without bound.
+pub const MAX_QUEUED_EVENTS: usize = 1000;
 
 /// Publishes events for pods as `kubelet` on this node (to the log only in standalone mode).
 ///
@@ -15,7 +23,9 @@ use crate::pod::api::ApiLink;
 /// does: a pod start never waits on an event's round trip, and events keep their order.
 #[derive(Clone)]
 pub struct PodEvents {
-    queue: Option<mpsc::UnboundedSender<(Event, ObjectReference)>>,
+    queue: Option<mpsc::Sender<(Event, ObjectReference)>>,
+    /// Events dropped because the queue was full.
+    dropped: Arc<AtomicU64>,
 }
 
 impl PodEvents {
@@ -28,13 +38,30 @@ impl PodEvents {
         };
         let queue = match &api {
             ApiLink::Connected(clients) => {
-                let (tx, rx) = mpsc::unbounded_channel();
+                let (tx, rx) = mpsc::channel(MAX_QUEUED_EVENTS);
                 tokio::spawn(publish_all(clients.clone(), reporter, rx));
                 Some(tx)
             }
             ApiLink::Standalone => None,
         };
-        Self { queue }
+        Self {
+            queue,
+            dropped: Arc::default(),
+        }
+    }
+
+    /// A publisher whose queue is `queue` (tests: nobody reads it).
+    #[cfg(test)]
+    fn with_queue(queue: mpsc::Sender<(Event, ObjectReference)>) -> Self {
+        Self {
+            queue: Some(queue),
+            dropped: Arc::default(),
+        }
+    }
+
+    /// How many events were dropped because [`MAX_QUEUED_EVENTS`] were waiting.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// A Normal event about `pod` (or one of its containers, via `field_path`).
@@ -78,7 +105,16 @@ impl PodEvents {
             action: reason.into(),
             secondary: None,
         };
-        let _ = queue.send((event, reference));
+        if let Err(mpsc::error::TrySendError::Full(_)) = queue.try_send((event, reference)) {
+            // Counted, and said once per thousand so the log is not flooded in turn.
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed);
+            if dropped.is_multiple_of(1000) {
+                tracing::warn!(
+                    dropped = dropped + 1,
+                    "event queue full ({MAX_QUEUED_EVENTS} waiting); dropping events"
+                );
+            }
+        }
     }
 }
 
@@ -87,7 +123,7 @@ impl PodEvents {
 async fn publish_all(
     clients: watch::Receiver<kube::Client>,
     reporter: Reporter,
-    mut queue: mpsc::UnboundedReceiver<(Event, ObjectReference)>,
+    mut queue: mpsc::Receiver<(Event, ObjectReference)>,
 ) {
     while let Some((event, reference)) = queue.recv().await {
         let recorder = Recorder::new(clients.borrow().clone(), reporter.clone());
@@ -103,4 +139,41 @@ pub fn container_field(init: bool, name: &str) -> Option<String> {
         "spec.{}{{{name}}}",
         if init { "initContainers" } else { "containers" }
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_queue_holds_at_most_a_thousand_events_and_drops_the_rest() {
+        let (tx, mut rx) = mpsc::channel(MAX_QUEUED_EVENTS);
+        let events = PodEvents::with_queue(tx);
+        let pod = Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some("p".into()),
+                namespace: Some("ns".into()),
+                uid: Some("u".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        // Nobody publishes: a node cut off from the API server, with chatty pods.
+        for i in 0..1500 {
+            events
+                .normal(&pod, None, "Started", format!("event {i}"))
+                .await;
+        }
+        assert_eq!(events.dropped(), 500);
+        let mut queued = 0;
+        while let Ok((event, _)) = rx.try_recv() {
+            // The oldest are kept, in order, as upstream's broadcaster keeps them.
+            assert_eq!(
+                event.note.as_deref(),
+                Some(format!("event {queued}").as_str())
+            );
+            queued += 1;
+        }
+        assert_eq!(queued, MAX_QUEUED_EVENTS);
+    }
 }

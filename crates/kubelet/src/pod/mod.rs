@@ -7,6 +7,7 @@ pub mod events;
 pub mod known;
 pub mod lifecycle;
 pub mod mirror;
+pub mod orphans;
 pub mod phase;
 pub mod restart;
 pub mod runtime_class;

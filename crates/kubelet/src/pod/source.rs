@@ -8,8 +8,10 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::bootstrap::clients::follow_client;
 use crate::pod::mirror::{MirrorPods, is_mirror};
 use crate::pod::static_pods::ManifestDir;
 use crate::pod::workers::PodWorkers;
@@ -28,18 +30,23 @@ pub struct StaticPods {
 /// of pods missing from it are told their pod was removed, so pods deleted while the watch was
 /// down are cleaned up.
 ///
+/// The watch follows the current client on `clients`: a rotated client certificate restarts
+/// it (with a relist), so it never runs on with an expired one.
+///
 /// With `statics`, the manifest directory is read every second too, and mirror pods (which
 /// the node does not run: it runs their static pods) are kept in step with it.
 pub async fn run(
-    client: kube::Client,
+    clients: watch::Receiver<kube::Client>,
     node_name: &str,
     workers: &mut PodWorkers,
     mut statics: Option<StaticPods>,
     stop: CancellationToken,
 ) {
-    let api: Api<Pod> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
-    let mut events = watcher(api, config).default_backoff().boxed();
+    let mut events = follow_client(clients, move |client| {
+        watcher(Api::<Pod>::all(client), config.clone()).default_backoff()
+    })
+    .boxed();
     let mut relisted: HashSet<String> = HashSet::new();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {

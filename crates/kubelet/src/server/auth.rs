@@ -3,7 +3,7 @@
 //! token checked by a TokenReview names the user; a SubjectAccessReview on the Node decides.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Method};
@@ -19,7 +19,10 @@ use tokio::sync::watch;
 const ALLOWED_TTL: Duration = Duration::from_secs(30);
 /// How long a denied decision is reused; short, so a new RoleBinding takes effect soon.
 const DENIED_TTL: Duration = Duration::from_secs(10);
-/// How long an authenticated token is trusted without asking again (the kubelet's 2 minutes).
+/// How long a token's review is reused without asking again: the kubelet's webhook cache TTL
+/// of 2 minutes, for accepted and rejected tokens alike (`cache.New(tokenAuth, false, CacheTTL,
+/// CacheTTL)` in k8s.io/apiserver `authenticatorfactory/delegating.go`), so a flood of one bogus
+/// token costs one TokenReview.
 const TOKEN_TTL: Duration = Duration::from_secs(120);
 /// Cached entries beyond this are dropped wholesale, so no client can grow the caches forever.
 const CACHE_LIMIT: usize = 10_000;
@@ -97,9 +100,10 @@ pub struct Attributes {
 /// the HTTP method, the subresource from the path (`proxy` for everything else, including
 /// `/containerLogs`, `/exec` and `/run`).
 pub fn attributes(method: &Method, path: &str) -> Attributes {
+    // HEAD included: upstream maps only these five methods, so HEAD has no verb either.
     let verb = match *method {
         Method::POST => "create",
-        Method::GET | Method::HEAD => "get",
+        Method::GET => "get",
         Method::PUT => "update",
         Method::PATCH => "patch",
         Method::DELETE => "delete",
@@ -131,7 +135,11 @@ type Cache<T> = Mutex<HashMap<String, (T, Instant)>>;
 pub struct Auth {
     node_name: String,
     clients: watch::Receiver<kube::Client>,
-    tokens: Cache<User>,
+    /// `None`: the token was rejected.
+    tokens: Cache<Option<User>>,
+    /// One review at a time per token digest: concurrent requests with the same token wait
+    /// for its answer instead of each asking the API server.
+    reviewing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// `Err` holds the authorizer's reason for a denial.
     decisions: Cache<Result<(), String>>,
 }
@@ -143,6 +151,7 @@ impl Auth {
             node_name,
             clients,
             tokens: Mutex::new(HashMap::new()),
+            reviewing: Mutex::new(HashMap::new()),
             decisions: Mutex::new(HashMap::new()),
         }
     }
@@ -170,9 +179,36 @@ impl Auth {
             .ok_or(AuthError::Unauthorized)?;
         // Keyed by digest, so the cache holds no usable credentials.
         let key = format!("{:x}", sha2::Sha256::digest(token.as_bytes()));
-        if let Some(user) = cached(&self.tokens, &key) {
-            return Ok(user);
+        if let Some(known) = cached(&self.tokens, &key) {
+            return known.ok_or(AuthError::Unauthorized);
         }
+        let gate = self
+            .reviewing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let reviewed = {
+            let _turn = gate.lock().await;
+            // Whoever held the turn before may have answered it.
+            match cached(&self.tokens, &key) {
+                Some(known) => Ok(known),
+                None => self.review(token, &key).await,
+            }
+        };
+        {
+            let mut reviewing = self.reviewing.lock().unwrap_or_else(|e| e.into_inner());
+            // Ours and the map's: nobody else waits on this gate.
+            if Arc::strong_count(&gate) <= 2 {
+                reviewing.remove(&key);
+            }
+        }
+        reviewed?.ok_or(AuthError::Unauthorized)
+    }
+
+    /// Asks the API server about `token` and caches the answer, a rejection included.
+    async fn review(&self, token: &str, key: &str) -> Result<Option<User>, AuthError> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.into()),
@@ -184,20 +220,19 @@ impl Auth {
             .create(&PostParams::default(), &review)
             .await?;
         let status = reviewed.status.unwrap_or_default();
-        let info = match (status.authenticated, status.user) {
-            (Some(true), Some(info)) => info,
+        let user = match (status.authenticated, status.user) {
+            (Some(true), Some(info)) => Some(User {
+                name: info.username.unwrap_or_default(),
+                uid: info.uid,
+                groups: info.groups.unwrap_or_default(),
+                extra: info.extra.unwrap_or_default(),
+            }),
             _ => {
                 tracing::debug!(error = ?status.error, "bearer token rejected");
-                return Err(AuthError::Unauthorized);
+                None
             }
         };
-        let user = User {
-            name: info.username.unwrap_or_default(),
-            uid: info.uid,
-            groups: info.groups.unwrap_or_default(),
-            extra: info.extra.unwrap_or_default(),
-        };
-        remember(&self.tokens, key, user.clone(), TOKEN_TTL);
+        remember(&self.tokens, key.into(), user.clone(), TOKEN_TTL);
         Ok(user)
     }
 
@@ -287,7 +322,7 @@ mod tests {
     fn verbs_follow_the_http_method() {
         for (method, verb) in [
             (Method::GET, "get"),
-            (Method::HEAD, "get"),
+            (Method::HEAD, ""),
             (Method::POST, "create"),
             (Method::PUT, "update"),
             (Method::PATCH, "patch"),
@@ -351,6 +386,97 @@ mod tests {
             error.to_string(),
             "Forbidden (user=jane, verb=get, resource=nodes, subresource=proxy)"
         );
+    }
+
+    /// A fake API server that rejects every TokenReview; returns its URL and the count.
+    async fn rejecting_api_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let reviews = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let counter = reviews.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buffer = [0; 8192];
+                    // The head, then as much body as it announces.
+                    loop {
+                        let Ok(n) = tcp.read(&mut buffer).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buffer[..n]);
+                        let text = String::from_utf8_lossy(&request).to_string();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text[..end]
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            if request.len() >= end + 4 + length {
+                                break;
+                            }
+                        }
+                    }
+                    // Slow enough that concurrent requests overlap.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let body = r#"{"kind":"TokenReview","apiVersion":"authentication.k8s.io/v1","metadata":{},"spec":{},"status":{"authenticated":false,"error":"invalid bearer token"}}"#;
+                    let response = format!(
+                        "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tcp.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        (format!("http://{addr}"), reviews)
+    }
+
+    #[tokio::test]
+    async fn a_rejected_token_is_reviewed_once_however_often_it_comes() {
+        let (url, reviews) = rejecting_api_server().await;
+        let config = kube::Config::new(url.parse().expect("url"));
+        let client = kube::Client::try_from(config).expect("client");
+        let auth = Arc::new(Auth::new("node-a".into(), watch::channel(client).1));
+        let headers = |token: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                http::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().expect("header"),
+            );
+            headers
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..100 {
+            let (auth, headers) = (
+                auth.clone(),
+                headers(if i % 2 == 0 { "bogus-a" } else { "bogus-b" }),
+            );
+            tasks.spawn(async move { auth.authenticate(None, &headers).await });
+        }
+        while let Some(result) = tasks.join_next().await {
+            assert!(matches!(
+                result.expect("join"),
+                Err(AuthError::Unauthorized)
+            ));
+        }
+        assert_eq!(reviews.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // Later requests come from the cache, and leave no review gates behind.
+        let again = auth.authenticate(None, &headers("bogus-a")).await;
+        assert!(matches!(again, Err(AuthError::Unauthorized)));
+        assert_eq!(reviews.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert!(auth.reviewing.lock().expect("lock").is_empty());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! (TokenReview) and authorized by SubjectAccessReview; see [`auth`].
 
 pub mod auth;
+pub mod limits;
 pub mod logs;
 pub mod metrics;
 pub mod pods;
@@ -24,13 +25,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use http::StatusCode;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
@@ -47,6 +48,10 @@ use auth::{Auth, AuthError, User};
 
 /// A TLS handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle connection told to close gets this long to finish before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// At most one "connection refused at the cap" warning per this period.
+const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// Errors that keep the API server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -311,6 +316,10 @@ pub struct Server {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     router: Router,
+    /// Connections still allowed (`--api-max-connections`).
+    connections: Arc<Semaphore>,
+    /// `--api-idle-timeout`.
+    idle_timeout: Duration,
     /// Where newly issued serving certificates arrive, unless `--tls-cert-file` fixed one.
     reload: Option<(
         watch::Receiver<Option<CertBundle>>,
@@ -384,6 +393,8 @@ impl Server {
             listener,
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             router: router(state),
+            connections: Arc::new(Semaphore::new(config.api_max_connections as usize)),
+            idle_timeout: config.api_idle_timeout,
             reload: reload_path.map(|path| (issued, serving, path)),
         })
     }
@@ -400,12 +411,31 @@ impl Server {
         }
         tracing::info!(addr = ?self.listener.local_addr().ok(), "kubelet API listening");
         let mut connections = tokio::task::JoinSet::new();
+        let mut last_cap_warning: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((tcp, _)) => {
-                        connections.spawn(serve(self.acceptor.clone(), tcp, self.router.clone()));
+                    Ok((tcp, peer)) => {
+                        // At the cap a new connection is closed at once rather than left
+                        // waiting in the backlog: its client learns right away.
+                        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                            drop(tcp);
+                            if last_cap_warning.is_none_or(|t| t.elapsed() >= CAP_WARNING_EVERY) {
+                                last_cap_warning = Some(tokio::time::Instant::now());
+                                tracing::warn!(
+                                    %peer,
+                                    "kubelet API connection refused: --api-max-connections reached"
+                                );
+                            }
+                            continue;
+                        };
+                        let (acceptor, router, idle) =
+                            (self.acceptor.clone(), self.router.clone(), self.idle_timeout);
+                        connections.spawn(async move {
+                            serve(acceptor, tcp, router, idle).await;
+                            drop(permit);
+                        });
                     }
                     Err(error) => {
                         // Out of file descriptors, say: back off instead of spinning.
@@ -445,7 +475,8 @@ async fn follow_issued(
     }
 }
 
-async fn serve(acceptor: TlsAcceptor, tcp: TcpStream, router: Router) {
+async fn serve(acceptor: TlsAcceptor, tcp: TcpStream, router: Router, idle_timeout: Duration) {
+    let activity = limits::Activity::new();
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
@@ -462,16 +493,40 @@ async fn serve(acceptor: TlsAcceptor, tcp: TcpStream, router: Router) {
             .and_then(|chain| chain.first())
             .and_then(|leaf| User::from_certificate(leaf)),
     );
+    let requests = activity.clone();
     let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
         request.extensions_mut().insert(peer.clone());
         let mut router = router.clone();
-        router.call(request)
+        let guard = requests.begin();
+        async move {
+            let response = if limits::head_too_large(&request) {
+                (
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "431 Request Header Fields Too Large\n",
+                )
+                    .into_response()
+            } else {
+                router.call(request).await?
+            };
+            Ok::<_, std::convert::Infallible>(
+                response.map(|body| axum::body::Body::new(limits::ActiveBody::new(body, guard))),
+            )
+        }
     });
-    if let Err(error) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(tls), service)
-        .await
-    {
-        tracing::debug!(%error, "kubelet API connection ended");
+    let builder = limits::http_builder();
+    let connection = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        ended = connection.as_mut() => {
+            if let Err(error) = ended {
+                tracing::debug!(%error, "kubelet API connection ended");
+            }
+        }
+        _ = activity.idle_for(idle_timeout) => {
+            tracing::debug!(?idle_timeout, "closing an idle kubelet API connection");
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
+        }
     }
 }
 
