@@ -342,20 +342,31 @@ async fn memory_pressure_evicts_best_effort_before_burstable() {
     node.wait_ready("True", LONG).await.expect("ready");
     let ns = TestNamespace::new("evict").await.expect("namespace");
     let pods = ns.api::<Pod>();
+    // `Always`: the node restarts below, and a Never pod whose container was running when
+    // Krustlet died ends Failed (its instance died with the process).
+    let always = |mut p: serde_json::Value| {
+        p["spec"]["restartPolicy"] = json!("Always");
+        p
+    };
     create(
         &pods,
-        pod("best-effort", node.name(), &["sleep", "600"], json!({})),
+        always(pod(
+            "best-effort",
+            node.name(),
+            &["sleep", "600"],
+            json!({}),
+        )),
     )
     .await
     .expect("create");
     create(
         &pods,
-        pod(
+        always(pod(
             "burstable",
             node.name(),
             &["sleep", "600"],
             json!({"requests": {"memory": "100Mi"}}),
-        ),
+        )),
     )
     .await
     .expect("create");
