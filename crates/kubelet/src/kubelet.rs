@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::bootstrap::{self, BootstrapError};
@@ -59,6 +60,9 @@ pub enum KubeletError {
     /// The kubelet API cannot start.
     #[error("kubelet API: {0}")]
     Server(#[from] crate::server::ServerError),
+    /// A long-running node task panicked.
+    #[error("the {0} task panicked (a bug; the log above says where); exiting so the supervisor restarts krustlet")]
+    TaskPanicked(&'static str),
     /// The kubelet API's port is taken.
     #[error(
         "port {port} on {ip} is already in use (another kubelet or krustlet?): stop that \
@@ -183,20 +187,27 @@ impl Kubelet {
         let node_uid_for_mirrors = node_uid.clone();
         let lease_task = tokio::spawn(lease.run(node_uid, stop.clone()));
         let status_task = tokio::spawn(reporter.run(readiness, stop.clone()));
-        tokio::spawn(bootstrap::rotate_client_certificate(
-            config.clone(),
-            clients_tx,
-            stop.clone(),
-        ));
+        let mut supervised = JoinSet::new();
+        supervise(
+            &mut supervised,
+            "client certificate rotation",
+            bootstrap::rotate_client_certificate(config.clone(), clients_tx, stop.clone()),
+        );
         let status = StatusManager::new();
         let mirror_uids = MirrorUids::default();
-        tokio::spawn(
+        supervise(
+            &mut supervised,
+            "status manager",
             status
                 .clone()
                 .run(StatusSink::Api(clients.clone(), mirror_uids.clone())),
         );
         let stats = Stats::new();
-        tokio::spawn(stats.clone().run_sampler(stop.clone()));
+        supervise(
+            &mut supervised,
+            "stats sampler",
+            stats.clone().run_sampler(stop.clone()),
+        );
         let metrics = KubeletMetrics::new(&config.node_name);
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
@@ -226,7 +237,7 @@ impl Kubelet {
             evictions: evictions.clone(),
         };
         let mut workers = PodWorkers::new(ctx);
-        tokio::spawn(crate::pod::orphans::run(
+        supervise(&mut supervised, "orphan cleanup", crate::pod::orphans::run(
             clients.clone(),
             config.node_name.clone(),
             workers.known_pods(),
@@ -244,7 +255,7 @@ impl Kubelet {
             evictions,
             pods_dir: config.data_path("pods"),
         };
-        tokio::spawn(eviction.run(stop.clone()));
+        supervise(&mut supervised, "eviction manager", eviction.run(stop.clone()));
 
         let (serving_tx, serving) = watch::channel(None);
         let status_for_mirrors = status.clone();
@@ -256,15 +267,19 @@ impl Kubelet {
             registry: Arc::new(registry),
         };
         let server = crate::server::Server::bind(&config, clients.clone(), serving, view).await?;
-        tokio::spawn(server.run(stop.clone()));
-        tokio::spawn(bootstrap::manage_serving_certificate(
-            config.clone(),
-            clients.clone(),
-            serving_tx,
-            stop.clone(),
-        ));
+        supervise(&mut supervised, "kubelet API", server.run(stop.clone()));
+        supervise(
+            &mut supervised,
+            "serving certificate",
+            bootstrap::manage_serving_certificate(
+                config.clone(),
+                clients.clone(),
+                serving_tx,
+                stop.clone(),
+            ),
+        );
 
-        tokio::spawn(crate::image::gc::run(
+        supervise(&mut supervised, "image garbage collection", crate::image::gc::run(
             images.clone(),
             config.data_dir.clone(),
             config.image_gc,
@@ -296,15 +311,29 @@ impl Kubelet {
 
         let expired =
             bootstrap::exit_when_expired(config.client_cert_path(), clients.clone(), None);
-        tokio::select! {
-            _ = shutdown => {}
-            expired = expired => {
-                // As upstream: exit at once, pods as they are; their statuses cannot be written
-                // without credentials anyway, and the restarted kubelet picks them up again.
-                tracing::error!(%expired, "exiting");
-                source_stop.cancel();
-                stop.cancel();
-                return Err(expired.into());
+        tokio::pin!(expired);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                expired = &mut expired => {
+                    // As upstream: exit at once, pods as they are; their statuses cannot be
+                    // written without credentials anyway, and the restarted kubelet picks them
+                    // up again.
+                    tracing::error!(%expired, "exiting");
+                    source_stop.cancel();
+                    stop.cancel();
+                    return Err(expired.into());
+                }
+                Some(done) = supervised.join_next(), if !supervised.is_empty() => {
+                    // A node task that panicked leaves the node half alive: end the process
+                    // non-zero so its supervisor (systemd) starts it again.
+                    if let Ok(Some(task)) = done {
+                        tracing::error!(task, "node task panicked; exiting");
+                        source_stop.cancel();
+                        stop.cancel();
+                        return Err(KubeletError::TaskPanicked(task));
+                    }
+                }
             }
         }
         if config.shutdown_grace_period.is_zero() {
@@ -335,4 +364,19 @@ impl Kubelet {
         }
         Ok(())
     }
+}
+
+/// Runs `task` in `set`; the set yields its name if it panicked.
+fn supervise<F>(set: &mut JoinSet<Option<&'static str>>, name: &'static str, task: F)
+where
+    F: Future + Send + 'static,
+{
+    use futures::FutureExt;
+    set.spawn(async move {
+        std::panic::AssertUnwindSafe(task)
+            .catch_unwind()
+            .await
+            .err()
+            .map(|_| name)
+    });
 }
