@@ -112,7 +112,7 @@ struct Worker {
     updates_tx: mpsc::UnboundedSender<(String, ContainerStatus)>,
     updates: mpsc::UnboundedReceiver<(String, ContainerStatus)>,
     stop: watch::Sender<Option<Duration>>,
-    volumes: Arc<HashMap<String, PathBuf>>,
+    volumes: Arc<crate::volume::VolumeMap>,
     shutdown_reason: Option<(&'static str, &'static str)>,
     /// When this worker first saw the pod, for `kubelet_pod_start_duration_seconds`.
     seen: Instant,
