@@ -164,7 +164,7 @@ fn link_top_level(dir: BorrowedFd<'_>, tops: &BTreeSet<&str>) -> io::Result<()> 
     for top in tops {
         let want = format!("{DATA}/{top}");
         match fs_at::read_link_at(dir, top)? {
-            Some(target) if target == OsStr::new(&want) => continue,
+            Some(target) if target.as_os_str() == OsStr::new(&want) => continue,
             _ => fs_at::remove_tree_at(dir, OsStr::new(top))?,
         }
         fs_at::symlink_at(&want, dir, top)?;
@@ -174,8 +174,9 @@ fn link_top_level(dir: BorrowedFd<'_>, tops: &BTreeSet<&str>) -> io::Result<()> 
         if name.starts_with("..") || tops.contains(name) {
             continue;
         }
+        let want = format!("{DATA}/{name}");
         let ours = fs_at::read_link_at(dir, name)?
-            .is_some_and(|t| t.to_str() == Some(&format!("{DATA}/{name}")));
+            .is_some_and(|t| t.as_os_str() == OsStr::new(&want));
         if ours {
             fs_at::remove_tree_at(dir, OsStr::new(name))?;
         }

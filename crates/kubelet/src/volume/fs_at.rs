@@ -43,6 +43,18 @@ pub fn open_dir(path: &Path, nofollow_last: bool) -> io::Result<OwnedFd> {
     Ok(openat(AT_FDCWD, path, flags, Mode::empty())?)
 }
 
+/// Opens `path` as an `O_PATH` descriptor (a directory or a file, never read through it),
+/// following symlinks on the way: for a volume's own path, which is the kubelet's or an
+/// administrator's hostPath.
+pub fn open_path(path: &Path) -> io::Result<OwnedFd> {
+    Ok(openat(
+        AT_FDCWD,
+        path,
+        OFlag::O_PATH | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 /// Opens the directory `name` (one component) in `dir`; a symlink there is an error (`ELOOP`
 /// or `ENOTDIR`), never followed.
 pub fn open_dir_at<P: ?Sized + nix::NixPath>(dir: BorrowedFd<'_>, name: &P) -> io::Result<OwnedFd> {

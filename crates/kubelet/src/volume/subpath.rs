@@ -125,16 +125,20 @@ pub fn container_mount(
         (_, Some(expr)) if !expr.is_empty() => expand(expr, env),
         _ => String::new(),
     };
-    // The volume's own path is the kubelet's, or an administrator's hostPath: links in it are
-    // followed, as upstream mounts it.
-    let root = fs_at::open_dir(&volume.path, false).map_err(|source| {
+    // The volume's own path is the kubelet's, or an administrator's hostPath (a directory or
+    // a file): links in it are followed, as upstream mounts it.
+    let root = fs_at::open_path(&volume.path).map_err(|source| {
         SubPathError::Inaccessible {
             volume: mount.name.clone(),
             path: volume.path.clone(),
             source,
         }
     })?;
-    let host_path = volume.path.join(&sub_path);
+    let host_path = if sub_path.is_empty() {
+        volume.path.clone()
+    } else {
+        volume.path.join(&sub_path)
+    };
     let opened = if sub_path.is_empty() {
         root
     } else {
@@ -271,7 +275,13 @@ fn stage_file(file: &OwnedFd, staging: &Path, name: &OsStr) -> io::Result<OwnedF
     let dir = fs_at::ensure_dir_at(parent.as_fd(), leaf, 0o755)?;
     let source = fs_at::proc_path(file);
     // AT_SYMLINK_FOLLOW on /proc/self/fd/N links the inode we opened, not a name.
-    match nix::unistd::linkat(AT_FDCWD, &source, &dir, name, AtFlags::AT_SYMLINK_FOLLOW) {
+    match nix::unistd::linkat(
+        AT_FDCWD,
+        source.as_path(),
+        &dir,
+        name,
+        AtFlags::AT_SYMLINK_FOLLOW,
+    ) {
         Ok(()) => return Ok(dir),
         Err(Errno::EXDEV) => {}
         Err(e) => return Err(e.into()),
