@@ -448,9 +448,13 @@ async fn a_projected_volume_combines_all_four_sources() {
 /// Whether a guest's error message is a refused write (wasmtime reports a write to a read-only
 /// preopen as EPERM; the kernel would say EROFS or EACCES).
 fn refused(message: &str) -> bool {
-    ["Operation not permitted", "Read-only file system", "Permission denied"]
-        .iter()
-        .any(|reason| message.contains(reason))
+    [
+        "Operation not permitted",
+        "Read-only file system",
+        "Permission denied",
+    ]
+    .iter()
+    .any(|reason| message.contains(reason))
 }
 
 async fn container_log(pods: &Api<Pod>, pod: &str, container: &str) -> String {
@@ -505,9 +509,7 @@ async fn api_data_volumes_are_read_only_and_their_refresh_follows_no_planted_lin
         {"name": "sec", "mountPath": "/sec"},
         {"name": "proj", "mountPath": "/proj"}
     ]);
-    let container = |name: &str, args: &[&str]| {
-        json!({"name": name, "image": workloads::multitool(), "args": args, "volumeMounts": mounts})
-    };
+    let container = |name: &str, args: &[&str]| json!({"name": name, "image": workloads::multitool(), "args": args, "volumeMounts": mounts});
     let attacker = for_node(
         json!({
             "metadata": {"name": "attacker"},
@@ -568,7 +570,10 @@ async fn api_data_volumes_are_read_only_and_their_refresh_follows_no_planted_lin
     // Canaries beside the data directory and beside the volume: a refresh that followed a
     // planted `..data` would remove them.
     let cfg_dir = attacker_volumes.join("kubernetes.io~configmap/cfg");
-    for canary in [cfg_dir.join("canary"), attacker_volumes.join("kubernetes.io~configmap/canary")] {
+    for canary in [
+        cfg_dir.join("canary"),
+        attacker_volumes.join("kubernetes.io~configmap/canary"),
+    ] {
         std::fs::create_dir_all(&canary).expect("canary dir");
         std::fs::write(canary.join("file"), "canary").expect("canary file");
     }
@@ -604,7 +609,10 @@ async fn api_data_volumes_are_read_only_and_their_refresh_follows_no_planted_lin
     );
     // The refreshes went on: the volumes show the updated ConfigMap.
     assert_eq!(container_log(&pods, "attacker", "keeper").await, "v2\nv2");
-    for canary in [cfg_dir.join("canary"), attacker_volumes.join("kubernetes.io~configmap/canary")] {
+    for canary in [
+        cfg_dir.join("canary"),
+        attacker_volumes.join("kubernetes.io~configmap/canary"),
+    ] {
         assert_eq!(
             std::fs::read_to_string(canary.join("file")).ok().as_deref(),
             Some("canary"),
@@ -614,8 +622,16 @@ async fn api_data_volumes_are_read_only_and_their_refresh_follows_no_planted_lin
     }
     for (dir, name, want) in [
         (cfg_dir.clone(), "key", "v2"),
-        (attacker_volumes.join("kubernetes.io~secret/sec"), "user", "wasm"),
-        (attacker_volumes.join("kubernetes.io~projected/proj"), "name", "attacker"),
+        (
+            attacker_volumes.join("kubernetes.io~secret/sec"),
+            "user",
+            "wasm",
+        ),
+        (
+            attacker_volumes.join("kubernetes.io~projected/proj"),
+            "name",
+            "attacker",
+        ),
         (bystander_cfg.clone(), "key", "v2"),
     ] {
         assert_eq!(
@@ -668,7 +684,8 @@ async fn a_sub_path_swapped_for_a_symlink_never_reaches_the_host() {
         .expect("flipper running");
 
     let started = Instant::now();
-    let (mut inside, mut empty, mut refused_starts, mut breaches) = (0usize, 0usize, 0usize, Vec::new());
+    let (mut inside, mut empty, mut refused_starts, mut breaches) =
+        (0usize, 0usize, 0usize, Vec::new());
     let mut round = 0;
     while inside + empty + refused_starts < STARTS {
         assert!(
@@ -676,7 +693,9 @@ async fn a_sub_path_swapped_for_a_symlink_never_reaches_the_host() {
             "only {} of {STARTS} starts within {budget:?} ({inside} inside, {empty} empty, {refused_starts} refused)",
             inside + empty + refused_starts
         );
-        let names: Vec<String> = (0..PARALLEL).map(|i| format!("racer-{round}-{i}")).collect();
+        let names: Vec<String> = (0..PARALLEL)
+            .map(|i| format!("racer-{round}-{i}"))
+            .collect();
         round += 1;
         for name in &names {
             let containers: Vec<_> = (0..CONTAINERS)

@@ -143,11 +143,7 @@ fn write_files(data: BorrowedFd<'_>, files: &Files) -> io::Result<()> {
         let fd = nix::fcntl::openat(
             at,
             leaf,
-            OFlag::O_CREAT
-                | OFlag::O_EXCL
-                | OFlag::O_WRONLY
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_CLOEXEC,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o600),
         )?;
         // The mode is set after creation so that the umask does not narrow it.
@@ -175,8 +171,8 @@ fn link_top_level(dir: BorrowedFd<'_>, tops: &BTreeSet<&str>) -> io::Result<()> 
             continue;
         }
         let want = format!("{DATA}/{name}");
-        let ours = fs_at::read_link_at(dir, name)?
-            .is_some_and(|t| t.as_os_str() == OsStr::new(&want));
+        let ours =
+            fs_at::read_link_at(dir, name)?.is_some_and(|t| t.as_os_str() == OsStr::new(&want));
         if ours {
             fs_at::remove_tree_at(dir, OsStr::new(name))?;
         }
@@ -276,23 +272,48 @@ mod tests {
     #[test]
     fn files_are_reachable_through_data_and_updates_swap() {
         let dir = tempfile::tempdir().expect("tempdir");
-        write(dir.path(), &files(&[("a", "1", 0o644), ("sub/b", "2", 0o600)])).expect("write");
-        assert_eq!(std::fs::read_to_string(dir.path().join("a")).expect("a"), "1");
-        assert_eq!(std::fs::read_to_string(dir.path().join("sub/b")).expect("b"), "2");
-        let mode = std::fs::metadata(dir.path().join("sub/b")).expect("b").permissions();
+        write(
+            dir.path(),
+            &files(&[("a", "1", 0o644), ("sub/b", "2", 0o600)]),
+        )
+        .expect("write");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a")).expect("a"),
+            "1"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("sub/b")).expect("b"),
+            "2"
+        );
+        let mode = std::fs::metadata(dir.path().join("sub/b"))
+            .expect("b")
+            .permissions();
         assert_eq!(mode.mode() & 0o777, 0o600);
         let first = std::fs::read_link(dir.path().join(DATA)).expect("..data");
         // Unchanged content: nothing is rewritten.
-        write(dir.path(), &files(&[("a", "1", 0o644), ("sub/b", "2", 0o600)])).expect("same");
-        assert_eq!(std::fs::read_link(dir.path().join(DATA)).expect("..data"), first);
+        write(
+            dir.path(),
+            &files(&[("a", "1", 0o644), ("sub/b", "2", 0o600)]),
+        )
+        .expect("same");
+        assert_eq!(
+            std::fs::read_link(dir.path().join(DATA)).expect("..data"),
+            first
+        );
         write(dir.path(), &files(&[("a", "3", 0o644)])).expect("update");
-        assert_eq!(std::fs::read_to_string(dir.path().join("a")).expect("a"), "3");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a")).expect("a"),
+            "3"
+        );
         // The old data directory and the link of the removed name are gone.
         assert!(!dir.path().join(&first).exists());
         assert!(std::fs::symlink_metadata(dir.path().join("sub")).is_err());
         assert_eq!(read_current(dir.path(), "a").expect("current").0, b"3");
         for bad in ["../escape", "..data/x", "a/../../b", "/abs", "a//b", ""] {
-            assert!(write(dir.path(), &files(&[(bad, "x", 0o644)])).is_err(), "{bad}");
+            assert!(
+                write(dir.path(), &files(&[(bad, "x", 0o644)])).is_err(),
+                "{bad}"
+            );
         }
     }
 
@@ -334,7 +355,10 @@ mod tests {
         std::os::unix::fs::symlink(fake, dir.join(DATA)).expect("point ..data");
         write(&dir, &files(&[("key", "v1", 0o644)])).expect("rewrite");
         canary_intact(&canary);
-        assert!(std::fs::symlink_metadata(dir.join(fake)).is_err(), "the link is gone");
+        assert!(
+            std::fs::symlink_metadata(dir.join(fake)).is_err(),
+            "the link is gone"
+        );
         // A link inside the current data directory makes it differ, and goes with it.
         let data = std::fs::read_link(dir.join(DATA)).expect("..data");
         std::fs::remove_file(dir.join(&data).join("key")).expect("rm key");

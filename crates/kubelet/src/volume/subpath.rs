@@ -127,12 +127,10 @@ pub fn container_mount(
     };
     // The volume's own path is the kubelet's, or an administrator's hostPath (a directory or
     // a file): links in it are followed, as upstream mounts it.
-    let root = fs_at::open_path(&volume.path).map_err(|source| {
-        SubPathError::Inaccessible {
-            volume: mount.name.clone(),
-            path: volume.path.clone(),
-            source,
-        }
+    let root = fs_at::open_path(&volume.path).map_err(|source| SubPathError::Inaccessible {
+        volume: mount.name.clone(),
+        path: volume.path.clone(),
+        source,
     })?;
     let host_path = if sub_path.is_empty() {
         volume.path.clone()
@@ -205,7 +203,10 @@ fn open_sub_path(
         });
     }
     let open_error = |source: io::Error| {
-        if matches!(Errno::from_raw(source.raw_os_error().unwrap_or(0)), Errno::EXDEV | Errno::ELOOP) {
+        if matches!(
+            Errno::from_raw(source.raw_os_error().unwrap_or(0)),
+            Errno::EXDEV | Errno::ELOOP
+        ) {
             // Only for the message: where the link leads now (it may differ by the time we
             // look; nothing is opened through it).
             let resolved = std::fs::canonicalize(root_path.join(sub_path))
@@ -382,7 +383,10 @@ mod tests {
         let link = container_mount(&volume, &mount(Some("escape"), "/x"), &env, &staging)
             .expect_err("symlink")
             .to_string();
-        assert!(link.contains("resolves to /etc, outside the volume"), "{link}");
+        assert!(
+            link.contains("resolves to /etc, outside the volume"),
+            "{link}"
+        );
         let up = container_mount(&volume, &mount(Some("data/up/x"), "/x"), &env, &staging)
             .expect_err("up")
             .to_string();
@@ -439,7 +443,10 @@ mod tests {
         let env = HashMap::new();
         let staging = tmp.path().join("staging/0");
         let whole = container_mount(&volume, &mount(None, "/v"), &env, &staging).expect("whole");
-        assert!(whole.read_only, "a read-only volume ignores the mount's readOnly");
+        assert!(
+            whole.read_only,
+            "a read-only volume ignores the mount's readOnly"
+        );
         // A file subPath that is a link out of the volume is refused, not copied.
         let error = container_mount(&volume, &mount(Some("key"), "/etc/key"), &env, &staging)
             .expect_err("link out")
