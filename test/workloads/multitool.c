@@ -16,6 +16,15 @@
  *   append PATH TEXT       append TEXT and a newline to PATH
  *   fill PATH KIB          write KIB kibibytes of 'x' to PATH
  *   rm PATH                remove a file
+ *   mkdir PATH             create a directory
+ *   rmdir PATH             remove an empty directory
+ *   symlink TARGET PATH    create the symlink PATH -> TARGET
+ *   rename FROM TO         rename FROM to TO (replacing TO as rename(2) does)
+ *   flip DIR COUNT SECONDS in DIR, swap the name "sub" between the directory "sub.dir" and the
+ *                          symlink "sub.link" (both made beforehand) as fast as possible, COUNT
+ *                          times or for SECONDS, whichever ends first; a directory someone else
+ *                          made at "sub" meanwhile (and its "inner") is removed; then print
+ *                          "flipped N"
  *   sleep SECONDS          sleep (fractions allowed)
  *   spin SECONDS           busy-loop without yielding (0: forever)
  *   tick COUNT MILLIS      print "tick N" every MILLIS ms, COUNT times (0: forever)
@@ -34,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -162,6 +172,43 @@ int main(int argc, char **argv) {
         } else if (!strcmp(cmd, "rm")) {
             need(i, 1, argc, cmd);
             if (unlink(argv[++i]) != 0) fail(cmd, argv[i]);
+        } else if (!strcmp(cmd, "mkdir")) {
+            need(i, 1, argc, cmd);
+            if (mkdir(argv[++i], 0755) != 0) fail(cmd, argv[i]);
+        } else if (!strcmp(cmd, "rmdir")) {
+            need(i, 1, argc, cmd);
+            if (rmdir(argv[++i]) != 0) fail(cmd, argv[i]);
+        } else if (!strcmp(cmd, "symlink")) {
+            need(i, 2, argc, cmd);
+            if (symlink(argv[i + 1], argv[i + 2]) != 0) fail(cmd, argv[i + 2]);
+            i += 2;
+        } else if (!strcmp(cmd, "rename")) {
+            need(i, 2, argc, cmd);
+            if (rename(argv[i + 1], argv[i + 2]) != 0) fail(cmd, argv[i + 1]);
+            i += 2;
+        } else if (!strcmp(cmd, "flip")) {
+            need(i, 3, argc, cmd);
+            const char *dir = argv[++i];
+            long count = atol(argv[++i]);
+            double end = now_seconds() + atof(argv[++i]);
+            char sub[4096], sub_dir[4096], sub_link[4096], inner[4096];
+            snprintf(sub, sizeof sub, "%s/sub", dir);
+            snprintf(sub_dir, sizeof sub_dir, "%s/sub.dir", dir);
+            snprintf(sub_link, sizeof sub_link, "%s/sub.link", dir);
+            snprintf(inner, sizeof inner, "%s/sub/inner", dir);
+            long n = 0;
+            /* Failures are expected (someone may create "sub" while it is missing); the next
+             * round repairs them. */
+            for (; n < count && (n % 64 != 0 || now_seconds() < end); n++) {
+                if (rename(sub, sub_dir) != 0) {
+                    rmdir(inner);
+                    rmdir(sub);
+                }
+                rename(sub_link, sub);
+                rename(sub, sub_link);
+                rename(sub_dir, sub);
+            }
+            printf("flipped %ld\n", n);
         } else if (!strcmp(cmd, "sleep")) {
             need(i, 1, argc, cmd);
             sleep_seconds(atof(argv[++i]));

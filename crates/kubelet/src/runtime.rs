@@ -4,6 +4,7 @@
 //! log file) into a [`ContainerSpec`]; the runtime runs it and reports how it ended. Graceful
 //! stop, restarts and status are the kubelet's; the runtime only starts and force-stops.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,14 +18,28 @@ use crate::log::writer::CriLogWriter;
 pub mod fake;
 
 /// A host directory mounted into a container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The kubelet resolves the directory safely and hands over the open descriptor: a runtime
+/// must open [`Mount::open_path`] (the descriptor's `/proc/self/fd/N`), never `host_path`, whose
+/// components a guest sharing the volume may have swapped for symlinks since.
+#[derive(Debug, Clone)]
 pub struct Mount {
-    /// The directory on the host.
+    /// The directory, held open until the run ends (drop the last clone only after the runtime
+    /// has opened it).
+    pub dir: Arc<OwnedFd>,
+    /// Where the directory was found on the host; for messages only.
     pub host_path: PathBuf,
     /// Where the container sees it.
     pub container_path: String,
     /// Whether writes are refused.
     pub read_only: bool,
+}
+
+impl Mount {
+    /// The name that opens exactly [`Mount::dir`]: `/proc/self/fd/N`.
+    pub fn open_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.dir.as_raw_fd()))
+    }
 }
 
 /// Resource limits a runtime enforces.

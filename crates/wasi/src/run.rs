@@ -1,6 +1,7 @@
 //! Running a program to completion with a container's host resources.
 
-use std::path::PathBuf;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kubelet::log::writer::{CriLogWriter, Stream};
@@ -22,12 +23,37 @@ use crate::module::Program;
 /// A host directory made visible to the guest (a volume mount).
 #[derive(Debug, Clone)]
 pub struct Mount {
-    /// The directory on the host.
+    /// The directory, opened by the caller: the guest gets exactly this directory (preopened
+    /// through `/proc/self/fd/N`), whatever its path leads to by now. Held until the run ends.
+    pub dir: Arc<OwnedFd>,
+    /// Where the directory was on the host; for messages only.
     pub host_path: PathBuf,
     /// Where the guest sees it (the container's `mountPath`).
     pub guest_path: String,
     /// Whether the guest may only read.
     pub read_only: bool,
+}
+
+impl Mount {
+    /// Opens the directory at `host_path` (following links) as a mount at `guest_path`.
+    ///
+    /// # Errors
+    /// When it cannot be opened or is not a directory.
+    pub fn open(host_path: &Path, guest_path: &str, read_only: bool) -> std::io::Result<Self> {
+        let dir = std::fs::File::open(host_path)?;
+        if !dir.metadata()?.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                format!("{} is not a directory", host_path.display()),
+            ));
+        }
+        Ok(Self {
+            dir: Arc::new(OwnedFd::from(dir)),
+            host_path: host_path.to_path_buf(),
+            guest_path: guest_path.to_string(),
+            read_only,
+        })
+    }
 }
 
 /// Everything a run needs besides the program: what the kubelet resolved from the pod spec.
@@ -139,8 +165,11 @@ impl WasmEngine {
             } else {
                 FsPerms::ReadWrite
             };
+            // wasmtime opens a path; this one names the descriptor the kubelet holds, so a
+            // component swapped for a symlink since the kubelet resolved it changes nothing.
+            let held = format!("/proc/self/fd/{}", mount.dir.as_raw_fd());
             builder
-                .preopened_dir(&mount.host_path, &mount.guest_path, perms)
+                .preopened_dir(&held, &mount.guest_path, perms)
                 .map_err(|source| RunError::Preopen {
                     host_path: mount.host_path.clone(),
                     guest_path: mount.guest_path.clone(),
@@ -284,14 +313,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_preopen_is_the_held_directory_not_its_path() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let vol = tmp.path().join("vol");
+        std::fs::create_dir_all(&vol).expect("vol");
+        std::fs::write(vol.join("ok.txt"), "inside\n").expect("ok");
+        std::fs::create_dir_all(tmp.path().join("canary")).expect("canary");
+        std::fs::write(tmp.path().join("canary/ok.txt"), "CANARY\n").expect("canary file");
+        let mounts = vec![Mount::open(&vol, "/m", true).expect("open")];
+        // The path is swapped for a link to the canary after the kubelet opened it.
+        std::fs::rename(&vol, tmp.path().join("vol.moved")).expect("move");
+        std::os::unix::fs::symlink("canary", &vol).expect("link");
+        let outcome = run(&multitool(), &["multitool", "cat", "/m/ok.txt"], mounts).await;
+        assert_eq!(outcome.exit, Exit::Code(0), "{}", outcome.stderr);
+        assert_eq!(outcome.stdout, "inside\n");
+    }
+
+    #[tokio::test]
     async fn module_exit_code_stdout_and_preopened_dir() {
         let data = tempfile::tempdir().expect("tempdir");
         std::fs::write(data.path().join("in.txt"), "from the host\n").expect("write");
-        let mounts = vec![Mount {
-            host_path: data.path().to_owned(),
-            guest_path: "/data".into(),
-            read_only: false,
-        }];
+        let mounts = vec![Mount::open(data.path(), "/data", false).expect("open")];
         let args = [
             "multitool",
             "print",
@@ -319,11 +361,7 @@ mod tests {
     #[tokio::test]
     async fn read_only_mount_refuses_writes() {
         let data = tempfile::tempdir().expect("tempdir");
-        let mounts = vec![Mount {
-            host_path: data.path().to_owned(),
-            guest_path: "/ro".into(),
-            read_only: true,
-        }];
+        let mounts = vec![Mount::open(data.path(), "/ro", true).expect("open")];
         let outcome = run(&multitool(), &["multitool", "write", "/ro/x", "no"], mounts).await;
         assert_eq!(outcome.exit, Exit::Code(1));
         assert!(

@@ -104,7 +104,7 @@ impl Runtime for WasiRuntime {
                 mounts: spec
                     .mounts
                     .into_iter()
-                    .map(|m| Mount { host_path: m.host_path, guest_path: m.container_path, read_only: m.read_only })
+                    .map(|m| Mount { dir: m.dir, host_path: m.host_path, guest_path: m.container_path, read_only: m.read_only })
                     .collect(),
                 log: spec.log,
                 limits: spec.limits,

@@ -1,16 +1,18 @@
 //! Volumes beyond ConfigMaps and Secrets: hostPath (type checks, symlinks), subPath and
 //! subPathExpr (no escape), PersistentVolumeClaims on local PersistentVolumes, and
-//! `resourceFieldRef` in env and downwardAPI volumes.
+//! `resourceFieldRef` in env and downwardAPI volumes; and attacks on them: a guest rewriting
+//! `..data` of its ConfigMap, Secret and projected volumes, a sibling swapping a subPath for a
+//! symlink while pods start, writes to a read-only claim.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
     ConfigMap, Event, Node, PersistentVolume, PersistentVolumeClaim, Pod,
 };
 use krustlet_e2e::node::shared_node;
 use krustlet_e2e::pods::{create, for_node, wait_for, wait_for_phase, waiting_with};
-use krustlet_e2e::{TestNamespace, kubectl, workloads};
-use kube::api::{Api, DeleteParams, PostParams};
+use krustlet_e2e::{KrustletNode, TestNamespace, kubectl, workloads};
+use kube::api::{Api, DeleteParams, LogParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::KRUSTLET;
@@ -441,4 +443,388 @@ async fn a_projected_volume_combines_all_four_sources() {
         status.user.and_then(|u| u.username),
         Some(format!("system:serviceaccount:{}:default", ns.name()))
     );
+}
+
+/// Whether a guest's error message is a refused write (wasmtime reports a write to a read-only
+/// preopen as EPERM; the kernel would say EROFS or EACCES).
+fn refused(message: &str) -> bool {
+    [
+        "Operation not permitted",
+        "Read-only file system",
+        "Permission denied",
+    ]
+    .iter()
+    .any(|reason| message.contains(reason))
+}
+
+async fn container_log(pods: &Api<Pod>, pod: &str, container: &str) -> String {
+    pods.logs(
+        pod,
+        &LogParams {
+            container: Some(container.into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("logs of {pod}/{container}: {e}"))
+}
+
+/// The regular file `dir/name`'s content, if `dir/..data` is a link to a timestamped directory
+/// inside `dir` (the atomic writer's layout, intact).
+fn intact_volume_file(dir: &std::path::Path, name: &str) -> Option<String> {
+    let data = std::fs::read_link(dir.join("..data")).ok()?;
+    let data = data.to_str()?;
+    if !data.starts_with("..2") || data.contains('/') {
+        return None;
+    }
+    std::fs::read_to_string(dir.join(name)).ok()
+}
+
+#[tokio::test]
+async fn api_data_volumes_are_read_only_and_their_refresh_follows_no_planted_link() {
+    // A node of its own: the test looks at its data dir.
+    let node = KrustletNode::start(KRUSTLET, "rovol", &[]).expect("start node");
+    node.wait_ready("True", LONG).await.expect("node Ready");
+    let ns = TestNamespace::new("rovol").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let configs = ns.api::<ConfigMap>();
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "app"}, "data": {"key": "v1"}}))
+            .expect("cm");
+    configs
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create cm");
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(
+        json!({"metadata": {"name": "creds"}, "stringData": {"user": "wasm"}}),
+    )
+    .expect("secret");
+    ns.api::<k8s_openapi::api::core::v1::Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
+    // Mounted without readOnly: upstream mounts these types read-only regardless.
+    let mounts = json!([
+        {"name": "cfg", "mountPath": "/cfg"},
+        {"name": "sec", "mountPath": "/sec"},
+        {"name": "proj", "mountPath": "/proj"}
+    ]);
+    let container = |name: &str, args: &[&str]| json!({"name": name, "image": workloads::multitool(), "args": args, "volumeMounts": mounts});
+    let attacker = for_node(
+        json!({
+            "metadata": {"name": "attacker"},
+            "spec": {
+                "restartPolicy": "Never",
+                "volumes": [
+                    {"name": "cfg", "configMap": {"name": "app"}},
+                    {"name": "sec", "secret": {"secretName": "creds"}},
+                    {"name": "proj", "projected": {"sources": [
+                        {"configMap": {"name": "app"}},
+                        {"downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}}
+                    ]}}
+                ],
+                "containers": [
+                    container("swap-cfg", &["rename", "/cfg/..data", "/cfg/..old"]),
+                    container("swap-sec", &["rename", "/sec/..data", "/sec/..old"]),
+                    container("swap-proj", &["rename", "/proj/..data", "/proj/..old"]),
+                    container("plant", &["symlink", "../../../..", "/cfg/..data_tmp"]),
+                    container("unlink", &["rm", "/proj/..data"]),
+                    container("write", &["write", "/sec/user", "mine"]),
+                    // Outlives two refresh periods (30 s each), then reads through the volumes.
+                    container("keeper", &["sleep", "75", "cat", "/cfg/key", "print", "", "cat", "/proj/key"])
+                ]
+            }
+        }),
+        node.name(),
+    );
+    let attacker = create(&pods, attacker).await.expect("create attacker");
+    let bystander = for_node(
+        json!({
+            "metadata": {"name": "bystander"},
+            "spec": {
+                "restartPolicy": "Never",
+                "volumes": [{"name": "cfg", "configMap": {"name": "app"}}],
+                "containers": [{"name": "main", "image": workloads::multitool(),
+                                "args": ["sleep", "75", "cat", "/cfg/key"],
+                                "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}]}]
+            }
+        }),
+        node.name(),
+    );
+    let bystander = create(&pods, bystander).await.expect("create bystander");
+    let pod_volumes = |pod: &Pod| {
+        node.data_dir()
+            .join("pods")
+            .join(pod.metadata.uid.as_deref().expect("uid"))
+            .join("volumes")
+    };
+    let attacker_volumes = pod_volumes(&attacker);
+    let bystander_cfg = pod_volumes(&bystander).join("kubernetes.io~configmap/cfg");
+    wait_for(&pods, "attacker", LONG, "keeper running", |p| {
+        krustlet_e2e::pods::container_status(p, "keeper")
+            .and_then(|s| s.state.as_ref())
+            .is_some_and(|s| s.running.is_some())
+    })
+    .await
+    .expect("keeper running");
+    // Canaries beside the data directory and beside the volume: a refresh that followed a
+    // planted `..data` would remove them.
+    let cfg_dir = attacker_volumes.join("kubernetes.io~configmap/cfg");
+    for canary in [
+        cfg_dir.join("canary"),
+        attacker_volumes.join("kubernetes.io~configmap/canary"),
+    ] {
+        std::fs::create_dir_all(&canary).expect("canary dir");
+        std::fs::write(canary.join("file"), "canary").expect("canary file");
+    }
+    // A changed ConfigMap makes the next refresh rewrite the volumes (and remove the old data).
+    configs
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"key": "v2"}})),
+        )
+        .await
+        .expect("update cm");
+
+    let done = wait_for_phase(&pods, "attacker", "Failed", Duration::from_secs(240))
+        .await
+        .expect("attacker done");
+    for (name, expected) in [
+        ("swap-cfg", "multitool: rename: /cfg/..data: "),
+        ("swap-sec", "multitool: rename: /sec/..data: "),
+        ("swap-proj", "multitool: rename: /proj/..data: "),
+        ("plant", "multitool: symlink: /cfg/..data_tmp: "),
+        ("unlink", "multitool: rm: /proj/..data: "),
+        ("write", "multitool: write: /sec/user: "),
+    ] {
+        let exit = krustlet_e2e::pods::terminated(&done, name).map(|t| t.exit_code);
+        let log = container_log(&pods, "attacker", name).await;
+        assert_eq!(exit, Some(1), "{name}: {log}");
+        assert!(log.starts_with(expected) && refused(&log), "{name}: {log}");
+    }
+    assert_eq!(
+        krustlet_e2e::pods::terminated(&done, "keeper").map(|t| t.exit_code),
+        Some(0)
+    );
+    // The refreshes went on: the volumes show the updated ConfigMap.
+    assert_eq!(
+        container_log(&pods, "attacker", "keeper").await.trim_end(),
+        "v2\nv2"
+    );
+    for canary in [
+        cfg_dir.join("canary"),
+        attacker_volumes.join("kubernetes.io~configmap/canary"),
+    ] {
+        assert_eq!(
+            std::fs::read_to_string(canary.join("file")).ok().as_deref(),
+            Some("canary"),
+            "{} after the refreshes",
+            canary.display()
+        );
+    }
+    for (dir, name, want) in [
+        (cfg_dir.clone(), "key", "v2"),
+        (
+            attacker_volumes.join("kubernetes.io~secret/sec"),
+            "user",
+            "wasm",
+        ),
+        (
+            attacker_volumes.join("kubernetes.io~projected/proj"),
+            "name",
+            "attacker",
+        ),
+        (bystander_cfg.clone(), "key", "v2"),
+    ] {
+        assert_eq!(
+            intact_volume_file(&dir, name).as_deref(),
+            Some(want),
+            "{}",
+            dir.display()
+        );
+    }
+    wait_for_phase(&pods, "bystander", "Succeeded", LONG)
+        .await
+        .expect("bystander Succeeded");
+    assert_eq!(logs(&ns, "bystander").trim_end(), "v2");
+}
+
+#[tokio::test]
+async fn a_sub_path_swapped_for_a_symlink_never_reaches_the_host() {
+    // At least this many container starts race the flipper; pods run a few at a time.
+    const STARTS: usize = 200;
+    const CONTAINERS: usize = 10;
+    const PARALLEL: usize = 4;
+    let budget = Duration::from_secs(420);
+    let ns = TestNamespace::new("subrace").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let host = tempfile::tempdir().expect("tempdir");
+    let vol = host.path().join("vol");
+    let canary = host.path().join("canary");
+    let secret = format!("CANARY-{}", ns.name());
+    std::fs::create_dir_all(vol.join("sub/inner")).expect("sub");
+    std::fs::write(vol.join("sub/inner/ok.txt"), "inside").expect("ok.txt");
+    std::os::unix::fs::symlink("../canary", vol.join("sub.link")).expect("sub.link");
+    std::fs::create_dir_all(canary.join("inner")).expect("canary");
+    std::fs::write(canary.join("inner/ok.txt"), &secret).expect("canary file");
+    let host_volume = json!([{"name": "shared", "hostPath": {"path": vol.to_str().expect("utf-8"), "type": "Directory"}}]);
+    // The sibling: swaps `sub` between the directory and a link out of the volume, bounded
+    // in count and time.
+    create(
+        &pods,
+        volume_pod(
+            "flipper",
+            &["flip", "/vol", "50000000", "400"],
+            host_volume.clone(),
+            json!([{"name": "shared", "mountPath": "/vol"}]),
+        ),
+    )
+    .await
+    .expect("create flipper");
+    wait_for_phase(&pods, "flipper", "Running", LONG)
+        .await
+        .expect("flipper running");
+
+    let started = Instant::now();
+    let (mut inside, mut empty, mut refused_starts, mut breaches) =
+        (0usize, 0usize, 0usize, Vec::new());
+    let mut round = 0;
+    while inside + empty + refused_starts < STARTS {
+        assert!(
+            started.elapsed() < budget,
+            "only {} of {STARTS} starts within {budget:?} ({inside} inside, {empty} empty, {refused_starts} refused)",
+            inside + empty + refused_starts
+        );
+        let names: Vec<String> = (0..PARALLEL)
+            .map(|i| format!("racer-{round}-{i}"))
+            .collect();
+        round += 1;
+        for name in &names {
+            let containers: Vec<_> = (0..CONTAINERS)
+                .map(|c| json!({"name": format!("c{c}"), "image": workloads::multitool(),
+                                "args": ["cat", "/m/ok.txt"],
+                                "volumeMounts": [{"name": "shared", "mountPath": "/m", "subPath": "sub/inner"}]}))
+                .collect();
+            let pod = for_node(
+                json!({"metadata": {"name": name},
+                       "spec": {"restartPolicy": "Never", "volumes": host_volume, "containers": containers}}),
+                shared_node(KRUSTLET),
+            );
+            create(&pods, pod).await.expect("create racer");
+        }
+        let settled = futures::future::try_join_all(names.iter().map(|name| {
+            // Every container either ran, or was refused before it started.
+            wait_for(&pods, name, LONG, "settled", |p| {
+                (0..CONTAINERS).all(|c| {
+                    let c = format!("c{c}");
+                    krustlet_e2e::pods::terminated(p, &c).is_some()
+                        || waiting_with(p, &c, "CreateContainerConfigError")
+                })
+            })
+        }))
+        .await
+        .expect("racers settle");
+        for pod in settled {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            for c in (0..CONTAINERS).map(|c| format!("c{c}")) {
+                if let Some(waiting) = krustlet_e2e::pods::waiting(&pod, &c) {
+                    refused_starts += 1;
+                    let message = waiting.message.clone().unwrap_or_default();
+                    if message.contains(&secret) {
+                        breaches.push(format!("{name}/{c} refused with {message}"));
+                    }
+                    continue;
+                }
+                let log = container_log(&pods, &name, &c).await;
+                if log.contains(&secret) {
+                    breaches.push(format!("{name}/{c} read {log:?}"));
+                } else if log.trim_end() == "inside" {
+                    inside += 1;
+                } else {
+                    empty += 1;
+                }
+            }
+            let _ = pods
+                .delete(&name, &DeleteParams::default().grace_period(0))
+                .await;
+        }
+    }
+    eprintln!(
+        "subPath race: {} starts in {:?}: {inside} read the volume, {empty} found a directory made while the name was missing, {refused_starts} refused (link out of the volume)",
+        inside + empty + refused_starts,
+        started.elapsed()
+    );
+    assert!(breaches.is_empty(), "host file reached: {breaches:#?}");
+    assert!(inside > 0, "no start ever read the volume");
+    assert_eq!(
+        std::fs::read_to_string(canary.join("inner/ok.txt")).expect("canary"),
+        secret
+    );
+    let _ = pods
+        .delete("flipper", &DeleteParams::default().grace_period(0))
+        .await;
+}
+
+#[tokio::test]
+async fn a_read_only_claim_cannot_be_written() {
+    let ns = TestNamespace::new("pvcro").await.expect("namespace");
+    let node = shared_node(KRUSTLET);
+    let pods = ns.api::<Pod>();
+    let disk = tempfile::tempdir().expect("tempdir");
+    std::fs::write(disk.path().join("seed.txt"), "seeded\n").expect("seed");
+    let pv_name = format!("ro-local-{}", ns.name());
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": pv_name},
+        "spec": {
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "e2e-local",
+            "local": {"path": disk.path().to_str().expect("utf-8")},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
+            ]}]}}
+        }
+    }))
+    .expect("pv");
+    let volumes: Api<PersistentVolume> = Api::all(ns.client());
+    volumes
+        .create(&PostParams::default(), &pv)
+        .await
+        .expect("create pv");
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "e2e-local", "volumeName": pv_name,
+                 "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .expect("pvc");
+    ns.api::<PersistentVolumeClaim>()
+        .create(&PostParams::default(), &claim)
+        .await
+        .expect("create pvc");
+    // The claim is read-only; the volumeMount does not say so.
+    create(
+        &pods,
+        volume_pod(
+            "reader",
+            &["cat", "/data/seed.txt", "write", "/data/new.txt", "not allowed"],
+            json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data", "readOnly": true}}]),
+            json!([{"name": "data", "mountPath": "/data"}]),
+        ),
+    )
+    .await
+    .expect("create");
+    let done = wait_for_phase(&pods, "reader", "Failed", LONG)
+        .await
+        .expect("Failed on the write");
+    assert_eq!(
+        krustlet_e2e::pods::terminated(&done, "main").map(|t| t.exit_code),
+        Some(1)
+    );
+    let out = logs(&ns, "reader");
+    assert!(
+        out.starts_with("seeded\nmultitool: write: /data/new.txt: ") && refused(&out),
+        "{out}"
+    );
+    assert!(!disk.path().join("new.txt").exists());
+    let _ = volumes.delete(&pv_name, &DeleteParams::default()).await;
 }

@@ -29,8 +29,8 @@ use crate::pod::restart::RestartPolicy;
 use crate::quantity::amount;
 use crate::runtime::{ContainerSpec, Limits, Runtime, Termination};
 use crate::stats::{PodRef, Stats};
-use crate::volume::NodeFacts;
 use crate::volume::subpath::container_mount;
+use crate::volume::{NodeFacts, VolumeMap};
 
 /// What the runner needs from the node.
 #[derive(Clone)]
@@ -108,8 +108,8 @@ pub struct Runner {
     pub log_dir: PathBuf,
     /// The pod's directory (volumes, subPath staging).
     pub pod_dir: PathBuf,
-    /// Volume name -> host directory, for the pod's volumes that are set up.
-    pub volumes: Arc<HashMap<String, PathBuf>>,
+    /// The pod's volumes that are set up.
+    pub volumes: Arc<VolumeMap>,
     /// Where status changes go.
     pub updates: mpsc::UnboundedSender<(String, ContainerStatus)>,
     /// Stop requests.
@@ -583,8 +583,9 @@ impl Runner {
                     .join(&m.name)
                     .join(&c.name)
                     .join(index.to_string());
+                // An open directory, not a path: nothing a guest swaps from here on matters.
                 let mount = container_mount(host, m, &env_map, &staging)
-                    .map_err(|message| (CONFIG_ERROR, message))?;
+                    .map_err(|error| (CONFIG_ERROR, error.to_string()))?;
                 mounts.push(mount);
             }
         }

@@ -70,6 +70,7 @@ pub fn prepare(
     let file = staging.join(name);
     std::fs::File::create(&file)?;
     let mount = Mount {
+        dir: std::sync::Arc::new(crate::volume::fs_at::open_dir(staging, true)?),
         host_path: staging.to_path_buf(),
         container_path: parent_str.into_owned(),
         read_only: false,

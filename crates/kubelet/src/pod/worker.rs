@@ -131,7 +131,7 @@ struct Worker {
     restarting: HashSet<String>,
     updates_tx: mpsc::UnboundedSender<(String, ContainerStatus)>,
     updates: mpsc::UnboundedReceiver<(String, ContainerStatus)>,
-    volumes: Arc<HashMap<String, PathBuf>>,
+    volumes: Arc<crate::volume::VolumeMap>,
     /// When this worker first saw the pod, for `kubelet_pod_start_duration_seconds`.
     seen: Instant,
     start_observed: bool,

@@ -8,8 +8,11 @@
 //! ConfigMap, Secret, downwardAPI and projected volumes are written in the kubelet's atomic
 //! layout (`atomic_writer.go`): the files live in a timestamped directory, `..data` links to it,
 //! and each top-level name links through `..data`, so a reader never sees half an update.
+//! Containers always get them read-only, as upstream mounts them; a read-only claim
+//! (`persistentVolumeClaim.readOnly`) is read-only in every container too.
 
 pub mod atomic;
+pub mod fs_at;
 pub mod host_path;
 pub mod pvc;
 pub mod subpath;
@@ -112,17 +115,37 @@ impl VolumeError {
     }
 }
 
+/// A volume set up on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostVolume {
+    /// Its directory (or, for a hostPath, a file).
+    pub path: PathBuf,
+    /// Whether every container mounts it read-only, whatever its `volumeMount` says.
+    pub read_only: bool,
+}
+
+impl HostVolume {
+    fn writable(path: PathBuf) -> Self {
+        Self {
+            path,
+            read_only: false,
+        }
+    }
+}
+
+/// Volume name -> the volume on the host, for a pod's volumes that are set up.
+pub type VolumeMap = HashMap<String, HostVolume>;
+
 /// The outcome of setting up a pod's volumes.
 #[derive(Debug, Default)]
 pub struct Prepared {
-    /// Volume name -> host directory, for every volume set up.
-    pub mounts: HashMap<String, PathBuf>,
+    /// Every volume set up.
+    pub mounts: VolumeMap,
     /// Volumes of types this node does not support (the worker warns about them).
     pub unsupported: Vec<String>,
 }
 
-/// A file to write into a volume: relative path, content, mode.
-type Files = BTreeMap<String, (Vec<u8>, u32)>;
+use atomic::Files;
 
 /// What volumes need to know about the node.
 #[derive(Debug, Clone, Copy)]
@@ -166,7 +189,9 @@ pub async fn prepare(
                 .join("volumes/kubernetes.io~empty-dir")
                 .join(&volume.name);
             std::fs::create_dir_all(&dir).map_err(io)?;
-            prepared.mounts.insert(volume.name.clone(), dir);
+            prepared
+                .mounts
+                .insert(volume.name.clone(), HostVolume::writable(dir));
             continue;
         } else if let Some(host) = &volume.host_path {
             let path = host_path::check(&host.path, host.type_.as_deref()).map_err(|message| {
@@ -175,7 +200,9 @@ pub async fn prepare(
                     message,
                 }
             })?;
-            prepared.mounts.insert(volume.name.clone(), path);
+            prepared
+                .mounts
+                .insert(volume.name.clone(), HostVolume::writable(path));
             continue;
         } else if let Some(claim) = &volume.persistent_volume_claim {
             let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
@@ -192,7 +219,16 @@ pub async fn prepare(
                 volume: volume.name.clone(),
                 message,
             })?;
-            prepared.mounts.insert(volume.name.clone(), path);
+            // The claim's readOnly is the volume spec's readOnly for hostPath and local
+            // PersistentVolumes (neither source has its own flag), as upstream's
+            // desired_state_of_world_populator passes it to the plugin.
+            prepared.mounts.insert(
+                volume.name.clone(),
+                HostVolume {
+                    path,
+                    read_only: claim.read_only.unwrap_or(false),
+                },
+            );
             continue;
         } else if volume.config_map.is_some()
             || volume.secret.is_some()
@@ -218,7 +254,14 @@ pub async fn prepare(
             continue;
         };
         atomic::write(&dir, &files).map_err(io)?;
-        prepared.mounts.insert(volume.name.clone(), dir);
+        // Upstream's configMap, secret, downwardAPI and projected plugins report ReadOnly.
+        prepared.mounts.insert(
+            volume.name.clone(),
+            HostVolume {
+                path: dir,
+                read_only: true,
+            },
+        );
     }
     Ok(prepared)
 }
@@ -398,13 +441,12 @@ async fn service_account_token(
     current: &Path,
 ) -> Result<Vec<u8>, kube::Error> {
     let expiration = token.expiration_seconds.unwrap_or(3607).max(600) as u64;
-    let existing = current.join("..data").join(&token.path);
-    let fresh = std::fs::metadata(&existing)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age.as_secs() < expiration * 8 / 10);
-    if fresh && let Ok(content) = std::fs::read(&existing) {
+    // Read without following links: the volume's files are not to be trusted blindly.
+    if let Ok((content, modified)) = atomic::read_current(current, &token.path)
+        && modified
+            .elapsed()
+            .is_ok_and(|age| age.as_secs() < expiration * 8 / 10)
+    {
         return Ok(content);
     }
     let account = pod

@@ -1,5 +1,6 @@
 //! `persistentVolumeClaim` volumes: the claim's bound PersistentVolume, when it is a `hostPath`
-//! or `local` volume this node may use (its node affinity matches this node).
+//! or `local` volume this node may use (its node affinity matches this node). The pod's
+//! `persistentVolumeClaim.readOnly` makes it read-only in every container (`volume::prepare`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
