@@ -127,7 +127,10 @@ impl Kubelet {
         let images = Arc::new(ImageStore::new(
             config.data_path("images"),
             config.insecure_registries.clone(),
+            config.pull_limits,
         )?);
+        // Compiled code of programs whose images went while the node was down goes too.
+        self.runtime.retain_programs(&images.store().referenced_blobs());
         let (images_tx, images_rx) = watch::channel(Vec::new());
         let host = HostInfo::read();
         let storage = crate::node::host::Filesystem::of(&config.data_dir)
@@ -247,6 +250,7 @@ impl Kubelet {
 
         tokio::spawn(crate::image::gc::run(
             images.clone(),
+            self.runtime.clone(),
             config.data_dir.clone(),
             config.image_gc,
             images_tx,

@@ -15,6 +15,7 @@ use oci_client::manifest::{OciDescriptor, OciImageIndex, OciImageManifest};
 use serde::Deserialize;
 
 use super::ImageError;
+use super::limits::{Budget, Limit, LimitedReader, PullLimits};
 use super::store::Store;
 
 /// Layer media types that hold a wasm module or component.
@@ -176,16 +177,30 @@ fn image_path(path: &Path) -> String {
 /// Applies `layers` (tar, or tar+gzip by media type or magic) in order and stores every regular
 /// file that is WebAssembly as a blob; returns image path -> blob digest. Whiteouts (`.wh.`
 /// files) delete what lower layers put there, as the OCI layer spec says.
+///
+/// Nothing is held in memory: files stream into the store. The layers together may decompress
+/// to at most `limits.max_unpacked_bytes` and one wasm file may be at most
+/// `limits.max_module_bytes`, so a small gzip bomb ends as an error, not as a full disk or an
+/// out-of-memory node.
 pub fn unpack_wasm_files(
     image: &str,
     store: &Store,
     layers: &[(OciDescriptor, std::path::PathBuf)],
+    limits: &PullLimits,
 ) -> Result<BTreeMap<String, String>, ImageError> {
+    let unpacked = Budget::new(Limit::Unpacked, limits.max_unpacked_bytes);
+    let too_large = |exceeded| ImageError::TooLarge {
+        image: image.into(),
+        exceeded,
+    };
     let mut files = BTreeMap::new();
     for (layer, path) in layers {
-        let bad_layer = |message: String| ImageError::NotWasm {
-            image: image.into(),
-            found: format!("layer {} that cannot be unpacked: {message}", layer.digest),
+        let bad_layer = |message: String| match unpacked.exceeded() {
+            Some(exceeded) => too_large(exceeded),
+            None => ImageError::NotWasm {
+                image: image.into(),
+                found: format!("layer {} that cannot be unpacked: {message}", layer.digest),
+            },
         };
         let mut file = std::fs::File::open(path).map_err(super::store::store_error(path))?;
         let mut magic = [0u8; 2];
@@ -196,7 +211,7 @@ pub fn unpack_wasm_files(
         } else {
             Box::new(file)
         };
-        let mut archive = tar::Archive::new(reader);
+        let mut archive = tar::Archive::new(LimitedReader::new(reader, unpacked.clone()));
         for entry in archive.entries().map_err(|e| bad_layer(e.to_string()))? {
             let mut entry = entry.map_err(|e| bad_layer(e.to_string()))?;
             let entry_path = entry.path().map_err(|e| bad_layer(e.to_string()))?;
@@ -218,14 +233,28 @@ pub fn unpack_wasm_files(
             }
             let mut header = [0u8; 4];
             if entry.read_exact(&mut header).is_err() || header != *b"\0asm" {
+                if let Some(exceeded) = unpacked.exceeded() {
+                    return Err(too_large(exceeded));
+                }
                 files.remove(&name);
                 continue;
             }
-            let mut bytes = header.to_vec();
-            entry
-                .read_to_end(&mut bytes)
-                .map_err(|e| bad_layer(e.to_string()))?;
-            files.insert(name, store.put_blob(&bytes)?);
+            let module = Budget::new(Limit::Module, limits.max_module_bytes);
+            let mut content = LimitedReader::new((&header[..]).chain(&mut entry), module.clone());
+            match store.put_blob_from(&mut content) {
+                Ok(digest) => {
+                    files.insert(name, digest);
+                }
+                Err(error) => {
+                    return Err(match (module.exceeded(), unpacked.exceeded()) {
+                        (Some(exceeded), _) | (None, Some(exceeded)) => too_large(exceeded),
+                        (None, None) => error,
+                    });
+                }
+            }
+        }
+        if let Some(exceeded) = unpacked.exceeded() {
+            return Err(too_large(exceeded));
         }
     }
     Ok(files)
