@@ -302,3 +302,89 @@ mod tests {
         assert!(resolve_program(&files, "tool.wasm").is_none());
     }
 }
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use crate::image::limits::{Limit, PullLimits};
+
+    fn layer(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        for (path, content) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, path, &content[..])
+                .expect("append");
+        }
+        tar.into_inner()
+            .and_then(|gz| gz.finish())
+            .expect("finish")
+    }
+
+    fn unpack(
+        bytes: Vec<u8>,
+        limits: PullLimits,
+    ) -> (Result<BTreeMap<String, String>, ImageError>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().join("store")).expect("store");
+        let path = dir.path().join("layer");
+        std::fs::write(&path, bytes).expect("layer");
+        let descriptor = OciDescriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            ..Default::default()
+        };
+        let result = unpack_wasm_files("img", &store, &[(descriptor, path)], &limits);
+        (result, dir)
+    }
+
+    fn limit_of(result: Result<BTreeMap<String, String>, ImageError>) -> Limit {
+        match result {
+            Err(ImageError::TooLarge { exceeded, .. }) => exceeded.limit,
+            other => panic!("not too large: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decompression_and_module_size_are_capped() {
+        let mut wasm = b"\0asm\x01\0\0\0".to_vec();
+        wasm.resize(4096, 0);
+        let limits = PullLimits {
+            max_unpacked_bytes: 64 << 10,
+            max_module_bytes: 8 << 10,
+        };
+        // Within both limits.
+        let (ok, _dir) = unpack(layer(&[("app.wasm", wasm.clone())]), limits);
+        assert!(ok.expect("unpacks").contains_key("/app.wasm"));
+        // A small bomb: 1 MiB of zeros, a few KiB compressed, in a file that is not wasm.
+        let bomb = layer(&[("zeros", vec![0; 1 << 20])]);
+        assert!(bomb.len() < 16 << 10, "{} bytes", bomb.len());
+        let (result, _dir) = unpack(bomb, limits);
+        assert_eq!(limit_of(result), Limit::Unpacked);
+        // A wasm file over the module limit, within the unpacked one.
+        let mut big = wasm.clone();
+        big.resize(16 << 10, 0);
+        let (result, dir) = unpack(layer(&[("big.wasm", big)]), limits);
+        assert_eq!(limit_of(result), Limit::Module);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("store/blobs/sha256"))
+            .expect("blobs")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "no partial blob left: {left:?}");
+        let message = ImageError::TooLarge {
+            image: "img".into(),
+            exceeded: crate::image::limits::LimitExceeded {
+                limit: Limit::Unpacked,
+                bytes: 1 << 30,
+            },
+        }
+        .to_string();
+        assert_eq!(
+            message,
+            "image \"img\" is too large: its layers decompress to more than 1Gi (1073741824 bytes), the limit set by --image-max-unpacked-size"
+        );
+    }
+}

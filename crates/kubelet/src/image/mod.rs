@@ -671,6 +671,52 @@ pub fn parse_reference(image: &str) -> Result<Reference, ImageError> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_private_image_is_present_only_for_the_credentials_that_pulled_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let images =
+            ImageStore::new(dir.path().into(), Vec::new(), PullLimits::default()).expect("store");
+        let image = "127.0.0.1:5001/team/app:v1";
+        let owner = Credentials {
+            username: "owner".into(),
+            password: "secret".into(),
+        };
+        let digest = images.store().put_blob(b"\0asm private").expect("blob");
+        images
+            .store()
+            .record(&PulledImage {
+                reference: image.into(),
+                image_id: format!("127.0.0.1:5001/team/app@{digest}"),
+                program: images.store().blob_path(&digest),
+                program_digest: digest,
+                size_bytes: 13,
+                entrypoint: Vec::new(),
+                cmd: Vec::new(),
+                files: BTreeMap::new(),
+                blobs: Vec::new(),
+                access: Access::pulled_with("127.0.0.1:5001", Some(&owner)),
+            })
+            .expect("record");
+        assert!(images.usable(image, Some(&owner)).is_some());
+        assert!(images.usable(image, None).is_none());
+        let thief = Credentials {
+            username: "owner".into(),
+            password: "guess".into(),
+        };
+        assert!(images.usable(image, Some(&thief)).is_none());
+        // `Never` cannot ask the registry, so for anyone else the image is not there.
+        let error = images
+            .pull(image, PullPolicy::Never, None)
+            .await
+            .expect_err("not for this pod");
+        assert_eq!(error.reason(), "ErrImageNeverPull");
+        let (found, downloaded) = images
+            .pull(image, PullPolicy::Never, Some(&owner))
+            .await
+            .expect("the owner's");
+        assert!(!downloaded && found.access.allows("127.0.0.1:5001", Some(&owner)));
+    }
+
     #[test]
     fn pull_policy_defaults_follow_kubernetes() {
         assert_eq!(

@@ -321,3 +321,91 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     std::fs::write(&tmp, bytes).map_err(store_error(&tmp))?;
     std::fs::rename(&tmp, path).map_err(store_error(path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(store: &Store, reference: &str, content: &[u8]) -> PulledImage {
+        let digest = store.put_blob(content).expect("blob");
+        store
+            .record(&PulledImage {
+                reference: reference.into(),
+                image_id: format!("r/x@{digest}"),
+                program: store.blob_path(&digest),
+                program_digest: digest,
+                size_bytes: content.len() as u64,
+                entrypoint: Vec::new(),
+                cmd: Vec::new(),
+                files: Default::default(),
+                blobs: Vec::new(),
+                access: Default::default(),
+            })
+            .expect("record")
+    }
+
+    #[test]
+    fn aliasing_references_have_their_own_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().into()).expect("store");
+        let (slash, underscore) = ("reg.io/team/app:v1", "reg.io/team_app:v1");
+        let a = record(&store, slash, b"\0asm tenant a");
+        assert!(
+            store.lookup(underscore).is_none(),
+            "another reference is not present just because a similar one is"
+        );
+        let b = record(&store, underscore, b"\0asm tenant b");
+        assert_ne!(store.ref_path(slash), store.ref_path(underscore));
+        let found = |r: &str| store.lookup(r).expect("stored").program_digest;
+        assert_eq!(found(slash), a.program_digest);
+        assert_eq!(found(underscore), b.program_digest);
+        // Every escape-based alias of the old layout is its own record too.
+        for other in ["reg.io/team/app_v1", "reg.io/team_app_v1:latest", "reg.io/team:app"] {
+            assert!(store.lookup(other).is_none(), "{other}");
+        }
+        // Spellings of one reference share its record.
+        let hub = record(&store, "busybox", b"\0asm hub");
+        assert_eq!(hub.reference, "docker.io/library/busybox:latest");
+        assert_eq!(
+            found("docker.io/library/busybox:latest"),
+            hub.program_digest
+        );
+    }
+
+    #[test]
+    fn lookup_compares_the_reference_inside_the_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().into()).expect("store");
+        record(&store, "reg.io/team/app:v1", b"\0asm a");
+        // A record under another reference's file name (a hash collision, or a planted file).
+        std::fs::copy(
+            store.ref_path("reg.io/team/app:v1"),
+            store.ref_path("reg.io/victim:v1"),
+        )
+        .expect("plant");
+        assert!(store.lookup("reg.io/victim:v1").is_none());
+        let listed: Vec<String> = store.list().into_iter().map(|(p, _)| p.reference).collect();
+        assert_eq!(listed, ["reg.io/team/app:v1"], "the planted file is not listed");
+        let (freed, _) = store.remove("reg.io/victim:v1");
+        assert_eq!(freed, 0, "removing an absent image frees nothing");
+        assert!(store.lookup("reg.io/team/app:v1").is_some());
+    }
+
+    #[test]
+    fn records_of_the_old_layout_are_removed_with_their_blobs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().into()).expect("store");
+        let kept = record(&store, "reg.io/kept:v1", b"\0asm kept");
+        let old = record(&store, "reg.io/team/app:v1", b"\0asm old");
+        std::fs::rename(
+            store.ref_path("reg.io/team/app:v1"),
+            dir.path().join("refs/reg.io_team_app_v1.json"),
+        )
+        .expect("old name");
+        let store = Store::open(dir.path().into()).expect("reopen");
+        assert!(!dir.path().join("refs/reg.io_team_app_v1.json").exists());
+        assert!(!old.program.exists(), "its blob went with it");
+        assert!(store.lookup("reg.io/kept:v1").is_some());
+        assert!(kept.program.exists());
+    }
+}
