@@ -1037,6 +1037,27 @@ mod tests {
     }
 
     #[test]
+    fn size_and_compile_limits_have_defaults_and_refuse_zero() {
+        let defaults = Flags {
+            node_name: Some("n".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("resolve");
+        assert_eq!(defaults.pull_limits.max_unpacked_bytes, 1 << 30);
+        assert_eq!(defaults.pull_limits.max_module_bytes, 128 << 20);
+        assert_eq!(defaults.compile.concurrency, 2);
+        assert_eq!(defaults.compile.cache_memory_bytes, 256 << 20);
+        let zero = Flags {
+            node_name: Some("n".into()),
+            image_max_unpacked_size: Some(ByteQuantity(0)),
+            ..Default::default()
+        };
+        let error = zero.resolve().expect_err("zero").to_string();
+        assert!(error.contains("--image-max-unpacked-size"), "{error}");
+    }
+
+    #[test]
     fn bad_node_names_are_refused() {
         let flags = Flags {
             node_name: Some("Not_A_Name".into()),

@@ -12,7 +12,7 @@ use krustlet_e2e::node::shared_node;
 use krustlet_e2e::pods::{create, for_node, wait_for, wait_for_phase, waiting};
 use krustlet_e2e::registry;
 use krustlet_e2e::{KrustletNode, TestNamespace, cluster, kubectl};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use oci_client::secrets::RegistryAuth;
 use serde_json::json;
 
