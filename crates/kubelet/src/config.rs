@@ -223,7 +223,11 @@ pub struct Flags {
     /// downloaded), a quantity such as 1Gi; a pull past it fails with ErrImagePull naming this
     /// flag, so a small compressed "bomb" cannot fill the disk or the node's memory.
     /// [default: 1Gi]
-    #[arg(long, env = "KRUSTLET_IMAGE_MAX_UNPACKED_SIZE", value_name = "QUANTITY")]
+    #[arg(
+        long,
+        env = "KRUSTLET_IMAGE_MAX_UNPACKED_SIZE",
+        value_name = "QUANTITY"
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_max_unpacked_size: Option<ByteQuantity>,
 
@@ -458,7 +462,10 @@ impl Flags {
             data_dir,
         };
         for (flag, bytes) in [
-            ("image-max-unpacked-size", config.pull_limits.max_unpacked_bytes),
+            (
+                "image-max-unpacked-size",
+                config.pull_limits.max_unpacked_bytes,
+            ),
             ("max-module-size", config.pull_limits.max_module_bytes),
         ] {
             if bytes == 0 {

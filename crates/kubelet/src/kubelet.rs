@@ -130,7 +130,8 @@ impl Kubelet {
             config.pull_limits,
         )?);
         // Compiled code of programs whose images went while the node was down goes too.
-        self.runtime.retain_programs(&images.store().referenced_blobs());
+        self.runtime
+            .retain_programs(&images.store().referenced_blobs());
         let (images_tx, images_rx) = watch::channel(Vec::new());
         let host = HostInfo::read();
         let storage = crate::node::host::Filesystem::of(&config.data_dir)

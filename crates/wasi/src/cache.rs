@@ -245,7 +245,11 @@ impl CompileCache {
         result
     }
 
-    fn get_locked(&self, digest: &str, source: &Path) -> Result<(Program, CacheOutcome), CacheError> {
+    fn get_locked(
+        &self,
+        digest: &str,
+        source: &Path,
+    ) -> Result<(Program, CacheOutcome), CacheError> {
         if let Some(program) = self.in_memory(digest) {
             return Ok((program, CacheOutcome::Memory));
         }
@@ -555,10 +559,17 @@ mod tests {
         let program = |d: &str| cache.get(d, &wasm).expect("get").1;
         assert_eq!(program("sha256:01"), CacheOutcome::Compiled);
         assert_eq!(program("sha256:02"), CacheOutcome::Compiled);
-        assert_eq!(program("sha256:01"), CacheOutcome::Memory, "01 is now the most recent");
+        assert_eq!(
+            program("sha256:01"),
+            CacheOutcome::Memory,
+            "01 is now the most recent"
+        );
         assert_eq!(program("sha256:03"), CacheOutcome::Compiled, "evicts 02");
         assert!(cache.memory_bytes() <= one * 2 + one / 2);
-        assert!(cache.in_memory("sha256:02").is_none(), "least recently used");
+        assert!(
+            cache.in_memory("sha256:02").is_none(),
+            "least recently used"
+        );
         assert!(cache.in_memory("sha256:01").is_some());
         assert!(cache.in_memory("sha256:03").is_some());
     }

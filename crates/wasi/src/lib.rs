@@ -25,10 +25,10 @@ pub mod run;
 pub mod runtime;
 
 pub use cache::{CacheError, CacheLimits, CacheOutcome, CompileCache, DiskCache};
-pub use key::CacheKey;
-pub use pool::CompilePool;
 pub use engine::WasmEngine;
+pub use key::CacheKey;
 pub use module::{Program, ProgramKind};
+pub use pool::CompilePool;
 pub use run::{Exit, Mount, RunError, RunSpec};
 pub use runtime::{WasiOptions, WasiRuntime};
 

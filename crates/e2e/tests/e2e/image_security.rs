@@ -2,7 +2,6 @@
 //! would: references that once shared a store record, private images reused without their pull
 //! secret, a gzip bomb, and a tampered compile cache entry.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -141,7 +140,13 @@ async fn aliasing_references_each_run_their_own_code() {
         format!("{}/team/app:v1", info.registry),
         format!("{}/team_app:v1", info.registry),
     );
-    push_printer(&slash, "alias-a", "code of tenant A", &RegistryAuth::Anonymous).await;
+    push_printer(
+        &slash,
+        "alias-a",
+        "code of tenant A",
+        &RegistryAuth::Anonymous,
+    )
+    .await;
     push_printer(
         &underscore,
         "alias-b",
@@ -155,7 +160,11 @@ async fn aliasing_references_each_run_their_own_code() {
 
     let a = run_to_end(&tenant_a, pod("a", &slash, node, if_not_present.clone())).await;
     assert!(a.contains("code of tenant A"), "tenant A printed {a:?}");
-    let b = run_to_end(&tenant_b, pod("b", &underscore, node, if_not_present.clone())).await;
+    let b = run_to_end(
+        &tenant_b,
+        pod("b", &underscore, node, if_not_present.clone()),
+    )
+    .await;
     assert!(
         b.contains("code of tenant B") && !b.contains("tenant A"),
         "tenant B ran {b:?} (its image is {underscore}, stored after {slash})"
@@ -180,8 +189,12 @@ async fn private_images_need_their_pull_secret_even_when_stored() {
         format!("{}/team_app:v1", info.auth_registry),
     );
     push_printer(&slash, "private-a", "private code of tenant A", &auth).await;
-    let owner = TestNamespace::new("private-owner").await.expect("namespace");
-    let other = TestNamespace::new("private-other").await.expect("namespace");
+    let owner = TestNamespace::new("private-owner")
+        .await
+        .expect("namespace");
+    let other = TestNamespace::new("private-other")
+        .await
+        .expect("namespace");
     let basic = format!(
         "{}:{}",
         info.auth_registry_user, info.auth_registry_password
@@ -200,7 +213,12 @@ async fn private_images_need_their_pull_secret_even_when_stored() {
         .await
         .expect("create secret");
     let with_secret = |name: &str| {
-        let mut p = pod(name, &slash, node, json!({"imagePullPolicy": "IfNotPresent"}));
+        let mut p = pod(
+            name,
+            &slash,
+            node,
+            json!({"imagePullPolicy": "IfNotPresent"}),
+        );
         p["spec"]["imagePullSecrets"] = json!([{"name": "regcred"}]);
         p
     };
@@ -249,14 +267,13 @@ async fn private_images_need_their_pull_secret_even_when_stored() {
     // The owner's next pod reuses the stored image without a pull.
     let out = run_to_end(&owner, with_secret("owner-again")).await;
     assert!(out.contains("private code of tenant A"), "{out:?}");
-    let reused = events(&owner, "owner-again").await.into_iter().any(|(r, m)| {
-        r == "Pulled" && m.contains("already present on machine and can be accessed by the pod")
-    });
-    assert!(
-        reused,
-        "events: {:?}",
-        events(&owner, "owner-again").await
-    );
+    let reused = events(&owner, "owner-again")
+        .await
+        .into_iter()
+        .any(|(r, m)| {
+            r == "Pulled" && m.contains("already present on machine and can be accessed by the pod")
+        });
+    assert!(reused, "events: {:?}", events(&owner, "owner-again").await);
 }
 
 /// Resident set size of a process, from /proc.
@@ -269,32 +286,106 @@ fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// A gzip tar layer holding `files` files of `each` zero bytes, streamed through flate2 (never
-/// held uncompressed).
+/// Deflates `input` with `flush`, appending to `out`.
+fn deflate(
+    c: &mut flate2::Compress,
+    input: &[u8],
+    flush: flate2::FlushCompress,
+    out: &mut Vec<u8>,
+) {
+    let mut consumed = 0;
+    loop {
+        out.reserve(64 << 10);
+        let before = c.total_in();
+        let status = c
+            .compress_vec(&input[consumed..], out, flush)
+            .expect("deflate");
+        consumed += (c.total_in() - before) as usize;
+        let done = match flush {
+            flate2::FlushCompress::Finish => status == flate2::Status::StreamEnd,
+            _ => out.len() < out.capacity(),
+        };
+        if consumed == input.len() && done {
+            return;
+        }
+    }
+}
+
+/// A gzip tar layer holding `files` files of `each` zero bytes (a multiple of 1 MiB), streamed
+/// through flate2 and never held uncompressed. After a full flush deflate starts afresh, so
+/// every 1 MiB block of zeros compresses to the same bytes: one is compressed, checked against a
+/// second, and repeated (compressing 8 GiB would take minutes of this shared machine's CPU).
 fn gzip_bomb(files: usize, each: u64) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    let zeros = vec![0u8; 1 << 20];
+    use flate2::FlushCompress::{Finish, Full};
+    const BLOCK: usize = 1 << 20;
+    assert_eq!(each % BLOCK as u64, 0);
+    let zeros = vec![0u8; BLOCK];
+    let mut c = flate2::Compress::new(flate2::Compression::best(), false);
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 0xff];
+    let mut crc = crc32fast::Hasher::new();
+    let mut block_crc = crc32fast::Hasher::new();
+    block_crc.update(&zeros);
+    let mut total: u64 = 0;
     for i in 0..files {
         let mut header = tar::Header::new_gnu();
-        header
-            .set_path(format!("data/zeros-{i}"))
-            .expect("path");
+        header.set_path(format!("data/zeros-{i}")).expect("path");
         header.set_size(each);
         header.set_mode(0o644);
         header.set_cksum();
-        gz.write_all(header.as_bytes()).expect("header");
-        let mut left = each;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            gz.write_all(&zeros[..n]).expect("zeros");
-            left -= n as u64;
+        deflate(&mut c, header.as_bytes(), Full, &mut out);
+        crc.update(header.as_bytes());
+        total += 512;
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        deflate(&mut c, &zeros, Full, &mut first);
+        deflate(&mut c, &zeros, Full, &mut second);
+        assert_eq!(
+            first, second,
+            "deflate is not deterministic after a full flush"
+        );
+        out.extend_from_slice(&first);
+        for _ in 1..each / BLOCK as u64 {
+            out.extend_from_slice(&second);
         }
-        // Pad to a 512-byte block.
-        let pad = (512 - (each % 512) as usize) % 512;
-        gz.write_all(&zeros[..pad]).expect("pad");
+        for _ in 0..each / BLOCK as u64 {
+            crc.combine(&block_crc);
+        }
+        total += each;
     }
-    gz.write_all(&[0u8; 1024]).expect("end of archive");
-    gz.finish().expect("gzip")
+    // The end of the archive: two zero blocks.
+    deflate(&mut c, &zeros[..1024], Finish, &mut out);
+    crc.update(&zeros[..1024]);
+    total += 1024;
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&(total as u32).to_le_bytes());
+    out
+}
+
+#[test]
+fn the_bomb_is_a_valid_gzip_tar() {
+    use std::io::Read;
+    // 4 MiB in two files: decompressed and read back whole, CRC and all.
+    let bomb = gzip_bomb(2, 2 << 20);
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bomb[..]));
+    let mut sizes = Vec::new();
+    for entry in archive.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let mut n = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let read = entry.read(&mut buf).expect("read");
+            if read == 0 {
+                break;
+            }
+            assert!(buf[..read].iter().all(|b| *b == 0));
+            n += read as u64;
+        }
+        sizes.push(n);
+    }
+    assert_eq!(sizes, [2 << 20, 2 << 20]);
+    let mut rest = Vec::new();
+    flate2::read::GzDecoder::new(&bomb[..])
+        .read_to_end(&mut rest)
+        .expect("the CRC and size check");
 }
 
 #[tokio::test]
@@ -307,13 +398,26 @@ async fn a_gzip_bomb_fails_its_pod_and_spares_the_node() {
     let pods = ns.api::<Pod>();
 
     // A neighbour that must keep running.
-    let neighbour = format!("{}/images/neighbour-{}:v1", info.registry, std::process::id());
-    registry::push_wasm(&neighbour, distinct_multitool("neighbour"), &RegistryAuth::Anonymous)
-        .await
-        .expect("push neighbour");
+    let neighbour = format!(
+        "{}/images/neighbour-{}:v1",
+        info.registry,
+        std::process::id()
+    );
+    registry::push_wasm(
+        &neighbour,
+        distinct_multitool("neighbour"),
+        &RegistryAuth::Anonymous,
+    )
+    .await
+    .expect("push neighbour");
     create(
         &pods,
-        pod("neighbour", &neighbour, node.name(), json!({"args": ["sleep", "3600"]})),
+        pod(
+            "neighbour",
+            &neighbour,
+            node.name(),
+            json!({"args": ["sleep", "3600"]}),
+        ),
     )
     .await
     .expect("create");
@@ -472,7 +576,11 @@ async fn tampered_compile_cache_entries_are_rejected_and_recompiled() {
         1,
         "{log}"
     );
-    assert_eq!(lines(&["compile cache hit (disk) for", &digest]), 0, "{log}");
+    assert_eq!(
+        lines(&["compile cache hit (disk) for", &digest]),
+        0,
+        "{log}"
+    );
     assert_eq!(lines(&["compiled", &digest, "cache miss"]), 2, "{log}");
     assert_ne!(
         std::fs::read(&entry).expect("rewritten"),
@@ -501,7 +609,11 @@ async fn compiled_code_goes_with_its_image() {
     let hex = registry::sha256(&wasm)
         .trim_start_matches("sha256:")
         .to_string();
-    let image = format!("{}/images/compiled-gc-{}:v1", info.registry, std::process::id());
+    let image = format!(
+        "{}/images/compiled-gc-{}:v1",
+        info.registry,
+        std::process::id()
+    );
     registry::push_wasm(&image, wasm, &RegistryAuth::Anonymous)
         .await
         .expect("push");

@@ -423,7 +423,9 @@ impl Runner {
         };
         // A stored image is present only for pods that may use it (KEP-2535, see
         // image/access.rs); one pulled anonymously needs no look at the pod's secrets.
-        let present = format!("Container image {image:?} already present on machine and can be accessed by the pod");
+        let present = format!(
+            "Container image {image:?} already present on machine and can be accessed by the pod"
+        );
         if policy != PullPolicy::Always
             && let Some(found) = images.usable(image, None)
         {

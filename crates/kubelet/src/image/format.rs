@@ -319,15 +319,16 @@ mod limit_tests {
             tar.append_data(&mut header, path, &content[..])
                 .expect("append");
         }
-        tar.into_inner()
-            .and_then(|gz| gz.finish())
-            .expect("finish")
+        tar.into_inner().and_then(|gz| gz.finish()).expect("finish")
     }
 
     fn unpack(
         bytes: Vec<u8>,
         limits: PullLimits,
-    ) -> (Result<BTreeMap<String, String>, ImageError>, tempfile::TempDir) {
+    ) -> (
+        Result<BTreeMap<String, String>, ImageError>,
+        tempfile::TempDir,
+    ) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path().join("store")).expect("store");
         let path = dir.path().join("layer");

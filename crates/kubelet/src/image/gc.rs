@@ -185,7 +185,11 @@ mod tests {
             total_bytes: 1000,
             available_bytes: 500,
         };
-        assert_eq!(collect(&images, below, &policy).bytes, 0, "under the high mark");
+        assert_eq!(
+            collect(&images, below, &policy).bytes,
+            0,
+            "under the high mark"
+        );
         // 90 % used; reaching 80 % frees 100 bytes: more than the oldest image holds, so both
         // unused images go, oldest first, and the used one stays.
         let over = Filesystem {
@@ -195,8 +199,13 @@ mod tests {
         let collected = collect(&images, over, &policy);
         assert!(collected.bytes > 0);
         assert_eq!(
-            collected.digests.iter().collect::<std::collections::BTreeSet<_>>(),
-            [&old.program_digest, &recent.program_digest].into_iter().collect(),
+            collected
+                .digests
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>(),
+            [&old.program_digest, &recent.program_digest]
+                .into_iter()
+                .collect(),
             "the removed programs are reported, for their compiled code to go too"
         );
         assert!(images.lookup(&used.reference).is_some());

@@ -206,7 +206,9 @@ mod tests {
         );
         let within = Budget::new(Limit::Module, 100);
         let mut reader = LimitedReader::new(std::io::repeat(0).take(100), within.clone());
-        reader.read_to_end(&mut Vec::new()).expect("exactly the budget");
+        reader
+            .read_to_end(&mut Vec::new())
+            .expect("exactly the budget");
         assert!(within.exceeded().is_none());
         assert_eq!(human_bytes(1 << 30), "1Gi (1073741824 bytes)");
         assert_eq!(human_bytes(1000), "1000 bytes");

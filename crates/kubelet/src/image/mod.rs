@@ -25,8 +25,8 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 
-pub use format::WASM_LAYER_MEDIA_TYPES;
 use access::Access;
+pub use format::WASM_LAYER_MEDIA_TYPES;
 use format::{ImageConfig, Layout};
 use limits::{Budget, Limit, LimitExceeded, LimitedWriter, PullLimits};
 pub use push::{WASM_CONFIG_MEDIA_TYPE, push_wasm};

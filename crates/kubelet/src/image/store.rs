@@ -360,7 +360,11 @@ mod tests {
         assert_eq!(found(slash), a.program_digest);
         assert_eq!(found(underscore), b.program_digest);
         // Every escape-based alias of the old layout is its own record too.
-        for other in ["reg.io/team/app_v1", "reg.io/team_app_v1:latest", "reg.io/team:app"] {
+        for other in [
+            "reg.io/team/app_v1",
+            "reg.io/team_app_v1:latest",
+            "reg.io/team:app",
+        ] {
             assert!(store.lookup(other).is_none(), "{other}");
         }
         // Spellings of one reference share its record.
@@ -385,7 +389,11 @@ mod tests {
         .expect("plant");
         assert!(store.lookup("reg.io/victim:v1").is_none());
         let listed: Vec<String> = store.list().into_iter().map(|(p, _)| p.reference).collect();
-        assert_eq!(listed, ["reg.io/team/app:v1"], "the planted file is not listed");
+        assert_eq!(
+            listed,
+            ["reg.io/team/app:v1"],
+            "the planted file is not listed"
+        );
         let (freed, _) = store.remove("reg.io/victim:v1");
         assert_eq!(freed, 0, "removing an absent image frees nothing");
         assert!(store.lookup("reg.io/team/app:v1").is_some());
