@@ -85,9 +85,22 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         tracing::info!(signal, "received shutdown signal");
     };
     let engine = krustlet_wasi::WasmEngine::new().context("starting the wasm engine")?;
-    let runtime = Arc::new(krustlet_wasi::WasiRuntime::with_compile_cache(
+    // The key lives beside, not inside, the cache directory it authenticates.
+    let key = krustlet_wasi::CacheKey::load_or_create(&config.data_path("compile-cache.key"))
+        .context("the compile cache key")?;
+    let runtime = Arc::new(krustlet_wasi::WasiRuntime::with_options(
         engine,
-        config.data_path("images/compiled"),
+        krustlet_wasi::WasiOptions {
+            disk: Some(krustlet_wasi::DiskCache {
+                dir: config.data_path("images/compiled"),
+                key,
+            }),
+            limits: krustlet_wasi::CacheLimits {
+                memory_bytes: config.compile.cache_memory_bytes,
+                max_module_bytes: config.pull_limits.max_module_bytes,
+            },
+            concurrency: config.compile.concurrency,
+        },
     ));
     if let Some(dir) = &config.manifests
         && !dir.is_dir()

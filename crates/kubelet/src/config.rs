@@ -245,6 +245,39 @@ pub struct Flags {
     )]
     pub image_minimum_gc_age: Option<Duration>,
 
+    /// Most bytes the layers of one image may decompress to, together (and the largest layer
+    /// downloaded), a quantity such as 1Gi; a pull past it fails with ErrImagePull naming this
+    /// flag, so a small compressed "bomb" cannot fill the disk or the node's memory.
+    /// [default: 1Gi]
+    #[arg(
+        long,
+        env = "KRUSTLET_IMAGE_MAX_UNPACKED_SIZE",
+        value_name = "QUANTITY"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_max_unpacked_size: Option<ByteQuantity>,
+
+    /// The largest WebAssembly module or component pulled, unpacked or compiled, a quantity
+    /// such as 128Mi. [default: 128Mi]
+    #[arg(long, env = "KRUSTLET_MAX_MODULE_SIZE", value_name = "QUANTITY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_module_size: Option<ByteQuantity>,
+
+    /// How many programs compile at once, 1 to 64; other starts that need a compilation wait
+    /// their turn (compiling is CPU- and memory-heavy, and every guest shares this process).
+    /// [default: 2]
+    #[arg(long, env = "KRUSTLET_COMPILE_CONCURRENCY", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compile_concurrency: Option<u32>,
+
+    /// Memory the in-process cache of compiled programs may hold, a quantity such as 256Mi;
+    /// the least recently used programs are dropped past it (the on-disk cache keeps them).
+    /// [default: 256Mi]
+    #[arg(long, env = "KRUSTLET_COMPILE_CACHE_MEMORY", value_name = "QUANTITY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compile_cache_memory: Option<ByteQuantity>,
+
     /// Directory of static pod manifests (YAML or JSON, one Pod each; dotfiles ignored), run
     /// without the scheduler as the kubelet's static pods. Connected, each also appears in the
     /// API as a mirror pod; `krustlet standalone` needs it.
@@ -353,6 +386,10 @@ pub struct KubeletConfig {
     /// When image GC runs.
     #[serde(skip)]
     pub image_gc: crate::image::gc::GcPolicy,
+    /// Size limits of pulls.
+    pub pull_limits: crate::image::limits::PullLimits,
+    /// How the runtime compiles programs.
+    pub compile: CompileSettings,
     /// Static pod manifests, if any.
     pub manifests: Option<PathBuf>,
 }
@@ -443,9 +480,35 @@ impl Flags {
                     .image_minimum_gc_age
                     .unwrap_or(Duration::from_secs(120)),
             },
+            pull_limits: crate::image::limits::PullLimits {
+                max_unpacked_bytes: self
+                    .image_max_unpacked_size
+                    .map_or(crate::image::limits::DEFAULT_MAX_UNPACKED_BYTES, |q| q.0),
+                max_module_bytes: self
+                    .max_module_size
+                    .map_or(crate::image::limits::DEFAULT_MAX_MODULE_BYTES, |q| q.0),
+            },
+            compile: CompileSettings {
+                concurrency: self.compile_concurrency.unwrap_or(2) as usize,
+                cache_memory_bytes: self.compile_cache_memory.map_or(256 << 20, |q| q.0),
+            },
             manifests: self.manifests,
             data_dir,
         };
+        for (flag, bytes) in [
+            (
+                "image-max-unpacked-size",
+                config.pull_limits.max_unpacked_bytes,
+            ),
+            ("max-module-size", config.pull_limits.max_module_bytes),
+        ] {
+            if bytes == 0 {
+                return Err(ConfigError::Invalid {
+                    flag,
+                    message: "must be more than 0 (a quantity such as 128Mi)".into(),
+                });
+            }
+        }
         // A log entry is at most 16 KiB and a little; a file must hold at least one.
         if config.container_log_max_size < 32 << 10 {
             return Err(ConfigError::Invalid {
@@ -485,6 +548,16 @@ impl Flags {
         }
         Ok(config)
     }
+}
+
+/// How the runtime compiles programs (`--compile-concurrency`, `--compile-cache-memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompileSettings {
+    /// Compilations at once.
+    pub concurrency: usize,
+    /// Bytes of compiled code kept in memory.
+    pub cache_memory_bytes: u64,
 }
 
 /// The data dir when --data-dir is not given: `~/.krustlet`.
@@ -1008,6 +1081,27 @@ mod tests {
         };
         let error = tiny.resolve().expect_err("too small").to_string();
         assert!(error.contains("--container-log-max-size"), "{error}");
+    }
+
+    #[test]
+    fn size_and_compile_limits_have_defaults_and_refuse_zero() {
+        let defaults = Flags {
+            node_name: Some("n".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("resolve");
+        assert_eq!(defaults.pull_limits.max_unpacked_bytes, 1 << 30);
+        assert_eq!(defaults.pull_limits.max_module_bytes, 128 << 20);
+        assert_eq!(defaults.compile.concurrency, 2);
+        assert_eq!(defaults.compile.cache_memory_bytes, 256 << 20);
+        let zero = Flags {
+            node_name: Some("n".into()),
+            image_max_unpacked_size: Some(ByteQuantity(0)),
+            ..Default::default()
+        };
+        let error = zero.resolve().expect_err("zero").to_string();
+        assert!(error.contains("--image-max-unpacked-size"), "{error}");
     }
 
     #[test]

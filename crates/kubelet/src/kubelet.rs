@@ -138,7 +138,11 @@ impl Kubelet {
         let images = Arc::new(ImageStore::new(
             config.data_path("images"),
             config.insecure_registries.clone(),
+            config.pull_limits,
         )?);
+        // Compiled code of programs whose images went while the node was down goes too.
+        self.runtime
+            .retain_programs(&images.store().referenced_blobs());
         let (images_tx, images_rx) = watch::channel(Vec::new());
         let host = HostInfo::read();
         let storage = crate::node::host::Filesystem::of(&config.data_dir)
@@ -281,6 +285,7 @@ impl Kubelet {
 
         supervise(&mut supervised, "image garbage collection", crate::image::gc::run(
             images.clone(),
+            self.runtime.clone(),
             config.data_dir.clone(),
             config.image_gc,
             images_tx,

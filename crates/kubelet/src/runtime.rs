@@ -192,4 +192,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// Adds the runtime's own metrics (compile times, caches, instances) to the kubelet's
     /// `/metrics`; called once at start. The default has none.
     fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+
+    /// Drops what the runtime derived from these programs (compiled code, in memory and on
+    /// disk): image GC removed them. Blocking; the default keeps nothing, so does nothing.
+    fn forget_programs(&self, _digests: &[String]) {}
+
+    /// Drops what the runtime derived from any program not in `keep`, the program digests the
+    /// image store still holds (called once at start, for images removed while it was not
+    /// running). Blocking; the default does nothing.
+    fn retain_programs(&self, _keep: &std::collections::HashSet<String>) {}
 }

@@ -54,7 +54,10 @@ pub async fn run(
     let images = Arc::new(ImageStore::new(
         config.data_path("images"),
         config.insecure_registries.clone(),
+        config.pull_limits,
     )?);
+    // Compiled code of programs whose images went while the node was down goes too.
+    runtime.retain_programs(&images.store().referenced_blobs());
     let host = HostInfo::read();
     let storage = crate::node::host::Filesystem::of(&config.data_dir)
         .map(|fs| fs.total_bytes)

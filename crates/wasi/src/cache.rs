@@ -1,12 +1,16 @@
-//! The compiled-program cache: in memory for this process, and on disk so that a restarted
-//! Krustlet does not compile again.
+//! The compiled-program cache: in memory for this process (least recently used programs
+//! evicted past a byte budget), and on disk so that a restarted Krustlet does not compile again.
 //!
 //! On disk: `<dir>/<engine hash>/<program sha256 hex>.cwasm`, where the engine hash is
 //! wasmtime's `Engine::precompile_compatibility_hash` (engine settings and wasmtime version), so
-//! an artifact is only ever loaded by an engine that can run it. A file is wasmtime's serialized
-//! artifact followed by the artifact's sha256, written through a temp file and a rename.
+//! an artifact is only ever loaded by an engine that can run it; directories of other engines
+//! are removed at start. A file is wasmtime's serialized artifact followed by an HMAC-SHA256
+//! tag under the node's secret key ([`CacheKey`]) over the engine hash, the program digest, its
+//! kind and the artifact's SHA-256. Loading native code is only as safe as its origin, so an
+//! entry that does not verify (tampered, copied from another node or program, or of an older
+//! format) is rejected, deleted and compiled again, never handed to wasmtime.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -15,7 +19,8 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::engine::WasmEngine;
-use crate::module::{Program, ProgramKind};
+use crate::key::{CacheKey, TAG_LEN};
+use crate::module::{CompileError, Program, ProgramKind};
 
 /// Where a program came from; count these for cache metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,54 +44,188 @@ impl CacheOutcome {
     }
 }
 
+/// Why a program could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The wasm file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The wasm file is larger than `--max-module-size`.
+    #[error(
+        "the program is {bytes} bytes, larger than {limit} bytes, the limit set by --max-module-size"
+    )]
+    TooLarge {
+        /// Its size.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// It does not compile.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+}
+
+/// The on-disk half of the cache: a directory and the key that authenticates its entries.
+#[derive(Debug)]
+pub struct DiskCache {
+    /// The cache's directory (`<data-dir>/images/compiled`).
+    pub dir: PathBuf,
+    /// The node's key.
+    pub key: CacheKey,
+}
+
+/// Sizes of the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// Bytes of compiled code kept in memory (`--compile-cache-memory`).
+    pub memory_bytes: u64,
+    /// The largest wasm file compiled (`--max-module-size`).
+    pub max_module_bytes: u64,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 256 << 20,
+            max_module_bytes: 128 << 20,
+        }
+    }
+}
+
+/// Compiled programs in memory, least recently used evicted first past a byte budget.
+struct Lru {
+    entries: HashMap<String, Entry>,
+    used: u64,
+    limit: u64,
+    clock: u64,
+}
+
+struct Entry {
+    program: Program,
+    bytes: u64,
+    last_use: u64,
+}
+
+impl Lru {
+    fn get(&mut self, digest: &str) -> Option<Program> {
+        self.clock += 1;
+        let entry = self.entries.get_mut(digest)?;
+        entry.last_use = self.clock;
+        Some(entry.program.clone())
+    }
+
+    /// Adds a program; returns the digests evicted. The newest entry always stays, even when
+    /// it alone is over the budget.
+    fn insert(&mut self, digest: &str, program: Program) -> Vec<String> {
+        self.clock += 1;
+        let bytes = program.code_bytes();
+        if let Some(old) = self.entries.insert(
+            digest.to_string(),
+            Entry {
+                program,
+                bytes,
+                last_use: self.clock,
+            },
+        ) {
+            self.used -= old.bytes;
+        }
+        self.used += bytes;
+        let mut evicted = Vec::new();
+        while self.used > self.limit && self.entries.len() > 1 {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .filter(|(d, _)| d.as_str() != digest)
+                .min_by_key(|(_, e)| e.last_use)
+                .map(|(d, _)| d.clone())
+            else {
+                break;
+            };
+            self.remove(&oldest);
+            evicted.push(oldest);
+        }
+        evicted
+    }
+
+    fn remove(&mut self, digest: &str) {
+        if let Some(entry) = self.entries.remove(digest) {
+            self.used -= entry.bytes;
+        }
+    }
+}
+
 /// Compiled programs by program digest.
 pub struct CompileCache {
     engine: WasmEngine,
-    dir: Option<PathBuf>,
-    memory: Mutex<HashMap<String, Program>>,
+    disk: Option<(PathBuf, String, CacheKey)>,
+    memory: Mutex<Lru>,
+    max_module_bytes: u64,
     // One compilation per digest at a time: pods started together wait for the first.
     compiling: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
-const CHECKSUM_LEN: usize = 32;
+/// The domain of the tags, so they can never be mistaken for another use of the key.
+const TAG_DOMAIN: &[u8] = b"krustlet compile cache v2\0";
 
 impl CompileCache {
-    /// A cache for `engine`; with `dir`, artifacts are also kept on disk under it.
-    pub fn new(engine: WasmEngine, dir: Option<PathBuf>) -> Self {
-        let dir = dir.map(|d| {
+    /// A cache for `engine`; with `disk`, artifacts are also kept on disk, authenticated.
+    pub fn new(engine: WasmEngine, disk: Option<DiskCache>, limits: CacheLimits) -> Self {
+        let disk = disk.map(|DiskCache { dir, key }| {
             let mut hasher = std::collections::hash_map::DefaultHasher::new();
             engine
                 .engine()
                 .precompile_compatibility_hash()
                 .hash(&mut hasher);
-            d.join(format!("{:016x}", hasher.finish()))
+            let engine_hash = format!("{:016x}", hasher.finish());
+            remove_other_engines(&dir, &engine_hash);
+            (dir.join(&engine_hash), engine_hash, key)
         });
         Self {
             engine,
-            dir,
-            memory: Mutex::default(),
+            disk,
+            memory: Mutex::new(Lru {
+                entries: HashMap::new(),
+                used: 0,
+                limit: limits.memory_bytes,
+                clock: 0,
+            }),
+            max_module_bytes: limits.max_module_bytes,
             compiling: Mutex::default(),
         }
     }
 
-    /// The program in memory, if this process compiled or loaded it already.
+    /// The program in memory, if this process compiled or loaded it already (and kept it).
     pub fn in_memory(&self, digest: &str) -> Option<Program> {
-        let memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-        memory.get(digest).cloned()
+        self.memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
     }
 
-    fn disk_path(&self, digest: &str) -> Option<PathBuf> {
+    /// Bytes of compiled code held in memory now.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner()).used
+    }
+
+    /// Where the artifact of `digest` lives on disk (with a disk cache and a valid digest).
+    pub fn disk_path(&self, digest: &str) -> Option<PathBuf> {
         let hex = digest.strip_prefix("sha256:")?;
         // The digest becomes a file name: only plain hex.
         if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
-        Some(self.dir.as_ref()?.join(format!("{hex}.cwasm")))
+        Some(self.disk.as_ref()?.0.join(format!("{hex}.cwasm")))
     }
 
     /// The compiled program for the wasm file `source` with `digest`: from memory, from disk, or
-    /// compiled now (and then stored). Blocking: call it off the async threads.
-    pub fn get(&self, digest: &str, source: &Path) -> Result<(Program, CacheOutcome), String> {
+    /// compiled now (and then stored). Blocking: call it off the async threads, on the pool.
+    pub fn get(&self, digest: &str, source: &Path) -> Result<(Program, CacheOutcome), CacheError> {
         if let Some(program) = self.in_memory(digest) {
             return Ok((program, CacheOutcome::Memory));
         }
@@ -94,63 +233,117 @@ impl CompileCache {
             let mut compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
             compiling.entry(digest.to_string()).or_default().clone()
         };
-        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let result = {
+            let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.get_locked(digest, source)
+        };
+        let mut compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's and ours: nobody else waits on it, so the entry can go.
+        if Arc::strong_count(&lock) <= 2 {
+            compiling.remove(digest);
+        }
+        result
+    }
+
+    fn get_locked(
+        &self,
+        digest: &str,
+        source: &Path,
+    ) -> Result<(Program, CacheOutcome), CacheError> {
         if let Some(program) = self.in_memory(digest) {
             return Ok((program, CacheOutcome::Memory));
         }
-        let bytes =
-            std::fs::read(source).map_err(|e| format!("cannot read {}: {e}", source.display()))?;
+        let read_error = |source_error| CacheError::Read {
+            path: source.into(),
+            source: source_error,
+        };
+        let bytes = std::fs::metadata(source).map_err(read_error)?.len();
+        if bytes > self.max_module_bytes {
+            return Err(CacheError::TooLarge {
+                bytes,
+                limit: self.max_module_bytes,
+            });
+        }
+        let bytes = std::fs::read(source).map_err(read_error)?;
         let kind = ProgramKind::detect(&bytes);
         let cached = self.disk_path(digest);
         let loaded = match (&cached, kind) {
-            (Some(path), Some(kind)) => self.load(path, kind),
+            (Some(path), Some(kind)) => self.load(path, digest, kind),
             _ => None,
         };
         let (program, outcome) = match loaded {
             Some(program) => (program, CacheOutcome::Disk),
             None => {
                 let started = Instant::now();
-                let program = Program::compile(&self.engine, &bytes).map_err(|e| e.to_string())?;
+                let program = Program::compile(&self.engine, &bytes)?;
                 tracing::info!(
                     "compiled {digest} in {:?} (compile cache miss)",
                     started.elapsed()
                 );
                 if let Some(path) = &cached
-                    && let Err(error) = store(path, &program)
+                    && let Err(error) = self.store(path, digest, &program)
                 {
                     tracing::warn!(%error, path = %path.display(), "cannot write the compile cache");
                 }
                 (program, CacheOutcome::Compiled)
             }
         };
-        self.memory
+        let evicted = self
+            .memory
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(digest.to_string(), program.clone());
+            .insert(digest, program.clone());
+        for digest in evicted {
+            tracing::debug!(%digest, "compile cache: evicted from memory (least recently used)");
+        }
         Ok((program, outcome))
     }
 
-    /// Loads a cached artifact whose checksum holds; a bad file is removed.
+    /// What the tag of an entry covers.
+    fn tag_message(&self, digest: &str, kind: ProgramKind, artifact: &[u8]) -> Option<Vec<u8>> {
+        let (_, engine_hash, _) = self.disk.as_ref()?;
+        let mut message = TAG_DOMAIN.to_vec();
+        for part in [engine_hash.as_bytes(), digest.as_bytes()] {
+            message.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            message.extend_from_slice(part);
+        }
+        message.push(match kind {
+            ProgramKind::Module => b'm',
+            ProgramKind::Component => b'c',
+        });
+        message.extend_from_slice(&Sha256::digest(artifact));
+        Some(message)
+    }
+
+    /// Loads a cached artifact whose tag verifies; any other file is removed.
     #[allow(unsafe_code)]
-    fn load(&self, path: &Path, kind: ProgramKind) -> Option<Program> {
+    fn load(&self, path: &Path, digest: &str, kind: ProgramKind) -> Option<Program> {
         let file = std::fs::read(path).ok()?;
-        let valid = file.len() > CHECKSUM_LEN && {
-            let (artifact, sum) = file.split_at(file.len() - CHECKSUM_LEN);
-            Sha256::digest(artifact).as_slice() == sum
+        let (_, _, key) = self.disk.as_ref()?;
+        let authentic = file.len() > TAG_LEN && {
+            let (artifact, tag) = file.split_at(file.len() - TAG_LEN);
+            self.tag_message(digest, kind, artifact)
+                .is_some_and(|message| key.verify(&message, tag))
         };
-        if !valid {
-            tracing::warn!(path = %path.display(), "removing a damaged compile cache entry");
+        if !authentic {
+            tracing::warn!(
+                path = %path.display(),
+                %digest,
+                "rejected a compile cache entry: it does not carry this node's authentication tag \
+                 (tampered, damaged, copied from elsewhere or of an older format); it is deleted \
+                 and the program compiled again"
+            );
             let _ = std::fs::remove_file(path);
             return None;
         }
-        let artifact = &file[..file.len() - CHECKSUM_LEN];
+        let artifact = &file[..file.len() - TAG_LEN];
         let engine = self.engine.engine();
-        // SAFETY: wasmtime trusts a serialized artifact to be its own output. This file is ours:
-        // written by `store` below from wasmtime's `serialize`, renamed into place only when
-        // complete, kept in a directory keyed by this engine's precompile compatibility hash, and
-        // its checksum was verified just now on the very bytes handed to wasmtime (read into
-        // memory, so the file cannot change between check and use). wasmtime also checks the
-        // artifact's engine and version header itself.
+        // SAFETY: wasmtime trusts a serialized artifact to be its own output. These bytes are:
+        // their HMAC under this node's secret key (which only this process writes, 0600) was
+        // verified just now on the very bytes handed to wasmtime (read into memory, so the file
+        // cannot change between check and use), and the tag binds them to this program digest,
+        // program kind and engine, so an authentic entry of another program cannot be swapped
+        // in. wasmtime also checks the artifact's engine and version header itself.
         let loaded = unsafe {
             match kind {
                 ProgramKind::Module => {
@@ -171,35 +364,112 @@ impl CompileCache {
             }
         }
     }
+
+    /// Writes `program`'s artifact and tag to `path` atomically.
+    fn store(&self, path: &Path, digest: &str, program: &Program) -> Result<(), String> {
+        let (_, _, key) = self.disk.as_ref().ok_or("no disk cache")?;
+        let mut bytes = match program {
+            Program::Module(m) => m.serialize(),
+            Program::Component(c) => c.serialize(),
+        }
+        .map_err(|e| format!("serializing: {e}"))?;
+        let message = self
+            .tag_message(digest, program.kind(), &bytes)
+            .ok_or("no disk cache")?;
+        bytes.extend_from_slice(&key.sign(&message));
+        let dir = path.parent().ok_or("no parent directory")?;
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let tmp = path.with_extension(format!("cwasm.tmp.{}", std::process::id()));
+        std::fs::write(&tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Drops the programs of `digests` from memory and disk (their images were removed).
+    pub fn forget(&self, digests: &[String]) {
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        for digest in digests {
+            memory.remove(digest);
+            if let Some(path) = self.disk_path(digest)
+                && std::fs::remove_file(&path).is_ok()
+            {
+                tracing::info!(%digest, "removed the compiled program of a removed image");
+            }
+        }
+    }
+
+    /// Drops every program whose digest is not in `keep`, from memory and disk.
+    pub fn retain(&self, keep: &HashSet<String>) {
+        let gone: Vec<String> = {
+            let memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+            memory
+                .entries
+                .keys()
+                .filter(|d| !keep.contains(*d))
+                .cloned()
+                .collect()
+        };
+        let mut gone: HashSet<String> = gone.into_iter().collect();
+        if let Some((dir, _, _)) = &self.disk
+            && let Ok(entries) = std::fs::read_dir(dir)
+        {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                match name.strip_suffix(".cwasm") {
+                    Some(hex) if !keep.contains(&format!("sha256:{hex}")) => {
+                        gone.insert(format!("sha256:{hex}"));
+                    }
+                    Some(_) => {}
+                    // A temp file a crash left behind.
+                    None if name.contains(".tmp.") => {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                    None => {}
+                }
+            }
+        }
+        self.forget(&gone.into_iter().collect::<Vec<_>>());
+    }
 }
 
-/// Writes `program`'s artifact and checksum to `path` atomically.
-fn store(path: &Path, program: &Program) -> Result<(), String> {
-    let mut bytes = match program {
-        Program::Module(m) => m.serialize(),
-        Program::Component(c) => c.serialize(),
+/// Removes the artifacts of other engines (an older wasmtime, other settings): no engine of
+/// this process can load them.
+fn remove_other_engines(dir: &Path, ours: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_engine_dir = name.len() == 16 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if is_engine_dir && name != ours && entry.path().is_dir() {
+            tracing::info!(path = %entry.path().display(), "removing compiled programs of another wasmtime engine");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
-    .map_err(|e| format!("serializing: {e}"))?;
-    let sum = Sha256::digest(&bytes);
-    bytes.extend_from_slice(&sum);
-    let dir = path.parent().ok_or("no parent directory")?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let tmp = path.with_extension(format!("cwasm.tmp.{}", std::process::id()));
-    std::fs::write(&tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn disk(dir: &Path) -> Option<DiskCache> {
+        Some(DiskCache {
+            dir: dir.into(),
+            key: CacheKey::from_bytes(&[1; 32]),
+        })
+    }
+
+    fn multitool() -> PathBuf {
+        krustlet_test_workloads::multitool().unwrap_or_else(|e| panic!("{e}"))
+    }
+
     #[test]
     fn a_second_cache_on_the_same_dir_loads_from_disk() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let wasm = krustlet_test_workloads::multitool().unwrap_or_else(|e| panic!("{e}"));
+        let wasm = multitool();
         let engine = WasmEngine::new().expect("engine");
         let digest = "sha256:00aa";
-        let first = CompileCache::new(engine.clone(), Some(dir.path().into()));
+        let limits = CacheLimits::default();
+        let first = CompileCache::new(engine.clone(), disk(dir.path()), limits);
         assert_eq!(
             first.get(digest, &wasm).expect("compile").1,
             CacheOutcome::Compiled
@@ -208,7 +478,7 @@ mod tests {
             first.get(digest, &wasm).expect("memory").1,
             CacheOutcome::Memory
         );
-        let second = CompileCache::new(engine.clone(), Some(dir.path().into()));
+        let second = CompileCache::new(engine.clone(), disk(dir.path()), limits);
         assert_eq!(
             second.get(digest, &wasm).expect("disk").1,
             CacheOutcome::Disk
@@ -218,10 +488,128 @@ mod tests {
         let mut bytes = std::fs::read(&path).expect("read");
         bytes[10] ^= 0xff;
         std::fs::write(&path, bytes).expect("write");
-        let third = CompileCache::new(engine, Some(dir.path().into()));
+        let third = CompileCache::new(engine, disk(dir.path()), limits);
         assert_eq!(
             third.get(digest, &wasm).expect("again").1,
             CacheOutcome::Compiled
         );
+    }
+
+    #[test]
+    fn tampered_swapped_or_foreign_entries_are_rejected_not_loaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wasm = multitool();
+        let engine = WasmEngine::new().expect("engine");
+        let limits = CacheLimits::default();
+        let (a, b) = ("sha256:0a", "sha256:0b");
+        let cache = CompileCache::new(engine.clone(), disk(dir.path()), limits);
+        cache.get(a, &wasm).expect("compile a");
+        cache.get(b, &wasm).expect("compile b");
+        let (path_a, path_b) = (
+            cache.disk_path(a).expect("a"),
+            cache.disk_path(b).expect("b"),
+        );
+        let fresh = || CompileCache::new(engine.clone(), disk(dir.path()), limits);
+
+        // 1. Changed code with a recomputed SHA-256 trailer (what the old format accepted).
+        let mut bytes = std::fs::read(&path_a).expect("read");
+        let artifact_len = bytes.len() - TAG_LEN;
+        bytes[artifact_len / 2] ^= 0x01;
+        let sum = Sha256::digest(&bytes[..artifact_len]);
+        bytes[artifact_len..].copy_from_slice(&sum);
+        std::fs::write(&path_a, &bytes).expect("tamper");
+        assert_eq!(fresh().get(a, &wasm).expect("a").1, CacheOutcome::Compiled);
+
+        // 2. An authentic entry of another program under this program's name.
+        std::fs::copy(&path_a, &path_b).expect("swap");
+        assert_eq!(fresh().get(b, &wasm).expect("b").1, CacheOutcome::Compiled);
+
+        // 3. An entry written under another node's key.
+        let other = CompileCache::new(
+            engine.clone(),
+            Some(DiskCache {
+                dir: dir.path().into(),
+                key: CacheKey::from_bytes(&[2; 32]),
+            }),
+            limits,
+        );
+        assert_eq!(other.get(a, &wasm).expect("a").1, CacheOutcome::Compiled);
+        assert_eq!(fresh().get(a, &wasm).expect("a").1, CacheOutcome::Compiled);
+        // ...and what this node writes itself loads.
+        assert_eq!(fresh().get(a, &wasm).expect("a").1, CacheOutcome::Disk);
+    }
+
+    #[test]
+    fn memory_keeps_the_most_recently_used_within_its_budget() {
+        let engine = WasmEngine::new().expect("engine");
+        let wasm = multitool();
+        let probe = CompileCache::new(engine.clone(), None, CacheLimits::default());
+        probe.get("sha256:01", &wasm).expect("compile");
+        let one = probe.memory_bytes();
+        assert!(one > 0);
+        // Room for two programs.
+        let cache = CompileCache::new(
+            engine,
+            None,
+            CacheLimits {
+                memory_bytes: one * 2 + one / 2,
+                ..CacheLimits::default()
+            },
+        );
+        let program = |d: &str| cache.get(d, &wasm).expect("get").1;
+        assert_eq!(program("sha256:01"), CacheOutcome::Compiled);
+        assert_eq!(program("sha256:02"), CacheOutcome::Compiled);
+        assert_eq!(
+            program("sha256:01"),
+            CacheOutcome::Memory,
+            "01 is now the most recent"
+        );
+        assert_eq!(program("sha256:03"), CacheOutcome::Compiled, "evicts 02");
+        assert!(cache.memory_bytes() <= one * 2 + one / 2);
+        assert!(
+            cache.in_memory("sha256:02").is_none(),
+            "least recently used"
+        );
+        assert!(cache.in_memory("sha256:01").is_some());
+        assert!(cache.in_memory("sha256:03").is_some());
+    }
+
+    #[test]
+    fn artifacts_go_with_their_images_and_other_engines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stale = dir.path().join("00112233aabbccdd");
+        std::fs::create_dir_all(&stale).expect("stale engine dir");
+        std::fs::write(stale.join("00.cwasm"), b"old").expect("stale artifact");
+        let engine = WasmEngine::new().expect("engine");
+        let cache = CompileCache::new(engine, disk(dir.path()), CacheLimits::default());
+        assert!(!stale.exists(), "another engine's artifacts are removed");
+        let wasm = multitool();
+        for d in ["sha256:01", "sha256:02", "sha256:03"] {
+            cache.get(d, &wasm).expect("compile");
+        }
+        let path = |d: &str| cache.disk_path(d).expect("path");
+        cache.forget(&["sha256:01".to_string()]);
+        assert!(!path("sha256:01").exists() && cache.in_memory("sha256:01").is_none());
+        cache.retain(&HashSet::from(["sha256:02".to_string()]));
+        assert!(path("sha256:02").exists() && cache.in_memory("sha256:02").is_some());
+        assert!(!path("sha256:03").exists() && cache.in_memory("sha256:03").is_none());
+    }
+
+    #[test]
+    fn programs_over_the_size_limit_are_refused() {
+        let engine = WasmEngine::new().expect("engine");
+        let cache = CompileCache::new(
+            engine,
+            None,
+            CacheLimits {
+                max_module_bytes: 16,
+                ..CacheLimits::default()
+            },
+        );
+        let error = match cache.get("sha256:01", &multitool()) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a program over the limit compiled"),
+        };
+        assert!(error.contains("--max-module-size"), "{error}");
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! - [`engine`]: the one wasmtime [`wasmtime::Engine`] per process and its epoch ticker.
 //! - [`module`]: compiling bytes into a [`Program`], telling modules from components.
-//! - [`cache`]: compiled programs kept in memory and on disk, keyed by digest and engine.
+//! - [`cache`]: compiled programs kept in memory (LRU) and on disk (authenticated with the
+//!   node's [`key`]), keyed by digest and engine; [`pool`] bounds compilations at once.
 //! - [`run`]: running a [`Program`] to completion with a [`RunSpec`], yielding an [`Exit`].
 //! - [`memory`]: `limits.memory` through a resource limiter; `cpu` (private): CPU accounting and
 //!   `limits.cpu` throttling at epoch ticks.
@@ -14,18 +15,22 @@
 pub mod cache;
 mod cpu;
 pub mod engine;
+pub mod key;
 pub mod log;
 pub mod memory;
 pub mod metrics;
 pub mod module;
+pub mod pool;
 pub mod run;
 pub mod runtime;
 
-pub use cache::{CacheOutcome, CompileCache};
+pub use cache::{CacheError, CacheLimits, CacheOutcome, CompileCache, DiskCache};
 pub use engine::WasmEngine;
+pub use key::CacheKey;
 pub use module::{Program, ProgramKind};
+pub use pool::CompilePool;
 pub use run::{Exit, Mount, RunError, RunSpec};
-pub use runtime::WasiRuntime;
+pub use runtime::{WasiOptions, WasiRuntime};
 
 /// The wasmtime version this runtime embeds.
 pub const WASMTIME_VERSION: &str = wasmtime_environ::VERSION;

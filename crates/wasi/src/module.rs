@@ -66,6 +66,15 @@ impl Program {
         })
     }
 
+    /// Bytes of compiled code and data this program keeps mapped (its weight in memory).
+    pub fn code_bytes(&self) -> u64 {
+        let range = match self {
+            Self::Module(m) => m.image_range(),
+            Self::Component(c) => c.image_range(),
+        };
+        (range.end as usize).saturating_sub(range.start as usize) as u64
+    }
+
     /// Which kind of program this is.
     pub fn kind(&self) -> ProgramKind {
         match self {

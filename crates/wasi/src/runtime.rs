@@ -1,6 +1,5 @@
 //! [`WasiRuntime`]: the kubelet's [`Runtime`] on wasmtime.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::FutureExt;
@@ -10,42 +9,63 @@ use kubelet::runtime::{
 };
 use tokio::sync::oneshot;
 
-use crate::cache::{CacheOutcome, CompileCache};
+use crate::cache::{CacheLimits, CacheOutcome, CompileCache, DiskCache};
 use crate::engine::WasmEngine;
 use crate::metrics::WasiMetrics;
 use crate::module::Program;
+use crate::pool::CompilePool;
 use crate::run::{Exit, Mount, RunSpec};
 
-/// Runs containers as WASI programs; compiles each program once (see [`CompileCache`]).
+/// How the runtime keeps and compiles programs.
+#[derive(Debug, Default)]
+pub struct WasiOptions {
+    /// The on-disk compile cache (directory and key), if any.
+    pub disk: Option<DiskCache>,
+    /// Memory and module size limits.
+    pub limits: CacheLimits,
+    /// Compilations at once (`--compile-concurrency`; 0 means 1).
+    pub concurrency: usize,
+}
+
+/// Runs containers as WASI programs; compiles each program once (see [`CompileCache`]), at
+/// most a few at a time (see [`CompilePool`]).
 #[derive(Clone)]
 pub struct WasiRuntime {
     engine: WasmEngine,
     programs: Arc<CompileCache>,
+    pool: Arc<CompilePool>,
     metrics: WasiMetrics,
 }
 
 impl WasiRuntime {
     /// A runtime on `engine` that keeps compiled programs in memory only.
     pub fn new(engine: WasmEngine) -> Self {
+        Self::with_options(
+            engine,
+            WasiOptions {
+                concurrency: 2,
+                ..WasiOptions::default()
+            },
+        )
+    }
+
+    /// A runtime on `engine` with `options` (an on-disk cache, so a restarted process skips
+    /// compilation; limits; compile concurrency).
+    pub fn with_options(engine: WasmEngine, options: WasiOptions) -> Self {
         Self {
-            programs: Arc::new(CompileCache::new(engine.clone(), None)),
+            programs: Arc::new(CompileCache::new(
+                engine.clone(),
+                options.disk,
+                options.limits,
+            )),
+            pool: Arc::new(CompilePool::new(options.concurrency)),
             engine,
             metrics: WasiMetrics::default(),
         }
     }
 
-    /// A runtime on `engine` that also keeps compiled programs under `dir`, so a restarted
-    /// process skips compilation.
-    pub fn with_compile_cache(engine: WasmEngine, dir: PathBuf) -> Self {
-        Self {
-            programs: Arc::new(CompileCache::new(engine.clone(), Some(dir))),
-            engine,
-            metrics: WasiMetrics::default(),
-        }
-    }
-
-    /// The compiled program for `spec` and where it came from (off the async threads:
-    /// compiling and loading are CPU-bound).
+    /// The compiled program for `spec` and where it came from (on the compile pool: compiling
+    /// and loading are CPU-bound).
     async fn program(&self, spec: &ContainerSpec) -> Result<(Program, CacheOutcome), RuntimeError> {
         let digest = spec.program_digest.clone();
         let started = std::time::Instant::now();
@@ -54,10 +74,11 @@ impl WasiRuntime {
             None => {
                 let (cache, path, key) =
                     (self.programs.clone(), spec.program.clone(), digest.clone());
-                tokio::task::spawn_blocking(move || cache.get(&key, &path))
+                self.pool
+                    .run(move || cache.get(&key, &path))
                     .await
-                    .map_err(|e| create_error(format!("compiling the program panicked: {e}")))?
-                    .map_err(create_error)?
+                    .map_err(|e| create_error(e.to_string()))?
+                    .map_err(|e| create_error(e.to_string()))?
             }
         };
         match found.1 {
@@ -92,6 +113,14 @@ impl Runtime for WasiRuntime {
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.metrics.register(registry);
+    }
+
+    fn forget_programs(&self, digests: &[String]) {
+        self.programs.forget(digests);
+    }
+
+    fn retain_programs(&self, keep: &std::collections::HashSet<String>) {
+        self.programs.retain(keep);
     }
 
     fn start(&self, spec: ContainerSpec) -> BoxFuture<'_, Result<RunningContainer, RuntimeError>> {

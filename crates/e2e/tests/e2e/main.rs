@@ -6,6 +6,7 @@
 mod api;
 mod config;
 mod foundation;
+mod image_security;
 mod images;
 mod lifecycle;
 mod newcomer;

@@ -426,16 +426,6 @@ impl Runner {
         policy: PullPolicy,
     ) -> Result<crate::image::PulledImage, (&'static str, String)> {
         let images = &self.services.images;
-        if policy != PullPolicy::Always
-            && let Some(found) = images.lookup(image)
-        {
-            self.normal(
-                "Pulled",
-                format!("Container image {image:?} already present on machine"),
-            )
-            .await;
-            return Ok(found);
-        }
         let registry = match crate::image::parse_reference(image) {
             Ok(reference) => reference.resolve_registry().to_string(),
             Err(error) => {
@@ -447,6 +437,17 @@ impl Runner {
                 return Err((error.reason(), error.to_string()));
             }
         };
+        // A stored image is present only for pods that may use it (KEP-2535, see
+        // image/access.rs); one pulled anonymously needs no look at the pod's secrets.
+        let present = format!(
+            "Container image {image:?} already present on machine and can be accessed by the pod"
+        );
+        if policy != PullPolicy::Always
+            && let Some(found) = images.usable(image, None)
+        {
+            self.normal("Pulled", present).await;
+            return Ok(found);
+        }
         // Pull secrets live in the API; standalone pulls anonymously.
         let keyring = match self.services.api.client(String::new) {
             Ok(client) => {
@@ -467,10 +468,25 @@ impl Runner {
             }
             Err(_) => crate::image::auth::Keyring::default(),
         };
-        self.normal("Pulling", format!("Pulling image {image:?}"))
-            .await;
+        let credentials = keyring.lookup(&registry);
+        if policy != PullPolicy::Always
+            && let Some(found) = images.usable(image, credentials)
+        {
+            self.normal("Pulled", present).await;
+            return Ok(found);
+        }
+        if policy == PullPolicy::IfNotPresent && images.lookup(image).is_some() {
+            tracing::info!(
+                image,
+                "the image is stored, but this pod's credentials were never checked for it; asking the registry"
+            );
+        }
+        if policy != PullPolicy::Never {
+            self.normal("Pulling", format!("Pulling image {image:?}"))
+                .await;
+        }
         let started = Instant::now();
-        match images.pull(image, policy, keyring.lookup(&registry)).await {
+        match images.pull(image, policy, credentials).await {
             Ok((pulled, _)) => {
                 self.normal(
                     "Pulled",

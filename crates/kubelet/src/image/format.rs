@@ -15,6 +15,7 @@ use oci_client::manifest::{OciDescriptor, OciImageIndex, OciImageManifest};
 use serde::Deserialize;
 
 use super::ImageError;
+use super::limits::{Budget, Limit, LimitedReader, PullLimits};
 use super::store::Store;
 
 /// Layer media types that hold a wasm module or component.
@@ -176,16 +177,30 @@ fn image_path(path: &Path) -> String {
 /// Applies `layers` (tar, or tar+gzip by media type or magic) in order and stores every regular
 /// file that is WebAssembly as a blob; returns image path -> blob digest. Whiteouts (`.wh.`
 /// files) delete what lower layers put there, as the OCI layer spec says.
+///
+/// Nothing is held in memory: files stream into the store. The layers together may decompress
+/// to at most `limits.max_unpacked_bytes` and one wasm file may be at most
+/// `limits.max_module_bytes`, so a small gzip bomb ends as an error, not as a full disk or an
+/// out-of-memory node.
 pub fn unpack_wasm_files(
     image: &str,
     store: &Store,
     layers: &[(OciDescriptor, std::path::PathBuf)],
+    limits: &PullLimits,
 ) -> Result<BTreeMap<String, String>, ImageError> {
+    let unpacked = Budget::new(Limit::Unpacked, limits.max_unpacked_bytes);
+    let too_large = |exceeded| ImageError::TooLarge {
+        image: image.into(),
+        exceeded,
+    };
     let mut files = BTreeMap::new();
     for (layer, path) in layers {
-        let bad_layer = |message: String| ImageError::NotWasm {
-            image: image.into(),
-            found: format!("layer {} that cannot be unpacked: {message}", layer.digest),
+        let bad_layer = |message: String| match unpacked.exceeded() {
+            Some(exceeded) => too_large(exceeded),
+            None => ImageError::NotWasm {
+                image: image.into(),
+                found: format!("layer {} that cannot be unpacked: {message}", layer.digest),
+            },
         };
         let mut file = std::fs::File::open(path).map_err(super::store::store_error(path))?;
         let mut magic = [0u8; 2];
@@ -196,7 +211,7 @@ pub fn unpack_wasm_files(
         } else {
             Box::new(file)
         };
-        let mut archive = tar::Archive::new(reader);
+        let mut archive = tar::Archive::new(LimitedReader::new(reader, unpacked.clone()));
         for entry in archive.entries().map_err(|e| bad_layer(e.to_string()))? {
             let mut entry = entry.map_err(|e| bad_layer(e.to_string()))?;
             let entry_path = entry.path().map_err(|e| bad_layer(e.to_string()))?;
@@ -218,14 +233,28 @@ pub fn unpack_wasm_files(
             }
             let mut header = [0u8; 4];
             if entry.read_exact(&mut header).is_err() || header != *b"\0asm" {
+                if let Some(exceeded) = unpacked.exceeded() {
+                    return Err(too_large(exceeded));
+                }
                 files.remove(&name);
                 continue;
             }
-            let mut bytes = header.to_vec();
-            entry
-                .read_to_end(&mut bytes)
-                .map_err(|e| bad_layer(e.to_string()))?;
-            files.insert(name, store.put_blob(&bytes)?);
+            let module = Budget::new(Limit::Module, limits.max_module_bytes);
+            let mut content = LimitedReader::new((&header[..]).chain(&mut entry), module.clone());
+            match store.put_blob_from(&mut content) {
+                Ok(digest) => {
+                    files.insert(name, digest);
+                }
+                Err(error) => {
+                    return Err(match (module.exceeded(), unpacked.exceeded()) {
+                        (Some(exceeded), _) | (None, Some(exceeded)) => too_large(exceeded),
+                        (None, None) => error,
+                    });
+                }
+            }
+        }
+        if let Some(exceeded) = unpacked.exceeded() {
+            return Err(too_large(exceeded));
         }
     }
     Ok(files)
@@ -271,5 +300,92 @@ mod tests {
         assert!(resolve_program(&files, "app/tool.wasm").is_some());
         assert!(resolve_program(&files, "./app//tool.wasm").is_some());
         assert!(resolve_program(&files, "tool.wasm").is_none());
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use crate::image::limits::{Limit, PullLimits};
+
+    fn layer(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        for (path, content) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, path, &content[..])
+                .expect("append");
+        }
+        tar.into_inner().and_then(|gz| gz.finish()).expect("finish")
+    }
+
+    fn unpack(
+        bytes: Vec<u8>,
+        limits: PullLimits,
+    ) -> (
+        Result<BTreeMap<String, String>, ImageError>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().join("store")).expect("store");
+        let path = dir.path().join("layer");
+        std::fs::write(&path, bytes).expect("layer");
+        let descriptor = OciDescriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            ..Default::default()
+        };
+        let result = unpack_wasm_files("img", &store, &[(descriptor, path)], &limits);
+        (result, dir)
+    }
+
+    fn limit_of(result: Result<BTreeMap<String, String>, ImageError>) -> Limit {
+        match result {
+            Err(ImageError::TooLarge { exceeded, .. }) => exceeded.limit,
+            other => panic!("not too large: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decompression_and_module_size_are_capped() {
+        let mut wasm = b"\0asm\x01\0\0\0".to_vec();
+        wasm.resize(4096, 0);
+        let limits = PullLimits {
+            max_unpacked_bytes: 64 << 10,
+            max_module_bytes: 8 << 10,
+        };
+        // Within both limits.
+        let (ok, _dir) = unpack(layer(&[("app.wasm", wasm.clone())]), limits);
+        assert!(ok.expect("unpacks").contains_key("/app.wasm"));
+        // A small bomb: 1 MiB of zeros, a few KiB compressed, in a file that is not wasm.
+        let bomb = layer(&[("zeros", vec![0; 1 << 20])]);
+        assert!(bomb.len() < 16 << 10, "{} bytes", bomb.len());
+        let (result, _dir) = unpack(bomb, limits);
+        assert_eq!(limit_of(result), Limit::Unpacked);
+        // A wasm file over the module limit, within the unpacked one.
+        let mut big = wasm.clone();
+        big.resize(16 << 10, 0);
+        let (result, dir) = unpack(layer(&[("big.wasm", big)]), limits);
+        assert_eq!(limit_of(result), Limit::Module);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("store/blobs/sha256"))
+            .expect("blobs")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "no partial blob left: {left:?}");
+        let message = ImageError::TooLarge {
+            image: "img".into(),
+            exceeded: crate::image::limits::LimitExceeded {
+                limit: Limit::Unpacked,
+                bytes: 1 << 30,
+            },
+        }
+        .to_string();
+        assert_eq!(
+            message,
+            "image \"img\" is too large: its layers decompress to more than 1Gi (1073741824 bytes), the limit set by --image-max-unpacked-size"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Image garbage collection (the kubelet's `image_gc_manager.go`): when disk use of the data
 //! dir's filesystem reaches `--image-gc-high-threshold` percent, remove the least recently used
 //! images that no container on the node uses, until use is below `--image-gc-low-threshold`.
-//! Also publishes the node's image list for the node status.
+//! The runtime's compiled code for the programs removed goes with them
+//! ([`Runtime::forget_programs`]). Also publishes the node's image list for the node status.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ImageStore;
 use crate::node::host::Filesystem;
+use crate::runtime::Runtime;
 
 /// How often disk use is checked (one `statvfs`, cheap).
 pub const GC_PERIOD: Duration = Duration::from_secs(10);
@@ -30,15 +32,25 @@ pub struct GcPolicy {
     pub minimum_age: Duration,
 }
 
-/// Collects once if disk use calls for it; returns the bytes freed.
-pub fn collect(images: &ImageStore, fs: Filesystem, policy: &GcPolicy) -> u64 {
+/// What one collection removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Bytes freed.
+    pub bytes: u64,
+    /// Digests of the blobs removed (programs among them).
+    pub digests: Vec<String>,
+}
+
+/// Collects once if disk use calls for it.
+pub fn collect(images: &ImageStore, fs: Filesystem, policy: &GcPolicy) -> Collected {
+    let mut collected = Collected::default();
     if fs.total_bytes == 0 || policy.high_percent >= 100 {
-        return 0;
+        return collected;
     }
     let used = fs.total_bytes.saturating_sub(fs.available_bytes);
     let usage = used * 100 / fs.total_bytes;
     if usage < u64::from(policy.high_percent) {
-        return 0;
+        return collected;
     }
     let target = fs.total_bytes * u64::from(policy.low_percent) / 100;
     let to_free = used.saturating_sub(target);
@@ -58,16 +70,16 @@ pub fn collect(images: &ImageStore, fs: Filesystem, policy: &GcPolicy) -> u64 {
         .filter(|(_, used)| now.duration_since(*used).unwrap_or_default() >= policy.minimum_age)
         .collect();
     candidates.sort_by_key(|(_, used)| *used);
-    let mut freed = 0;
     for (image, _) in candidates {
-        if freed >= to_free {
+        if collected.bytes >= to_free {
             break;
         }
-        let bytes = images.store().remove(&image.reference);
+        let (bytes, digests) = images.store().remove(&image.reference);
         tracing::info!(image = %image.reference, bytes, "image GC removed an unused image");
-        freed += bytes;
+        collected.bytes += bytes;
+        collected.digests.extend(digests);
     }
-    freed
+    collected
 }
 
 /// The node status `images` list: one entry per image (by digest), names `repo@digest` and
@@ -92,9 +104,11 @@ pub fn status_images(images: &ImageStore) -> Vec<ContainerImage> {
     list
 }
 
-/// Runs collection every [`GC_PERIOD`] until `stop`, publishing the image list on `published`.
+/// Runs collection every [`GC_PERIOD`] until `stop`, publishing the image list on `published`
+/// and telling `runtime` which programs went.
 pub async fn run(
     images: Arc<ImageStore>,
+    runtime: Arc<dyn Runtime>,
     data_dir: PathBuf,
     policy: GcPolicy,
     published: watch::Sender<Vec<ContainerImage>>,
@@ -103,10 +117,14 @@ pub async fn run(
     loop {
         let store = images.clone();
         let dir = data_dir.clone();
+        let runtime = runtime.clone();
         let list = tokio::task::spawn_blocking(move || {
             match Filesystem::of(&dir) {
                 Ok(fs) => {
-                    collect(&store, fs, &policy);
+                    let collected = collect(&store, fs, &policy);
+                    if !collected.digests.is_empty() {
+                        runtime.forget_programs(&collected.digests);
+                    }
                 }
                 Err(error) => tracing::warn!(%error, "image GC cannot measure the data dir"),
             }
@@ -143,15 +161,16 @@ mod tests {
             cmd: Vec::new(),
             files: Default::default(),
             blobs: Vec::new(),
+            access: Default::default(),
         };
-        images.store().record(&pulled).expect("record");
-        pulled
+        images.store().record(&pulled).expect("record")
     }
 
     #[test]
     fn collects_unused_images_least_recently_used_first() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let images = ImageStore::new(dir.path().into(), Vec::new()).expect("store");
+        let images =
+            ImageStore::new(dir.path().into(), Vec::new(), Default::default()).expect("store");
         let used = image(&images, "r/used:v1", b"\0asm used");
         let old = image(&images, "r/old:v1", b"\0asm old");
         std::thread::sleep(Duration::from_millis(20));
@@ -166,14 +185,29 @@ mod tests {
             total_bytes: 1000,
             available_bytes: 500,
         };
-        assert_eq!(collect(&images, below, &policy), 0, "under the high mark");
+        assert_eq!(
+            collect(&images, below, &policy).bytes,
+            0,
+            "under the high mark"
+        );
         // 90 % used; reaching 80 % frees 100 bytes: more than the oldest image holds, so both
         // unused images go, oldest first, and the used one stays.
         let over = Filesystem {
             total_bytes: 1000,
             available_bytes: 100,
         };
-        assert!(collect(&images, over, &policy) > 0);
+        let collected = collect(&images, over, &policy);
+        assert!(collected.bytes > 0);
+        assert_eq!(
+            collected
+                .digests
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>(),
+            [&old.program_digest, &recent.program_digest]
+                .into_iter()
+                .collect(),
+            "the removed programs are reported, for their compiled code to go too"
+        );
         assert!(images.lookup(&used.reference).is_some());
         assert!(images.lookup(&old.reference).is_none());
         assert!(!recent.program.exists());

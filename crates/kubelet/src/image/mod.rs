@@ -2,12 +2,15 @@
 //! dir, by the pod's pull policy.
 //!
 //! `format.rs` tells the layouts apart (wasm artifacts, `wasi/wasm` images, indexes),
-//! `store.rs` keeps verified blobs and records, `auth.rs` reads pull secrets, `gc.rs` evicts
-//! unused images under disk pressure, `push.rs` publishes modules.
+//! `store.rs` keeps verified blobs and records, `auth.rs` reads pull secrets, `access.rs` decides
+//! which pods may reuse a stored image without asking the registry, `limits.rs` bounds sizes,
+//! `gc.rs` evicts unused images under disk pressure, `push.rs` publishes modules.
 
+pub mod access;
 pub mod auth;
 pub mod format;
 pub mod gc;
+pub mod limits;
 pub mod push;
 pub mod store;
 
@@ -22,8 +25,10 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 
+use access::Access;
 pub use format::WASM_LAYER_MEDIA_TYPES;
 use format::{ImageConfig, Layout};
+use limits::{Budget, Limit, LimitExceeded, LimitedWriter, PullLimits};
 pub use push::{WASM_CONFIG_MEDIA_TYPE, push_wasm};
 use store::{Store, store_error};
 
@@ -94,6 +99,9 @@ pub struct PulledImage {
     /// The config and layer blobs of a format 3 image.
     #[serde(default)]
     pub blobs: Vec<String>,
+    /// How the content was verified against the registry (who may reuse it without a pull).
+    #[serde(default)]
+    pub access: Access,
 }
 
 impl PulledImage {
@@ -186,6 +194,14 @@ pub enum ImageError {
         /// What was wrong.
         message: String,
     },
+    /// The image is larger than a configured limit (a decompression bomb, say).
+    #[error("image {image:?} is too large: {exceeded}")]
+    TooLarge {
+        /// The reference.
+        image: String,
+        /// Which limit, and its value.
+        exceeded: LimitExceeded,
+    },
     /// The store could not be written.
     #[error("image store {path}: {message}")]
     Store {
@@ -211,6 +227,9 @@ impl ImageError {
 pub struct ImageStore {
     store: Store,
     insecure: Vec<String>,
+    limits: PullLimits,
+    // Manifests found over a limit, so a retry fails at once instead of unpacking again.
+    too_large: Mutex<HashMap<String, LimitExceeded>>,
     // One lock per reference, so concurrent pulls of one image resolve it once...
     pulling: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     // ...and one per blob, so two references to one content download it once.
@@ -333,11 +352,18 @@ fn pull_error(
 }
 
 impl ImageStore {
-    /// A store rooted at `root` (created if missing); `insecure` registries use plain HTTP.
-    pub fn new(root: PathBuf, insecure: Vec<String>) -> Result<Self, ImageError> {
+    /// A store rooted at `root` (created if missing); `insecure` registries use plain HTTP;
+    /// pulls stay within `limits`.
+    pub fn new(
+        root: PathBuf,
+        insecure: Vec<String>,
+        limits: PullLimits,
+    ) -> Result<Self, ImageError> {
         Ok(Self {
             store: Store::open(root)?,
             insecure,
+            limits,
+            too_large: Mutex::default(),
             pulling: Mutex::default(),
             blobs: Mutex::default(),
             in_use: Arc::default(),
@@ -349,23 +375,34 @@ impl ImageStore {
         &self.store
     }
 
-    /// The stored image for `image`, if any.
+    /// The stored image for `image`, if any, whoever pulled it (for the node's own use; a
+    /// pod's container uses [`ImageStore::usable`]).
     pub fn lookup(&self, image: &str) -> Option<PulledImage> {
         self.store.lookup(image)
+    }
+
+    /// The stored image for `image` if a pod presenting `credentials` (for the image's
+    /// registry) may use it without a pull: it was pulled anonymously or with these very
+    /// credentials (see `access.rs`).
+    pub fn usable(&self, image: &str, credentials: Option<&Credentials>) -> Option<PulledImage> {
+        let registry = parse_reference(image).ok()?.resolve_registry().to_string();
+        self.lookup(image)
+            .filter(|found| found.access.allows(&registry, credentials))
     }
 
     /// Marks `image` in use until the guard is dropped, and as used now.
     pub fn acquire(&self, image: &str) -> InUse {
         self.store.touch(image);
+        let key = store::normalise(image);
         let mut map = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
-        *map.entry(image.to_string()).or_default() += 1;
+        *map.entry(key.clone()).or_default() += 1;
         InUse {
-            image: image.into(),
+            image: key,
             in_use: self.in_use.clone(),
         }
     }
 
-    /// The references containers on this node use now.
+    /// The references (normalised) containers on this node use now.
     pub fn in_use(&self) -> HashSet<String> {
         let map = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
         map.keys().cloned().collect()
@@ -391,7 +428,12 @@ impl ImageStore {
         }
     }
 
-    /// Makes `image` available by `policy`. Returns it, and whether a download happened.
+    /// Makes `image` available by `policy` to a pod presenting `credentials`. Returns it, and
+    /// whether a download happened.
+    ///
+    /// A stored image counts as present only for a pod that may use it (`access.rs`); for any
+    /// other pod `IfNotPresent` asks the registry with the pod's credentials (every blob is
+    /// already stored, so only the manifest moves), and `Never` fails as if it were absent.
     pub async fn pull(
         &self,
         image: &str,
@@ -399,18 +441,17 @@ impl ImageStore {
         credentials: Option<&Credentials>,
     ) -> Result<(PulledImage, bool), ImageError> {
         let reference = parse_reference(image)?;
-        let lock = lock_for(&self.pulling, image);
+        let lock = lock_for(&self.pulling, &store::normalise(image));
         let _guard = lock.lock().await;
-        match (policy, self.lookup(image)) {
-            (PullPolicy::Never, Some(found)) | (PullPolicy::IfNotPresent, Some(found)) => {
-                return Ok((found, false));
-            }
-            (PullPolicy::Never, None) => {
-                return Err(ImageError::NeverPull {
-                    image: image.into(),
-                });
-            }
-            _ => {}
+        if policy != PullPolicy::Always
+            && let Some(found) = self.usable(image, credentials)
+        {
+            return Ok((found, false));
+        }
+        if policy == PullPolicy::Never {
+            return Err(ImageError::NeverPull {
+                image: image.into(),
+            });
         }
         let registry = reference.resolve_registry().to_string();
         let (client, auth) = registry_client(&registry, credentials, &self.insecure);
@@ -442,12 +483,26 @@ impl ImageStore {
             }
         };
         let image_id = format!("{registry}/{}@{manifest_digest}", reference.repository());
+        let known_too_large = self
+            .too_large
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&image_id)
+            .copied();
+        if let Some(exceeded) = known_too_large {
+            return Err(ImageError::TooLarge {
+                image: image.into(),
+                exceeded,
+            });
+        }
+        let fetch = |blob: &OciDescriptor, limit: Limit, bytes: u64| {
+            let budget = Budget::new(limit, bytes);
+            self.fetch_blob(&client, &source, blob.clone(), image, credentials, budget)
+        };
         let mut downloaded = false;
         let pulled = match format::classify(image, &manifest)? {
             Layout::Wasm(layer) => {
-                downloaded |= self
-                    .fetch_blob(&client, &source, layer.clone(), image, credentials)
-                    .await?;
+                downloaded |= fetch(&layer, Limit::Module, self.limits.max_module_bytes).await?;
                 PulledImage {
                     reference: image.into(),
                     image_id,
@@ -458,31 +513,57 @@ impl ImageStore {
                     cmd: Vec::new(),
                     files: BTreeMap::new(),
                     blobs: Vec::new(),
+                    access: Access::default(),
                 }
             }
             Layout::Image { config, layers } => {
-                downloaded |= self
-                    .fetch_blob(&client, &source, config.clone(), image, credentials)
-                    .await?;
+                downloaded |= fetch(&config, Limit::Config, limits::MAX_CONFIG_BYTES).await?;
                 let config_path = self.store.blob_path(&config.digest);
+                // A blob stored earlier under another role was not bounded as a config.
+                let size = std::fs::metadata(&config_path)
+                    .map_err(store_error(&config_path))?
+                    .len();
+                if let Some(exceeded) =
+                    Budget::new(Limit::Config, limits::MAX_CONFIG_BYTES).would_exceed(size)
+                {
+                    return Err(ImageError::TooLarge {
+                        image: image.into(),
+                        exceeded,
+                    });
+                }
                 let bytes = std::fs::read(&config_path).map_err(store_error(&config_path))?;
                 let parsed = ImageConfig::parse_wasm(image, &bytes)?;
                 let mut stored = Vec::new();
                 for layer in &layers {
-                    downloaded |= self
-                        .fetch_blob(&client, &source, layer.clone(), image, credentials)
-                        .await?;
+                    downloaded |=
+                        fetch(layer, Limit::Unpacked, self.limits.max_unpacked_bytes).await?;
                     stored.push((layer.clone(), self.store.blob_path(&layer.digest)));
                 }
-                let (store, name) = (self.store.clone(), image.to_string());
-                let files = tokio::task::spawn_blocking(move || {
-                    format::unpack_wasm_files(&name, &store, &stored)
+                let (store, name, limits) = (self.store.clone(), image.to_string(), self.limits);
+                let unpacked = tokio::task::spawn_blocking(move || {
+                    format::unpack_wasm_files(&name, &store, &stored, &limits)
                 })
                 .await
                 .map_err(|e| ImageError::Store {
                     path: self.store.root().into(),
                     message: format!("unpacking panicked: {e}"),
-                })??;
+                })?;
+                let files = match unpacked {
+                    Ok(files) => files,
+                    Err(error) => {
+                        if let ImageError::TooLarge { exceeded, .. } = &error {
+                            // Remembered, and the useless layers dropped: a retry fails at once.
+                            self.too_large
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(image_id.clone(), *exceeded);
+                            for layer in &layers {
+                                self.store.discard_blob(&layer.digest);
+                            }
+                        }
+                        return Err(error);
+                    }
+                };
                 let entrypoint = parsed.config.entrypoint.unwrap_or_default();
                 let cmd = parsed.config.cmd.unwrap_or_default();
                 let argv0 = entrypoint.first().or(cmd.first());
@@ -510,15 +591,20 @@ impl ImageStore {
                     cmd,
                     files,
                     blobs,
+                    access: Access::default(),
                 }
             }
         };
-        self.store.record(&pulled)?;
+        let pulled = self.store.record(&PulledImage {
+            access: Access::pulled_with(&registry, credentials),
+            ..pulled
+        })?;
         Ok((pulled, downloaded))
     }
 
     /// Downloads one blob into the store unless it is there; returns whether it downloaded.
-    /// One download per digest at a time, however many images or pods want it.
+    /// One download per digest at a time, however many images or pods want it. At most
+    /// `budget`'s bytes are written, whatever the manifest or the registry claim.
     async fn fetch_blob(
         &self,
         client: &Client,
@@ -526,12 +612,20 @@ impl ImageStore {
         blob: OciDescriptor,
         image: &str,
         credentials: Option<&Credentials>,
+        budget: Arc<Budget>,
     ) -> Result<bool, ImageError> {
         if !valid_digest(&blob.digest) {
             return Err(ImageError::NotWasm {
                 image: image.into(),
                 found: format!("a blob with unsupported digest {:?}", blob.digest),
             });
+        }
+        let too_large = |exceeded| ImageError::TooLarge {
+            image: image.into(),
+            exceeded,
+        };
+        if let Some(exceeded) = budget.would_exceed(blob.size.max(0) as u64) {
+            return Err(too_large(exceeded));
         }
         let lock = lock_for(&self.blobs, &blob.digest);
         let _guard = lock.lock().await;
@@ -543,8 +637,12 @@ impl ImageStore {
         let file = tokio::fs::File::create(&tmp)
             .await
             .map_err(store_error(&tmp))?;
+        let file = LimitedWriter::new(file, budget.clone());
         if let Err(error) = client.pull_blob(reference, &blob, file).await {
             let _ = std::fs::remove_file(&tmp);
+            if let Some(exceeded) = budget.exceeded() {
+                return Err(too_large(exceeded));
+            }
             let registry = reference.resolve_registry();
             return Err(pull_error(image, registry, credentials.is_some(), error));
         }
@@ -572,6 +670,52 @@ pub fn parse_reference(image: &str) -> Result<Reference, ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_private_image_is_present_only_for_the_credentials_that_pulled_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let images =
+            ImageStore::new(dir.path().into(), Vec::new(), PullLimits::default()).expect("store");
+        let image = "127.0.0.1:5001/team/app:v1";
+        let owner = Credentials {
+            username: "owner".into(),
+            password: "secret".into(),
+        };
+        let digest = images.store().put_blob(b"\0asm private").expect("blob");
+        images
+            .store()
+            .record(&PulledImage {
+                reference: image.into(),
+                image_id: format!("127.0.0.1:5001/team/app@{digest}"),
+                program: images.store().blob_path(&digest),
+                program_digest: digest,
+                size_bytes: 13,
+                entrypoint: Vec::new(),
+                cmd: Vec::new(),
+                files: BTreeMap::new(),
+                blobs: Vec::new(),
+                access: Access::pulled_with("127.0.0.1:5001", Some(&owner)),
+            })
+            .expect("record");
+        assert!(images.usable(image, Some(&owner)).is_some());
+        assert!(images.usable(image, None).is_none());
+        let thief = Credentials {
+            username: "owner".into(),
+            password: "guess".into(),
+        };
+        assert!(images.usable(image, Some(&thief)).is_none());
+        // `Never` cannot ask the registry, so for anyone else the image is not there.
+        let error = images
+            .pull(image, PullPolicy::Never, None)
+            .await
+            .expect_err("not for this pod");
+        assert_eq!(error.reason(), "ErrImageNeverPull");
+        let (found, downloaded) = images
+            .pull(image, PullPolicy::Never, Some(&owner))
+            .await
+            .expect("the owner's");
+        assert!(!downloaded && found.access.allows("127.0.0.1:5001", Some(&owner)));
+    }
 
     #[test]
     fn pull_policy_defaults_follow_kubernetes() {
