@@ -61,7 +61,9 @@ pub enum KubeletError {
     #[error("kubelet API: {0}")]
     Server(#[from] crate::server::ServerError),
     /// A long-running node task panicked.
-    #[error("the {0} task panicked (a bug; the log above says where); exiting so the supervisor restarts krustlet")]
+    #[error(
+        "the {0} task panicked (a bug; the log above says where); exiting so the supervisor restarts krustlet"
+    )]
     TaskPanicked(&'static str),
     /// The kubelet API's port is taken.
     #[error(
@@ -241,17 +243,21 @@ impl Kubelet {
             evictions: evictions.clone(),
         };
         let mut workers = PodWorkers::new(ctx);
-        supervise(&mut supervised, "orphan cleanup", crate::pod::orphans::run(
-            clients.clone(),
-            config.node_name.clone(),
-            workers.known_pods(),
-            crate::pod::orphans::OrphanDirs {
-                pods: config.data_path("pods"),
-                logs: pods_log_root(&config.data_dir),
-            },
-            crate::pod::orphans::ORPHAN_CLEANUP_PERIOD,
-            stop.clone(),
-        ));
+        supervise(
+            &mut supervised,
+            "orphan cleanup",
+            crate::pod::orphans::run(
+                clients.clone(),
+                config.node_name.clone(),
+                workers.known_pods(),
+                crate::pod::orphans::OrphanDirs {
+                    pods: config.data_path("pods"),
+                    logs: pods_log_root(&config.data_dir),
+                },
+                crate::pod::orphans::ORPHAN_CLEANUP_PERIOD,
+                stop.clone(),
+            ),
+        );
         let eviction = EvictionManager {
             config: config.clone(),
             pods: workers.known_pods(),
@@ -259,7 +265,11 @@ impl Kubelet {
             evictions,
             pods_dir: config.data_path("pods"),
         };
-        supervise(&mut supervised, "eviction manager", eviction.run(stop.clone()));
+        supervise(
+            &mut supervised,
+            "eviction manager",
+            eviction.run(stop.clone()),
+        );
 
         let (serving_tx, serving) = watch::channel(None);
         let status_for_mirrors = status.clone();
@@ -283,14 +293,18 @@ impl Kubelet {
             ),
         );
 
-        supervise(&mut supervised, "image garbage collection", crate::image::gc::run(
-            images.clone(),
-            self.runtime.clone(),
-            config.data_dir.clone(),
-            config.image_gc,
-            images_tx,
-            stop.clone(),
-        ));
+        supervise(
+            &mut supervised,
+            "image garbage collection",
+            crate::image::gc::run(
+                images.clone(),
+                self.runtime.clone(),
+                config.data_dir.clone(),
+                config.image_gc,
+                images_tx,
+                stop.clone(),
+            ),
+        );
         let source_stop = CancellationToken::new();
         let pods = {
             let (clients, node, stop) = (

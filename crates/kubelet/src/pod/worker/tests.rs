@@ -52,6 +52,11 @@ fn seed(images: &ImageStore, reference: &str) {
             cmd: Vec::new(),
             files: BTreeMap::new(),
             blobs: Vec::new(),
+            // Public: any pod may reuse it without a pull.
+            access: crate::image::access::Access {
+                anonymous: true,
+                ..Default::default()
+            },
         })
         .expect("record");
 }
@@ -74,7 +79,12 @@ fn c(name: &str) -> serde_json::Value {
 
 fn start(pod: Pod, fake: &FakeRuntime) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
-    let images = ImageStore::new(dir.path().join("images"), Vec::new()).expect("store");
+    let images = ImageStore::new(
+        dir.path().join("images"),
+        Vec::new(),
+        crate::image::limits::PullLimits::default(),
+    )
+    .expect("store");
     seed(&images, OLD);
     seed(&images, NEW);
     let status = StatusManager::new();
