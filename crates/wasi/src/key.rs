@@ -94,7 +94,7 @@ impl CacheKey {
         file.write_all(&bytes).map_err(io)?;
         file.sync_all().map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)?;
-        tracing::info!(path = %path.display(), "created the compile cache key");
+        tracing::debug!(path = %path.display(), "created the compile cache key");
         Ok(Self::from_bytes(&bytes))
     }
 

@@ -329,15 +329,22 @@ async fn linux_images_back_off_naming_their_platform() {
                 && message.contains("Krustlet runs only WebAssembly images"),
             "{name}: {message}"
         );
-        let failed: Vec<_> = events(&ns, name)
-            .await
-            .into_iter()
-            .filter(|(r, m)| r == "Failed" && m.contains(platform))
-            .collect();
-        assert!(
-            !failed.is_empty(),
-            "{name}: no Failed event naming {platform}"
-        );
+        // Events are published in the background: they may land after the status.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let failed = events(&ns, name)
+                .await
+                .into_iter()
+                .any(|(r, m)| r == "Failed" && m.contains(platform));
+            if failed {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: no Failed event naming {platform}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
     wait_for(&pods, "invalid", LONG, "InvalidImageName", |p| {
         waiting_with(p, "main", "InvalidImageName")
