@@ -83,7 +83,7 @@ impl LimitExceeded {
 pub fn human_bytes(bytes: u64) -> String {
     let units = [(40, "Ti"), (30, "Gi"), (20, "Mi"), (10, "Ki")];
     for (shift, unit) in units {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{}{unit} ({bytes} bytes)", bytes >> shift);
         }
     }

@@ -62,7 +62,7 @@ pub enum Resume {
         /// The new run's restart count.
         restart_count: i32,
         /// The previous run's end.
-        last_state: ContainerState,
+        last_state: Box<ContainerState>,
     },
     /// Done for good: keep this status and do not run it.
     Done(Box<ContainerStatus>),
@@ -108,10 +108,10 @@ pub fn resume(previous: Option<&ContainerStatus>, policy: RestartPolicy) -> Resu
     if policy.restarts_after(ended.exit_code) {
         Resume::Again {
             restart_count: restart_count + 1,
-            last_state: ContainerState {
+            last_state: Box::new(ContainerState {
                 terminated: Some(ended),
                 ..Default::default()
-            },
+            }),
         }
     } else {
         let mut done = previous.clone();

@@ -502,7 +502,7 @@ impl Worker {
             Resume::Again {
                 restart_count,
                 last_state,
-            } => (restart_count, Some(last_state)),
+            } => (restart_count, Some(*last_state)),
             // Done by policy, yet asked to run (a changed definition): run it again.
             Resume::Done(done) => (done.restart_count + 1, done.state),
         };
@@ -588,11 +588,9 @@ impl Worker {
                     ..
                 },
                 Kind::App | Kind::Init,
-            ) => {
-                if self.running.values().all(|r| r.kind == Kind::Sidecar) {
-                    let sidecars = self.running_sidecars();
-                    self.queue.push_back(Input::RegularStopped { sidecars });
-                }
+            ) if self.running.values().all(|r| r.kind == Kind::Sidecar) => {
+                let sidecars = self.running_sidecars();
+                self.queue.push_back(Input::RegularStopped { sidecars });
             }
             (PodState::Terminating { .. }, Kind::Sidecar) => {
                 self.queue
