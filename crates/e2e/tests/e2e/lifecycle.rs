@@ -136,28 +136,36 @@ async fn a_pod_with_a_sidecar_succeeds_when_its_app_exits() {
             sidecar.state
         );
     }
-    // Sidecars stop in reverse order: the second is killed before the first.
+    // Sidecars stop in reverse order: the second is killed before the first. Events are
+    // published in the background, so wait for both.
     let events = ns.api::<Event>();
-    let list = events
-        .list(
-            &kube::api::ListParams::default()
-                .fields("involvedObject.name=with-sidecar,reason=Killing"),
-        )
-        .await
-        .expect("events");
-    let mut killing: Vec<(String, String)> = list
-        .items
-        .into_iter()
-        .map(|e| {
-            let when = e
-                .event_time
-                .map(|t| t.0.to_string())
-                .or(e.first_timestamp.map(|t| t.0.to_string()))
-                .unwrap_or_default();
-            (when, e.involved_object.field_path.unwrap_or_default())
-        })
-        .collect();
-    killing.sort();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let killing = loop {
+        let list = events
+            .list(
+                &kube::api::ListParams::default()
+                    .fields("involvedObject.name=with-sidecar,reason=Killing"),
+            )
+            .await
+            .expect("events");
+        let mut killing: Vec<(String, String)> = list
+            .items
+            .into_iter()
+            .map(|e| {
+                let when = e
+                    .event_time
+                    .map(|t| t.0.to_string())
+                    .or(e.first_timestamp.map(|t| t.0.to_string()))
+                    .unwrap_or_default();
+                (when, e.involved_object.field_path.unwrap_or_default())
+            })
+            .collect();
+        killing.sort();
+        if killing.len() >= 2 || Instant::now() > deadline {
+            break killing;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let order: Vec<&str> = killing.iter().map(|(_, f)| f.as_str()).collect();
     assert_eq!(
         order,
