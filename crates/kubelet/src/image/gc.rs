@@ -150,20 +150,9 @@ mod tests {
     use crate::image::PulledImage;
 
     fn image(images: &ImageStore, reference: &str, content: &[u8]) -> PulledImage {
-        let digest = images.store().put_blob(content).expect("blob");
-        let pulled = PulledImage {
-            reference: reference.into(),
-            image_id: format!("r/x@{digest}"),
-            program: images.store().blob_path(&digest),
-            program_digest: digest,
-            size_bytes: content.len() as u64,
-            entrypoint: Vec::new(),
-            cmd: Vec::new(),
-            files: Default::default(),
-            blobs: Vec::new(),
-            access: Default::default(),
-        };
-        images.store().record(&pulled).expect("record")
+        images
+            .store()
+            .record_test_image(reference, content, Default::default())
     }
 
     #[test]

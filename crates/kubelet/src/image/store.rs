@@ -323,25 +323,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
 }
 
 #[cfg(test)]
+impl Store {
+    /// Test helper: stores `content` as the one program of image `reference` and records it.
+    pub(crate) fn record_test_image(
+        &self,
+        reference: &str,
+        content: &[u8],
+        access: super::access::Access,
+    ) -> PulledImage {
+        let digest = self.put_blob(content).expect("blob");
+        self.record(&PulledImage {
+            reference: reference.into(),
+            image_id: format!("r/x@{digest}"),
+            program: self.blob_path(&digest),
+            program_digest: digest,
+            size_bytes: content.len() as u64,
+            entrypoint: Vec::new(),
+            cmd: Vec::new(),
+            files: Default::default(),
+            blobs: Vec::new(),
+            access,
+        })
+        .expect("record")
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     fn record(store: &Store, reference: &str, content: &[u8]) -> PulledImage {
-        let digest = store.put_blob(content).expect("blob");
-        store
-            .record(&PulledImage {
-                reference: reference.into(),
-                image_id: format!("r/x@{digest}"),
-                program: store.blob_path(&digest),
-                program_digest: digest,
-                size_bytes: content.len() as u64,
-                entrypoint: Vec::new(),
-                cmd: Vec::new(),
-                files: Default::default(),
-                blobs: Vec::new(),
-                access: Default::default(),
-            })
-            .expect("record")
+        store.record_test_image(reference, content, Default::default())
     }
 
     #[test]

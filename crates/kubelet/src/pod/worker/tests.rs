@@ -14,7 +14,7 @@ use super::{Desired, PodDirs, WorkerContext, run};
 use crate::container::runner::NodeServices;
 use crate::container::service_env::ServiceEnv;
 use crate::eviction::Evictions;
-use crate::image::{ImageStore, PulledImage};
+use crate::image::ImageStore;
 use crate::log::rotation::LogPolicy;
 use crate::metrics::KubeletMetrics;
 use crate::node::allocatable::NodeResources;
@@ -37,28 +37,16 @@ struct Harness {
 }
 
 fn seed(images: &ImageStore, reference: &str) {
-    let store = images.store();
-    let digest = store
-        .put_blob(format!("\0asm\x01\0\0\0{reference}").as_bytes())
-        .expect("blob");
-    store
-        .record(&PulledImage {
-            reference: reference.into(),
-            image_id: format!("fake.test/app@{digest}"),
-            program_digest: digest.clone(),
-            program: store.blob_path(&digest),
-            size_bytes: 8,
-            entrypoint: Vec::new(),
-            cmd: Vec::new(),
-            files: BTreeMap::new(),
-            blobs: Vec::new(),
-            // Public: any pod may reuse it without a pull.
-            access: crate::image::access::Access {
-                anonymous: true,
-                ..Default::default()
-            },
-        })
-        .expect("record");
+    // Public: any pod may reuse it without a pull.
+    let public = crate::image::access::Access {
+        anonymous: true,
+        ..Default::default()
+    };
+    images.store().record_test_image(
+        reference,
+        format!("\0asm\x01\0\0\0{reference}").as_bytes(),
+        public,
+    );
 }
 
 fn pod(spec: serde_json::Value, status: Option<serde_json::Value>) -> Pod {
