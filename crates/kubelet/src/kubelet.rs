@@ -16,6 +16,7 @@ use crate::bootstrap::{self, BootstrapError};
 use crate::config::KubeletConfig;
 use crate::container::runner::NodeServices;
 use crate::container::service_env::ServiceEnv;
+use crate::events::EventPublisher;
 use crate::eviction::{EvictionManager, Evictions};
 use crate::image::{ImageError, ImageStore};
 use crate::log::pods_log_root;
@@ -29,10 +30,12 @@ use crate::node::shutdown::SHUTDOWN_MESSAGE;
 use crate::node::status::{StatusInputs, StatusReporter, registration_backoff};
 use crate::pod::api::ApiLink;
 use crate::pod::events::PodEvents;
-use crate::pod::mirror::{MirrorPods, MirrorUids};
+use crate::pod::mirror::MirrorPods;
 use crate::pod::source::{self, StaticPods};
 use crate::pod::static_pods::ManifestDir;
+use crate::pod::status::MirrorUids;
 use crate::pod::status::{StatusManager, StatusSink};
+use crate::pod::update::PodUpdates;
 use crate::pod::worker::{PodDirs, WorkerContext};
 use crate::pod::workers::PodWorkers;
 use crate::runtime::Runtime;
@@ -158,7 +161,14 @@ impl Kubelet {
             runtime_version: self.runtime.version(),
             images: images_rx,
         };
-        let mut reporter = StatusReporter::new(config.clone(), inputs, clients.clone(), uid_tx);
+        let events = EventPublisher::connected(clients.clone(), &config.node_name);
+        let mut reporter = StatusReporter::new(
+            config.clone(),
+            inputs,
+            clients.clone(),
+            events.clone(),
+            uid_tx,
+        );
         tokio::pin!(shutdown);
         let mut attempt = 0;
         loop {
@@ -223,7 +233,7 @@ impl Kubelet {
             services: NodeServices {
                 runtime: self.runtime.clone(),
                 images: images.clone(),
-                events: PodEvents::new(ApiLink::Connected(clients.clone()), &config.node_name),
+                events: PodEvents::new(events),
                 node_name: config.node_name.clone(),
                 node_labels: crate::node::registration::labels(&config),
                 node_ip: config.node_ip.to_string(),
@@ -242,7 +252,7 @@ impl Kubelet {
             },
             evictions: evictions.clone(),
         };
-        let mut workers = PodWorkers::new(ctx);
+        let workers = PodWorkers::new(ctx);
         supervise(
             &mut supervised,
             "orphan cleanup",
@@ -322,10 +332,10 @@ impl Kubelet {
                     status_for_mirrors,
                 ),
             });
-            tokio::spawn(async move {
-                source::run(clients, &node, &mut workers, statics, stop).await;
-                workers
-            })
+            let (updates, queue) = PodUpdates::channel();
+            tokio::spawn(async move { source::run(clients, &node, updates, statics, stop).await });
+            // Ends when the source does (its sender dropped), handing back the workers.
+            tokio::spawn(workers.run(queue))
         };
 
         let expired =

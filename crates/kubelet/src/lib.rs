@@ -22,6 +22,7 @@
 pub mod bootstrap;
 pub mod config;
 pub mod container;
+pub mod events;
 pub mod eviction;
 pub mod image;
 pub mod kubelet;

@@ -16,6 +16,7 @@ use crate::KubeletError;
 use crate::config::KubeletConfig;
 use crate::container::runner::NodeServices;
 use crate::container::service_env::ServiceEnv;
+use crate::events::EventPublisher;
 use crate::eviction::Evictions;
 use crate::image::ImageStore;
 use crate::log::pods_log_root;
@@ -26,6 +27,7 @@ use crate::pod::api::ApiLink;
 use crate::pod::events::PodEvents;
 use crate::pod::static_pods::{self, ManifestDir};
 use crate::pod::status::{StatusManager, StatusSink};
+use crate::pod::update::PodUpdates;
 use crate::pod::worker::{PodDirs, WorkerContext};
 use crate::pod::workers::PodWorkers;
 use crate::runtime::Runtime;
@@ -80,7 +82,7 @@ pub async fn run(
         services: NodeServices {
             runtime,
             images,
-            events: PodEvents::new(ApiLink::Standalone, &config.node_name),
+            events: PodEvents::new(EventPublisher::log_only()),
             node_name: config.node_name.clone(),
             node_labels: crate::node::registration::labels(&config),
             node_ip: config.node_ip.to_string(),
@@ -101,16 +103,16 @@ pub async fn run(
             logs: pods_log_root(&config.data_dir),
         },
     };
-    let mut workers = PodWorkers::new(ctx);
+    let workers = PodWorkers::new(ctx);
     tracing::info!(manifests = %manifests.display(), node = %config.node_name, data_dir = %config.data_dir.display(), "running static pods standalone");
     let source = ManifestDir::new(manifests, &config.node_name, Some(statuses));
     let source_stop = CancellationToken::new();
     let pods = {
         let stop = source_stop.clone();
-        tokio::spawn(async move {
-            static_pods::run(source, &mut workers, stop).await;
-            workers
-        })
+        let (updates, queue) = PodUpdates::channel();
+        tokio::spawn(static_pods::run(source, updates, stop));
+        // Ends when the source does (its sender dropped), handing back the workers.
+        tokio::spawn(workers.run(queue))
     };
     shutdown.await;
     source_stop.cancel();

@@ -25,7 +25,7 @@ use crate::node::allocatable::NodeResources;
 use crate::pod::api::ApiLink;
 use crate::pod::backoff::Backoff;
 use crate::pod::events::{PodEvents, container_field};
-use crate::pod::restart::RestartPolicy;
+use crate::pod::restart::{RestartPolicy, RestartRules};
 use crate::quantity::amount;
 use crate::runtime::{ContainerSpec, Limits, Runtime, Termination};
 use crate::stats::{PodRef, Stats};
@@ -157,19 +157,15 @@ impl Runner {
         }
     }
 
-    fn restart_policy(&self) -> RestartPolicy {
+    /// When this container runs again after it exits (its own rules over the pod's policy).
+    fn restart_rules(&self) -> RestartRules {
         let pod_policy = RestartPolicy::parse(
             self.pod
                 .spec
                 .as_ref()
                 .and_then(|s| s.restart_policy.as_deref()),
         );
-        match (self.kind, pod_policy) {
-            (Kind::Sidecar, _) => RestartPolicy::Always,
-            (Kind::Init, RestartPolicy::Never) => RestartPolicy::Never,
-            (Kind::Init, _) => RestartPolicy::OnFailure,
-            (Kind::App, policy) => policy,
-        }
+        RestartRules::of(&self.container, self.kind != Kind::App, pod_policy)
     }
 
     fn field(&self) -> Option<String> {
@@ -384,9 +380,7 @@ impl Runner {
                 ..Default::default()
             });
             self.report(&status);
-            let restart = self
-                .restart_policy()
-                .restarts_after(termination.exit_code());
+            let restart = self.restart_rules().restarts_after(termination.exit_code());
             last = Some(termination);
             if !restart || self.stopping().is_some() {
                 return last;

@@ -4,27 +4,23 @@
 //! status is now: <reason>", so `kubectl describe node` reads as it does for a kubelet.
 
 use k8s_openapi::api::core::v1::{NodeCondition, ObjectReference};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use tokio::sync::watch;
+use kube::runtime::events::EventType;
+
+use crate::events::EventPublisher;
 
 /// Publishes events about this node as `kubelet`. Best effort: a lost event never stops the
 /// node.
 pub struct NodeEvents {
-    recorder_clients: watch::Receiver<kube::Client>,
-    reporter: Reporter,
+    publisher: EventPublisher,
     reference: ObjectReference,
     node: String,
 }
 
 impl NodeEvents {
-    /// Events about `node`, with the newest client from `clients`.
-    pub fn new(clients: watch::Receiver<kube::Client>, node: &str) -> Self {
+    /// Events about `node`, through the node's broadcaster.
+    pub fn new(publisher: EventPublisher, node: &str) -> Self {
         Self {
-            recorder_clients: clients,
-            reporter: Reporter {
-                controller: "kubelet".into(),
-                instance: Some(node.into()),
-            },
+            publisher,
             // Upstream's nodeRef uses the node's name as its UID.
             reference: ObjectReference {
                 api_version: Some("v1".into()),
@@ -52,20 +48,8 @@ impl NodeEvents {
     }
 
     async fn publish(&self, type_: EventType, reason: &str, note: String) {
-        let recorder = Recorder::new(
-            self.recorder_clients.borrow().clone(),
-            self.reporter.clone(),
-        );
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: reason.into(),
-            secondary: None,
-        };
-        if let Err(error) = recorder.publish(&event, &self.reference).await {
-            tracing::debug!(%error, reason, "node event not recorded");
-        }
+        self.publisher
+            .publish(type_, reason, note, self.reference.clone());
     }
 }
 

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::KubeletConfig;
+use crate::events::EventPublisher;
 use crate::node::allocatable::NodeResources;
 use crate::node::conditions::{Measurements, Pressure, Readiness, conditions};
 use crate::node::events::NodeEvents;
@@ -145,9 +146,10 @@ impl StatusReporter {
         config: KubeletConfig,
         inputs: StatusInputs,
         clients: watch::Receiver<kube::Client>,
+        events: EventPublisher,
         node_uid: watch::Sender<Option<String>>,
     ) -> Self {
-        let events = NodeEvents::new(clients.clone(), &config.node_name);
+        let events = NodeEvents::new(events, &config.node_name);
         Self {
             config,
             inputs,

@@ -8,7 +8,7 @@
 //! deleted (grace 0) and created again from the current file; removing the file deletes it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -17,7 +17,7 @@ use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use tokio::sync::watch;
 
 use crate::pod::static_pods::{CONFIG_HASH, CONFIG_SOURCE};
-use crate::pod::status::{PodKey, StatusManager};
+use crate::pod::status::{MirrorUids, PodKey, StatusManager};
 
 /// `kubernetes.io/config.mirror`: marks a mirror pod; its value is the static pod's hash.
 pub const CONFIG_MIRROR: &str = "kubernetes.io/config.mirror";
@@ -31,34 +31,6 @@ pub fn is_mirror(pod: &Pod) -> bool {
         .annotations
         .as_ref()
         .is_some_and(|a| a.contains_key(CONFIG_MIRROR))
-}
-
-/// Static pod UID -> its mirror pod's UID, for the status manager; cheap to clone.
-#[derive(Clone, Default)]
-pub struct MirrorUids(Arc<RwLock<HashMap<String, String>>>);
-
-impl MirrorUids {
-    /// The UID to patch the status of the pod with `uid` onto: its mirror's, if it has one.
-    pub fn translate(&self, uid: &str) -> String {
-        self.0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(uid)
-            .cloned()
-            .unwrap_or_else(|| uid.to_string())
-    }
-
-    fn set(&self, static_uid: &str, mirror_uid: &str) -> bool {
-        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
-        map.insert(static_uid.into(), mirror_uid.into()).as_deref() != Some(mirror_uid)
-    }
-
-    fn remove_mirror(&self, mirror_uid: &str) {
-        self.0
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, m| m != mirror_uid);
-    }
 }
 
 /// The mirror pod of `pod` on the node `node_name` (UID `node_uid`, for the owner reference).

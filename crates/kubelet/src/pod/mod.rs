@@ -15,5 +15,6 @@ pub mod source;
 pub mod static_pods;
 pub mod status;
 pub mod unsupported;
+pub mod update;
 pub mod worker;
 pub mod workers;

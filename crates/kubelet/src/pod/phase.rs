@@ -13,21 +13,29 @@ fn succeeded(status: &ContainerStatus) -> bool {
         .is_some_and(|t| t.exit_code == 0)
 }
 
-/// The pod phase. `init` are the statuses of the regular (run-to-completion) init containers,
-/// `app` of the app containers; `restart_policy` is the pod's.
+/// Whether a container that stopped with an exit code runs again (its restart rules).
+pub type Restarts<'a> = &'a dyn Fn(&ContainerStatus, i32) -> bool;
+
+/// The pod phase (upstream's `getPhase`). `init` are the statuses of the regular
+/// (run-to-completion) init containers, `app` of the app containers; `restarts` says whether a
+/// stopped container runs again, by its own restart rules over the pod's policy (KEP-5307).
+///
+/// A container that will run again counts as running, as upstream's phase is `Running` while
+/// containers restart under `Always` or `OnFailure`; with per-container rules that is decided
+/// per container, so a `Never` pod whose container is restarted by a rule does not go `Failed`
+/// (terminal) while it restarts.
 pub fn phase(
     init: &[ContainerStatus],
     app: &[ContainerStatus],
-    restart_policy: &str,
+    restarts: Restarts<'_>,
     expected_init: usize,
 ) -> &'static str {
-    let init_failed_for_good = restart_policy == "Never"
-        && init.iter().any(|s| {
-            s.state
-                .as_ref()
-                .and_then(|st| st.terminated.as_ref())
-                .is_some_and(|t| t.exit_code != 0)
-        });
+    let init_failed_for_good = init.iter().any(|s| {
+        s.state
+            .as_ref()
+            .and_then(|st| st.terminated.as_ref())
+            .is_some_and(|t| t.exit_code != 0 && !restarts(s, t.exit_code))
+    });
     if init_failed_for_good {
         return "Failed";
     }
@@ -40,31 +48,31 @@ pub fn phase(
         if state.running.is_some() {
             running += 1;
         } else if let Some(t) = state.terminated {
-            stopped += 1;
-            ok += usize::from(t.exit_code == 0);
-        } else if let Some(t) = status
+            if restarts(status, t.exit_code) {
+                running += 1;
+            } else {
+                stopped += 1;
+                ok += usize::from(t.exit_code == 0);
+            }
+        } else if status
             .last_state
             .as_ref()
-            .and_then(|l| l.terminated.as_ref())
+            .is_some_and(|l| l.terminated.is_some())
         {
-            // Waiting to restart after a run: counts as stopped, as upstream does.
-            stopped += 1;
-            ok += usize::from(t.exit_code == 0);
+            // Waiting to run again after a run (back-off).
+            running += 1;
         } else {
             waiting += 1;
         }
     }
     if waiting > 0 || app.is_empty() {
         "Pending"
-    } else if running > 0 || restart_policy == "Always" {
-        // Stopped containers under `Always` will restart.
+    } else if running > 0 {
         "Running"
     } else if stopped == ok {
         "Succeeded"
-    } else if restart_policy == "Never" {
-        "Failed"
     } else {
-        "Running"
+        "Failed"
     }
 }
 
@@ -295,22 +303,41 @@ mod tests {
         }
     }
 
+    /// Every container follows the pod's `policy`.
+    fn by(policy: &str) -> impl Fn(&ContainerStatus, i32) -> bool {
+        let policy = crate::pod::restart::RestartPolicy::parse(Some(policy));
+        move |_, code| policy.restarts_after(code)
+    }
+
+    #[test]
+    fn a_never_pod_restarted_by_a_container_rule_stays_running() {
+        // restartPolicy Never, container rule "restart on 42": neither Failed nor Succeeded
+        // while it restarts, Failed once it exits with another code.
+        let rule = |_: &ContainerStatus, code: i32| code == 42;
+        assert_eq!(phase(&[], &[exited(42)], &rule, 0), "Running");
+        assert_eq!(phase(&[], &[backing_off(42)], &rule, 0), "Running");
+        assert_eq!(phase(&[], &[exited(1)], &rule, 0), "Failed");
+    }
+
     #[test]
     fn phases_follow_the_kubelet() {
-        assert_eq!(phase(&[], &[running()], "Always", 0), "Running");
-        assert_eq!(phase(&[], &[exited(0)], "Never", 0), "Succeeded");
-        assert_eq!(phase(&[], &[exited(3)], "Never", 0), "Failed");
+        assert_eq!(phase(&[], &[running()], &by("Always"), 0), "Running");
+        assert_eq!(phase(&[], &[exited(0)], &by("Never"), 0), "Succeeded");
+        assert_eq!(phase(&[], &[exited(3)], &by("Never"), 0), "Failed");
         assert_eq!(
-            phase(&[], &[exited(0), exited(1)], "OnFailure", 0),
+            phase(&[], &[exited(0), exited(1)], &by("OnFailure"), 0),
             "Running"
         );
-        assert_eq!(phase(&[], &[backing_off(1)], "OnFailure", 0), "Running");
-        assert_eq!(phase(&[], &[exited(0)], "Always", 0), "Running");
-        assert_eq!(phase(&[exited(0)], &[], "Never", 2), "Pending");
-        assert_eq!(phase(&[exited(1)], &[], "Never", 2), "Failed");
-        assert_eq!(phase(&[exited(1)], &[], "OnFailure", 2), "Pending");
         assert_eq!(
-            phase(&[], &[ContainerStatus::default()], "Never", 0),
+            phase(&[], &[backing_off(1)], &by("OnFailure"), 0),
+            "Running"
+        );
+        assert_eq!(phase(&[], &[exited(0)], &by("Always"), 0), "Running");
+        assert_eq!(phase(&[exited(0)], &[], &by("Never"), 2), "Pending");
+        assert_eq!(phase(&[exited(1)], &[], &by("Never"), 2), "Failed");
+        assert_eq!(phase(&[exited(1)], &[], &by("OnFailure"), 2), "Pending");
+        assert_eq!(
+            phase(&[], &[ContainerStatus::default()], &by("Never"), 0),
             "Pending"
         );
     }

@@ -7,7 +7,9 @@
 //! 137, reason `ContainerStatusUnknown`, as upstream's `convertToAPIContainerStatuses` does for
 //! a container that vanished) before its restart policy decides.
 
-use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateTerminated, ContainerStatus,
+};
 
 /// A pod's or container's restart policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +51,83 @@ impl RestartPolicy {
     }
 }
 
+/// One `restartPolicyRules` entry (action `Restart`): matches exit codes in, or not in, a set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitCodeRule {
+    /// Operator `NotIn` (else `In`).
+    pub not_in: bool,
+    /// The exit codes.
+    pub values: Vec<i32>,
+}
+
+impl ExitCodeRule {
+    fn matches(&self, exit_code: i32) -> bool {
+        self.values.contains(&exit_code) != self.not_in
+    }
+}
+
+/// Whether one container runs again after it exits (KEP-5307, upstream's
+/// `podutil.ContainerShouldRestart`): the first of its `restartPolicyRules` that matches the
+/// exit code restarts it; else its own `restartPolicy`; else the pod's. Rules count only on a
+/// container that sets its own policy, as upstream's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartRules {
+    /// The container's policy, or the one it inherits from the pod.
+    pub policy: RestartPolicy,
+    /// Its restart rules, in order.
+    pub rules: Vec<ExitCodeRule>,
+}
+
+impl From<RestartPolicy> for RestartRules {
+    fn from(policy: RestartPolicy) -> Self {
+        Self {
+            policy,
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl RestartRules {
+    /// The rules of `container` in a pod whose policy is `pod_policy`. Restartable init
+    /// containers (sidecars) always restart; regular init containers restart on failure unless
+    /// the pod says `Never` (upstream's `computeInitContainerActions`), or as their own policy
+    /// says.
+    pub fn of(container: &Container, init: bool, pod_policy: RestartPolicy) -> Self {
+        let own = container.restart_policy.as_deref();
+        if init && own == Some("Always") {
+            return RestartPolicy::Always.into();
+        }
+        let Some(own) = own else {
+            return match (init, pod_policy) {
+                (true, RestartPolicy::Never) => RestartPolicy::Never,
+                (true, _) => RestartPolicy::OnFailure,
+                (false, policy) => policy,
+            }
+            .into();
+        };
+        let rules = container
+            .restart_policy_rules
+            .iter()
+            .flatten()
+            .filter(|r| r.action == "Restart")
+            .filter_map(|r| r.exit_codes.as_ref())
+            .map(|codes| ExitCodeRule {
+                not_in: codes.operator == "NotIn",
+                values: codes.values.clone().unwrap_or_default(),
+            })
+            .collect();
+        Self {
+            policy: RestartPolicy::parse(Some(own)),
+            rules,
+        }
+    }
+
+    /// Whether a run that ended with `exit_code` is followed by another.
+    pub fn restarts_after(&self, exit_code: i32) -> bool {
+        self.rules.iter().any(|r| r.matches(exit_code)) || self.policy.restarts_after(exit_code)
+    }
+}
+
 /// The waiting/terminated reason of a container that was running when Krustlet stopped.
 pub const STATUS_UNKNOWN: &str = "ContainerStatusUnknown";
 
@@ -68,8 +147,8 @@ pub enum Resume {
     Done(Box<ContainerStatus>),
 }
 
-/// Decides how a container continues from its last reported status under `policy`.
-pub fn resume(previous: Option<&ContainerStatus>, policy: RestartPolicy) -> Resume {
+/// Decides how a container continues from its last reported status under its restart rules.
+pub fn resume(previous: Option<&ContainerStatus>, rules: &RestartRules) -> Resume {
     let Some(previous) = previous else {
         return Resume::Fresh;
     };
@@ -105,7 +184,7 @@ pub fn resume(previous: Option<&ContainerStatus>, policy: RestartPolicy) -> Resu
     } else {
         return Resume::Fresh;
     };
-    if policy.restarts_after(ended.exit_code) {
+    if rules.restarts_after(ended.exit_code) {
         Resume::Again {
             restart_count: restart_count + 1,
             last_state: Box::new(ContainerState {
@@ -158,15 +237,15 @@ mod tests {
     fn a_finished_container_is_not_run_again_unless_its_policy_says_so() {
         let done = status(exited(0), 0);
         assert!(matches!(
-            resume(Some(&done), RestartPolicy::Never),
+            resume(Some(&done), &RestartPolicy::Never.into()),
             Resume::Done(_)
         ));
         assert!(matches!(
-            resume(Some(&done), RestartPolicy::OnFailure),
+            resume(Some(&done), &RestartPolicy::OnFailure.into()),
             Resume::Done(_)
         ));
         assert!(matches!(
-            resume(Some(&done), RestartPolicy::Always),
+            resume(Some(&done), &RestartPolicy::Always.into()),
             Resume::Again {
                 restart_count: 1,
                 ..
@@ -177,7 +256,7 @@ mod tests {
     #[test]
     fn a_running_container_is_recorded_as_killed_then_its_policy_decides() {
         let was_running = status(running(), 2);
-        let Resume::Done(done) = resume(Some(&was_running), RestartPolicy::Never) else {
+        let Resume::Done(done) = resume(Some(&was_running), &RestartPolicy::Never.into()) else {
             panic!("a Never container that was running must not run again");
         };
         let t = done.state.and_then(|s| s.terminated).expect("terminated");
@@ -188,12 +267,62 @@ mod tests {
         let Resume::Again {
             restart_count,
             last_state,
-        } = resume(Some(&was_running), RestartPolicy::Always)
+        } = resume(Some(&was_running), &RestartPolicy::Always.into())
         else {
             panic!("an Always container restarts");
         };
         assert_eq!(restart_count, 3);
         assert_eq!(last_state.terminated.map(|t| t.exit_code), Some(137));
+    }
+
+    #[test]
+    fn container_rules_come_first_then_its_policy_then_the_pods() {
+        use k8s_openapi::api::core::v1::{ContainerRestartRule, ContainerRestartRuleOnExitCodes};
+        let rule = |operator: &str, values: Vec<i32>| ContainerRestartRule {
+            action: "Restart".into(),
+            exit_codes: Some(ContainerRestartRuleOnExitCodes {
+                operator: operator.into(),
+                values: Some(values),
+            }),
+        };
+        // A Never container restarted on exit code 42 only (the KEP's "retriable" example).
+        let retriable = Container {
+            name: "c".into(),
+            restart_policy: Some("Never".into()),
+            restart_policy_rules: Some(vec![rule("In", vec![42])]),
+            ..Default::default()
+        };
+        let rules = RestartRules::of(&retriable, false, RestartPolicy::Always);
+        assert!(rules.restarts_after(42));
+        assert!(!rules.restarts_after(1));
+        assert!(!rules.restarts_after(0));
+        // NotIn: restart on every failure but 3.
+        let not_in = Container {
+            restart_policy: Some("Never".into()),
+            restart_policy_rules: Some(vec![rule("NotIn", vec![0, 3])]),
+            ..Default::default()
+        };
+        let rules = RestartRules::of(&not_in, false, RestartPolicy::Never);
+        assert!(rules.restarts_after(1));
+        assert!(!rules.restarts_after(3));
+        // Its own policy over the pod's.
+        let always = Container {
+            restart_policy: Some("Always".into()),
+            ..Default::default()
+        };
+        assert!(RestartRules::of(&always, false, RestartPolicy::Never).restarts_after(0));
+        // Without one, the pod's; rules without an own policy do not count, as upstream.
+        let plain = Container {
+            restart_policy_rules: Some(vec![rule("In", vec![7])]),
+            ..Default::default()
+        };
+        assert!(!RestartRules::of(&plain, false, RestartPolicy::Never).restarts_after(7));
+        assert!(RestartRules::of(&plain, false, RestartPolicy::OnFailure).restarts_after(7));
+        // Init containers: sidecars always; regular ones on failure unless the pod says Never.
+        assert!(RestartRules::of(&always, true, RestartPolicy::Never).restarts_after(0));
+        assert!(!RestartRules::of(&plain, true, RestartPolicy::Always).restarts_after(0));
+        assert!(RestartRules::of(&plain, true, RestartPolicy::Always).restarts_after(1));
+        assert!(!RestartRules::of(&plain, true, RestartPolicy::Never).restarts_after(1));
     }
 
     #[test]
@@ -210,7 +339,7 @@ mod tests {
         );
         backing_off.last_state = Some(exited(1));
         assert!(matches!(
-            resume(Some(&backing_off), RestartPolicy::OnFailure),
+            resume(Some(&backing_off), &RestartPolicy::OnFailure.into()),
             Resume::Again {
                 restart_count: 5,
                 ..
@@ -224,9 +353,9 @@ mod tests {
             0,
         );
         assert_eq!(
-            resume(Some(&never_ran), RestartPolicy::Never),
+            resume(Some(&never_ran), &RestartPolicy::Never.into()),
             Resume::Fresh
         );
-        assert_eq!(resume(None, RestartPolicy::Never), Resume::Fresh);
+        assert_eq!(resume(None, &RestartPolicy::Never.into()), Resume::Fresh);
     }
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bootstrap::clients::follow_client;
 use crate::pod::mirror::{MirrorPods, is_mirror};
 use crate::pod::static_pods::ManifestDir;
-use crate::pod::workers::PodWorkers;
+use crate::pod::update::{PodUpdate, PodUpdates};
 
 /// Static pods of a connected node: the manifest directory and their mirror pods.
 pub struct StaticPods {
@@ -24,11 +24,11 @@ pub struct StaticPods {
     pub mirrors: MirrorPods,
 }
 
-/// Feeds `workers` from the API server until `stop` is cancelled.
+/// Feeds the pod workers (through `updates`) from the API server until `stop` is cancelled.
 ///
 /// A relist (start, or after the watch broke) ends with the set of pods that exist: workers
 /// of pods missing from it are told their pod was removed, so pods deleted while the watch was
-/// down are cleaned up.
+/// down are cleaned up. Ends when `stop` is cancelled or the workers are gone.
 ///
 /// The watch follows the current client on `clients`: a rotated client certificate restarts
 /// it (with a relist), so it never runs on with an expired one.
@@ -38,7 +38,7 @@ pub struct StaticPods {
 pub async fn run(
     clients: watch::Receiver<kube::Client>,
     node_name: &str,
-    workers: &mut PodWorkers,
+    updates: PodUpdates,
     mut statics: Option<StaticPods>,
     stop: CancellationToken,
 ) {
@@ -54,7 +54,9 @@ pub async fn run(
             _ = stop.cancelled() => return,
             _ = tick.tick(), if statics.is_some() => {
                 if let Some(statics) = statics.as_mut() {
-                    statics.dir.sync(workers);
+                    if !statics.dir.sync(&updates).await {
+                        return;
+                    }
                     statics.mirrors.reconcile(&statics.dir.pods()).await;
                 }
                 continue;
@@ -79,35 +81,36 @@ pub async fn run(
             }
             continue;
         }
-        match event {
-            Some(Ok(watcher::Event::Apply(pod))) => workers.update(Arc::new(pod)),
-            Some(Ok(watcher::Event::Delete(pod))) => {
-                if let Some(uid) = pod.metadata.uid.as_deref() {
-                    workers.remove(uid);
-                }
+        let sent = match event {
+            Some(Ok(watcher::Event::Apply(pod))) => updates.apply(Arc::new(pod)).await,
+            Some(Ok(watcher::Event::Delete(pod))) => match pod.metadata.uid {
+                Some(uid) => updates.remove(uid).await,
+                None => true,
+            },
+            Some(Ok(watcher::Event::Init)) => {
+                relisted.clear();
+                true
             }
-            Some(Ok(watcher::Event::Init)) => relisted.clear(),
             Some(Ok(watcher::Event::InitApply(pod))) => {
                 relisted.extend(pod.metadata.uid.clone());
-                workers.update(Arc::new(pod));
+                updates.apply(Arc::new(pod)).await
             }
             Some(Ok(watcher::Event::InitDone)) => {
                 // Static pods are not in the API under their own UIDs.
-                let static_uids: HashSet<String> = statics
-                    .as_ref()
-                    .map(|s| s.dir.keys().into_iter().map(|k| k.uid).collect())
-                    .unwrap_or_default();
-                let gone: Vec<String> = workers
-                    .known()
-                    .filter(|uid| !relisted.contains(*uid) && !static_uids.contains(*uid))
-                    .cloned()
-                    .collect();
-                for uid in gone {
-                    workers.remove(&uid);
+                let mut present = std::mem::take(&mut relisted);
+                if let Some(statics) = &statics {
+                    present.extend(statics.dir.keys().into_iter().map(|k| k.uid));
                 }
+                updates.send(PodUpdate::Relisted(present)).await
             }
-            Some(Err(error)) => tracing::warn!(%error, "pod watch failed; retrying"),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "pod watch failed; retrying");
+                true
+            }
             None => return,
+        };
+        if !sent {
+            return;
         }
     }
 }

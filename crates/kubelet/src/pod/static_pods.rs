@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::pod::status::{PodKey, status_file};
-use crate::pod::workers::PodWorkers;
+use crate::pod::update::PodUpdates;
 
 /// How often the manifest directory is read.
 const POLL: Duration = Duration::from_secs(1);
@@ -182,8 +182,9 @@ impl ManifestDir {
         }
     }
 
-    /// Reads the directory once and tells `workers` what changed.
-    pub fn sync(&mut self, workers: &mut PodWorkers) {
+    /// Reads the directory once and tells the workers (through `updates`) what changed; false
+    /// once the workers are gone.
+    pub async fn sync(&mut self, updates: &PodUpdates) -> bool {
         let files = match manifest_files(&self.dir) {
             Ok(files) => {
                 self.dir_error = None;
@@ -197,7 +198,7 @@ impl ManifestDir {
                     tracing::warn!(dir = %self.dir.display(), %error, "cannot read the static pod manifest directory");
                     self.dir_error = Some(message);
                 }
-                return;
+                return true;
             }
         };
         let present: HashSet<&PathBuf> = files.iter().collect();
@@ -210,7 +211,9 @@ impl ManifestDir {
         for path in gone {
             if let Some(Loaded { pod: Some(pod), .. }) = self.files.remove(&path) {
                 tracing::info!(file = %path.display(), pod = ?pod.metadata.name, "static pod manifest removed; stopping its pod");
-                terminate(workers, &pod);
+                if !updates.apply(terminating(&pod)).await {
+                    return false;
+                }
             }
         }
         for path in files {
@@ -237,14 +240,25 @@ impl ManifestDir {
                 && old.metadata.uid != pod.as_ref().and_then(|p| p.metadata.uid.clone())
             {
                 tracing::info!(file = %path.display(), "static pod manifest changed; replacing its pod");
-                terminate(workers, &old);
+                if !updates.apply(terminating(&old)).await {
+                    return false;
+                }
             }
-            if let Some(pod) = &pod {
+            self.files.insert(
+                path.clone(),
+                Loaded {
+                    hash,
+                    pod: pod.clone(),
+                },
+            );
+            if let Some(pod) = pod {
                 tracing::info!(file = %path.display(), pod = ?pod.metadata.name, uid = ?pod.metadata.uid, "static pod");
-                workers.update(pod.clone());
+                if !updates.apply(pod).await {
+                    return false;
+                }
             }
-            self.files.insert(path, Loaded { hash, pod });
         }
+        true
     }
 
     /// The pod with the status a previous process wrote for it, if any; a status that only
@@ -295,8 +309,8 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, ManifestError> {
     std::fs::read(path).map_err(read)
 }
 
-/// Asks the pod's worker to stop it gracefully, as a deletion in the API would.
-fn terminate(workers: &mut PodWorkers, pod: &Pod) {
+/// The pod as being deleted, so its worker stops it gracefully, as a deletion in the API would.
+fn terminating(pod: &Pod) -> Arc<Pod> {
     let mut deleted = pod.clone();
     let grace = pod
         .spec
@@ -305,13 +319,16 @@ fn terminate(workers: &mut PodWorkers, pod: &Pod) {
         .unwrap_or(30);
     deleted.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
     deleted.metadata.deletion_grace_period_seconds = Some(grace);
-    workers.update(Arc::new(deleted));
+    Arc::new(deleted)
 }
 
-/// Feeds `workers` from the manifest directory until `stop` is cancelled. Status files in
-/// `status_dir` of pods that are no longer in the directory are removed after the first read.
-pub async fn run(mut source: ManifestDir, workers: &mut PodWorkers, stop: CancellationToken) {
-    source.sync(workers);
+/// Feeds the pod workers (through `updates`) from the manifest directory until `stop` is
+/// cancelled or the workers are gone. Status files in `status_dir` of pods that are no longer
+/// in the directory are removed after the first read.
+pub async fn run(mut source: ManifestDir, updates: PodUpdates, stop: CancellationToken) {
+    if !source.sync(&updates).await {
+        return;
+    }
     if let Some(dir) = source.status_dir.clone() {
         remove_stale_status_files(&dir, &source.keys());
     }
@@ -319,7 +336,9 @@ pub async fn run(mut source: ManifestDir, workers: &mut PodWorkers, stop: Cancel
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => source.sync(workers),
+            _ = tick.tick() => if !source.sync(&updates).await {
+                return;
+            },
         }
     }
 }

@@ -8,15 +8,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
 use tokio::sync::{Notify, watch};
-
-use crate::pod::mirror::MirrorUids;
 
 /// Which pod a status belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -43,6 +41,34 @@ impl PodKey {
 impl std::fmt::Display for PodKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Static pod UID -> its mirror pod's UID, for the status manager; cheap to clone.
+#[derive(Clone, Default)]
+pub struct MirrorUids(Arc<RwLock<HashMap<String, String>>>);
+
+impl MirrorUids {
+    /// The UID to patch the status of the pod with `uid` onto: its mirror's, if it has one.
+    pub fn translate(&self, uid: &str) -> String {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uid)
+            .cloned()
+            .unwrap_or_else(|| uid.to_string())
+    }
+
+    pub(crate) fn set(&self, static_uid: &str, mirror_uid: &str) -> bool {
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        map.insert(static_uid.into(), mirror_uid.into()).as_deref() != Some(mirror_uid)
+    }
+
+    pub(crate) fn remove_mirror(&self, mirror_uid: &str) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, m| m != mirror_uid);
     }
 }
 

@@ -28,7 +28,7 @@ use crate::pod::admission::Rejection;
 use crate::pod::api::ApiLink;
 use crate::pod::lifecycle::{self, Action, Cause, InitKind, Input, PodState, StopStep};
 use crate::pod::phase;
-use crate::pod::restart::{RestartPolicy, Resume, resume};
+use crate::pod::restart::{RestartPolicy, RestartRules, Resume, resume};
 use crate::pod::status::{PodKey, StatusManager};
 use crate::pod::{runtime_class, unsupported};
 use crate::runtime::Termination;
@@ -444,15 +444,10 @@ impl Worker {
         };
         let sidecar = self.inits.get(index) == Some(&InitKind::Sidecar);
         if sidecar {
-            self.spawn(init, Kind::Sidecar, index, RestartPolicy::Always);
+            self.spawn(init, Kind::Sidecar, index);
             return;
         }
-        // Regular init containers restart on failure unless the pod says Never.
-        let policy = match self.restart_policy() {
-            RestartPolicy::Never => RestartPolicy::Never,
-            _ => RestartPolicy::OnFailure,
-        };
-        if let Some(Resume::Done(status)) = self.first_resume(&init.name, policy) {
+        if let Some(Resume::Done(status)) = self.first_resume(&init, Kind::Init) {
             let success = status
                 .state
                 .as_ref()
@@ -462,20 +457,19 @@ impl Worker {
             self.queue.push_back(Input::InitExited { index, success });
             return;
         }
-        self.spawn(init, Kind::Init, index, policy);
+        self.spawn(init, Kind::Init, index);
     }
 
     fn start_apps(&mut self) {
         self.apps_started = true;
         let (_, apps) = self.spec_containers();
-        let policy = self.restart_policy();
         for (index, app) in apps.into_iter().enumerate() {
-            if let Some(Resume::Done(status)) = self.first_resume(&app.name, policy) {
+            if let Some(Resume::Done(status)) = self.first_resume(&app, Kind::App) {
                 self.finished_apps.insert(app.name.clone());
                 self.statuses.insert(app.name.clone(), *status);
                 continue;
             }
-            self.spawn(app, Kind::App, index, policy);
+            self.spawn(app, Kind::App, index);
         }
         self.check_apps_finished();
         self.publish();
@@ -483,21 +477,28 @@ impl Worker {
 
     /// What a container's status from before this worker (a Krustlet restart) says about
     /// running it; `None` once it has run under this worker.
-    fn first_resume(&self, name: &str, policy: RestartPolicy) -> Option<Resume> {
+    fn first_resume(&self, container: &Container, kind: Kind) -> Option<Resume> {
+        let rules = self.restart_rules(container, kind);
         self.initial
-            .get(name)
-            .map(|previous| resume(Some(previous), policy))
+            .get(&container.name)
+            .map(|previous| resume(Some(previous), &rules))
     }
 
-    fn spawn(&mut self, container: Container, kind: Kind, index: usize, policy: RestartPolicy) {
+    /// When `container` runs again after it exits: its own rules and policy over the pod's.
+    fn restart_rules(&self, container: &Container, kind: Kind) -> RestartRules {
+        RestartRules::of(container, kind != Kind::App, self.restart_policy())
+    }
+
+    fn spawn(&mut self, container: Container, kind: Kind, index: usize) {
         let name = container.name.clone();
+        let rules = self.restart_rules(&container, kind);
         // The first run of this worker continues from the pod's last status (a restarted
         // Krustlet); later runs of a changed definition continue from this worker's.
         let previous = self
             .initial
             .remove(&name)
             .or_else(|| self.statuses.get(&name).cloned());
-        let (restart_count, last_state) = match resume(previous.as_ref(), policy) {
+        let (restart_count, last_state) = match resume(previous.as_ref(), &rules) {
             Resume::Fresh => (previous.map(|p| p.restart_count).unwrap_or(0), None),
             Resume::Again {
                 restart_count,
@@ -557,16 +558,7 @@ impl Worker {
         }
         if self.restarting.remove(&name) && !self.terminating() {
             // A changed definition: run the new one (computePodActions' "definition changed").
-            self.spawn(
-                ended.container,
-                ended.kind,
-                ended.index,
-                match ended.kind {
-                    Kind::Sidecar => RestartPolicy::Always,
-                    Kind::Init => RestartPolicy::OnFailure,
-                    Kind::App => self.restart_policy(),
-                },
-            );
+            self.spawn(ended.container, ended.kind, ended.index);
             self.publish();
             return;
         }
@@ -827,18 +819,23 @@ impl Worker {
             .iter()
             .filter(|c| c.restart_policy.as_deref() != Some("Always"))
             .count();
-        let restart_policy = self.restart_policy();
         let cause = self.failure.as_ref().or(match &self.state {
             PodState::Terminating { cause, .. } | PodState::Terminated { cause } => Some(cause),
             _ => None,
         });
-        let mut phase = phase::phase(
-            &regular_inits,
-            &app_statuses,
-            restart_policy.as_str(),
-            expected_inits,
-        )
-        .to_string();
+        let rules: HashMap<&str, RestartRules> = inits
+            .iter()
+            .map(|c| (c, Kind::Init))
+            .chain(apps.iter().map(|c| (c, Kind::App)))
+            .map(|(c, kind)| (c.name.as_str(), self.restart_rules(c, kind)))
+            .collect();
+        let restarts = |status: &ContainerStatus, exit_code: i32| {
+            rules
+                .get(status.name.as_str())
+                .is_some_and(|r| r.restarts_after(exit_code))
+        };
+        let mut phase =
+            phase::phase(&regular_inits, &app_statuses, &restarts, expected_inits).to_string();
         let stopped = matches!(self.state, PodState::Terminated { .. });
         if cause.is_some_and(Cause::fails_pod) && (final_status || stopped) {
             phase = "Failed".into();

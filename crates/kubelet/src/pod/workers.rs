@@ -8,13 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::eviction;
 use crate::pod::admission::{self, Rejection};
 use crate::pod::known::KnownPods;
+use crate::pod::update::PodUpdate;
 use crate::pod::worker::{self, Desired, WorkerContext};
+
+/// How often workers that ended or panicked are looked for when no update comes.
+const REAP_PERIOD: Duration = Duration::from_secs(1);
 
 /// One pod's worker, as the dispatcher sees it.
 struct Entry {
@@ -52,13 +56,44 @@ impl PodWorkers {
         self.known.clone()
     }
 
-    /// The UIDs of pods with a worker.
-    pub fn known(&self) -> impl Iterator<Item = &String> {
-        self.workers.keys()
+    /// Applies the sources' updates until every source is gone (the node is stopping), then
+    /// hands the workers back for a graceful shutdown. Workers that ended are forgotten and
+    /// panicked ones restarted at least every [`REAP_PERIOD`], not only when an update comes.
+    pub async fn run(mut self, mut updates: mpsc::Receiver<PodUpdate>) -> Self {
+        let mut reap = tokio::time::interval(REAP_PERIOD);
+        reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                update = updates.recv() => match update {
+                    Some(update) => self.apply(update),
+                    None => return self,
+                },
+                _ = reap.tick() => self.reap(),
+            }
+        }
+    }
+
+    /// Applies one update from a source.
+    pub fn apply(&mut self, update: PodUpdate) {
+        match update {
+            PodUpdate::Apply(pod) => self.update(pod),
+            PodUpdate::Remove(uid) => self.remove(&uid),
+            PodUpdate::Relisted(present) => {
+                let gone: Vec<String> = self
+                    .workers
+                    .keys()
+                    .filter(|uid| !present.contains(*uid))
+                    .cloned()
+                    .collect();
+                for uid in gone {
+                    self.remove(&uid);
+                }
+            }
+        }
     }
 
     /// The newest spec of a pod bound to this node: starts its worker or updates it.
-    pub fn update(&mut self, pod: Arc<Pod>) {
+    fn update(&mut self, pod: Arc<Pod>) {
         let Some(uid) = pod.metadata.uid.clone() else {
             return;
         };
@@ -111,8 +146,8 @@ impl PodWorkers {
         eviction::admit(pod, self.ctx.evictions.pressure())
     }
 
-    /// A pod is gone from the API server.
-    pub fn remove(&mut self, uid: &str) {
+    /// A pod is gone from its source.
+    fn remove(&mut self, uid: &str) {
         self.known.remove(uid);
         if let Some(worker) = self.workers.get(uid) {
             worker.desired.send_replace(Desired::Removed);

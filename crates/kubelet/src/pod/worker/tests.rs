@@ -85,7 +85,7 @@ fn start(pod: Pod, fake: &FakeRuntime) -> Harness {
         services: NodeServices {
             runtime: Arc::new(fake.clone()),
             images: Arc::new(images),
-            events: PodEvents::new(ApiLink::Standalone, "node"),
+            events: PodEvents::new(crate::events::EventPublisher::log_only()),
             node_name: "node".into(),
             node_labels: BTreeMap::new(),
             node_ip: "127.0.0.1".into(),
@@ -455,4 +455,55 @@ async fn a_removed_pod_stops_at_once_and_is_forgotten() {
     h.ended().await;
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(status.get(&key).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_restart_rule_retries_one_exit_code_in_a_never_pod() {
+    let fake = FakeRuntime::default();
+    let exit = |code| Step::Exit {
+        after: Duration::from_millis(100),
+        code,
+    };
+    // Exit 42 is "retriable" by the container's rule; exit 3 is not.
+    fake.script("app", [exit(42), exit(42), exit(3)]);
+    let mut app = c("app");
+    app["restartPolicy"] = "Never".into();
+    app["restartPolicyRules"] =
+        serde_json::json!([{"action": "Restart", "exitCodes": {"operator": "In", "values": [42]}}]);
+    let h = start(
+        pod(
+            serde_json::json!({"restartPolicy": "Never", "containers": [app]}),
+            None,
+        ),
+        &fake,
+    );
+    // Had the first exit 42 failed the pod, it would be Failed with restartCount 0.
+    let s = h.wait("Failed", |s| phase(s) == "Failed").await;
+    let app = container(&s, "app").expect("app status");
+    assert_eq!(app.restart_count, 2);
+    let ended = app.state.as_ref().and_then(|st| st.terminated.as_ref());
+    assert_eq!(ended.map(|t| t.exit_code), Some(3));
+    assert_eq!(h.fake.starts_of("app"), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_policy_overrides_the_pods() {
+    let fake = FakeRuntime::default();
+    let exit = |code| Step::Exit {
+        after: Duration::from_millis(100),
+        code,
+    };
+    // The pod says Never; the container says OnFailure.
+    fake.script("app", [exit(1), exit(0)]);
+    let mut app = c("app");
+    app["restartPolicy"] = "OnFailure".into();
+    let h = start(
+        pod(
+            serde_json::json!({"restartPolicy": "Never", "containers": [app]}),
+            None,
+        ),
+        &fake,
+    );
+    let s = h.wait("Succeeded", |s| phase(s) == "Succeeded").await;
+    assert_eq!(container(&s, "app").map(|c| c.restart_count), Some(1));
 }
