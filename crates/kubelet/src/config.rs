@@ -176,6 +176,47 @@ pub struct Flags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eviction_hard: Option<Vec<Threshold>>,
 
+    /// Soft eviction thresholds, as the kubelet's --eviction-soft (e.g. memory.available<1.5Gi):
+    /// they raise the pressure condition at once, and evict only once met for their grace
+    /// period (--eviction-soft-grace-period). [default: none]
+    #[arg(
+        long,
+        env = "KRUSTLET_EVICTION_SOFT",
+        value_name = "SIGNAL<QUANTITY,...",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eviction_soft: Option<Vec<Threshold>>,
+
+    /// How long each soft threshold must be met before pods are evicted, as the kubelet's
+    /// --eviction-soft-grace-period (e.g. memory.available=1m30s); every soft threshold needs
+    /// one. [default: none]
+    #[arg(
+        long,
+        env = "KRUSTLET_EVICTION_SOFT_GRACE_PERIOD",
+        value_name = "SIGNAL=DURATION,...",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eviction_soft_grace_period: Option<Vec<SoftGrace>>,
+
+    /// Most seconds of grace a pod evicted for a soft threshold gets (its own
+    /// terminationGracePeriodSeconds if shorter); negative: the pod's own. Hard evictions give
+    /// none. [default: 0]
+    #[arg(long, env = "KRUSTLET_EVICTION_MAX_POD_GRACE_PERIOD", value_name = "SECONDS", allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eviction_max_pod_grace_period: Option<i64>,
+
+    /// How long a pressure condition stays True after its threshold was last met, so it does
+    /// not flap, as the kubelet's --eviction-pressure-transition-period. [default: 5m]
+    #[arg(long, env = "KRUSTLET_EVICTION_PRESSURE_TRANSITION_PERIOD", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "opt_duration"
+    )]
+    pub eviction_pressure_transition_period: Option<Duration>,
+
     /// Size at which a container's log file is rotated, a quantity such as 10Mi or 512Ki; at
     /// least 32Ki. [default: 10Mi]
     #[arg(long, env = "KRUSTLET_CONTAINER_LOG_MAX_SIZE", value_name = "QUANTITY")]
@@ -369,8 +410,15 @@ pub struct KubeletConfig {
     pub node_status_report_frequency: Duration,
     /// Node lease duration in seconds.
     pub node_lease_duration_seconds: u32,
-    /// Pressure thresholds.
+    /// Hard pressure thresholds.
     pub eviction_hard: Vec<Threshold>,
+    /// Soft pressure thresholds, each with its grace period.
+    pub eviction_soft: Vec<(Threshold, Duration)>,
+    /// Most grace for a soft eviction, in seconds (negative: the pod's own).
+    pub eviction_max_pod_grace_period: i64,
+    /// How long a pressure condition outlives its threshold.
+    #[serde(with = "humantime_serde")]
+    pub eviction_pressure_transition_period: Duration,
     /// Container log rotation size in bytes.
     pub container_log_max_size: u64,
     /// Container log files kept per run.
@@ -467,6 +515,14 @@ impl Flags {
                 .unwrap_or(Duration::from_secs(300)),
             node_lease_duration_seconds: self.node_lease_duration_seconds.unwrap_or(40),
             eviction_hard: self.eviction_hard.unwrap_or_else(Threshold::defaults),
+            eviction_soft: soft_thresholds(
+                self.eviction_soft.unwrap_or_default(),
+                self.eviction_soft_grace_period.unwrap_or_default(),
+            )?,
+            eviction_max_pod_grace_period: self.eviction_max_pod_grace_period.unwrap_or(0),
+            eviction_pressure_transition_period: self
+                .eviction_pressure_transition_period
+                .unwrap_or(Duration::from_secs(300)),
             container_log_max_size: self.container_log_max_size.map_or(10 << 20, |q| q.0),
             container_log_max_files: self.container_log_max_files.unwrap_or(5),
             container_log_max_rate: self.container_log_max_rate.map_or(2 << 20, |q| q.0),
@@ -755,7 +811,7 @@ pub struct Threshold {
 }
 
 /// The eviction signals this kubelet measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Signal {
     /// Available memory on the host (MemoryPressure).
     MemoryAvailable,
@@ -843,6 +899,86 @@ impl std::fmt::Display for Threshold {
     }
 }
 string_serde!(Threshold);
+
+impl Signal {
+    /// The signal's name in thresholds.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MemoryAvailable => "memory.available",
+            Self::NodefsAvailable => "nodefs.available",
+            Self::PidAvailable => "pid.available",
+        }
+    }
+
+    fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "memory.available" => Ok(Self::MemoryAvailable),
+            "nodefs.available" => Ok(Self::NodefsAvailable),
+            "pid.available" => Ok(Self::PidAvailable),
+            other => Err(format!(
+                "unknown signal {other:?}; allowed: memory.available, nodefs.available, pid.available"
+            )),
+        }
+    }
+}
+
+/// A soft threshold's grace period, `SIGNAL=DURATION` (`--eviction-soft-grace-period`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SoftGrace {
+    /// The signal.
+    pub signal: Signal,
+    /// How long its soft threshold must be met before evicting.
+    pub period: Duration,
+}
+
+impl FromStr for SoftGrace {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (signal, period) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?} is not SIGNAL=DURATION (e.g. memory.available=1m30s)"))?;
+        Ok(Self {
+            signal: Signal::parse(signal)?,
+            period: parse_duration(period)?,
+        })
+    }
+}
+
+impl std::fmt::Display for SoftGrace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}={}",
+            self.signal.name(),
+            humantime::format_duration(self.period)
+        )
+    }
+}
+string_serde!(SoftGrace);
+
+/// Pairs each soft threshold with its grace period; a soft threshold without one is an error,
+/// as upstream's `ParseThresholdConfig` says.
+fn soft_thresholds(
+    thresholds: Vec<Threshold>,
+    graces: Vec<SoftGrace>,
+) -> Result<Vec<(Threshold, Duration)>, ConfigError> {
+    thresholds
+        .into_iter()
+        .map(|t| {
+            graces
+                .iter()
+                .find(|g| g.signal == t.signal)
+                .map(|g| (t.clone(), g.period))
+                .ok_or_else(|| ConfigError::Invalid {
+                    flag: "eviction-soft-grace-period",
+                    message: format!(
+                        "the soft eviction threshold {t} needs a grace period (e.g. {}=1m30s)",
+                        t.signal.name()
+                    ),
+                })
+        })
+        .collect()
+}
 
 /// A resource `--system-reserved`/`--kube-reserved` can set aside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

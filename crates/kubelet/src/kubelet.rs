@@ -156,10 +156,12 @@ impl Kubelet {
         let capacity = NodeResources::capacity(&config, &host, storage);
         let allocatable = NodeResources::allocatable(&config, &capacity);
         let memory_bound = NodeResources::pods_memory_bound(&config, &capacity);
+        let evictions = Evictions::default();
         let inputs = StatusInputs {
             host,
             runtime_version: self.runtime.version(),
             images: images_rx,
+            pressure: evictions.shared_pressure(),
         };
         let events = EventPublisher::connected(clients.clone(), &config.node_name);
         let mut reporter = StatusReporter::new(
@@ -228,7 +230,6 @@ impl Kubelet {
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
         self.runtime.register_metrics(&mut registry);
-        let evictions = Evictions::default();
         let ctx = WorkerContext {
             services: NodeServices {
                 runtime: self.runtime.clone(),

@@ -1,6 +1,7 @@
 //! The eviction manager (upstream `pkg/kubelet/eviction`): every [`MONITORING_INTERVAL`] it
 //! measures the node against `--eviction-hard` and each pod's emptyDir volumes against their
-//! `sizeLimit`, and evicts:
+//! `sizeLimit`, and evicts (soft thresholds, `--eviction-soft`, once met for their grace
+//! period; pressure conditions held for the transition period: [`thresholds`]):
 //!
 //! - a pod whose emptyDir outgrew its `sizeLimit`, at once;
 //! - under memory pressure, one pod per interval, ranked as upstream's `rankMemoryPressure`:
@@ -16,6 +17,7 @@
 
 pub mod rank;
 pub mod signal;
+pub mod thresholds;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,8 +25,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{KubeletConfig, Signal};
-use crate::node::conditions::Pressure;
+use crate::config::{KubeletConfig, Signal, Threshold};
+use crate::node::conditions::{Measurements, Pressure, is_met};
 use crate::node::status::measure;
 use crate::pod::admission::Rejection;
 use crate::pod::known::KnownPods;
@@ -33,6 +35,7 @@ use crate::quantity;
 use crate::stats::Stats;
 
 pub use signal::{Eviction, Evictions};
+use thresholds::{Met, ThresholdTracker};
 
 /// How often the manager looks (upstream's default housekeeping interval).
 pub const MONITORING_INTERVAL: Duration = Duration::from_secs(10);
@@ -55,16 +58,35 @@ impl EvictionManager {
     /// Runs until `stop` is cancelled.
     pub async fn run(self, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(MONITORING_INTERVAL);
+        let mut tracker = ThresholdTracker::default();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = ticks.tick() => self.synchronize(),
+                _ = ticks.tick() => self.synchronize(&mut tracker),
             }
         }
     }
 
+    /// The hard and soft thresholds met by `measured`.
+    fn met(&self, measured: &Measurements) -> Vec<Met> {
+        let hard = self.config.eviction_hard.iter().map(|t| (t, true, Duration::ZERO));
+        let soft = self
+            .config
+            .eviction_soft
+            .iter()
+            .map(|(t, grace)| (t, false, *grace));
+        hard.chain(soft)
+            .filter(|(t, _, _)| is_met(t, measured))
+            .map(|(t, hard, grace)| Met {
+                signal: t.signal,
+                hard,
+                grace,
+            })
+            .collect()
+    }
+
     /// One round: sizeLimit checks, then at most one pressure eviction.
-    fn synchronize(&self) {
+    fn synchronize(&self, tracker: &mut ThresholdTracker) {
         let active: Vec<_> = self
             .pods
             .list()
@@ -73,53 +95,59 @@ impl EvictionManager {
             .collect();
         for pod in &active {
             if let Some(message) = self.empty_dir_over_limit(pod) {
-                self.evict(pod, message);
+                self.evict(pod, message, Duration::ZERO);
             }
         }
         let Ok(measured) = measure(&self.config) else {
             return;
         };
-        let pressure = Pressure::evaluate(&self.config.eviction_hard, &measured);
-        self.evictions.set_pressure(pressure);
-        let usage = rank::usage_by_pod(&self.stats, &active, &self.pods_dir);
-        let (signal, resource) = if pressure.memory {
-            (Signal::MemoryAvailable, rank::Resource::Memory)
-        } else if pressure.disk {
-            (Signal::NodefsAvailable, rank::Resource::EphemeralStorage)
+        let decision = tracker.observe(
+            tokio::time::Instant::now().into_std(),
+            &self.met(&measured),
+            self.config.eviction_pressure_transition_period,
+        );
+        self.evictions.set_pressure(decision.conditions);
+        // Memory before disk, hard before soft (upstream ranks signals, then thresholds).
+        let due = |signal: Signal| {
+            let mut due = decision.evict_for.iter().filter(|m| m.signal == signal);
+            let first = due.next()?;
+            Some(first.hard || due.any(|m| m.hard))
+        };
+        let (signal, resource, hard) = if let Some(hard) = due(Signal::MemoryAvailable) {
+            (Signal::MemoryAvailable, rank::Resource::Memory, hard)
+        } else if let Some(hard) = due(Signal::NodefsAvailable) {
+            (Signal::NodefsAvailable, rank::Resource::EphemeralStorage, hard)
         } else {
             return;
         };
+        let usage = rank::usage_by_pod(&self.stats, &active, &self.pods_dir);
         let Some((pod, message)) = rank::victim(&active, &usage, resource) else {
             return;
         };
-        let (threshold, available) = match signal {
+        let (total, available) = match signal {
             Signal::MemoryAvailable => (
-                self.threshold(signal, measured.memory.total_bytes),
+                measured.memory.total_bytes,
                 measured.memory.available_bytes,
             ),
-            _ => (
-                self.threshold(signal, measured.nodefs.total_bytes),
-                measured.nodefs.available_bytes,
-            ),
+            _ => (measured.nodefs.total_bytes, measured.nodefs.available_bytes),
+        };
+        let thresholds: Vec<&Threshold> = if hard {
+            self.config.eviction_hard.iter().collect()
+        } else {
+            self.config.eviction_soft.iter().map(|(t, _)| t).collect()
         };
         let message = format!(
             "The node was low on resource: {}. Threshold quantity: {}, available: {}Ki. {message}",
             resource.name(),
-            threshold,
+            threshold_quantity(&thresholds, signal, total),
             available / 1024,
         );
-        self.evict(&pod, message);
-    }
-
-    fn threshold(&self, signal: Signal, total: u64) -> String {
-        self.config
-            .eviction_hard
-            .iter()
-            .filter(|t| t.signal == signal)
-            .map(|t| t.quantity.of(total))
-            .max()
-            .map(|bytes| format!("{}Ki", bytes / 1024))
-            .unwrap_or_default()
+        let grace = if hard {
+            Duration::ZERO
+        } else {
+            soft_eviction_grace(&pod, self.config.eviction_max_pod_grace_period)
+        };
+        self.evict(&pod, message, grace);
     }
 
     /// Upstream's message for the first emptyDir over its `sizeLimit`, if any.
@@ -143,7 +171,7 @@ impl EvictionManager {
         })
     }
 
-    fn evict(&self, pod: &Pod, message: String) {
+    fn evict(&self, pod: &Pod, message: String, grace: Duration) {
         let Some(uid) = pod.metadata.uid.as_deref() else {
             return;
         };
@@ -156,12 +184,41 @@ impl EvictionManager {
             uid,
             Eviction {
                 message: message.clone(),
+                grace,
             },
         );
         if delivered {
             tracing::warn!(pod = ?pod.metadata.name, %message, "evicting pod");
         }
     }
+}
+
+/// The largest of `thresholds` for `signal`, in upstream's message form (`100Mi` as `102400Ki`).
+fn threshold_quantity(thresholds: &[&Threshold], signal: Signal, total: u64) -> String {
+    thresholds
+        .iter()
+        .filter(|t| t.signal == signal)
+        .map(|t| t.quantity.of(total))
+        .max()
+        .map(|bytes| format!("{}Ki", bytes / 1024))
+        .unwrap_or_default()
+}
+
+/// The grace a pod evicted for a soft threshold gets (upstream's `evictPod` with
+/// `MaxPodGracePeriodSeconds`): the pod's own, bounded by `max_seconds` unless that is negative.
+fn soft_eviction_grace(pod: &Pod, max_seconds: i64) -> Duration {
+    let own = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30)
+        .max(0);
+    let seconds = if max_seconds < 0 {
+        own
+    } else {
+        own.min(max_seconds)
+    };
+    Duration::from_secs(seconds.unsigned_abs())
 }
 
 /// Whether a new pod may start under the current `pressure` (upstream's eviction `Admit`):

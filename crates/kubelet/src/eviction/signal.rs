@@ -5,15 +5,20 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+
 use tokio::sync::watch;
 
-use crate::node::conditions::Pressure;
+use crate::node::conditions::{Pressure, SharedPressure};
 
-/// An eviction: the worker stops the pod at once and reports it `Evicted` with `message`.
+/// An eviction: the worker stops the pod within `grace` and reports it `Evicted` with
+/// `message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Eviction {
     /// Upstream's text, e.g. "The node was low on resource: memory. ...".
     pub message: String,
+    /// Zero for a hard threshold or an emptyDir over its limit; for a soft threshold, the pod's
+    /// grace bounded by `--eviction-max-pod-grace-period`.
+    pub grace: std::time::Duration,
 }
 
 type Subscribers = Arc<Mutex<HashMap<String, watch::Sender<Option<Eviction>>>>>;
@@ -22,7 +27,7 @@ type Subscribers = Arc<Mutex<HashMap<String, watch::Sender<Option<Eviction>>>>>;
 #[derive(Clone, Default)]
 pub struct Evictions {
     subscribers: Subscribers,
-    pressure: Arc<Mutex<Pressure>>,
+    pressure: SharedPressure,
 }
 
 /// A worker's subscription; unsubscribes when dropped.
@@ -57,14 +62,19 @@ impl Evictions {
         }
     }
 
-    /// Records the pressure measured last.
+    /// Records the pressure conditions decided last.
     pub fn set_pressure(&self, pressure: Pressure) {
-        *self.pressure.lock().unwrap_or_else(|e| e.into_inner()) = pressure;
+        self.pressure.set(pressure);
     }
 
-    /// The pressure measured last.
+    /// The pressure conditions decided last.
     pub fn pressure(&self) -> Pressure {
-        *self.pressure.lock().unwrap_or_else(|e| e.into_inner())
+        self.pressure.get()
+    }
+
+    /// The pressure conditions, shared (node status reports them).
+    pub fn shared_pressure(&self) -> SharedPressure {
+        self.pressure.clone()
     }
 
     /// Evicts pod `uid`; false if it has no worker or was evicted already.

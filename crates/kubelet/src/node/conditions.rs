@@ -33,22 +33,47 @@ impl Pressure {
     /// Compares measurements with thresholds; a signal without a threshold never raises pressure.
     pub fn evaluate(thresholds: &[Threshold], m: &Measurements) -> Self {
         let mut pressure = Self::default();
-        for t in thresholds {
-            match t.signal {
-                Signal::MemoryAvailable => {
-                    pressure.memory |=
-                        m.memory.available_bytes < t.quantity.of(m.memory.total_bytes)
-                }
-                Signal::NodefsAvailable => {
-                    pressure.disk |= m.nodefs.available_bytes < t.quantity.of(m.nodefs.total_bytes)
-                }
-                Signal::PidAvailable => {
-                    pressure.pid |=
-                        m.pids.max.saturating_sub(m.pids.in_use) < t.quantity.of(m.pids.max)
-                }
-            }
+        for t in thresholds.iter().filter(|t| is_met(t, m)) {
+            pressure.raise(t.signal);
         }
         pressure
+    }
+
+    /// Raises the condition of `signal`.
+    pub fn raise(&mut self, signal: Signal) {
+        match signal {
+            Signal::MemoryAvailable => self.memory = true,
+            Signal::NodefsAvailable => self.disk = true,
+            Signal::PidAvailable => self.pid = true,
+        }
+    }
+}
+
+/// Whether the signal's available amount is below the threshold now.
+pub fn is_met(t: &Threshold, m: &Measurements) -> bool {
+    match t.signal {
+        Signal::MemoryAvailable => m.memory.available_bytes < t.quantity.of(m.memory.total_bytes),
+        Signal::NodefsAvailable => m.nodefs.available_bytes < t.quantity.of(m.nodefs.total_bytes),
+        Signal::PidAvailable => {
+            m.pids.max.saturating_sub(m.pids.in_use) < t.quantity.of(m.pids.max)
+        }
+    }
+}
+
+/// The pressure conditions the eviction manager decided last (thresholds met, held for the
+/// pressure transition period), shared with node status and admission; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct SharedPressure(std::sync::Arc<std::sync::Mutex<Pressure>>);
+
+impl SharedPressure {
+    /// The conditions decided last.
+    pub fn get(&self) -> Pressure {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records new conditions.
+    pub fn set(&self, pressure: Pressure) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = pressure;
     }
 }
 

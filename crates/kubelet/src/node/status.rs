@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::config::KubeletConfig;
 use crate::events::EventPublisher;
 use crate::node::allocatable::NodeResources;
-use crate::node::conditions::{Measurements, Pressure, Readiness, conditions};
+use crate::node::conditions::{Measurements, Readiness, SharedPressure, conditions};
 use crate::node::events::NodeEvents;
 use crate::node::host::{Filesystem, HostInfo, Memory, Pids};
 use crate::node::registration::{WASM_ARCH, initial_node, register};
@@ -33,6 +33,8 @@ pub struct StatusInputs {
     pub runtime_version: String,
     /// The images on the node, as image GC publishes them.
     pub images: watch::Receiver<Vec<ContainerImage>>,
+    /// The pressure conditions, as the eviction manager decides them.
+    pub pressure: SharedPressure,
 }
 
 /// Measures the host now.
@@ -56,7 +58,7 @@ pub fn node_status(
     let capacity = NodeResources::capacity(config, &inputs.host, measurements.nodefs.total_bytes);
     let allocatable = NodeResources::allocatable(config, &capacity);
     let host = &inputs.host;
-    let pressure = Pressure::evaluate(&config.eviction_hard, measurements);
+    let pressure = inputs.pressure.get();
     NodeStatus {
         capacity: Some(capacity.to_list()),
         allocatable: Some(allocatable.to_list()),

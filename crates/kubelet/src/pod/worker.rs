@@ -333,10 +333,10 @@ impl Worker {
                 Some((name, status)) = self.updates.recv() => self.on_update(name, status),
                 Ok(()) = eviction.changed(), if !self.terminating() => {
                     let evicted = eviction.borrow_and_update().clone();
-                    if let Some(Eviction { message }) = evicted {
+                    if let Some(Eviction { message, grace }) = evicted {
                         self.ctx.services.events.warning(&self.pod, None, "Evicted", message.clone()).await;
-                        // Hard eviction thresholds give no grace, as upstream's.
-                        self.queue.push_back(Input::Stop { cause: Cause::Evicted(message), grace: Duration::ZERO });
+                        // Hard thresholds give no grace, soft ones the bounded pod grace.
+                        self.queue.push_back(Input::Stop { cause: Cause::Evicted(message), grace });
                     }
                 }
                 Some(done) = self.runners.join_next(), if !self.runners.is_empty() => {
