@@ -203,7 +203,12 @@ pub struct Flags {
     /// Most seconds of grace a pod evicted for a soft threshold gets (its own
     /// terminationGracePeriodSeconds if shorter); negative: the pod's own. Hard evictions give
     /// none. [default: 0]
-    #[arg(long, env = "KRUSTLET_EVICTION_MAX_POD_GRACE_PERIOD", value_name = "SECONDS", allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "KRUSTLET_EVICTION_MAX_POD_GRACE_PERIOD",
+        value_name = "SECONDS",
+        allow_hyphen_values = true
+    )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eviction_max_pod_grace_period: Option<i64>,
 

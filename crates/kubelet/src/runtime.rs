@@ -132,9 +132,48 @@ impl Termination {
     }
 }
 
-/// Live resource usage of one container run, kept current by the runtime while it runs.
+/// The limits in force for one container run. The runtime reads them while the guest runs
+/// (at each memory growth and CPU epoch), so the kubelet can change them in place (an in-place
+/// pod resize). Zero means none.
+#[derive(Debug, Default)]
+pub struct LiveLimits {
+    memory_bytes: AtomicU64,
+    cpu_millis: AtomicU64,
+    cpu_request_millis: AtomicU64,
+}
+
+impl LiveLimits {
+    fn store(cell: &AtomicU64, value: Option<u64>) {
+        cell.store(value.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    fn load(cell: &AtomicU64) -> Option<u64> {
+        Some(cell.load(Ordering::Relaxed)).filter(|v| *v != 0)
+    }
+
+    /// The limits now.
+    pub fn get(&self) -> Limits {
+        Limits {
+            memory_bytes: Self::load(&self.memory_bytes),
+            cpu_millis: Self::load(&self.cpu_millis),
+            cpu_request_millis: Self::load(&self.cpu_request_millis),
+        }
+    }
+
+    /// Replaces the limits (the guest sees them at its next growth or epoch).
+    pub fn set(&self, limits: Limits) {
+        Self::store(&self.memory_bytes, limits.memory_bytes);
+        Self::store(&self.cpu_millis, limits.cpu_millis);
+        Self::store(&self.cpu_request_millis, limits.cpu_request_millis);
+    }
+}
+
+/// Live resource usage of one container run, kept current by the runtime while it runs, and
+/// the limits in force for it.
 #[derive(Debug, Default)]
 pub struct Usage {
+    /// The limits in force; the runtime sets the run's initial ones before the run starts.
+    pub limits: LiveLimits,
     memory_bytes: AtomicU64,
     cpu_nanos: AtomicU64,
 }

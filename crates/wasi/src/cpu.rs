@@ -88,28 +88,48 @@ pub(crate) struct Throttle {
     last_used: u64,
 }
 
+/// One tick per 100m requested: 1 for best-effort guests, 10 for a whole core or more.
+fn slice_ticks(request_millis: Option<u64>) -> u64 {
+    request_millis.map_or(1, |m| (m / 100).clamp(1, MAX_SLICE_TICKS))
+}
+
 impl Throttle {
-    /// A throttle for a run with these `limits.cpu` and `requests.cpu` (millicores).
-    pub(crate) fn new(
-        clock: Arc<CpuClock>,
-        limit_millis: Option<u64>,
-        request_millis: Option<u64>,
-    ) -> Self {
-        // One tick per 100m requested: 1 for best-effort guests, 10 for a whole core or more.
-        let slice_ticks = request_millis.map_or(1, |m| (m / 100).clamp(1, MAX_SLICE_TICKS));
-        let limit_millis = limit_millis.map(|m| m.max(1));
+    /// A throttle for the run whose `limits.cpu` and `requests.cpu` (millicores) are the live
+    /// limits of the clock's usage; they are read again at every epoch (in-place resize).
+    pub(crate) fn new(clock: Arc<CpuClock>) -> Self {
+        let limits = clock.usage.limits.get();
+        let limit_millis = limits.cpu_millis.map(|m| m.max(1));
         Self {
             clock,
             limit_millis,
-            slice_ticks,
+            slice_ticks: slice_ticks(limits.cpu_request_millis),
             tokens: limit_millis.map_or(0, bucket_size),
             last: Instant::now(),
             last_used: 0,
         }
     }
 
+    /// Follows a resize: a new limit keeps the tokens saved so far, capped to its bucket.
+    fn follow_limits(&mut self) {
+        let limits = self.clock.usage.limits.get();
+        let limit_millis = limits.cpu_millis.map(|m| m.max(1));
+        self.slice_ticks = slice_ticks(limits.cpu_request_millis);
+        if limit_millis != self.limit_millis {
+            if let Some(limit) = limit_millis {
+                self.tokens = self.tokens.min(bucket_size(limit));
+                if self.limit_millis.is_none() {
+                    // Newly limited: account from now, not from the start of the run.
+                    self.last = Instant::now();
+                    self.last_used = self.clock.used_nanos();
+                }
+            }
+            self.limit_millis = limit_millis;
+        }
+    }
+
     /// What the guest does at this epoch tick.
     pub(crate) fn on_epoch(&mut self) -> UpdateDeadline {
+        self.follow_limits();
         let Some(limit) = self.limit_millis else {
             return UpdateDeadline::Yield(self.slice_ticks);
         };
@@ -145,19 +165,46 @@ fn bucket_size(millis: u64) -> i64 {
 mod tests {
     use super::*;
 
+    fn limited(cpu: Option<u64>, request: Option<u64>) -> Arc<Usage> {
+        let usage = Arc::new(Usage::default());
+        usage.limits.set(kubelet::runtime::Limits {
+            cpu_millis: cpu,
+            cpu_request_millis: request,
+            ..Default::default()
+        });
+        usage
+    }
+
     #[test]
     fn slices_follow_requests() {
-        let clock = CpuClock::new(Arc::default());
-        assert_eq!(Throttle::new(clock.clone(), None, None).slice_ticks, 1);
-        assert_eq!(Throttle::new(clock.clone(), None, Some(250)).slice_ticks, 2);
-        assert_eq!(Throttle::new(clock, None, Some(8000)).slice_ticks, 10);
+        let ticks = |request| Throttle::new(CpuClock::new(limited(None, request))).slice_ticks;
+        assert_eq!(ticks(None), 1);
+        assert_eq!(ticks(Some(250)), 2);
+        assert_eq!(ticks(Some(8000)), 10);
+    }
+
+    #[tokio::test]
+    async fn a_resized_limit_applies_at_the_next_epoch() {
+        let usage = limited(Some(250), None);
+        let mut throttle = Throttle::new(CpuClock::new(usage.clone()));
+        usage.limits.set(kubelet::runtime::Limits {
+            cpu_millis: Some(1000),
+            cpu_request_millis: Some(1000),
+            ..Default::default()
+        });
+        let _ = throttle.on_epoch();
+        assert_eq!(throttle.limit_millis, Some(1000));
+        assert_eq!(throttle.slice_ticks, 10);
+        usage.limits.set(kubelet::runtime::Limits::default());
+        let _ = throttle.on_epoch();
+        assert_eq!(throttle.limit_millis, None);
     }
 
     #[tokio::test]
     async fn a_guest_over_its_share_sleeps_for_its_debt() {
-        let usage = Arc::new(Usage::default());
+        let usage = limited(Some(250), None);
         let clock = CpuClock::new(usage.clone());
-        let mut throttle = Throttle::new(clock, Some(250), None);
+        let mut throttle = Throttle::new(clock);
         // 25 ms of saved-up share; using 75 ms at once leaves 50 ms of debt: 200 ms at 250m.
         usage.add_cpu_nanos(75_000_000);
         match throttle.on_epoch() {

@@ -38,7 +38,6 @@ pub fn is_memory_limit(error: &wasmtime::Error) -> bool {
 
 /// Tracks one store's memories and tables against a limit.
 pub(crate) struct MemoryLimiter {
-    limit: Option<u64>,
     /// Bytes of wasm memories and tables now.
     wasm_bytes: u64,
     /// `wasm_bytes` before the growth last allowed, to undo it if wasmtime then fails it.
@@ -47,11 +46,11 @@ pub(crate) struct MemoryLimiter {
 }
 
 impl MemoryLimiter {
-    /// A limiter for a store; `limit` in bytes, `None` for none.
-    pub(crate) fn new(limit: Option<u64>, usage: Arc<Usage>) -> Self {
+    /// A limiter for a store. The limit is read from `usage.limits` at each growth, so an
+    /// in-place resize applies to the next one.
+    pub(crate) fn new(usage: Arc<Usage>) -> Self {
         usage.set_memory_bytes(HOST_OVERHEAD_BYTES);
         Self {
-            limit,
             wasm_bytes: 0,
             before_last_growth: 0,
             usage,
@@ -64,7 +63,7 @@ impl MemoryLimiter {
             .saturating_sub(current)
             .saturating_add(desired);
         let needed = next.saturating_add(HOST_OVERHEAD_BYTES);
-        if let Some(limit) = self.limit
+        if let Some(limit) = self.usage.limits.get().memory_bytes
             && needed > limit
         {
             return Err(MemoryLimitExceeded { limit, needed }.into());
@@ -124,7 +123,11 @@ mod tests {
     #[test]
     fn counts_memories_and_tables_against_one_limit() {
         let usage = Arc::new(Usage::default());
-        let mut limiter = MemoryLimiter::new(Some(HOST_OVERHEAD_BYTES + 200), usage.clone());
+        usage.limits.set(kubelet::runtime::Limits {
+            memory_bytes: Some(HOST_OVERHEAD_BYTES + 200),
+            ..Default::default()
+        });
+        let mut limiter = MemoryLimiter::new(usage.clone());
         assert_eq!(usage.memory_bytes(), HOST_OVERHEAD_BYTES);
         assert!(limiter.memory_growing(0, 100, None).expect("fits"));
         assert!(limiter.table_growing(0, 10, None).expect("fits"));
@@ -142,7 +145,7 @@ mod tests {
     #[test]
     fn no_limit_still_reports_usage() {
         let usage = Arc::new(Usage::default());
-        let mut limiter = MemoryLimiter::new(None, usage.clone());
+        let mut limiter = MemoryLimiter::new(usage.clone());
         assert!(limiter.memory_growing(0, 1 << 30, None).expect("fits"));
         assert_eq!(usage.memory_bytes(), (1 << 30) + HOST_OVERHEAD_BYTES);
     }

@@ -176,12 +176,13 @@ impl WasmEngine {
                     source,
                 })?;
         }
-        let limiter = MemoryLimiter::new(spec.limits.memory_bytes, spec.usage.clone());
-        let mut throttle = Throttle::new(
-            clock,
-            spec.limits.cpu_millis,
-            spec.limits.cpu_request_millis,
-        );
+        // The runtime publishes a run's limits before it starts; a bare run (tests, benches)
+        // publishes its own here. Either way they are read live from then on.
+        if spec.usage.limits.get() == Limits::default() {
+            spec.usage.limits.set(spec.limits);
+        }
+        let limiter = MemoryLimiter::new(spec.usage.clone());
+        let mut throttle = Throttle::new(clock);
         let outcome = match program {
             Program::Module(module) => {
                 let state = ModuleState {

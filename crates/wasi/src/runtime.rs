@@ -127,6 +127,7 @@ impl Runtime for WasiRuntime {
         async move {
             let (program, _outcome) = self.program(&spec).await?;
             let usage = Arc::new(Usage::default());
+            usage.limits.set(spec.limits);
             let run = RunSpec {
                 args: spec.args,
                 env: spec.env,

@@ -744,3 +744,44 @@ async fn a_runtime_class_schedules_wasm_pods_and_an_unknown_handler_is_refused()
         let _ = classes.delete(&name, &DeleteParams::default()).await;
     }
 }
+
+#[tokio::test]
+async fn a_container_restart_rule_retries_its_exit_code_in_a_never_pod() {
+    let ns = TestNamespace::new("rules").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    // restartPolicy Never, and a container that restarts only on exit code 42 (KEP-5307).
+    let pod_with = |name: &str, code: &str| {
+        for_node(
+            json!({
+                "metadata": {"name": name},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{
+                        "name": "main", "image": workloads::multitool(), "args": ["exit", code],
+                        "restartPolicy": "Never",
+                        "restartPolicyRules": [{"action": "Restart", "exitCodes": {"operator": "In", "values": [42]}}]
+                    }]
+                }
+            }),
+            shared_node(KRUSTLET),
+        )
+    };
+    create(&pods, pod_with("retried", "42")).await.expect(
+        "create (the API server must accept container restartPolicy and restartPolicyRules)",
+    );
+    create(&pods, pod_with("final", "3")).await.expect("create");
+    // Exit 42 matches the rule: the container runs again and the pod is not Failed.
+    let retried = wait_for(&pods, "retried", LONG, "restarted by its rule", |p| {
+        container_status(p, "main").is_some_and(|c| c.restart_count >= 1)
+    })
+    .await
+    .expect("restarted");
+    assert_eq!(phase(&retried), "Running", "{:?}", retried.status);
+    // Exit 3 matches no rule and the container says Never: the pod fails, not restarted.
+    let failed = wait_for_phase(&pods, "final", "Failed", LONG)
+        .await
+        .expect("failed");
+    let main = container_status(&failed, "main").expect("status");
+    assert_eq!(main.restart_count, 0);
+    assert_eq!(terminated(&failed, "main").map(|t| t.exit_code), Some(3));
+}

@@ -464,3 +464,171 @@ async fn an_empty_dir_over_its_size_limit_is_evicted() {
         Some("Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\". ")
     );
 }
+
+#[tokio::test]
+async fn a_soft_threshold_raises_pressure_at_once_and_evicts_after_its_grace_period() {
+    // A soft threshold no host can meet, with a 20 s grace period: MemoryPressure at once,
+    // evictions only after 20 s, each pod with at most 2 s of grace.
+    let node = KrustletNode::start(
+        KRUSTLET,
+        "soft",
+        &[
+            "--eviction-soft=memory.available<1000Ti",
+            "--eviction-soft-grace-period=memory.available=20s",
+            "--eviction-max-pod-grace-period=2",
+        ],
+    )
+    .expect("node");
+    let started = Instant::now();
+    let ns = TestNamespace::new("soft").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    // Under pressure within a few monitoring rounds, long before the grace period ends.
+    let deadline = Instant::now() + LONG;
+    loop {
+        let object = node.wait_ready("True", LONG).await.expect("ready");
+        let pressure = object
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "MemoryPressure")
+            .map(|c| c.status);
+        if pressure.as_deref() == Some("True") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no MemoryPressure: {pressure:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Burstable (requests memory) so that admission under memory pressure takes it.
+    create(
+        &pods,
+        pod(
+            "victim",
+            node.name(),
+            &["sleep", "600"],
+            json!({"requests": {"memory": "1Mi"}}),
+        ),
+    )
+    .await
+    .expect("create");
+    wait_for(&pods, "victim", LONG, "running", running)
+        .await
+        .expect("running");
+    let evicted = wait_for_phase(&pods, "victim", "Failed", LONG)
+        .await
+        .expect("evicted");
+    assert!(
+        started.elapsed() >= Duration::from_secs(20),
+        "evicted before the 20 s grace period: {:?}",
+        started.elapsed()
+    );
+    let status = evicted.status.expect("status");
+    assert_eq!(status.reason.as_deref(), Some("Evicted"));
+    assert!(
+        status
+            .message
+            .unwrap_or_default()
+            .starts_with("The node was low on resource: memory. Threshold quantity: "),
+    );
+}
+
+/// `kubectl patch pod NAME --subresource resize` with the container `main`'s new resources.
+fn resize(ns: &str, name: &str, resources: serde_json::Value) -> anyhow::Result<String> {
+    let patch = json!({"spec": {"containers": [{"name": "main", "resources": resources}]}});
+    kubectl(&[
+        "patch",
+        "pod",
+        name,
+        "-n",
+        ns,
+        "--subresource",
+        "resize",
+        "--patch",
+        &patch.to_string(),
+    ])
+}
+
+#[tokio::test]
+async fn an_in_place_resize_raises_a_running_guests_memory_limit_without_a_restart() {
+    let node = shared_node(KRUSTLET);
+    let ns = TestNamespace::new("resize").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    // 40 s to resize before the guest allocates 96 MiB, over its 64Mi limit: without the
+    // resize it would be OOMKilled.
+    let limits = |memory: &str, cpu: &str| json!({"limits": {"memory": memory, "cpu": cpu}, "requests": {"memory": memory, "cpu": cpu}});
+    create(
+        &pods,
+        pod(
+            "grower",
+            node,
+            &["sleep", "40", "alloc", "96", "sleep", "600"],
+            limits("64Mi", "100m"),
+        ),
+    )
+    .await
+    .expect("create");
+    wait_for(&pods, "grower", LONG, "running", running)
+        .await
+        .expect("running");
+    resize(ns.name(), "grower", limits("256Mi", "200m"))
+        .expect("kubectl patch --subresource resize");
+    // The status shows what the container now has, and it never restarted.
+    let resized = wait_for(&pods, "grower", LONG, "resized", |p| {
+        container_status(p, "main")
+            .and_then(|c| c.resources.as_ref())
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get("memory"))
+            .is_some_and(|q| q.0 == "256Mi")
+    })
+    .await
+    .expect("resized");
+    let main = container_status(&resized, "main").expect("status");
+    assert_eq!(main.restart_count, 0);
+    assert_eq!(
+        main.allocated_resources
+            .as_ref()
+            .and_then(|a| a.get("cpu"))
+            .map(|q| q.0.as_str()),
+        Some("200m")
+    );
+    // The guest allocates past the old limit and keeps running.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let logs = kubectl(&["logs", "-n", ns.name(), "grower"]).unwrap_or_default();
+        if logs.contains("alloc") || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let after = pods.get("grower").await.expect("pod");
+    let main = container_status(&after, "main").expect("status");
+    assert!(
+        main.state.as_ref().is_some_and(|s| s.running.is_some()) && main.restart_count == 0,
+        "not running at 256Mi after allocating 96 MiB: {:?}",
+        after.status
+    );
+
+    // A resize the node can never hold is pending, Infeasible, and changes nothing.
+    resize(ns.name(), "grower", limits("256Mi", "1000"))
+        .expect("kubectl patch --subresource resize");
+    let pending = wait_for(&pods, "grower", LONG, "PodResizePending", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter().any(|c| {
+                    c.type_ == "PodResizePending" && c.reason.as_deref() == Some("Infeasible")
+                })
+            })
+    })
+    .await
+    .expect("infeasible");
+    let main = container_status(&pending, "main").expect("status");
+    let cpu = main
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("cpu"))
+        .map(|q| q.0.clone());
+    assert_eq!(cpu.as_deref(), Some("200m"));
+}

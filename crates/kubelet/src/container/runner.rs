@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::{mpsc, watch};
 
 use crate::container::service_env::ServiceEnv;
-use crate::container::{argv, config_watch, env, termination_message};
+use crate::container::{argv, config_watch, env, resize, termination_message};
 use crate::image::{ImageStore, PullPolicy};
 use crate::log::rotation::{LogPolicy, prune_old_runs};
 use crate::log::writer::CriLogWriter;
@@ -26,8 +26,7 @@ use crate::pod::api::ApiLink;
 use crate::pod::backoff::Backoff;
 use crate::pod::events::{PodEvents, container_field};
 use crate::pod::restart::{RestartPolicy, RestartRules};
-use crate::quantity::amount;
-use crate::runtime::{ContainerSpec, Limits, Runtime, Termination};
+use crate::runtime::{ContainerSpec, Runtime, Termination};
 use crate::stats::{PodRef, Stats};
 use crate::volume::subpath::container_mount;
 use crate::volume::{NodeFacts, VolumeMap};
@@ -118,6 +117,8 @@ pub struct Runner {
     pub restart_count: i32,
     /// How the previous run ended, if there was one (a restarted kubelet, a changed image).
     pub last_state: Option<ContainerState>,
+    /// Its resources, resized in place by the pod worker.
+    pub allocated: resize::Allocated,
 }
 
 /// A duration as Go prints one (`523ms`, `1.204s`), as the kubelet's messages show it.
@@ -144,19 +145,6 @@ fn waiting(reason: &str, message: Option<String>) -> ContainerState {
 }
 
 impl Runner {
-    /// The container's resource limits for the runtime; without a memory limit it may use up
-    /// to what all pods may hold, as the kubelet's pods cgroup bounds it.
-    fn limits(&self, c: &Container) -> Limits {
-        let resources = c.resources.as_ref();
-        let limits = resources.and_then(|r| r.limits.as_ref());
-        let requests = resources.and_then(|r| r.requests.as_ref());
-        Limits {
-            memory_bytes: Some(amount(limits, "memory").unwrap_or(self.services.memory_bound)),
-            cpu_millis: amount(limits, "cpu"),
-            cpu_request_millis: amount(requests, "cpu"),
-        }
-    }
-
     /// When this container runs again after it exits (its own rules over the pod's policy).
     fn restart_rules(&self) -> RestartRules {
         let pod_policy = RestartPolicy::parse(
@@ -306,6 +294,7 @@ impl Runner {
                 }
             };
             let (mut running, log_path, container_id, message_file) = run;
+            self.allocated.attach(running.usage.clone());
             let registration = self.services.stats.register(
                 PodRef {
                     name: self.pod.metadata.name.clone().unwrap_or_default(),
@@ -359,6 +348,7 @@ impl Runner {
                 }
             };
             drop(registration);
+            self.allocated.detach();
             let _ = mark_run_finished(&log_path);
             status.ready = false;
             status.started = Some(false);
@@ -633,7 +623,9 @@ impl Runner {
             args,
             env,
             mounts,
-            limits: self.limits(c),
+            limits: self
+                .allocated
+                .limits_or(resize::container_limits(c, self.services.memory_bound)),
             log,
         };
         let running = self

@@ -69,7 +69,11 @@ impl EvictionManager {
 
     /// The hard and soft thresholds met by `measured`.
     fn met(&self, measured: &Measurements) -> Vec<Met> {
-        let hard = self.config.eviction_hard.iter().map(|t| (t, true, Duration::ZERO));
+        let hard = self
+            .config
+            .eviction_hard
+            .iter()
+            .map(|t| (t, true, Duration::ZERO));
         let soft = self
             .config
             .eviction_soft
@@ -116,7 +120,11 @@ impl EvictionManager {
         let (signal, resource, hard) = if let Some(hard) = due(Signal::MemoryAvailable) {
             (Signal::MemoryAvailable, rank::Resource::Memory, hard)
         } else if let Some(hard) = due(Signal::NodefsAvailable) {
-            (Signal::NodefsAvailable, rank::Resource::EphemeralStorage, hard)
+            (
+                Signal::NodefsAvailable,
+                rank::Resource::EphemeralStorage,
+                hard,
+            )
         } else {
             return;
         };
@@ -125,10 +133,9 @@ impl EvictionManager {
             return;
         };
         let (total, available) = match signal {
-            Signal::MemoryAvailable => (
-                measured.memory.total_bytes,
-                measured.memory.available_bytes,
-            ),
+            Signal::MemoryAvailable => {
+                (measured.memory.total_bytes, measured.memory.available_bytes)
+            }
             _ => (measured.nodefs.total_bytes, measured.nodefs.available_bytes),
         };
         let thresholds: Vec<&Threshold> = if hard {

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-
 use tokio::sync::watch;
 
 use crate::node::conditions::{Pressure, SharedPressure};

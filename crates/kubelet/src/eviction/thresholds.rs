@@ -94,7 +94,11 @@ mod tests {
         let first = tracker.observe(t0, &[soft(MINUTE)], transition);
         assert!(first.conditions.memory);
         assert!(first.evict_for.is_empty());
-        let later = tracker.observe(t0 + 30 * Duration::from_secs(1), &[soft(MINUTE)], transition);
+        let later = tracker.observe(
+            t0 + 30 * Duration::from_secs(1),
+            &[soft(MINUTE)],
+            transition,
+        );
         assert!(later.evict_for.is_empty());
         let due = tracker.observe(t0 + MINUTE, &[soft(MINUTE)], transition);
         assert_eq!(due.evict_for, [soft(MINUTE)]);
@@ -123,7 +127,10 @@ mod tests {
         assert!(met.conditions.disk);
         assert_eq!(met.evict_for, [hard], "hard thresholds evict at once");
         let relieved = tracker.observe(t0 + 4 * MINUTE, &[], 5 * MINUTE);
-        assert!(relieved.conditions.disk, "still within the transition period");
+        assert!(
+            relieved.conditions.disk,
+            "still within the transition period"
+        );
         assert!(relieved.evict_for.is_empty());
         let over = tracker.observe(t0 + 5 * MINUTE, &[], 5 * MINUTE);
         assert!(!over.conditions.disk);

@@ -20,8 +20,8 @@ use kube::api::{Api, DeleteParams, Preconditions};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::container::config_watch;
 use crate::container::runner::{Kind, NodeServices, Runner};
+use crate::container::{config_watch, resize};
 use crate::eviction::{Eviction, Evictions};
 use crate::log::pod_log_dir;
 use crate::pod::admission::Rejection;
@@ -109,8 +109,10 @@ struct Running {
     kind: Kind,
     /// Its index among the init containers (sidecars, init containers).
     index: usize,
-    /// The spec it runs.
+    /// The spec it runs (with its resources as resized).
     container: Container,
+    /// Its resources, resized in place.
+    allocated: resize::Allocated,
 }
 
 struct Worker {
@@ -127,6 +129,8 @@ struct Worker {
     running: HashMap<String, Running>,
     /// App containers done for good.
     finished_apps: HashSet<String>,
+    /// A resize that is pending or failed: condition type, reason, message.
+    resize: Option<(&'static str, &'static str, String)>,
     /// Containers stopped because their definition changed; they start again when stopped.
     restarting: HashSet<String>,
     updates_tx: mpsc::UnboundedSender<(String, ContainerStatus)>,
@@ -180,6 +184,7 @@ impl Worker {
             running: HashMap::new(),
             finished_apps: HashSet::new(),
             restarting: HashSet::new(),
+            resize: None,
             updates_tx,
             updates,
             volumes: Arc::default(),
@@ -508,6 +513,7 @@ impl Worker {
             Resume::Done(done) => (done.restart_count + 1, done.state),
         };
         let (stop, stop_rx) = watch::channel(None);
+        let allocated = resize::Allocated::default();
         let runner = Runner {
             services: self.ctx.services.clone(),
             pod: self.pod.clone(),
@@ -520,6 +526,7 @@ impl Worker {
             stop: stop_rx,
             restart_count,
             last_state,
+            allocated: allocated.clone(),
         };
         self.running.insert(
             name.clone(),
@@ -528,6 +535,7 @@ impl Worker {
                 kind,
                 index,
                 container,
+                allocated,
             },
         );
         self.runners
@@ -618,6 +626,7 @@ impl Worker {
                     });
                 } else {
                     self.restart_changed();
+                    self.resize_changed();
                 }
                 // Readiness gates and other conditions may have changed.
                 self.publish();
@@ -660,6 +669,56 @@ impl Worker {
             r.container = new.clone();
             r.stop.send_replace(Some(grace));
             self.restarting.insert(new.name.clone());
+        }
+    }
+
+    /// Applies changed `resources` to running containers in place, or restarts them where
+    /// their `resizePolicy` asks (upstream's `computePodResizeAction`); what cannot be done is
+    /// reported with upstream's resize conditions.
+    fn resize_changed(&mut self) {
+        if self.terminating() {
+            return;
+        }
+        let (inits, apps) = self.spec_containers();
+        let wanted = crate::pod::admission::Requests::of_pod(&self.pod);
+        let services = self.ctx.services.clone();
+        let grace = self.grace_period();
+        self.resize = None;
+        for new in inits.iter().chain(&apps) {
+            let Some(r) = self.running.get_mut(&new.name) else {
+                continue;
+            };
+            if r.container.image != new.image {
+                continue;
+            }
+            match resize::decide(
+                &r.container,
+                new,
+                wanted.cpu_millis,
+                wanted.memory_bytes,
+                &services.allocatable,
+                services.memory_bound,
+            ) {
+                resize::Action::None => {}
+                resize::Action::InPlace(limits) => match r.allocated.apply(limits) {
+                    Ok(()) => {
+                        tracing::info!(pod = %self.key, container = %new.name, ?limits, "resized in place");
+                        r.container.resources = new.resources.clone();
+                    }
+                    Err(error) => {
+                        self.resize = Some(("PodResizeInProgress", "Error", error.to_string()));
+                    }
+                },
+                resize::Action::Restart => {
+                    tracing::info!(pod = %self.key, container = %new.name, "resize policy RestartContainer: restarting");
+                    r.container = new.clone();
+                    r.stop.send_replace(Some(grace));
+                    self.restarting.insert(new.name.clone());
+                }
+                resize::Action::Infeasible(message) => {
+                    self.resize = Some(("PodResizePending", "Infeasible", message));
+                }
+            }
         }
     }
 
@@ -805,7 +864,17 @@ impl Worker {
         let (inits, apps) = self.spec_containers();
         let ordered = |list: &[Container]| -> Vec<ContainerStatus> {
             list.iter()
-                .filter_map(|c| self.statuses.get(&c.name).cloned())
+                .filter_map(|c| {
+                    let mut status = self.statuses.get(&c.name).cloned()?;
+                    // What a running container was given, as resized (upstream reports the
+                    // runtime's view and the allocation).
+                    if let Some(r) = self.running.get(&c.name) {
+                        let given = resize::cpu_and_memory(&r.container);
+                        status.allocated_resources = given.requests.clone();
+                        status.resources = Some(given);
+                    }
+                    Some(status)
+                })
                 .collect()
         };
         let init_statuses = ordered(&inits);
@@ -919,6 +988,17 @@ impl Worker {
                 reason: Some("TerminationByKubelet".into()),
                 message: Some(message),
                 last_transition_time: Some(since),
+                ..Default::default()
+            });
+        }
+        if let Some((type_, reason, message)) = &self.resize {
+            conditions.push(k8s_openapi::api::core::v1::PodCondition {
+                type_: (*type_).into(),
+                status: "True".into(),
+                reason: Some((*reason).into()),
+                message: Some(message.clone()),
+                last_transition_time: Some(now.clone()),
+                observed_generation: self.pod.metadata.generation,
                 ..Default::default()
             });
         }
