@@ -499,18 +499,16 @@ async fn a_soft_threshold_raises_pressure_at_once_and_evicts_after_its_grace_per
         assert!(Instant::now() < deadline, "no MemoryPressure: {pressure:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // Burstable (requests memory) so that admission under memory pressure takes it.
-    create(
-        &pods,
-        pod(
-            "victim",
-            node.name(),
-            &["sleep", "600"],
-            json!({"requests": {"memory": "1Mi"}}),
-        ),
-    )
-    .await
-    .expect("create");
+    // Burstable (requests memory) so that admission under memory pressure takes it; bound
+    // directly, as the scheduler keeps pods off a node with the memory-pressure taint.
+    let mut victim = pod(
+        "victim",
+        node.name(),
+        &["sleep", "600"],
+        json!({"requests": {"memory": "1Mi"}}),
+    );
+    victim["spec"]["nodeName"] = json!(node.name());
+    create(&pods, victim).await.expect("create");
     wait_for(&pods, "victim", LONG, "running", running)
         .await
         .expect("running");
