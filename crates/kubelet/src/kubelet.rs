@@ -219,6 +219,7 @@ impl Kubelet {
         metrics.register(&mut registry);
         self.runtime.register_metrics(&mut registry);
         let evictions = Evictions::default();
+        let exec_targets = crate::container::exec_targets::ExecTargets::default();
         let ctx = WorkerContext {
             services: NodeServices {
                 runtime: self.runtime.clone(),
@@ -234,6 +235,7 @@ impl Kubelet {
                 allocatable,
                 memory_bound,
                 service_env: ServiceEnv::watch(clients.clone(), stop.clone()),
+                exec: exec_targets.clone(),
             },
             status: status.clone(),
             dirs: PodDirs {
@@ -279,6 +281,7 @@ impl Kubelet {
             stats,
             metrics,
             registry: Arc::new(registry),
+            exec: exec_targets,
         };
         let server = crate::server::Server::bind(&config, clients.clone(), serving, view).await?;
         supervise(&mut supervised, "kubelet API", server.run(stop.clone()));

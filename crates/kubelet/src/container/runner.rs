@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::{mpsc, watch};
 
+use crate::container::exec_targets::{ExecTarget, ExecTargets, Registration};
 use crate::container::service_env::ServiceEnv;
 use crate::container::{argv, config_watch, env, termination_message};
 use crate::image::{ImageStore, PullPolicy};
@@ -61,6 +62,8 @@ pub struct NodeServices {
     pub memory_bound: u64,
     /// The Services whose variables containers get.
     pub service_env: ServiceEnv,
+    /// Running containers, for exec.
+    pub exec: ExecTargets,
 }
 
 impl NodeServices {
@@ -309,7 +312,7 @@ impl Runner {
                     continue;
                 }
             };
-            let (mut running, log_path, container_id, message_file) = run;
+            let (mut running, log_path, container_id, message_file, exec_registration) = run;
             let registration = self.services.stats.register(
                 PodRef {
                     name: self.pod.metadata.name.clone().unwrap_or_default(),
@@ -363,6 +366,7 @@ impl Runner {
                 }
             };
             drop(registration);
+            drop(exec_registration);
             let _ = mark_run_finished(&log_path);
             status.ready = false;
             status.started = Some(false);
@@ -546,6 +550,7 @@ impl Runner {
             PathBuf,
             String,
             Option<termination_message::MessageFile>,
+            Registration,
         ),
         (&'static str, String),
     > {
@@ -632,6 +637,16 @@ impl Runner {
         })?;
         let uid = self.pod.metadata.uid.as_deref().unwrap_or_default();
         let id = format!("{}-{}-{restart_count}", &uid[..uid.len().min(8)], c.name);
+        let exec_target = ExecTarget {
+            pod_uid: uid.to_string(),
+            program: program.clone(),
+            program_digest: program_digest.clone(),
+            env: env.clone(),
+            mounts: mounts.clone(),
+            limits: self.limits(c),
+            runtime: self.services.runtime.clone(),
+            stopped: tokio_util::sync::CancellationToken::new(),
+        };
         let spec = ContainerSpec {
             id: id.clone(),
             program,
@@ -653,6 +668,12 @@ impl Runner {
             .await;
         self.normal("Started", format!("Started container {name}"))
             .await;
-        Ok((running, log_path, id, message_file))
+        let exec_registration = self.services.exec.register(
+            namespace,
+            self.pod.metadata.name.as_deref().unwrap_or_default(),
+            name,
+            exec_target,
+        );
+        Ok((running, log_path, id, message_file, exec_registration))
     }
 }

@@ -1,0 +1,335 @@
+//! `/exec/{namespace}/{pod}[/{uid}]/{container}?command=...&input=1&output=1&error=1&tty=1`:
+//! `kubectl exec` (upstream `Server.getExec` and `remotecommand.ServeExec`).
+//!
+//! An exec is one more instance of the container's program: the same compiled module or
+//! component, argv from `command`, the container's environment, mounts (with their read-only
+//! rules) and limits, its stdio streamed to the client. It ends when the program exits, the
+//! client goes away, or the container's run ends. With a TTY stdin and stdout report
+//! themselves as a terminal; resize messages are read and dropped, since WASI has no terminal
+//! size or signals.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::StatusCode;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{Semaphore, mpsc};
+
+use super::remotecommand::{
+    ACCEPTED_HEADER, Options, Outcome, PROTOCOL_HEADER, ProtocolError, STREAM_CREATION_TIMEOUT,
+    SUPPORTED, Streams, is_spdy_upgrade, negotiate,
+};
+use super::session::{Session, StreamWriter};
+use crate::container::exec_targets::ExecTarget;
+use crate::runtime::{ExecIo, Termination};
+use crate::server::AppState;
+
+/// Most exec sessions at once on this node; more are refused with 429.
+pub const MAX_SESSIONS: usize = 64;
+/// Output chunks buffered between a guest and its client.
+const OUTPUT_QUEUE: usize = 16;
+/// How long output may take to drain after the program ended.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+static SESSIONS: Semaphore = Semaphore::const_new(MAX_SESSIONS);
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A refusal kubectl shows: a `Status` body, which client-go decodes from a failed upgrade.
+pub fn status_response(code: StatusCode, reason: &str, message: &str) -> Response {
+    let status = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    });
+    (
+        code,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        status.to_string(),
+    )
+        .into_response()
+}
+
+fn bad_request(message: &str) -> Response {
+    status_response(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
+/// Where an exec request points.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    namespace: String,
+    pod: String,
+    uid: Option<String>,
+    container: String,
+}
+
+fn parse_path(path: &str, root: &str) -> Option<Target> {
+    let rest = path.strip_prefix(root)?.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return None;
+    }
+    match parts.as_slice() {
+        [namespace, pod, container] => Some(Target {
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+            uid: None,
+            container: container.to_string(),
+        }),
+        [namespace, pod, uid, container] => Some(Target {
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+            uid: Some(uid.to_string()),
+            container: container.to_string(),
+        }),
+        _ => None,
+    }
+}
+
+/// Serves `/exec/...`: checks the request, answers 101 and runs the command over SPDY.
+pub async fn exec(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
+    let Some(target) = parse_path(request.uri().path(), "/exec") else {
+        return status_response(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "exec path must be /exec/{namespace}/{pod}[/{uid}]/{container}",
+        );
+    };
+    let pairs: Vec<(String, String)> =
+        form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let options = match Options::from_query(&pairs) {
+        Ok(options) => options,
+        Err(error) => return bad_request(&error.to_string()),
+    };
+    let command: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if command.is_empty() {
+        return bad_request("you must specify a command to run (`kubectl exec POD -- COMMAND`)");
+    }
+    let headers = request.headers();
+    if !is_spdy_upgrade(headers) {
+        let websocket = headers
+            .get(http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        return bad_request(&if websocket {
+            "this kubelet serves exec over SPDY/3.1 only; reach it through the API server, \
+             which translates kubectl's WebSocket"
+                .to_string()
+        } else {
+            ProtocolError::NotAnUpgrade.to_string()
+        });
+    }
+    let protocol = match negotiate(headers) {
+        Ok(protocol) => protocol,
+        Err(error) => {
+            // Upstream `httpstream.Handshake`: 403 with the versions the server accepts.
+            let mut response =
+                status_response(StatusCode::FORBIDDEN, "Forbidden", &error.to_string());
+            for version in SUPPORTED {
+                response
+                    .headers_mut()
+                    .append(ACCEPTED_HEADER, http::HeaderValue::from_static(version));
+            }
+            return response;
+        }
+    };
+    let Some(exec_target) = state
+        .view
+        .exec
+        .get(&target.namespace, &target.pod, &target.container)
+        .filter(|t| target.uid.as_ref().is_none_or(|uid| *uid == t.pod_uid))
+    else {
+        return status_response(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!(
+                "container {:?} of pod {}/{} is not running on this node; exec needs a running container",
+                target.container, target.namespace, target.pod
+            ),
+        );
+    };
+    let Ok(permit) = SESSIONS.try_acquire() else {
+        return status_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            &format!("{MAX_SESSIONS} exec sessions are open on this node; try again later"),
+        );
+    };
+    let Some(upgrade) = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+    else {
+        return bad_request("this connection cannot be upgraded; exec needs HTTP/1.1");
+    };
+    let id = format!(
+        "exec-{}-{}",
+        target.container,
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    );
+    tracing::info!(
+        pod = %format!("{}/{}", target.namespace, target.pod),
+        container = %target.container,
+        %id,
+        protocol,
+        ?command,
+        tty = options.tty,
+        "exec"
+    );
+    tokio::spawn(async move {
+        let _permit = permit;
+        match upgrade.await {
+            Ok(upgraded) => {
+                let session = Session::start(TokioIo::new(upgraded));
+                serve(session, protocol, options, exec_target, id, command).await;
+            }
+            Err(error) => tracing::debug!(%error, "exec upgrade failed"),
+        }
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (http::header::CONNECTION, "Upgrade"),
+            (http::header::UPGRADE, "SPDY/3.1"),
+            (http::HeaderName::from_static(PROTOCOL_HEADER), protocol),
+        ],
+    )
+        .into_response()
+}
+
+/// Copies a guest's output to its stream until the guest drops its sender.
+fn pump(mut output: mpsc::Receiver<Bytes>, writer: StreamWriter) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(chunk) = output.recv().await {
+            if writer.write(chunk).await.is_err() {
+                // The client is gone: keep draining so the guest is never stuck on a write.
+                while output.recv().await.is_some() {}
+                return;
+            }
+        }
+    })
+}
+
+/// Runs one exec over an upgraded session (upstream `ServeExec`).
+async fn serve(
+    mut session: Session,
+    protocol: &'static str,
+    options: Options,
+    target: Arc<ExecTarget>,
+    id: String,
+    command: Vec<String>,
+) {
+    let mut streams =
+        match Streams::accept(&mut session, protocol, options, STREAM_CREATION_TIMEOUT).await {
+            Ok(streams) => streams,
+            Err(error) => {
+                tracing::info!(%id, %error, "exec ended before it started");
+                session.close().await;
+                return;
+            }
+        };
+    if let Some(mut resize) = streams.resize.take() {
+        // WASI has no terminal size: sizes are read (so the session never stalls) and dropped.
+        tokio::spawn(async move {
+            while let Some(size) = resize.recv().await {
+                tracing::debug!(size = %String::from_utf8_lossy(&size), "terminal resize ignored (WASI has no terminal size)");
+            }
+        });
+    }
+    let mut pumps = Vec::new();
+    let mut output = |writer: &Option<StreamWriter>| {
+        writer.clone().map(|writer| {
+            let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
+            pumps.push(pump(rx, writer));
+            tx
+        })
+    };
+    let io = ExecIo {
+        stdout: output(&streams.stdout),
+        stderr: output(&streams.stderr),
+        stdin: streams.stdin.take(),
+        tty: options.tty,
+    };
+    let peer_gone = session.peer_gone();
+    let outcome = match target.runtime.exec(target.spec(id.clone(), command, io)).await {
+        Err(error) => Outcome::Error(format!("cannot exec in the container: {}", error.message)),
+        Ok(mut running) => {
+            let termination = tokio::select! {
+                ended = &mut running.exit => ended.unwrap_or(Termination::Killed),
+                _ = target.stopped.cancelled() => {
+                    let _ = running.kill.send(());
+                    running.exit.await.unwrap_or(Termination::Killed);
+                    Termination::StartFailed { message: "the container stopped; its exec ended with it".into() }
+                }
+                _ = peer_gone.cancelled() => {
+                    tracing::info!(%id, "exec client went away: stopping the command");
+                    let _ = running.kill.send(());
+                    let _ = running.exit.await;
+                    session.close().await;
+                    return;
+                }
+            };
+            outcome_of(termination)
+        }
+    };
+    // Every byte of output goes out before the status (the guest dropped its senders).
+    for pump in pumps {
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, pump).await;
+    }
+    tracing::info!(%id, ?outcome, "exec finished");
+    streams.finish(&outcome).await;
+    drop(streams);
+    session.close().await;
+}
+
+/// The error stream's report of how the program ended.
+fn outcome_of(termination: Termination) -> Outcome {
+    match termination {
+        Termination::Exited(0) => Outcome::Success,
+        Termination::Exited(code) => Outcome::ExitCode(code),
+        Termination::Trapped { message, .. } => {
+            Outcome::Error(format!("the command trapped: {message}"))
+        }
+        Termination::OomKilled { message } => Outcome::Error(format!(
+            "the command exceeded the container's memory limit: {message}"
+        )),
+        Termination::Killed => Outcome::Error("the command was stopped".into()),
+        Termination::StartFailed { message } => Outcome::Error(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_namespace_pod_optional_uid_and_container() {
+        assert_eq!(
+            parse_path("/exec/ns/pod/c", "/exec"),
+            Some(Target {
+                namespace: "ns".into(),
+                pod: "pod".into(),
+                uid: None,
+                container: "c".into()
+            })
+        );
+        assert_eq!(
+            parse_path("/exec/ns/pod/uid/c", "/exec").and_then(|t| t.uid),
+            Some("uid".into())
+        );
+        assert_eq!(parse_path("/exec/ns/pod", "/exec"), None);
+        assert_eq!(parse_path("/exec/ns//c", "/exec"), None);
+    }
+}
