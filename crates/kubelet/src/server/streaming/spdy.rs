@@ -659,7 +659,7 @@ fn parse_header_block(mut block: &[u8]) -> Result<Headers, SpdyError> {
             "{count} header pairs, at most {MAX_HEADER_PAIRS} accepted"
         )));
     }
-    let mut take = |block: &mut &[u8]| -> Result<String, SpdyError> {
+    let take = |block: &mut &[u8]| -> Result<String, SpdyError> {
         if block.len() < 4 {
             return Err(bad("truncated length"));
         }
