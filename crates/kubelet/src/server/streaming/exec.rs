@@ -312,7 +312,199 @@ fn outcome_of(termination: Termination) -> Outcome {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use bytes::BytesMut;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
     use super::*;
+    use crate::server::streaming::remotecommand::V4;
+    use crate::server::streaming::session::MAX_STREAMS;
+    use crate::server::streaming::spdy::{Codec, FLAG_FIN, Frame, rst};
+
+    fn target() -> Arc<ExecTarget> {
+        Arc::new(ExecTarget {
+            pod_uid: "uid".into(),
+            program: "/p.wasm".into(),
+            program_digest: "sha256:0".into(),
+            env: vec![],
+            mounts: vec![],
+            limits: crate::runtime::Limits::default(),
+            runtime: Arc::new(crate::runtime::fake::FakeRuntime::default()),
+            stopped: tokio_util::sync::CancellationToken::new(),
+        })
+    }
+
+    /// A test client: writes frames, reads every frame until the server closes.
+    struct Client {
+        io: DuplexStream,
+        codec: Codec,
+        read: Codec,
+        buf: BytesMut,
+    }
+
+    impl Client {
+        fn new(io: DuplexStream) -> Self {
+            Self {
+                io,
+                codec: Codec::new(),
+                read: Codec::new(),
+                buf: BytesMut::new(),
+            }
+        }
+
+        async fn send(&mut self, frame: Frame) {
+            let mut out = BytesMut::new();
+            self.codec.encode(&frame, &mut out).expect("encode");
+            self.io.write_all(&out).await.expect("write");
+        }
+
+        async fn open(&mut self, stream_id: u32, kind: &str) {
+            self.send(Frame::SynStream {
+                stream_id,
+                associated_to: 0,
+                priority: 0,
+                flags: 0,
+                headers: vec![("streamtype".into(), kind.into())],
+            })
+            .await;
+        }
+
+        /// Frames until GOAWAY or the end of the connection (bounded).
+        async fn frames(&mut self) -> Vec<Frame> {
+            let mut frames = Vec::new();
+            let read = async {
+                loop {
+                    while let Some(frame) = self.read.decode(&mut self.buf).expect("decode") {
+                        let goaway = matches!(frame, Frame::GoAway { .. });
+                        frames.push(frame);
+                        if goaway {
+                            return;
+                        }
+                    }
+                    if self.io.read_buf(&mut self.buf).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .expect("the server ends the session");
+            frames
+        }
+    }
+
+    fn data_of(frames: &[Frame]) -> HashMap<u32, String> {
+        let mut out: HashMap<u32, String> = HashMap::new();
+        for frame in frames {
+            if let Frame::Data {
+                stream_id, data, ..
+            } = frame
+            {
+                out.entry(*stream_id)
+                    .or_default()
+                    .push_str(&String::from_utf8_lossy(data));
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn an_exec_over_spdy_streams_stdio_and_reports_the_exit_code() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let session = Session::start(server);
+        let options = Options {
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        };
+        let command = vec!["prog".into(), "a".into(), "exit=3".into()];
+        let served = tokio::spawn(serve(session, V4, options, target(), "t".into(), command));
+        let mut client = Client::new(client);
+        client.open(1, "error").await;
+        client.open(3, "stdin").await;
+        // An unknown stream type is reset and not counted.
+        client.open(5, "bogus").await;
+        client.open(7, "stdout").await;
+        client.open(9, "stderr").await;
+        client
+            .send(Frame::Data {
+                stream_id: 3,
+                flags: FLAG_FIN,
+                data: Bytes::from_static(b"typed\n"),
+            })
+            .await;
+        let frames = client.frames().await;
+        served.await.expect("served");
+        let data = data_of(&frames);
+        assert_eq!(data.get(&7).map(String::as_str), Some("a exit=3\ntyped\n"));
+        assert_eq!(data.get(&9).map(String::as_str), Some("err\n"));
+        let status: serde_json::Value =
+            serde_json::from_str(data.get(&1).expect("status")).expect("json");
+        assert_eq!(status["reason"], "NonZeroExitCode");
+        assert_eq!(status["details"]["causes"][0]["message"], "3");
+        assert!(frames.contains(&Frame::RstStream {
+            stream_id: 5,
+            status: rst::PROTOCOL_ERROR
+        }));
+        // Every output stream is half-closed after its data.
+        for id in [1, 7, 9] {
+            assert!(
+                frames.iter().any(|f| matches!(f, Frame::Data { stream_id, flags, .. } if *stream_id == id && flags & FLAG_FIN != 0)),
+                "stream {id} not finished"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_stops_the_command() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let session = Session::start(server);
+        let options = Options {
+            stdout: true,
+            ..Options::default()
+        };
+        let command = vec!["prog".into(), "sleep".into()];
+        let served = tokio::spawn(serve(session, V4, options, target(), "t".into(), command));
+        let mut client = Client::new(client);
+        client.open(1, "error").await;
+        client.open(3, "stdout").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("the exec ends with its client")
+            .expect("served");
+    }
+
+    #[tokio::test]
+    async fn too_many_streams_are_refused_and_bad_ids_end_the_session() {
+        let (client, server) = tokio::io::duplex(1024 * 1024);
+        let _session = Session::start(server);
+        let mut client = Client::new(client);
+        let total = MAX_STREAMS as u32 + 5;
+        for n in 0..total {
+            client.open(2 * n + 1, "stdout").await;
+        }
+        // Then a stream ID that goes backwards: a protocol error.
+        client.open(1, "stdout").await;
+        let frames = client.frames().await;
+        let replies = frames
+            .iter()
+            .filter(|f| matches!(f, Frame::SynReply { .. }))
+            .count();
+        let refused = frames
+            .iter()
+            .filter(|f| matches!(f, Frame::RstStream { status, .. } if *status == rst::REFUSED_STREAM))
+            .count();
+        assert_eq!(replies, MAX_STREAMS);
+        assert_eq!(refused, 5);
+        assert!(matches!(
+            frames.last(),
+            Some(Frame::GoAway { status: 1, .. })
+        ));
+    }
 
     #[test]
     fn paths_name_namespace_pod_optional_uid_and_container() {
