@@ -228,6 +228,43 @@ async fn kubectl_exec_runs_a_command_component_like_a_module() {
     assert_eq!(run.stdout, "component\n");
 }
 
+#[tokio::test]
+async fn kubectl_attach_shows_a_ticking_containers_output_live() {
+    let ns = TestNamespace::new("attach").await.expect("namespace");
+    running_pod(&ns, "ticker", shared_node(KRUSTLET), &workloads::multitool()).await;
+    let info = cluster();
+    let mut child = Command::new(&info.kubectl)
+        .arg("--kubeconfig")
+        .arg(&info.kubeconfig)
+        .args(["attach", "-n", ns.name(), "ticker", "-c", "main"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                break;
+            }
+        }
+    });
+    // New ticks arrive while attached (once a second).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = String::new();
+    while seen.matches("tick ").count() < 2 {
+        assert!(Instant::now() < deadline, "no live ticks from kubectl attach: {seen:?}");
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push_str(&chunk);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Sends an exec upgrade request to the node's kubelet directly (as the API server would) and
 /// returns the TLS stream after the 101.
 async fn upgraded(

@@ -181,7 +181,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics/resource", get(metrics::resource_metrics))
         .route("/stats/summary", get(metrics::stats_summary))
         .route("/exec/{*rest}", any(streaming::exec::exec))
-        .route("/attach/{*rest}", unsupported("attach"))
+        .route("/attach/{*rest}", any(streaming::exec::attach))
         .route("/portForward/{*rest}", unsupported("port-forward"))
         .route("/run/{*rest}", unsupported("run"))
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") })

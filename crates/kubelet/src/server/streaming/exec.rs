@@ -93,24 +93,118 @@ fn parse_path(path: &str, root: &str) -> Option<Target> {
     }
 }
 
-/// Serves `/exec/...`: checks the request, answers 101 and runs the command over SPDY.
-pub async fn exec(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
-    let Some(target) = parse_path(request.uri().path(), "/exec") else {
-        return status_response(
+/// A checked streaming request, ready to upgrade.
+struct Prepared {
+    target: Target,
+    pairs: Vec<(String, String)>,
+    options: Options,
+    protocol: &'static str,
+    exec_target: Arc<ExecTarget>,
+    permit: tokio::sync::SemaphorePermit<'static>,
+    upgrade: hyper::upgrade::OnUpgrade,
+}
+
+/// The checks exec and attach share, in upstream's order: path, stream options, upgrade
+/// headers, protocol version, a running container; each failure is a `Status` kubectl shows.
+fn prepare(state: &AppState, request: &mut Request, root: &str) -> Result<Prepared, Response> {
+    let Some(target) = parse_path(request.uri().path(), root) else {
+        return Err(status_response(
             StatusCode::NOT_FOUND,
             "NotFound",
-            "exec path must be /exec/{namespace}/{pod}[/{uid}]/{container}",
-        );
+            &format!("path must be {root}/{{namespace}}/{{pod}}[/{{uid}}]/{{container}}"),
+        ));
     };
     let pairs: Vec<(String, String)> =
         form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
             .into_owned()
             .collect();
-    let options = match Options::from_query(&pairs) {
-        Ok(options) => options,
-        Err(error) => return bad_request(&error.to_string()),
+    let options = Options::from_query(&pairs).map_err(|e| bad_request(&e.to_string()))?;
+    let headers = request.headers();
+    if !is_spdy_upgrade(headers) {
+        let websocket = headers
+            .get(http::header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        return Err(bad_request(&if websocket {
+            "this kubelet serves exec and attach over SPDY/3.1 only; reach it through the API \
+             server, which translates kubectl's WebSocket"
+                .to_string()
+        } else {
+            ProtocolError::NotAnUpgrade.to_string()
+        }));
+    }
+    let protocol = negotiate(headers).map_err(|error| {
+        // Upstream `httpstream.Handshake`: 403 with the versions the server accepts.
+        let mut response = status_response(StatusCode::FORBIDDEN, "Forbidden", &error.to_string());
+        for version in SUPPORTED {
+            response
+                .headers_mut()
+                .append(ACCEPTED_HEADER, http::HeaderValue::from_static(version));
+        }
+        response
+    })?;
+    let Some(exec_target) = state
+        .view
+        .exec
+        .get(&target.namespace, &target.pod, &target.container)
+        .filter(|t| target.uid.as_ref().is_none_or(|uid| *uid == t.pod_uid))
+    else {
+        return Err(status_response(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!(
+                "container {:?} of pod {}/{} is not running on this node; exec and attach need a running container",
+                target.container, target.namespace, target.pod
+            ),
+        ));
     };
-    let command: Vec<String> = pairs
+    let Ok(permit) = SESSIONS.try_acquire() else {
+        return Err(status_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            &format!("{MAX_SESSIONS} streaming sessions are open on this node; try again later"),
+        ));
+    };
+    let Some(upgrade) = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+    else {
+        return Err(bad_request(
+            "this connection cannot be upgraded; exec and attach need HTTP/1.1",
+        ));
+    };
+    Ok(Prepared {
+        target,
+        pairs,
+        options,
+        protocol,
+        exec_target,
+        permit,
+        upgrade,
+    })
+}
+
+/// The 101 answer that switches the connection to SPDY/3.1.
+fn switching(protocol: &'static str) -> Response {
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (http::header::CONNECTION, "Upgrade"),
+            (http::header::UPGRADE, "SPDY/3.1"),
+            (http::HeaderName::from_static(PROTOCOL_HEADER), protocol),
+        ],
+    )
+        .into_response()
+}
+
+/// Serves `/exec/...`: checks the request, answers 101 and runs the command over SPDY.
+pub async fn exec(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
+    let prepared = match prepare(&state, &mut request, "/exec") {
+        Ok(prepared) => prepared,
+        Err(response) => return response,
+    };
+    let command: Vec<String> = prepared
+        .pairs
         .iter()
         .filter(|(k, _)| k == "command")
         .map(|(_, v)| v.clone())
@@ -118,62 +212,15 @@ pub async fn exec(State(state): State<Arc<AppState>>, mut request: Request) -> R
     if command.is_empty() {
         return bad_request("you must specify a command to run (`kubectl exec POD -- COMMAND`)");
     }
-    let headers = request.headers();
-    if !is_spdy_upgrade(headers) {
-        let websocket = headers
-            .get(http::header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-        return bad_request(&if websocket {
-            "this kubelet serves exec over SPDY/3.1 only; reach it through the API server, \
-             which translates kubectl's WebSocket"
-                .to_string()
-        } else {
-            ProtocolError::NotAnUpgrade.to_string()
-        });
-    }
-    let protocol = match negotiate(headers) {
-        Ok(protocol) => protocol,
-        Err(error) => {
-            // Upstream `httpstream.Handshake`: 403 with the versions the server accepts.
-            let mut response =
-                status_response(StatusCode::FORBIDDEN, "Forbidden", &error.to_string());
-            for version in SUPPORTED {
-                response
-                    .headers_mut()
-                    .append(ACCEPTED_HEADER, http::HeaderValue::from_static(version));
-            }
-            return response;
-        }
-    };
-    let Some(exec_target) = state
-        .view
-        .exec
-        .get(&target.namespace, &target.pod, &target.container)
-        .filter(|t| target.uid.as_ref().is_none_or(|uid| *uid == t.pod_uid))
-    else {
-        return status_response(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!(
-                "container {:?} of pod {}/{} is not running on this node; exec needs a running container",
-                target.container, target.namespace, target.pod
-            ),
-        );
-    };
-    let Ok(permit) = SESSIONS.try_acquire() else {
-        return status_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            "TooManyRequests",
-            &format!("{MAX_SESSIONS} exec sessions are open on this node; try again later"),
-        );
-    };
-    let Some(upgrade) = request
-        .extensions_mut()
-        .remove::<hyper::upgrade::OnUpgrade>()
-    else {
-        return bad_request("this connection cannot be upgraded; exec needs HTTP/1.1");
-    };
+    let Prepared {
+        target,
+        options,
+        protocol,
+        exec_target,
+        permit,
+        upgrade,
+        ..
+    } = prepared;
     let id = format!(
         "exec-{}-{}",
         target.container,
@@ -198,15 +245,87 @@ pub async fn exec(State(state): State<Arc<AppState>>, mut request: Request) -> R
             Err(error) => tracing::debug!(%error, "exec upgrade failed"),
         }
     });
-    (
-        StatusCode::SWITCHING_PROTOCOLS,
-        [
-            (http::header::CONNECTION, "Upgrade"),
-            (http::header::UPGRADE, "SPDY/3.1"),
-            (http::HeaderName::from_static(PROTOCOL_HEADER), protocol),
-        ],
-    )
-        .into_response()
+    switching(protocol)
+}
+
+/// Serves `/attach/...` (upstream `Server.getAttach`): the running container's output from
+/// now on, as its log receives it (stdout and stderr interleaved on the stdout stream), until
+/// the run ends or the client leaves. Input is not passed on: containers start without stdin.
+pub async fn attach(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
+    let prepared = match prepare(&state, &mut request, "/attach") {
+        Ok(prepared) => prepared,
+        Err(response) => return response,
+    };
+    let Prepared {
+        target,
+        options,
+        protocol,
+        exec_target,
+        permit,
+        upgrade,
+        ..
+    } = prepared;
+    let data_dir = state.data_dir.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let mut session = Session::start(TokioIo::new(upgraded));
+        let mut streams =
+            match Streams::accept(&mut session, protocol, options, STREAM_CREATION_TIMEOUT).await {
+                Ok(streams) => streams,
+                Err(error) => {
+                    tracing::info!(%error, "attach ended before it started");
+                    session.close().await;
+                    return;
+                }
+            };
+        // Input and resizes are read and dropped: the container has no stdin to feed.
+        for mut input in [streams.stdin.take(), streams.resize.take()].into_iter().flatten() {
+            tokio::spawn(async move { while input.recv().await.is_some() {} });
+        }
+        let outcome = match crate::log::reader::find_run(
+            &data_dir,
+            &target.namespace,
+            &target.pod,
+            &target.container,
+            false,
+        ) {
+            Err(error) => Outcome::Error(error.to_string()),
+            Ok(run) => {
+                let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUTPUT_QUEUE);
+                let follow = crate::log::reader::LogOptions {
+                    follow: true,
+                    tail_lines: Some(0),
+                    ..Default::default()
+                };
+                let reader = tokio::spawn(crate::log::reader::stream_log(run, follow, tx));
+                let writer = streams.stdout.clone().or_else(|| streams.stderr.clone());
+                let peer_gone = session.peer_gone();
+                loop {
+                    tokio::select! {
+                        chunk = rx.recv() => match chunk {
+                            Some(chunk) => {
+                                if let Some(writer) = &writer {
+                                    let _ = writer.write(Bytes::from(chunk)).await;
+                                }
+                            }
+                            None => break,
+                        },
+                        _ = exec_target.stopped.cancelled() => break,
+                        _ = peer_gone.cancelled() => break,
+                    }
+                }
+                reader.abort();
+                Outcome::Success
+            }
+        };
+        streams.finish(&outcome).await;
+        drop(streams);
+        session.close().await;
+    });
+    switching(protocol)
 }
 
 /// Copies a guest's output to its stream until the guest drops its sender.
