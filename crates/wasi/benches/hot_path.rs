@@ -10,9 +10,9 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use krustlet_wasi::run::Stdio;
 use krustlet_wasi::{Program, RunSpec, WasmEngine};
 use kubelet::log::writer::CriLogWriter;
-use krustlet_wasi::run::Stdio;
 use kubelet::runtime::{Limits, Usage};
 
 /// A module that does nothing: what is measured is the runtime around it.

@@ -76,7 +76,8 @@ impl WasiRuntime {
         let found = match self.programs.in_memory(&digest) {
             Some(program) => (program, CacheOutcome::Memory),
             None => {
-                let (cache, path, key) = (self.programs.clone(), path.to_path_buf(), digest.clone());
+                let (cache, path, key) =
+                    (self.programs.clone(), path.to_path_buf(), digest.clone());
                 self.pool
                     .run(move || cache.get(&key, &path))
                     .await
@@ -136,7 +137,12 @@ impl Runtime for WasiRuntime {
                 mounts: spec
                     .mounts
                     .into_iter()
-                    .map(|m| Mount { dir: m.dir, host_path: m.host_path, guest_path: m.container_path, read_only: m.read_only })
+                    .map(|m| Mount {
+                        dir: m.dir,
+                        host_path: m.host_path,
+                        guest_path: m.container_path,
+                        read_only: m.read_only,
+                    })
                     .collect(),
                 stdio: Stdio::Log(spec.log),
                 limits: spec.limits,
@@ -168,7 +174,12 @@ impl Runtime for WasiRuntime {
                 mounts: spec
                     .mounts
                     .into_iter()
-                    .map(|m| Mount { dir: m.dir, host_path: m.host_path, guest_path: m.container_path, read_only: m.read_only })
+                    .map(|m| Mount {
+                        dir: m.dir,
+                        host_path: m.host_path,
+                        guest_path: m.container_path,
+                        read_only: m.read_only,
+                    })
                     .collect(),
                 stdio: Stdio::Streams(spec.io),
                 limits: spec.limits,
@@ -191,28 +202,45 @@ fn exports_cli_run(engine: &wasmtime::Engine, component: &wasmtime::component::C
 impl WasiRuntime {
     /// Runs `program` on its own task; the handle reports its end and stops it on request.
     fn launch(&self, program: Program, run: RunSpec, usage: Arc<Usage>) -> RunningContainer {
-        {
-            {
-            let (exit_tx, exit) = oneshot::channel();
-            let (kill, killed) = oneshot::channel::<()>();
-            let engine = self.engine.clone();
-            let instance = self.metrics.instance();
-            tokio::spawn(async move {
-                let _instance = instance;
-                let termination = tokio::select! {
-                    // Dropping the run future stops the guest at its next epoch yield.
-                    _ = killed => Termination::Killed,
-                    result = engine.run(&program, run) => match result {
-                        Ok(Exit::Code(code)) => Termination::Exited(code),
-                        Ok(Exit::Trap(message)) => Termination::Trapped { exit_code: 1, message },
-                        Ok(Exit::OomKilled(exceeded)) => Termination::OomKilled { message: exceeded.to_string() },
-                        Err(error) => Termination::StartFailed { message: error.to_string() },
-                    },
-                };
-                let _ = exit_tx.send(termination);
-            });
-            RunningContainer { exit, kill, usage }
-            }
-        }
+        let (exit_tx, exit) = oneshot::channel();
+        let (kill, killed) = oneshot::channel::<()>();
+        let engine = self.engine.clone();
+        let instance = self.metrics.instance();
+        tokio::spawn(async move {
+            let _instance = instance;
+            let termination = tokio::select! {
+                // Dropping the run future stops the guest at its next epoch yield (and drops
+                // an exec's stdio senders, which ends its output).
+                _ = killed => Termination::Killed,
+                result = engine.run(&program, run) => match result {
+                    Ok(Exit::Code(code)) => Termination::Exited(code),
+                    Ok(Exit::Trap(message)) => Termination::Trapped { exit_code: 1, message },
+                    Ok(Exit::OomKilled(exceeded)) => Termination::OomKilled { message: exceeded.to_string() },
+                    Err(error) => Termination::StartFailed { message: error.to_string() },
+                },
+            };
+            let _ = exit_tx.send(termination);
+        });
+        RunningContainer { exit, kill, usage }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_command_components_can_be_execd() {
+        let engine = WasmEngine::new().expect("engine");
+        let empty =
+            wasmtime::component::Component::new(engine.engine(), "(component)").expect("component");
+        assert!(!exports_cli_run(engine.engine(), &empty));
+        let path = krustlet_test_workloads::multitool_component().unwrap_or_else(|e| panic!("{e}"));
+        let bytes = std::fs::read(path).expect("read");
+        let Program::Component(command) = Program::compile(&engine, &bytes).expect("compile")
+        else {
+            panic!("not a component");
+        };
+        assert!(exports_cli_run(engine.engine(), &command));
     }
 }

@@ -270,7 +270,10 @@ async fn kubectl_exec_and_attach_to_a_container_that_does_not_run_fail_fast() {
         &["attach", "-n", f.ns.name(), &f.pod, "-c", "main"],
         Duration::from_secs(30),
     );
-    assert!(!ok && stderr.contains("is not running on this node"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("is not running on this node"),
+        "{stderr}"
+    );
 }
 
 /// A TLS client that trusts the cluster CA (so only the issued serving certificate passes) and

@@ -54,7 +54,10 @@ fn kubectl_run(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>, timeout
     while child.try_wait().expect("wait").is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("kubectl {} did not return within {timeout:?}", args.join(" "));
+            panic!(
+                "kubectl {} did not return within {timeout:?}",
+                args.join(" ")
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -100,7 +103,12 @@ async fn running_pod(ns: &TestNamespace, name: &str, node: &str, image: &str) {
     .expect("running");
 }
 
-fn exec_args<'a>(ns: &'a str, pod: &'a str, flags: &[&'a str], command: &[&'a str]) -> Vec<&'a str> {
+fn exec_args<'a>(
+    ns: &'a str,
+    pod: &'a str,
+    flags: &[&'a str],
+    command: &[&'a str],
+) -> Vec<&'a str> {
     let mut args = vec!["exec", "-n", ns, pod, "-c", "main"];
     args.extend_from_slice(flags);
     args.push("--");
@@ -128,7 +136,16 @@ async fn exec_output_exit_code_volume_and_env(websockets: &str) {
             ns.name(),
             "tool",
             &[],
-            &["cat", "/data/hello.txt", "getenv", "GREETING", "eprint", "oops", "exit", "3"],
+            &[
+                "cat",
+                "/data/hello.txt",
+                "getenv",
+                "GREETING",
+                "eprint",
+                "oops",
+                "exit",
+                "3",
+            ],
         ),
         &env,
         None,
@@ -144,7 +161,12 @@ async fn exec_output_exit_code_volume_and_env(websockets: &str) {
     assert_eq!(run.code, Some(3), "{}", run.stderr);
     // An exec writes into the container's volume: the container's own files change.
     let run = kubectl_run(
-        &exec_args(ns.name(), "tool", &[], &["write", "/data/from-exec.txt", "x", "ls", "/data"]),
+        &exec_args(
+            ns.name(),
+            "tool",
+            &[],
+            &["write", "/data/from-exec.txt", "x", "ls", "/data"],
+        ),
         &env,
         None,
         LONG,
@@ -159,6 +181,22 @@ async fn exec_output_exit_code_volume_and_env(websockets: &str) {
     );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(run.stdout, "line one\nline two\nend\n");
+    // kubectl cp runs tar, which a wasm pod does not have: a clear error, not a hang.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let local = tmp.path().join("copy.txt");
+    let from = format!("{}/tool:/data/hello.txt", ns.name());
+    let run = kubectl_run(
+        &["cp", "-c", "main", &from, local.to_str().expect("utf-8")],
+        &env,
+        None,
+        LONG,
+    );
+    assert_ne!(run.code, Some(0), "kubectl cp succeeded: {}", run.stdout);
+    assert!(
+        run.stderr.contains("needs tar in the container"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test]
@@ -231,7 +269,13 @@ async fn kubectl_exec_runs_a_command_component_like_a_module() {
 #[tokio::test]
 async fn kubectl_attach_shows_a_ticking_containers_output_live() {
     let ns = TestNamespace::new("attach").await.expect("namespace");
-    running_pod(&ns, "ticker", shared_node(KRUSTLET), &workloads::multitool()).await;
+    running_pod(
+        &ns,
+        "ticker",
+        shared_node(KRUSTLET),
+        &workloads::multitool(),
+    )
+    .await;
     let info = cluster();
     let mut child = Command::new(&info.kubectl)
         .arg("--kubeconfig")
@@ -247,7 +291,11 @@ async fn kubectl_attach_shows_a_ticking_containers_output_live() {
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+            if n == 0
+                || tx
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .is_err()
+            {
                 break;
             }
         }
@@ -256,7 +304,10 @@ async fn kubectl_attach_shows_a_ticking_containers_output_live() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = String::new();
     while seen.matches("tick ").count() < 2 {
-        assert!(Instant::now() < deadline, "no live ticks from kubectl attach: {seen:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no live ticks from kubectl attach: {seen:?}"
+        );
         if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
             seen.push_str(&chunk);
         }
@@ -271,13 +322,13 @@ async fn upgraded(
     node: &KrustletNode,
     path: &str,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(Some(apiserver_identity()))));
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(tls_config(Some(apiserver_identity()))));
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", node.port()))
         .await
         .expect("connect");
-    let name = rustls::pki_types::ServerName::IpAddress(
-        std::net::IpAddr::from([127, 0, 0, 1]).into(),
-    );
+    let name =
+        rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
     let mut tls = connector.connect(name, tcp).await.expect("tls");
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
@@ -293,12 +344,18 @@ async fn upgraded(
     }
     let head = String::from_utf8_lossy(&head);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("x-stream-protocol-version: v4.channel.k8s.io"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-stream-protocol-version: v4.channel.k8s.io"),
+        "{head}"
+    );
     tls
 }
 
 /// Reads until the kubelet closes the connection (bounded), returning what it sent.
-async fn read_to_close(tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
+async fn read_to_close(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> Vec<u8> {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(20), async {
         let mut buf = [0u8; 4096];
@@ -333,7 +390,9 @@ async fn a_hostile_spdy_client_gets_bounded_errors_and_the_kubelet_keeps_serving
 
     // 1. A data frame declaring 16 MiB: GOAWAY(PROTOCOL_ERROR), then the connection closes.
     let mut tls = upgraded(&node, &path).await;
-    tls.write_all(&[0, 0, 0, 1, 0, 0xff, 0xff, 0xff]).await.expect("write");
+    tls.write_all(&[0, 0, 0, 1, 0, 0xff, 0xff, 0xff])
+        .await
+        .expect("write");
     let answer = read_to_close(&mut tls).await;
     assert!(
         answer.windows(4).any(|w| w == [0x80, 0x03, 0x00, 0x07]),
@@ -342,15 +401,22 @@ async fn a_hostile_spdy_client_gets_bounded_errors_and_the_kubelet_keeps_serving
 
     // 2. A SYN_STREAM whose header block is not zlib.
     let mut tls = upgraded(&node, &path).await;
-    tls.write_all(&[0x80, 3, 0, 1, 0, 0, 0, 14, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4])
-        .await
-        .expect("write");
+    tls.write_all(&[
+        0x80, 3, 0, 1, 0, 0, 0, 14, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4,
+    ])
+    .await
+    .expect("write");
     let answer = read_to_close(&mut tls).await;
-    assert!(answer.windows(4).any(|w| w == [0x80, 0x03, 0x00, 0x07]), "{answer:02x?}");
+    assert!(
+        answer.windows(4).any(|w| w == [0x80, 0x03, 0x00, 0x07]),
+        "{answer:02x?}"
+    );
 
     // 3. Random bytes, then silence: closed, never a hang beyond the stream creation timeout.
     let mut tls = upgraded(&node, &path).await;
-    tls.write_all(&[0x80, 0x02, 0xde, 0xad, 0xbe, 0xef, 0, 0]).await.expect("write");
+    tls.write_all(&[0x80, 0x02, 0xde, 0xad, 0xbe, 0xef, 0, 0])
+        .await
+        .expect("write");
     let started = Instant::now();
     let _ = read_to_close(&mut tls).await;
     assert!(started.elapsed() < Duration::from_secs(20));

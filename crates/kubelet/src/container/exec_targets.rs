@@ -67,7 +67,10 @@ impl Drop for Registration {
     fn drop(&mut self) {
         self.target.stopped.cancel();
         let mut map = self.targets.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(&self.key).is_some_and(|t| Arc::ptr_eq(t, &self.target)) {
+        if map
+            .get(&self.key)
+            .is_some_and(|t| Arc::ptr_eq(t, &self.target))
+        {
             map.remove(&self.key);
         }
     }
@@ -82,7 +85,11 @@ impl ExecTargets {
         container: &str,
         target: ExecTarget,
     ) -> Registration {
-        let key = (namespace.to_string(), pod.to_string(), container.to_string());
+        let key = (
+            namespace.to_string(),
+            pod.to_string(),
+            container.to_string(),
+        );
         let target = Arc::new(target);
         self.inner
             .lock()
@@ -100,7 +107,11 @@ impl ExecTargets {
         self.inner
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&(namespace.to_string(), pod.to_string(), container.to_string()))
+            .get(&(
+                namespace.to_string(),
+                pod.to_string(),
+                container.to_string(),
+            ))
             .cloned()
     }
 }

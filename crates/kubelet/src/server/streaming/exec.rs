@@ -212,6 +212,14 @@ pub async fn exec(State(state): State<Arc<AppState>>, mut request: Request) -> R
     if command.is_empty() {
         return bad_request("you must specify a command to run (`kubectl exec POD -- COMMAND`)");
     }
+    if command.first().is_some_and(|c| c == "tar") {
+        // `kubectl cp` runs `tar` in the container; an exec here runs the container's own
+        // program, which is not tar.
+        return bad_request(
+            "kubectl cp needs tar in the container, and a WebAssembly pod has none: exec runs \
+             only the container's own program. Copy files through a volume instead",
+        );
+    }
     let Prepared {
         target,
         options,
@@ -282,7 +290,10 @@ pub async fn attach(State(state): State<Arc<AppState>>, mut request: Request) ->
                 }
             };
         // Input and resizes are read and dropped: the container has no stdin to feed.
-        for mut input in [streams.stdin.take(), streams.resize.take()].into_iter().flatten() {
+        for mut input in [streams.stdin.take(), streams.resize.take()]
+            .into_iter()
+            .flatten()
+        {
             tokio::spawn(async move { while input.recv().await.is_some() {} });
         }
         let outcome = match crate::log::reader::find_run(
@@ -382,7 +393,11 @@ async fn serve(
         tty: options.tty,
     };
     let peer_gone = session.peer_gone();
-    let outcome = match target.runtime.exec(target.spec(id.clone(), command, io)).await {
+    let outcome = match target
+        .runtime
+        .exec(target.spec(id.clone(), command, io))
+        .await
+    {
         Err(error) => Outcome::Error(format!("cannot exec in the container: {}", error.message)),
         Ok(mut running) => {
             let termination = tokio::select! {
@@ -615,7 +630,9 @@ mod tests {
             .count();
         let refused = frames
             .iter()
-            .filter(|f| matches!(f, Frame::RstStream { status, .. } if *status == rst::REFUSED_STREAM))
+            .filter(
+                |f| matches!(f, Frame::RstStream { status, .. } if *status == rst::REFUSED_STREAM),
+            )
             .count();
         assert_eq!(replies, MAX_STREAMS);
         assert_eq!(refused, 5);

@@ -186,10 +186,7 @@ impl Streams {
                 "resize" => streams.resize = Some(stream.data),
                 other => {
                     tracing::debug!(stream_type = other, "unexpected stream type: reset");
-                    stream
-                        .writer
-                        .reset(super::spdy::rst::PROTOCOL_ERROR)
-                        .await;
+                    stream.writer.reset(super::spdy::rst::PROTOCOL_ERROR).await;
                     continue;
                 }
             }
@@ -211,7 +208,10 @@ impl Streams {
                 let _ = error.write(Bytes::from(body)).await;
             }
         }
-        for writer in [&self.stdout, &self.stderr, &self.error].into_iter().flatten() {
+        for writer in [&self.stdout, &self.stderr, &self.error]
+            .into_iter()
+            .flatten()
+        {
             writer.finish().await;
         }
     }
@@ -283,7 +283,10 @@ mod tests {
             negotiate(&headers(&["v9.channel.k8s.io", V3])).expect("v3"),
             V3
         );
-        assert_eq!(negotiate(&headers(&["v4.channel.k8s.io,v3.channel.k8s.io"])).expect("v4"), V4);
+        assert_eq!(
+            negotiate(&headers(&["v4.channel.k8s.io,v3.channel.k8s.io"])).expect("v4"),
+            V4
+        );
         let error = negotiate(&headers(&["v9"])).expect_err("none");
         assert!(error.to_string().contains("unable to negotiate"), "{error}");
         assert!(negotiate(&headers(&[])).is_err());

@@ -778,13 +778,12 @@ mod tests {
     /// `Flush()` per block; Go 1.25): `{streamtype: error}` then `{streamtype: stdout}` on one
     /// zlib stream. The first carries the zlib header with FDICT and the dictionary's ID.
     const GO_ERROR_BLOCK: &[u8] = &[
-        0x78, 0xf9, 0xe3, 0xc6, 0xa7, 0xc2, 0x62, 0x60, 0x60, 0x60, 0x04, 0xa7, 0xb3, 0x92,
-        0xa2, 0xd4, 0xc4, 0x5c, 0x68, 0x51, 0xc2, 0x9a, 0x0a, 0x0a, 0x68, 0x00, 0x00, 0x00,
-        0x00, 0xff, 0xff,
+        0x78, 0xf9, 0xe3, 0xc6, 0xa7, 0xc2, 0x62, 0x60, 0x60, 0x60, 0x04, 0xa7, 0xb3, 0x92, 0xa2,
+        0xd4, 0xc4, 0x5c, 0x68, 0x51, 0xc2, 0x9a, 0x0a, 0x0a, 0x68, 0x00, 0x00, 0x00, 0x00, 0xff,
+        0xff,
     ];
     const GO_STDOUT_BLOCK: &[u8] = &[
-        0xc2, 0x2a, 0xc5, 0x56, 0x5c, 0x92, 0x92, 0x5f, 0x5a, 0x02, 0x00, 0x00, 0x00, 0xff,
-        0xff,
+        0xc2, 0x2a, 0xc5, 0x56, 0x5c, 0x92, 0x92, 0x5f, 0x5a, 0x02, 0x00, 0x00, 0x00, 0xff, 0xff,
     ];
 
     /// A SYN_STREAM frame around a captured header block.
@@ -815,7 +814,10 @@ mod tests {
             })
         };
         assert_eq!(codec.decode(&mut wire).expect("first"), stream(1, "error"));
-        assert_eq!(codec.decode(&mut wire).expect("second"), stream(3, "stdout"));
+        assert_eq!(
+            codec.decode(&mut wire).expect("second"),
+            stream(3, "stdout")
+        );
     }
 
     #[test]
@@ -843,8 +845,7 @@ mod tests {
     fn hostile_frames_get_bounded_errors() {
         let decode = |bytes: &[u8]| Codec::new().decode(&mut BytesMut::from(bytes));
         // A data frame declaring 16 MiB - 1.
-        let error = decode(&[0, 0, 0, 1, 0, 0xff, 0xff, 0xff])
-            .expect_err("too large");
+        let error = decode(&[0, 0, 0, 1, 0, 0xff, 0xff, 0xff]).expect_err("too large");
         assert!(matches!(error, SpdyError::FrameTooLarge { .. }), "{error}");
         // A huge control frame.
         let error = decode(&[0x80, 3, 0, 1, 0, 0x10, 0, 0]).expect_err("too large");
@@ -859,8 +860,10 @@ mod tests {
         let error = decode(&[0x80, 3, 0, 4, 0, 0, 0, 4, 0x40, 0, 0, 0]).expect_err("settings");
         assert!(error.to_string().contains("SETTINGS"), "{error}");
         // A SYN_STREAM whose header block is not zlib.
-        let error = decode(&[0x80, 3, 0, 1, 0, 0, 0, 14, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4])
-            .expect_err("garbage block");
+        let error = decode(&[
+            0x80, 3, 0, 1, 0, 0, 0, 14, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4,
+        ])
+        .expect_err("garbage block");
         assert!(matches!(error, SpdyError::HeaderBlock(_)), "{error}");
         // Data on stream 0.
         let error = decode(&[0, 0, 0, 0, 0, 0, 0, 0]).expect_err("stream 0");
