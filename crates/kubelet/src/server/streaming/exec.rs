@@ -106,32 +106,32 @@ struct Prepared {
 
 /// The checks exec and attach share, in upstream's order: path, stream options, upgrade
 /// headers, protocol version, a running container; each failure is a `Status` kubectl shows.
-fn prepare(state: &AppState, request: &mut Request, root: &str) -> Result<Prepared, Response> {
+fn prepare(state: &AppState, request: &mut Request, root: &str) -> Result<Prepared, Box<Response>> {
     let Some(target) = parse_path(request.uri().path(), root) else {
-        return Err(status_response(
+        return Err(Box::new(status_response(
             StatusCode::NOT_FOUND,
             "NotFound",
             &format!("path must be {root}/{{namespace}}/{{pod}}[/{{uid}}]/{{container}}"),
-        ));
+        )));
     };
     let pairs: Vec<(String, String)> =
         form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
             .into_owned()
             .collect();
-    let options = Options::from_query(&pairs).map_err(|e| bad_request(&e.to_string()))?;
+    let options = Options::from_query(&pairs).map_err(|e| Box::new(bad_request(&e.to_string())))?;
     let headers = request.headers();
     if !is_spdy_upgrade(headers) {
         let websocket = headers
             .get(http::header::UPGRADE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-        return Err(bad_request(&if websocket {
+        return Err(Box::new(bad_request(&if websocket {
             "this kubelet serves exec and attach over SPDY/3.1 only; reach it through the API \
              server, which translates kubectl's WebSocket"
                 .to_string()
         } else {
             ProtocolError::NotAnUpgrade.to_string()
-        }));
+        })));
     }
     let protocol = negotiate(headers).map_err(|error| {
         // Upstream `httpstream.Handshake`: 403 with the versions the server accepts.
@@ -141,7 +141,7 @@ fn prepare(state: &AppState, request: &mut Request, root: &str) -> Result<Prepar
                 .headers_mut()
                 .append(ACCEPTED_HEADER, http::HeaderValue::from_static(version));
         }
-        response
+        Box::new(response)
     })?;
     let Some(exec_target) = state
         .view
@@ -149,29 +149,29 @@ fn prepare(state: &AppState, request: &mut Request, root: &str) -> Result<Prepar
         .get(&target.namespace, &target.pod, &target.container)
         .filter(|t| target.uid.as_ref().is_none_or(|uid| *uid == t.pod_uid))
     else {
-        return Err(status_response(
+        return Err(Box::new(status_response(
             StatusCode::NOT_FOUND,
             "NotFound",
             &format!(
                 "container {:?} of pod {}/{} is not running on this node; exec and attach need a running container",
                 target.container, target.namespace, target.pod
             ),
-        ));
+        )));
     };
     let Ok(permit) = SESSIONS.try_acquire() else {
-        return Err(status_response(
+        return Err(Box::new(status_response(
             StatusCode::TOO_MANY_REQUESTS,
             "TooManyRequests",
             &format!("{MAX_SESSIONS} streaming sessions are open on this node; try again later"),
-        ));
+        )));
     };
     let Some(upgrade) = request
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()
     else {
-        return Err(bad_request(
+        return Err(Box::new(bad_request(
             "this connection cannot be upgraded; exec and attach need HTTP/1.1",
-        ));
+        )));
     };
     Ok(Prepared {
         target,
@@ -201,7 +201,7 @@ fn switching(protocol: &'static str) -> Response {
 pub async fn exec(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
     let prepared = match prepare(&state, &mut request, "/exec") {
         Ok(prepared) => prepared,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let command: Vec<String> = prepared
         .pairs
@@ -262,7 +262,7 @@ pub async fn exec(State(state): State<Arc<AppState>>, mut request: Request) -> R
 pub async fn attach(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
     let prepared = match prepare(&state, &mut request, "/attach") {
         Ok(prepared) => prepared,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Prepared {
         target,

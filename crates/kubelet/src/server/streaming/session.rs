@@ -236,7 +236,7 @@ async fn read_frames<R: AsyncRead>(
                 ..
             } => {
                 // §2.3.2: client streams are odd and increase.
-                if stream_id % 2 == 0 || stream_id <= last_id {
+                if stream_id.is_multiple_of(2) || stream_id <= last_id {
                     return Err(SpdyError::Malformed {
                         frame: "SYN_STREAM",
                         reason: format!("stream ID {stream_id} is not odd and increasing"),
@@ -312,7 +312,7 @@ async fn read_frames<R: AsyncRead>(
             }
             Frame::Ping { id } => {
                 // §2.6.5: echo the client's (odd) pings.
-                if id % 2 == 1 {
+                if !id.is_multiple_of(2) {
                     let _ = frames.send(Frame::Ping { id }).await;
                 }
             }
