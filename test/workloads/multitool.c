@@ -34,6 +34,9 @@
  *   recurse                recurse without bound (stack overflow trap)
  *   trap                   execute an unreachable instruction
  *   exit CODE              exit with CODE
+ *   catin                  copy stdin to stdout until end of file
+ *   readline               read one line of stdin and print "read: LINE"
+ *   isatty                 print "isatty stdin=N stdout=N" (1 for a terminal)
  *
  * A failing command prints "multitool: <command>: <reason>" to stderr and exits 1.
  */
@@ -125,6 +128,18 @@ int main(int argc, char **argv) {
             const char *v = getenv(name);
             if (v) printf("%s=%s\n", name, v);
             else printf("%s is unset\n", name);
+        } else if (!strcmp(cmd, "catin")) {
+            char buf[4096];
+            size_t n;
+            while ((n = fread(buf, 1, sizeof buf, stdin)) > 0) fwrite(buf, 1, n, stdout);
+            fflush(stdout);
+        } else if (!strcmp(cmd, "readline")) {
+            char line[4096];
+            if (!fgets(line, sizeof line, stdin)) fail(cmd, "stdin");
+            line[strcspn(line, "\r\n")] = 0;
+            printf("read: %s\n", line);
+        } else if (!strcmp(cmd, "isatty")) {
+            printf("isatty stdin=%d stdout=%d\n", isatty(0), isatty(1));
         } else if (!strcmp(cmd, "pwd")) {
             char buf[4096];
             if (!getcwd(buf, sizeof buf)) fail(cmd, "getcwd");

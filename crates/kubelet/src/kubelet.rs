@@ -230,6 +230,7 @@ impl Kubelet {
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
         self.runtime.register_metrics(&mut registry);
+        let exec_targets = crate::container::exec_targets::ExecTargets::default();
         let ctx = WorkerContext {
             services: NodeServices {
                 runtime: self.runtime.clone(),
@@ -245,6 +246,7 @@ impl Kubelet {
                 allocatable,
                 memory_bound,
                 service_env: ServiceEnv::watch(clients.clone(), stop.clone()),
+                exec: exec_targets.clone(),
             },
             status: status.clone(),
             dirs: PodDirs {
@@ -290,6 +292,7 @@ impl Kubelet {
             stats,
             metrics,
             registry: Arc::new(registry),
+            exec: exec_targets,
         };
         let server = crate::server::Server::bind(&config, clients.clone(), serving, view).await?;
         supervise(&mut supervised, "kubelet API", server.run(stop.clone()));

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::log::writer::CriLogWriter;
 
@@ -71,6 +72,44 @@ pub struct ContainerSpec {
     pub limits: Limits,
     /// Where stdout and stderr go.
     pub log: CriLogWriter,
+}
+
+/// The stdio of an exec'd instance: where its output goes and where its input comes from.
+///
+/// Output channels are bounded: a client that does not read stalls the guest's writes, never
+/// the kubelet's memory. The instance drops its senders when it ends, so a reader sees every
+/// byte before the channel closes.
+#[derive(Default)]
+pub struct ExecIo {
+    /// Its stdin; `None` reads as empty.
+    pub stdin: Option<mpsc::Receiver<Bytes>>,
+    /// Its stdout; `None` discards it.
+    pub stdout: Option<mpsc::Sender<Bytes>>,
+    /// Its stderr; `None` discards it.
+    pub stderr: Option<mpsc::Sender<Bytes>>,
+    /// Whether stdin and stdout report themselves as a terminal.
+    pub tty: bool,
+}
+
+/// One more instance of a running container's program (`kubectl exec`): its program, env,
+/// mounts and limits, with other argv and its stdio streamed.
+pub struct ExecSpec {
+    /// A unique ID, for logs.
+    pub id: String,
+    /// The container's program file.
+    pub program: PathBuf,
+    /// The program's content digest (the compiled-code cache key).
+    pub program_digest: String,
+    /// argv, argv\[0\] included: the exec command.
+    pub args: Vec<String>,
+    /// The container's environment.
+    pub env: Vec<(String, String)>,
+    /// The container's mounts, with their read-only flags.
+    pub mounts: Vec<Mount>,
+    /// The container's limits, applied to this instance on its own.
+    pub limits: Limits,
+    /// Its stdio.
+    pub io: ExecIo,
 }
 
 /// How a container run ended.
@@ -227,6 +266,18 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Creates and starts a container run. Errors mean it never started.
     fn start(&self, spec: ContainerSpec) -> BoxFuture<'_, Result<RunningContainer, RuntimeError>>;
+
+    /// Starts one more instance of a container's program with its own argv and stdio
+    /// (`kubectl exec`, exec probes). Errors mean it never started. The default refuses.
+    fn exec(&self, spec: ExecSpec) -> BoxFuture<'_, Result<RunningContainer, RuntimeError>> {
+        let _ = spec;
+        Box::pin(async {
+            Err(RuntimeError {
+                reason: "ExecNotSupported",
+                message: "this container runtime cannot run commands in containers".into(),
+            })
+        })
+    }
 
     /// Adds the runtime's own metrics (compile times, caches, instances) to the kubelet's
     /// `/metrics`; called once at start. The default has none.

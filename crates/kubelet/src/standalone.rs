@@ -93,6 +93,7 @@ pub async fn run(
             allocatable,
             memory_bound,
             service_env: ServiceEnv::none(),
+            exec: Default::default(),
         },
         status,
         // No eviction manager here: static pods are never evicted (as upstream's critical

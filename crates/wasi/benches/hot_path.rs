@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use krustlet_wasi::run::Stdio;
 use krustlet_wasi::{Program, RunSpec, WasmEngine};
 use kubelet::log::writer::CriLogWriter;
 use kubelet::runtime::{Limits, Usage};
@@ -34,7 +35,7 @@ fn hot_path(c: &mut Criterion) {
                 args: vec!["empty".into()],
                 env: vec![("POD_NAME".into(), "bench".into())],
                 mounts: vec![],
-                log: log.clone(),
+                stdio: Stdio::Log(log.clone()),
                 limits: Limits::default(),
                 usage: Arc::new(Usage::default()),
             };

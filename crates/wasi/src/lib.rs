@@ -15,6 +15,7 @@
 pub mod cache;
 mod cpu;
 pub mod engine;
+pub mod exec_io;
 pub mod key;
 pub mod log;
 pub mod memory;
@@ -29,7 +30,7 @@ pub use engine::WasmEngine;
 pub use key::CacheKey;
 pub use module::{Program, ProgramKind};
 pub use pool::CompilePool;
-pub use run::{Exit, Mount, RunError, RunSpec};
+pub use run::{Exit, Mount, RunError, RunSpec, Stdio};
 pub use runtime::{WasiOptions, WasiRuntime};
 
 /// The wasmtime version this runtime embeds.

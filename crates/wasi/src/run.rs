@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kubelet::log::writer::{CriLogWriter, Stream};
-use kubelet::runtime::{Limits, Usage};
+use kubelet::runtime::{ExecIo, Limits, Usage};
 
 use wasmtime::Store;
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -16,6 +16,7 @@ use wasmtime_wasi::{
 
 use crate::cpu::{self, CpuClock, Throttle};
 use crate::engine::WasmEngine;
+use crate::exec_io::{ChannelIn, ChannelOut};
 use crate::log::CriStream;
 use crate::memory::{MemoryLimitExceeded, MemoryLimiter, is_memory_limit};
 use crate::module::Program;
@@ -64,12 +65,21 @@ pub struct RunSpec {
     pub env: Vec<(String, String)>,
     /// Preopened directories.
     pub mounts: Vec<Mount>,
-    /// Where stdout and stderr go; unterminated output is written out when the run ends.
-    pub log: CriLogWriter,
+    /// Where stdin comes from and stdout and stderr go.
+    pub stdio: Stdio,
     /// Memory and CPU limits (and the CPU request, which sets the guest's time slice).
     pub limits: Limits,
     /// Kept current with the run's memory and CPU use.
     pub usage: Arc<Usage>,
+}
+
+/// A run's stdio.
+pub enum Stdio {
+    /// No stdin; output to the container's CRI log (unterminated output is written out when
+    /// the run ends).
+    Log(CriLogWriter),
+    /// Streamed over channels (exec).
+    Streams(ExecIo),
 }
 
 /// How a run ended.
@@ -136,9 +146,14 @@ impl WasmEngine {
     /// `Ok(Exit::Code(..))` or `Ok(Exit::Trap(..))`.
     pub async fn run(&self, program: &Program, spec: RunSpec) -> Result<Exit, RunError> {
         let clock = CpuClock::new(spec.usage.clone());
-        let log = spec.log.clone();
+        let log = match &spec.stdio {
+            Stdio::Log(log) => Some(log.clone()),
+            Stdio::Streams(_) => None,
+        };
         let outcome = cpu::metered(clock.clone(), self.run_metered(program, spec, clock)).await;
-        let _ = log.finish();
+        if let Some(log) = log {
+            let _ = log.finish();
+        }
         match outcome {
             Err(RunError::Instantiate(error)) if is_memory_limit(&error) => {
                 Ok(Exit::OomKilled(memory_limit_of(&error)))
@@ -154,11 +169,25 @@ impl WasmEngine {
         clock: Arc<CpuClock>,
     ) -> Result<Exit, RunError> {
         let mut builder = WasiCtxBuilder::new();
-        builder
-            .args(&spec.args)
-            .envs(&spec.env)
-            .stdout(CriStream::new(spec.log.clone(), Stream::Stdout))
-            .stderr(CriStream::new(spec.log.clone(), Stream::Stderr));
+        builder.args(&spec.args).envs(&spec.env);
+        match spec.stdio {
+            Stdio::Log(log) => {
+                builder
+                    .stdout(CriStream::new(log.clone(), Stream::Stdout))
+                    .stderr(CriStream::new(log, Stream::Stderr));
+            }
+            Stdio::Streams(io) => {
+                if let Some(stdin) = io.stdin {
+                    builder.stdin(ChannelIn::new(stdin, io.tty));
+                }
+                if let Some(stdout) = io.stdout {
+                    builder.stdout(ChannelOut::new(stdout, io.tty));
+                }
+                if let Some(stderr) = io.stderr {
+                    builder.stderr(ChannelOut::new(stderr, io.tty));
+                }
+            }
+        }
         for mount in &spec.mounts {
             let perms = if mount.read_only {
                 FsPerms::ReadOnly
@@ -283,7 +312,7 @@ mod tests {
             args: args.iter().map(|s| s.to_string()).collect(),
             env: vec![("GREETING".into(), "hi there".into())],
             mounts,
-            log: CriLogWriter::create(&path).expect("log"),
+            stdio: Stdio::Log(CriLogWriter::create(&path).expect("log")),
             limits,
             usage: Arc::default(),
         };
@@ -444,8 +473,10 @@ mod tests {
             args: vec!["multitool".into(), "spin".into(), "0".into()],
             env: vec![],
             mounts: vec![],
-            log: CriLogWriter::create(&tempfile::tempdir().expect("tmp").path().join("0.log"))
-                .expect("log"),
+            stdio: Stdio::Log(
+                CriLogWriter::create(&tempfile::tempdir().expect("tmp").path().join("0.log"))
+                    .expect("log"),
+            ),
             limits: Limits::default(),
             usage: Arc::default(),
         };

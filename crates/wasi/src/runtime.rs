@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use kubelet::runtime::{
-    ContainerSpec, RunningContainer, Runtime, RuntimeError, Termination, Usage,
+    ContainerSpec, ExecSpec, RunningContainer, Runtime, RuntimeError, Termination, Usage,
 };
 use tokio::sync::oneshot;
 
@@ -14,7 +14,7 @@ use crate::engine::WasmEngine;
 use crate::metrics::WasiMetrics;
 use crate::module::Program;
 use crate::pool::CompilePool;
-use crate::run::{Exit, Mount, RunSpec};
+use crate::run::{Exit, Mount, RunSpec, Stdio};
 
 /// How the runtime keeps and compiles programs.
 #[derive(Debug, Default)]
@@ -66,14 +66,18 @@ impl WasiRuntime {
 
     /// The compiled program for `spec` and where it came from (on the compile pool: compiling
     /// and loading are CPU-bound).
-    async fn program(&self, spec: &ContainerSpec) -> Result<(Program, CacheOutcome), RuntimeError> {
-        let digest = spec.program_digest.clone();
+    async fn program(
+        &self,
+        path: &std::path::Path,
+        digest: &str,
+    ) -> Result<(Program, CacheOutcome), RuntimeError> {
+        let digest = digest.to_string();
         let started = std::time::Instant::now();
         let found = match self.programs.in_memory(&digest) {
             Some(program) => (program, CacheOutcome::Memory),
             None => {
                 let (cache, path, key) =
-                    (self.programs.clone(), spec.program.clone(), digest.clone());
+                    (self.programs.clone(), path.to_path_buf(), digest.clone());
                 self.pool
                     .run(move || cache.get(&key, &path))
                     .await
@@ -125,7 +129,7 @@ impl Runtime for WasiRuntime {
 
     fn start(&self, spec: ContainerSpec) -> BoxFuture<'_, Result<RunningContainer, RuntimeError>> {
         async move {
-            let (program, _outcome) = self.program(&spec).await?;
+            let (program, _outcome) = self.program(&spec.program, &spec.program_digest).await?;
             let usage = Arc::new(Usage::default());
             usage.limits.set(spec.limits);
             let run = RunSpec {
@@ -134,32 +138,110 @@ impl Runtime for WasiRuntime {
                 mounts: spec
                     .mounts
                     .into_iter()
-                    .map(|m| Mount { dir: m.dir, host_path: m.host_path, guest_path: m.container_path, read_only: m.read_only })
+                    .map(|m| Mount {
+                        dir: m.dir,
+                        host_path: m.host_path,
+                        guest_path: m.container_path,
+                        read_only: m.read_only,
+                    })
                     .collect(),
-                log: spec.log,
+                stdio: Stdio::Log(spec.log),
                 limits: spec.limits,
                 usage: usage.clone(),
             };
-            let (exit_tx, exit) = oneshot::channel();
-            let (kill, killed) = oneshot::channel::<()>();
-            let engine = self.engine.clone();
-            let instance = self.metrics.instance();
-            tokio::spawn(async move {
-                let _instance = instance;
-                let termination = tokio::select! {
-                    // Dropping the run future stops the guest at its next epoch yield.
-                    _ = killed => Termination::Killed,
-                    result = engine.run(&program, run) => match result {
-                        Ok(Exit::Code(code)) => Termination::Exited(code),
-                        Ok(Exit::Trap(message)) => Termination::Trapped { exit_code: 1, message },
-                        Ok(Exit::OomKilled(exceeded)) => Termination::OomKilled { message: exceeded.to_string() },
-                        Err(error) => Termination::StartFailed { message: error.to_string() },
-                    },
-                };
-                let _ = exit_tx.send(termination);
-            });
-            Ok(RunningContainer { exit, kill, usage })
+            Ok(self.launch(program, run, usage))
         }
         .boxed()
+    }
+
+    fn exec(&self, spec: ExecSpec) -> BoxFuture<'_, Result<RunningContainer, RuntimeError>> {
+        async move {
+            let (program, _outcome) = self.program(&spec.program, &spec.program_digest).await?;
+            if let Program::Component(component) = &program
+                && !exports_cli_run(self.engine.engine(), component)
+            {
+                return Err(RuntimeError {
+                    reason: "ExecNotSupported",
+                    message: "this container's program is a component without wasi:cli/run \
+                              (an HTTP component, say): it has no command to exec; exec into \
+                              a container whose program is a command"
+                        .into(),
+                });
+            }
+            let usage = Arc::new(Usage::default());
+            let run = RunSpec {
+                args: spec.args,
+                env: spec.env,
+                mounts: spec
+                    .mounts
+                    .into_iter()
+                    .map(|m| Mount {
+                        dir: m.dir,
+                        host_path: m.host_path,
+                        guest_path: m.container_path,
+                        read_only: m.read_only,
+                    })
+                    .collect(),
+                stdio: Stdio::Streams(spec.io),
+                limits: spec.limits,
+                usage: usage.clone(),
+            };
+            Ok(self.launch(program, run, usage))
+        }
+        .boxed()
+    }
+}
+
+/// Whether a component exports `wasi:cli/run` (at any version): a command, which exec can run.
+fn exports_cli_run(engine: &wasmtime::Engine, component: &wasmtime::component::Component) -> bool {
+    component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name.starts_with("wasi:cli/run"))
+}
+
+impl WasiRuntime {
+    /// Runs `program` on its own task; the handle reports its end and stops it on request.
+    fn launch(&self, program: Program, run: RunSpec, usage: Arc<Usage>) -> RunningContainer {
+        let (exit_tx, exit) = oneshot::channel();
+        let (kill, killed) = oneshot::channel::<()>();
+        let engine = self.engine.clone();
+        let instance = self.metrics.instance();
+        tokio::spawn(async move {
+            let _instance = instance;
+            let termination = tokio::select! {
+                // Dropping the run future stops the guest at its next epoch yield (and drops
+                // an exec's stdio senders, which ends its output).
+                _ = killed => Termination::Killed,
+                result = engine.run(&program, run) => match result {
+                    Ok(Exit::Code(code)) => Termination::Exited(code),
+                    Ok(Exit::Trap(message)) => Termination::Trapped { exit_code: 1, message },
+                    Ok(Exit::OomKilled(exceeded)) => Termination::OomKilled { message: exceeded.to_string() },
+                    Err(error) => Termination::StartFailed { message: error.to_string() },
+                },
+            };
+            let _ = exit_tx.send(termination);
+        });
+        RunningContainer { exit, kill, usage }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_command_components_can_be_execd() {
+        let engine = WasmEngine::new().expect("engine");
+        let empty =
+            wasmtime::component::Component::new(engine.engine(), "(component)").expect("component");
+        assert!(!exports_cli_run(engine.engine(), &empty));
+        let path = krustlet_test_workloads::multitool_component().unwrap_or_else(|e| panic!("{e}"));
+        let bytes = std::fs::read(path).expect("read");
+        let Program::Component(command) = Program::compile(&engine, &bytes).expect("compile")
+        else {
+            panic!("not a component");
+        };
+        assert!(exports_cli_run(engine.engine(), &command));
     }
 }

@@ -251,7 +251,7 @@ async fn kubectl_logs_follow_streams_until_the_run_is_done() {
 }
 
 #[tokio::test]
-async fn kubectl_exec_fails_fast_with_a_clear_message() {
+async fn kubectl_exec_and_attach_to_a_container_that_does_not_run_fail_fast() {
     let f = Fixture::new("exec").await;
     let started = Instant::now();
     let (ok, _, stderr) = kubectl_within(
@@ -260,10 +260,7 @@ async fn kubectl_exec_fails_fast_with_a_clear_message() {
     );
     assert!(!ok, "kubectl exec succeeded");
     eprintln!("kubectl exec said: {}", stderr.trim());
-    assert!(
-        stderr.contains("exec is not supported for WebAssembly pods"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("is not running on this node"), "{stderr}");
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "took {:?}",
@@ -274,7 +271,7 @@ async fn kubectl_exec_fails_fast_with_a_clear_message() {
         Duration::from_secs(30),
     );
     assert!(
-        !ok && stderr.contains("attach is not supported"),
+        !ok && stderr.contains("is not running on this node"),
         "{stderr}"
     );
 }
@@ -421,18 +418,28 @@ async fn api_authenticates_and_authorizes_direct_requests() {
     assert_eq!(response.status(), 404);
     let body = response.text().await.expect("body");
     assert!(body.contains("pod \"nope\""), "{body}");
-    let response = apiserver
-        .post(f.url(&format!("/exec/{}/{}/main?command=ls", f.ns.name(), f.pod)))
+    let exec = f.url(&format!(
+        "/exec/{}/{}/main?command=ls&output=1",
+        f.ns.name(),
+        f.pod
+    ));
+    // Authorized, but not an upgrade request: a clear 400 before anything runs.
+    let response = apiserver.post(&exec).send().await.expect("request");
+    assert_eq!(response.status(), 400);
+    let body = response.text().await.expect("body");
+    assert!(body.contains("missing upgrade headers"), "{body}");
+    // Exec is `create` on nodes/proxy: a token without it is refused before anything else.
+    let response = anonymous
+        .post(&exec)
+        .bearer_auth(token.trim())
         .send()
         .await
         .expect("request");
-    assert_eq!(response.status(), 400);
+    assert_eq!(response.status(), 403);
+    let body = response.text().await.expect("body");
     assert!(
-        response
-            .text()
-            .await
-            .expect("body")
-            .contains("exec is not supported for WebAssembly pods")
+        body.contains("verb=create, resource=nodes, subresource=proxy"),
+        "{body}"
     );
 }
 

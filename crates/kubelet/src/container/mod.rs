@@ -5,6 +5,7 @@ pub mod argv;
 pub mod config_watch;
 pub mod downward;
 pub mod env;
+pub mod exec_targets;
 pub mod resize;
 pub mod runner;
 pub mod service_env;

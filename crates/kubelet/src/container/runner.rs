@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::{mpsc, watch};
 
+use crate::container::exec_targets::{ExecTarget, ExecTargets, Registration};
 use crate::container::service_env::ServiceEnv;
 use crate::container::{argv, config_watch, env, resize, termination_message};
 use crate::image::{ImageStore, PullPolicy};
@@ -60,6 +61,8 @@ pub struct NodeServices {
     pub memory_bound: u64,
     /// The Services whose variables containers get.
     pub service_env: ServiceEnv,
+    /// Running containers, for exec.
+    pub exec: ExecTargets,
 }
 
 impl NodeServices {
@@ -293,7 +296,7 @@ impl Runner {
                     continue;
                 }
             };
-            let (mut running, log_path, container_id, message_file) = run;
+            let (mut running, log_path, container_id, message_file, exec_registration) = run;
             self.allocated.attach(running.usage.clone());
             let registration = self.services.stats.register(
                 PodRef {
@@ -349,6 +352,7 @@ impl Runner {
             };
             drop(registration);
             self.allocated.detach();
+            drop(exec_registration);
             let _ = mark_run_finished(&log_path);
             status.ready = false;
             status.started = Some(false);
@@ -530,6 +534,7 @@ impl Runner {
             PathBuf,
             String,
             Option<termination_message::MessageFile>,
+            Registration,
         ),
         (&'static str, String),
     > {
@@ -616,6 +621,19 @@ impl Runner {
         })?;
         let uid = self.pod.metadata.uid.as_deref().unwrap_or_default();
         let id = format!("{}-{}-{restart_count}", &uid[..uid.len().min(8)], c.name);
+        let limits = self
+            .allocated
+            .limits_or(resize::container_limits(c, self.services.memory_bound));
+        let exec_target = ExecTarget {
+            pod_uid: uid.to_string(),
+            program: program.clone(),
+            program_digest: program_digest.clone(),
+            env: env.clone(),
+            mounts: mounts.clone(),
+            limits,
+            runtime: self.services.runtime.clone(),
+            stopped: tokio_util::sync::CancellationToken::new(),
+        };
         let spec = ContainerSpec {
             id: id.clone(),
             program,
@@ -623,9 +641,7 @@ impl Runner {
             args,
             env,
             mounts,
-            limits: self
-                .allocated
-                .limits_or(resize::container_limits(c, self.services.memory_bound)),
+            limits,
             log,
         };
         let running = self
@@ -639,6 +655,12 @@ impl Runner {
             .await;
         self.normal("Started", format!("Started container {name}"))
             .await;
-        Ok((running, log_path, id, message_file))
+        let exec_registration = self.services.exec.register(
+            namespace,
+            self.pod.metadata.name.as_deref().unwrap_or_default(),
+            name,
+            exec_target,
+        );
+        Ok((running, log_path, id, message_file, exec_registration))
     }
 }

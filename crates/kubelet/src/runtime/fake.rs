@@ -10,7 +10,9 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
-use crate::runtime::{ContainerSpec, RunningContainer, Runtime, RuntimeError, Termination, Usage};
+use crate::runtime::{
+    ContainerSpec, ExecSpec, RunningContainer, Runtime, RuntimeError, Termination, Usage,
+};
 
 /// What one run of a container does.
 #[derive(Debug, Clone)]
@@ -91,6 +93,53 @@ impl FakeRuntime {
 impl Runtime for FakeRuntime {
     fn version(&self) -> String {
         "fake://0".into()
+    }
+
+    /// An exec echoes: it writes its argv (after argv\[0\]) joined by spaces and a newline to
+    /// stdout, copies stdin to stdout, writes `err` to stderr, and exits with the code of a
+    /// last argument `exit=N` (else 0). `sleep` as argv\[1\] runs until killed.
+    fn exec(&self, spec: ExecSpec) -> BoxFuture<'_, Result<RunningContainer, RuntimeError>> {
+        async move {
+            let (exit_tx, exit) = oneshot::channel();
+            let (kill, killed) = oneshot::channel::<()>();
+            let mut io = spec.io;
+            let args = spec.args;
+            tokio::spawn(async move {
+                let run = async {
+                    if args.get(1).is_some_and(|a| a == "sleep") {
+                        std::future::pending::<()>().await;
+                    }
+                    if let Some(out) = &io.stdout {
+                        let line = format!("{}\n", args[1..].join(" "));
+                        let _ = out.send(bytes::Bytes::from(line)).await;
+                        if let Some(stdin) = &mut io.stdin {
+                            while let Some(chunk) = stdin.recv().await {
+                                let _ = out.send(chunk).await;
+                            }
+                        }
+                    }
+                    if let Some(err) = &io.stderr {
+                        let _ = err.send(bytes::Bytes::from_static(b"err\n")).await;
+                    }
+                    args.last()
+                        .and_then(|a| a.strip_prefix("exit="))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0)
+                };
+                let termination = tokio::select! {
+                    code = run => Termination::Exited(code),
+                    Ok(()) = killed => Termination::Killed,
+                };
+                drop(io);
+                let _ = exit_tx.send(termination);
+            });
+            Ok(RunningContainer {
+                exit,
+                kill,
+                usage: Arc::new(Usage::default()),
+            })
+        }
+        .boxed()
     }
 
     fn start(&self, spec: ContainerSpec) -> BoxFuture<'_, Result<RunningContainer, RuntimeError>> {

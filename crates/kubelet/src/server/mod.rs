@@ -12,6 +12,7 @@ pub mod limits;
 pub mod logs;
 pub mod metrics;
 pub mod pods;
+pub mod streaming;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ use tower_service::Service;
 use crate::bootstrap::certs::{CertBundle, self_signed_serving};
 use crate::bootstrap::serving_sans;
 use crate::config::KubeletConfig;
+use crate::container::exec_targets::ExecTargets;
 use crate::log::reader::LogError;
 use crate::metrics::KubeletMetrics;
 use crate::pod::known::KnownPods;
@@ -128,6 +130,8 @@ pub struct NodeView {
     pub metrics: KubeletMetrics,
     /// Everything `/metrics` serves: the kubelet's and the runtime's metrics.
     pub registry: Arc<prometheus_client::registry::Registry>,
+    /// Running containers, for exec.
+    pub exec: ExecTargets,
 }
 
 impl NodeView {
@@ -142,6 +146,7 @@ impl NodeView {
             stats: Stats::new(),
             metrics,
             registry: Arc::new(registry),
+            exec: ExecTargets::default(),
         }
     }
 }
@@ -175,8 +180,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/metrics/resource", get(metrics::resource_metrics))
         .route("/stats/summary", get(metrics::stats_summary))
-        .route("/exec/{*rest}", unsupported("exec"))
-        .route("/attach/{*rest}", unsupported("attach"))
+        .route("/exec/{*rest}", any(streaming::exec::exec))
+        .route("/attach/{*rest}", any(streaming::exec::attach))
         .route("/portForward/{*rest}", unsupported("port-forward"))
         .route("/run/{*rest}", unsupported("run"))
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") })
@@ -514,7 +519,8 @@ async fn serve(acceptor: TlsAcceptor, tcp: TcpStream, router: Router, idle_timeo
         }
     });
     let builder = limits::http_builder();
-    let connection = builder.serve_connection(TokioIo::new(tls), service);
+    // With upgrades: exec, attach and port-forward switch the connection to SPDY.
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(connection);
     tokio::select! {
         ended = connection.as_mut() => {

@@ -101,6 +101,7 @@ fn start(pod: Pod, fake: &FakeRuntime) -> Harness {
             },
             memory_bound: 1 << 30,
             service_env: ServiceEnv::none(),
+            exec: Default::default(),
         },
         status: status.clone(),
         dirs: PodDirs {

@@ -1,0 +1,146 @@
+//! The running containers `kubectl exec` (and exec probes) can start more instances of: what
+//! each one's runner resolved for its current run (program, env, mounts, limits), registered
+//! while the run lasts. Upstream has no such table: CRI keeps it inside the runtime
+//! (`ExecSync`/`Exec` by container ID); here the kubelet resolves and the runtime only runs.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::{ExecIo, ExecSpec, Limits, Mount, Runtime};
+
+/// What an exec needs of one running container.
+pub struct ExecTarget {
+    /// The pod's UID.
+    pub pod_uid: String,
+    /// The container's program file.
+    pub program: PathBuf,
+    /// The program's digest.
+    pub program_digest: String,
+    /// The container's resolved environment.
+    pub env: Vec<(String, String)>,
+    /// The container's mounts.
+    pub mounts: Vec<Mount>,
+    /// The container's limits.
+    pub limits: Limits,
+    /// The runtime that runs it.
+    pub runtime: Arc<dyn Runtime>,
+    /// Cancelled when the container's run ends: exec'd instances end with it.
+    pub stopped: CancellationToken,
+}
+
+impl ExecTarget {
+    /// The spec of one more instance with `args` and `io`.
+    pub fn spec(&self, id: String, args: Vec<String>, io: ExecIo) -> ExecSpec {
+        ExecSpec {
+            id,
+            program: self.program.clone(),
+            program_digest: self.program_digest.clone(),
+            args,
+            env: self.env.clone(),
+            mounts: self.mounts.clone(),
+            limits: self.limits,
+            io,
+        }
+    }
+}
+
+type Key = (String, String, String);
+
+/// The table of running containers, shared by the runners and the kubelet API.
+#[derive(Clone, Default)]
+pub struct ExecTargets {
+    inner: Arc<Mutex<HashMap<Key, Arc<ExecTarget>>>>,
+}
+
+/// Keeps a container in the table until dropped (its run ended); then cancels
+/// [`ExecTarget::stopped`].
+pub struct Registration {
+    targets: ExecTargets,
+    key: Key,
+    target: Arc<ExecTarget>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.target.stopped.cancel();
+        let mut map = self.targets.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if map
+            .get(&self.key)
+            .is_some_and(|t| Arc::ptr_eq(t, &self.target))
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
+impl ExecTargets {
+    /// Registers `container` of pod `namespace/pod` as running `target`, replacing an older run.
+    pub fn register(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        target: ExecTarget,
+    ) -> Registration {
+        let key = (
+            namespace.to_string(),
+            pod.to_string(),
+            container.to_string(),
+        );
+        let target = Arc::new(target);
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), target.clone());
+        Registration {
+            targets: self.clone(),
+            key,
+            target,
+        }
+    }
+
+    /// The running `container` of `namespace/pod`, if it runs.
+    pub fn get(&self, namespace: &str, pod: &str, container: &str) -> Option<Arc<ExecTarget>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(
+                namespace.to_string(),
+                pod.to_string(),
+                container.to_string(),
+            ))
+            .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registration_lasts_as_long_as_its_run() {
+        let targets = ExecTargets::default();
+        let target = || ExecTarget {
+            pod_uid: "u".into(),
+            program: "/p.wasm".into(),
+            program_digest: "sha256:0".into(),
+            env: vec![],
+            mounts: vec![],
+            limits: Limits::default(),
+            runtime: Arc::new(crate::runtime::fake::FakeRuntime::default()),
+            stopped: CancellationToken::new(),
+        };
+        let first = targets.register("ns", "pod", "c", target());
+        let stopped = first.target.stopped.clone();
+        let second = targets.register("ns", "pod", "c", target());
+        // The old run ending must not remove the new one.
+        drop(first);
+        assert!(stopped.is_cancelled());
+        assert!(targets.get("ns", "pod", "c").is_some());
+        drop(second);
+        assert!(targets.get("ns", "pod", "c").is_none());
+    }
+}
