@@ -135,16 +135,7 @@ impl Runtime for WasiRuntime {
             let run = RunSpec {
                 args: spec.args,
                 env: spec.env,
-                mounts: spec
-                    .mounts
-                    .into_iter()
-                    .map(|m| Mount {
-                        dir: m.dir,
-                        host_path: m.host_path,
-                        guest_path: m.container_path,
-                        read_only: m.read_only,
-                    })
-                    .collect(),
+                mounts: guest_mounts(spec.mounts),
                 stdio: Stdio::Log(spec.log),
                 limits: spec.limits,
                 usage: usage.clone(),
@@ -172,16 +163,7 @@ impl Runtime for WasiRuntime {
             let run = RunSpec {
                 args: spec.args,
                 env: spec.env,
-                mounts: spec
-                    .mounts
-                    .into_iter()
-                    .map(|m| Mount {
-                        dir: m.dir,
-                        host_path: m.host_path,
-                        guest_path: m.container_path,
-                        read_only: m.read_only,
-                    })
-                    .collect(),
+                mounts: guest_mounts(spec.mounts),
                 stdio: Stdio::Streams(spec.io),
                 limits: spec.limits,
                 usage: usage.clone(),
@@ -190,6 +172,19 @@ impl Runtime for WasiRuntime {
         }
         .boxed()
     }
+}
+
+/// The kubelet's mounts as the run's preopens.
+fn guest_mounts(mounts: Vec<kubelet::runtime::Mount>) -> Vec<Mount> {
+    mounts
+        .into_iter()
+        .map(|m| Mount {
+            dir: m.dir,
+            host_path: m.host_path,
+            guest_path: m.container_path,
+            read_only: m.read_only,
+        })
+        .collect()
 }
 
 /// Whether a component exports `wasi:cli/run` (at any version): a command, which exec can run.

@@ -434,3 +434,67 @@ async fn a_hostile_spdy_client_gets_bounded_errors_and_the_kubelet_keeps_serving
         node.log()
     );
 }
+
+#[tokio::test]
+async fn an_exec_liveness_probe_that_starts_failing_restarts_the_container() {
+    let ns = TestNamespace::new("probe").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    // Healthy while /data/healthy exists; the app removes it after 8 s. The probe is one more
+    // instance of the container's program with the container's volumes.
+    let pod = for_node(
+        json!({
+            "metadata": {"name": "flaky"},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "volumes": [{"name": "data", "emptyDir": {}}],
+                "containers": [{
+                    "name": "main", "image": workloads::multitool(),
+                    "args": ["write", "/data/healthy", "ok", "sleep", "8", "rm", "/data/healthy", "sleep", "600"],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                    "readinessProbe": {"exec": {"command": ["multitool", "cat", "/data/healthy"]},
+                                       "periodSeconds": 1},
+                    "livenessProbe": {"exec": {"command": ["multitool", "cat", "/data/healthy"]},
+                                      "initialDelaySeconds": 1, "periodSeconds": 2, "failureThreshold": 2}
+                }]
+            }
+        }),
+        shared_node(KRUSTLET),
+    );
+    create(&pods, pod).await.expect("create");
+    // Ready once the readiness probe passes.
+    wait_for(&pods, "flaky", Duration::from_secs(120), "ready", |p| {
+        container_status(p, "main").is_some_and(|c| c.ready)
+    })
+    .await
+    .expect("ready");
+    // Then the file goes, liveness fails twice, and the container is restarted.
+    let restarted = wait_for(&pods, "flaky", Duration::from_secs(120), "restarted", |p| {
+        container_status(p, "main").is_some_and(|c| c.restart_count >= 1)
+    })
+    .await
+    .expect("restarted by its liveness probe");
+    assert!(container_status(&restarted, "main").is_some());
+    let events = ns.api::<k8s_openapi::api::core::v1::Event>();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let notes: Vec<(String, String)> = events
+            .list(&Default::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+            .collect();
+        let unhealthy = notes
+            .iter()
+            .any(|(r, m)| r == "Unhealthy" && m.starts_with("Liveness probe failed: "));
+        let killing = notes.iter().any(|(r, m)| {
+            r == "Killing" && m == "Container main failed liveness probe, will be restarted"
+        });
+        if unhealthy && killing {
+            break;
+        }
+        assert!(Instant::now() < deadline, "events: {notes:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -40,6 +40,17 @@ fn pod_of(
     )
 }
 
+/// The status of the node's MemoryPressure condition.
+fn memory_pressure(node: &k8s_openapi::api::core::v1::Node) -> Option<String> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "MemoryPressure")
+        .map(|c| c.status.clone())
+}
+
 fn running(pod: &Pod) -> bool {
     container_status(pod, "main")
         .and_then(|s| s.state.as_ref())
@@ -413,14 +424,7 @@ async fn memory_pressure_evicts_best_effort_before_burstable() {
         Some("Evicted")
     );
     let node_object = node.wait_ready("True", LONG).await.expect("node");
-    let pressure = node_object
-        .status
-        .and_then(|s| s.conditions)
-        .unwrap_or_default()
-        .into_iter()
-        .find(|c| c.type_ == "MemoryPressure")
-        .map(|c| c.status);
-    assert_eq!(pressure.as_deref(), Some("True"));
+    assert_eq!(memory_pressure(&node_object).as_deref(), Some("True"));
 
     // Under memory pressure a new BestEffort pod is turned away at admission.
     let mut late = pod("late", node.name(), &["hello"], json!({}));
@@ -486,13 +490,7 @@ async fn a_soft_threshold_raises_pressure_at_once_and_evicts_after_its_grace_per
     let deadline = Instant::now() + LONG;
     loop {
         let object = node.wait_ready("True", LONG).await.expect("ready");
-        let pressure = object
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .into_iter()
-            .find(|c| c.type_ == "MemoryPressure")
-            .map(|c| c.status);
+        let pressure = memory_pressure(&object);
         if pressure.as_deref() == Some("True") {
             break;
         }

@@ -63,6 +63,13 @@ pub struct Registration {
     target: Arc<ExecTarget>,
 }
 
+impl Registration {
+    /// The registered run, for more instances of it (exec probes).
+    pub fn target(&self) -> Arc<ExecTarget> {
+        self.target.clone()
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         self.target.stopped.cancel();

@@ -6,6 +6,7 @@ pub mod config_watch;
 pub mod downward;
 pub mod env;
 pub mod exec_targets;
+pub mod probe;
 pub mod resize;
 pub mod runner;
 pub mod service_env;

@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::{mpsc, watch};
 
 use crate::container::exec_targets::{ExecTarget, ExecTargets, Registration};
+use crate::container::probe::{self, ExecProbe, ProbeEvent};
 use crate::container::service_env::ServiceEnv;
 use crate::container::{argv, config_watch, env, resize, termination_message};
 use crate::image::{ImageStore, PullPolicy};
@@ -96,6 +97,31 @@ const SERVICES_WAIT: Duration = Duration::from_secs(10);
 /// Asks a runner to stop: `Some(grace)` stops it within that grace period.
 pub type StopSignal = watch::Receiver<Option<Duration>>;
 
+/// Gives a running guest `grace` to finish, then kills it. A wasm guest has no signal to
+/// catch: it is stopped at its next epoch.
+async fn stop_within(
+    running: &mut crate::runtime::RunningContainer,
+    grace: Duration,
+) -> Termination {
+    match tokio::time::timeout(grace, &mut running.exit).await {
+        Ok(t) => t.unwrap_or(Termination::Killed),
+        Err(_) => {
+            let (kill, _) = tokio::sync::oneshot::channel();
+            let _ = std::mem::replace(&mut running.kill, kill).send(());
+            (&mut running.exit).await.unwrap_or(Termination::Killed)
+        }
+    }
+}
+
+/// Aborts a task when dropped (a run's probes end with the run).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One container's runner.
 pub struct Runner {
     /// Node services.
@@ -148,6 +174,18 @@ fn waiting(reason: &str, message: Option<String>) -> ContainerState {
 }
 
 impl Runner {
+    /// The pod's `terminationGracePeriodSeconds` (default 30), for a kill the kubelet decides.
+    fn grace_period(&self) -> Duration {
+        let seconds = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30)
+            .max(0);
+        Duration::from_secs(seconds.unsigned_abs())
+    }
+
     /// When this container runs again after it exits (its own rules over the pod's policy).
     fn restart_rules(&self) -> RestartRules {
         let pod_policy = RestartPolicy::parse(
@@ -328,26 +366,56 @@ impl Runner {
                 }),
                 ..Default::default()
             });
-            status.ready = true;
-            status.started = Some(true);
+            // Exec probes (container/probe.rs): a startup probe holds `started`, a readiness
+            // probe holds `ready`, until they succeed.
+            let probes = ExecProbe::all_of(&self.container);
+            let has = |kind| probes.iter().any(|p| p.kind == kind);
+            let (gated, readiness) = (has(probe::Kind::Startup), has(probe::Kind::Readiness));
+            status.started = Some(!gated);
+            status.ready = !gated && !readiness;
             self.report(&status);
+            let (probe_tx, mut probe_events) = mpsc::channel(8);
+            let _probing = (!probes.is_empty()).then(|| {
+                let task = tokio::spawn(probe::run(
+                    probes,
+                    exec_registration.target(),
+                    name.clone(),
+                    probe_tx,
+                ));
+                AbortOnDrop(task)
+            });
 
             // Wait for the end, or stop it.
             let mut stop = self.stop.clone();
-            let termination = tokio::select! {
-                t = &mut running.exit => t.unwrap_or(Termination::Killed),
-                _ = async { let _ = stop.wait_for(|s| s.is_some()).await; } => {
-                    let grace = self.stopping().unwrap_or_default();
-                    self.normal("Killing", format!("Stopping container {name}")).await;
-                    // A wasm guest has no signal to catch: it gets the grace period to finish,
-                    // then is stopped at its next epoch.
-                    match tokio::time::timeout(grace, &mut running.exit).await {
-                        Ok(t) => t.unwrap_or(Termination::Killed),
-                        Err(_) => {
-                            let _ = running.kill.send(());
-                            running.exit.await.unwrap_or(Termination::Killed)
-                        }
+            let termination = loop {
+                tokio::select! {
+                    t = &mut running.exit => break t.unwrap_or(Termination::Killed),
+                    _ = async { let _ = stop.wait_for(|s| s.is_some()).await; } => {
+                        let grace = self.stopping().unwrap_or_default();
+                        self.normal("Killing", format!("Stopping container {name}")).await;
+                        break stop_within(&mut running, grace).await;
                     }
+                    Some(event) = probe_events.recv() => match event {
+                        ProbeEvent::Started => {
+                            status.started = Some(true);
+                            status.ready = !readiness;
+                            self.report(&status);
+                        }
+                        ProbeEvent::Ready(ready) => {
+                            status.ready = ready;
+                            self.report(&status);
+                        }
+                        ProbeEvent::Failed { kind, message } => {
+                            // Upstream's events (prober.go, kuberuntime_manager.go).
+                            self.warning("Unhealthy", format!("{} probe failed: {message}", kind.name())).await;
+                            let note = format!(
+                                "Container {name} failed {} probe, will be restarted",
+                                kind.name().to_lowercase()
+                            );
+                            self.normal("Killing", note).await;
+                            break stop_within(&mut running, self.grace_period()).await;
+                        }
+                    },
                 }
             };
             drop(registration);

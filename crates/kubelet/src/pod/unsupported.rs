@@ -45,8 +45,11 @@ pub fn pod_fields(spec: &PodSpec) -> Vec<&'static str> {
 /// What of a container this node does not honour.
 pub fn container_fields(c: &Container) -> Vec<&'static str> {
     let mut found = Vec::new();
-    if c.liveness_probe.is_some() || c.readiness_probe.is_some() || c.startup_probe.is_some() {
-        found.push("probes (readiness follows the running state)");
+    let not_exec = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref().is_some_and(|p| p.exec.is_none())
+    };
+    if not_exec(&c.liveness_probe) || not_exec(&c.readiness_probe) || not_exec(&c.startup_probe) {
+        found.push("httpGet/tcpSocket/grpc probes (no pod network yet; exec probes run)");
     }
     if let Some(sc) = &c.security_context {
         if sc.privileged.unwrap_or(false) {
