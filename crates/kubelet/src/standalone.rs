@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::KubeletError;
+use crate::kubelet::signature_policy;
 use crate::config::KubeletConfig;
 use crate::container::runner::NodeServices;
 use crate::container::service_env::ServiceEnv;
@@ -55,7 +56,8 @@ pub async fn run(
         config.data_path("images"),
         config.insecure_registries.clone(),
         config.pull_limits,
-    )?);
+    )?
+    .with_signatures(signature_policy(config)?));
     // Compiled code of programs whose images went while the node was down goes too.
     runtime.retain_programs(&images.store().referenced_blobs());
     let host = HostInfo::read();
