@@ -160,7 +160,7 @@ impl Kubelet {
             config.insecure_registries.clone(),
             config.pull_limits,
         )?
-        .with_signatures(signature_policy(config)?));
+        .with_signatures(signature_policy(&config)?));
         // Compiled code of programs whose images went while the node was down goes too.
         self.runtime
             .retain_programs(&images.store().referenced_blobs());

@@ -57,7 +57,7 @@ pub async fn run(
         config.insecure_registries.clone(),
         config.pull_limits,
     )?
-    .with_signatures(signature_policy(config)?));
+    .with_signatures(signature_policy(&config)?));
     // Compiled code of programs whose images went while the node was down goes too.
     runtime.retain_programs(&images.store().referenced_blobs());
     let host = HostInfo::read();
