@@ -155,12 +155,14 @@ impl Kubelet {
         let (readiness_tx, readiness) = watch::channel(Readiness::Ready);
         let stop = CancellationToken::new();
 
-        let images = Arc::new(ImageStore::new(
-            config.data_path("images"),
-            config.insecure_registries.clone(),
-            config.pull_limits,
-        )?
-        .with_signatures(signature_policy(&config)?));
+        let images = Arc::new(
+            ImageStore::new(
+                config.data_path("images"),
+                config.insecure_registries.clone(),
+                config.pull_limits,
+            )?
+            .with_signatures(signature_policy(&config)?),
+        );
         // Compiled code of programs whose images went while the node was down goes too.
         self.runtime
             .retain_programs(&images.store().referenced_blobs());

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, Pod};
+use krustlet_e2e::cluster::bin_dir;
 use krustlet_e2e::kubelet_api::kubelet_get;
 use krustlet_e2e::pods::{create, for_node, wait_for, wait_for_phase, waiting};
-use krustlet_e2e::cluster::bin_dir;
 use krustlet_e2e::{KrustletNode, TestNamespace, cluster, registry};
 use kube::api::ListParams;
 use oci_client::secrets::RegistryAuth;
@@ -126,7 +126,8 @@ async fn events(ns: &TestNamespace, pod: &str) -> Vec<(String, String)> {
 async fn refused(ns: &TestNamespace, name: &str) -> String {
     let pods = ns.api::<Pod>();
     let found = wait_for(&pods, name, LONG, "SignatureVerificationFailed", |p| {
-        waiting(p, "main").is_some_and(|w| w.reason.as_deref() == Some("SignatureVerificationFailed"))
+        waiting(p, "main")
+            .is_some_and(|w| w.reason.as_deref() == Some("SignatureVerificationFailed"))
     })
     .await;
     let p = match found {
@@ -169,8 +170,16 @@ async fn only_images_signed_by_a_trusted_key_run_and_a_policy_edit_reports_runni
     let info = cluster();
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    cosign(d, &["generate-key-pair", "--output-key-prefix", "trusted"], &[]);
-    cosign(d, &["generate-key-pair", "--output-key-prefix", "other"], &[]);
+    cosign(
+        d,
+        &["generate-key-pair", "--output-key-prefix", "trusted"],
+        &[],
+    );
+    cosign(
+        d,
+        &["generate-key-pair", "--output-key-prefix", "other"],
+        &[],
+    );
     let base = format!("{}/signed-{}", info.registry, std::process::id());
 
     let tag_signed = push(&format!("{base}/tag-signed:v1"), "tag").await;
@@ -204,14 +213,22 @@ async fn only_images_signed_by_a_trusted_key_run_and_a_policy_edit_reports_runni
     let pods = ns.api::<Pod>();
 
     // Both layouts verify; the neighbour (no rule, default allow) is unaffected.
-    for (name, image) in [("tag-signed", &tag_signed), ("ref-signed", &ref_signed), ("neighbour", &neighbour)] {
+    for (name, image) in [
+        ("tag-signed", &tag_signed),
+        ("ref-signed", &ref_signed),
+        ("neighbour", &neighbour),
+    ] {
         create(&pods, pod(name, image, node.name(), &["sleep", "3600"]))
             .await
             .expect("create");
     }
     for name in ["tag-signed", "ref-signed", "neighbour"] {
         if let Err(e) = wait_for_phase(&pods, name, "Running", LONG).await {
-            panic!("{name}: {e:#}\nevents: {:?}\nlog: {}", events(&ns, name).await, node.log());
+            panic!(
+                "{name}: {e:#}\nevents: {:?}\nlog: {}",
+                events(&ns, name).await,
+                node.log()
+            );
         }
     }
 
@@ -226,35 +243,61 @@ async fn only_images_signed_by_a_trusted_key_run_and_a_policy_edit_reports_runni
             .await
             .expect("create");
         let message = refused(&ns, name).await;
-        assert!(message.contains(expect) && message.contains("signed-apps"), "{name}: {message}");
+        assert!(
+            message.contains(expect) && message.contains("signed-apps"),
+            "{name}: {message}"
+        );
         let events = events(&ns, name).await;
         assert!(
-            events.iter().any(|(r, m)| r == "SignatureVerificationFailed" && m.contains("signed-apps")),
+            events
+                .iter()
+                .any(|(r, m)| r == "SignatureVerificationFailed" && m.contains("signed-apps")),
             "{name}: {events:?}"
         );
     }
-    assert_eq!(compiles(&node).await, before, "a refused image was compiled");
+    assert_eq!(
+        compiles(&node).await,
+        before,
+        "a refused image was compiled"
+    );
 
     // Distrust the key: new pods of the signed image are refused, running ones warned.
     write_policy(&policy, &format!("{base}/**"), &d.join("other.pub"));
     let deadline = Instant::now() + LONG;
     loop {
-        let warned = events(&ns, "tag-signed").await.iter().any(|(r, m)| {
-            r == "SignaturePolicyViolation" && m.contains("keeps running")
-        });
+        let warned = events(&ns, "tag-signed")
+            .await
+            .iter()
+            .any(|(r, m)| r == "SignaturePolicyViolation" && m.contains("keeps running"));
         if warned {
             break;
         }
-        assert!(Instant::now() < deadline, "no Warning event after the policy edit\nlog: {}", node.log());
+        assert!(
+            Instant::now() < deadline,
+            "no Warning event after the policy edit\nlog: {}",
+            node.log()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    create(&pods, pod("tag-signed-again", &tag_signed, node.name(), &["print", "ran"]))
-        .await
-        .expect("create");
+    create(
+        &pods,
+        pod(
+            "tag-signed-again",
+            &tag_signed,
+            node.name(),
+            &["print", "ran"],
+        ),
+    )
+    .await
+    .expect("create");
     let message = refused(&ns, "tag-signed-again").await;
     assert!(message.contains("not from a trusted key"), "{message}");
     for name in ["tag-signed", "ref-signed", "neighbour"] {
         let p = pods.get(name).await.expect("get");
-        assert_eq!(krustlet_e2e::pods::phase(&p), "Running", "{name} must keep running");
+        assert_eq!(
+            krustlet_e2e::pods::phase(&p),
+            "Running",
+            "{name} must keep running"
+        );
     }
 }

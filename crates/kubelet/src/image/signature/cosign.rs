@@ -140,7 +140,9 @@ pub async fn fetch(
                 .map_err(error)?;
         }
         Ok((OciManifest::ImageIndex(_), _)) => {
-            return Err(error(format!("{tag} is an index, not a cosign signature manifest")));
+            return Err(error(format!(
+                "{tag} is an index, not a cosign signature manifest"
+            )));
         }
         Err(e) if not_found(&e) => {}
         Err(e) => return Err(error(format!("{tag}: {e}"))),
@@ -155,7 +157,10 @@ pub async fn fetch(
     let cosign_referrers: Vec<_> = referrers
         .iter()
         .filter(|entry| {
-            entry.artifact_type.as_deref().is_none_or(|t| t == SIGNATURE_ARTIFACT_TYPE)
+            entry
+                .artifact_type
+                .as_deref()
+                .is_none_or(|t| t == SIGNATURE_ARTIFACT_TYPE)
         })
         .take(MAX_SIGNATURES)
         .collect();
@@ -164,9 +169,15 @@ pub async fn fetch(
             Reference::with_digest(registry.into(), repository.into(), entry.digest.clone());
         match client.pull_manifest(&by_digest, auth).await {
             Ok((OciManifest::Image(manifest), _)) => {
-                read_layers(client, &by_digest, &manifest.layers, SigLayout::Referrers, &mut found)
-                    .await
-                    .map_err(error)?;
+                read_layers(
+                    client,
+                    &by_digest,
+                    &manifest.layers,
+                    SigLayout::Referrers,
+                    &mut found,
+                )
+                .await
+                .map_err(error)?;
             }
             Ok(_) => {}
             Err(e) if not_found(&e) => {}
@@ -194,7 +205,11 @@ async fn read_layers(
             .as_ref()
             .and_then(|a| a.get(SIGNATURE_ANNOTATION))
             .filter(|s| s.len() <= MAX_SIGNATURE_CHARS)
-            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s.trim()).ok())
+            .and_then(|s| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(s.trim())
+                    .ok()
+            })
         else {
             continue;
         };

@@ -47,7 +47,10 @@ impl PublicKey {
         let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.trim().as_bytes())
             .map_err(|e| KeyError::NotPem(e.to_string()))?;
         if parsed.label != "PUBLIC KEY" {
-            return Err(KeyError::NotPem(format!("found a {:?} block", parsed.label)));
+            return Err(KeyError::NotPem(format!(
+                "found a {:?} block",
+                parsed.label
+            )));
         }
         let (_, spki) = SubjectPublicKeyInfo::from_der(&parsed.contents)
             .map_err(|e| KeyError::NotPem(e.to_string()))?;
@@ -117,13 +120,10 @@ pub(crate) mod tests {
         let rng = SystemRandom::new();
         let pkcs8 =
             EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("pkcs8");
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
-                .expect("pair");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .expect("pair");
         // SPKI prefix of an uncompressed P-256 point.
-        let mut der = hex(
-            "3059301306072a8648ce3d020106082a8648ce3d030107034200",
-        );
+        let mut der = hex("3059301306072a8648ce3d020106082a8648ce3d030107034200");
         der.extend_from_slice(pair.public_key().as_ref());
         (pair, pem(&der))
     }
@@ -145,7 +145,11 @@ pub(crate) mod tests {
         assert!(key.verifies(b"payload", sig.as_ref()));
         assert!(!key.verifies(b"payload!", sig.as_ref()));
         let (_, other) = p256();
-        assert!(!PublicKey::from_pem(&other).expect("other").verifies(b"payload", sig.as_ref()));
+        assert!(
+            !PublicKey::from_pem(&other)
+                .expect("other")
+                .verifies(b"payload", sig.as_ref())
+        );
 
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).expect("pkcs8");
         let ed = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("ed");
@@ -160,7 +164,10 @@ pub(crate) mod tests {
 
     #[test]
     fn keys_of_other_kinds_are_refused_by_name() {
-        assert!(matches!(PublicKey::from_pem("nope"), Err(KeyError::NotPem(_))));
+        assert!(matches!(
+            PublicKey::from_pem("nope"),
+            Err(KeyError::NotPem(_))
+        ));
         // P-384.
         let mut der = hex("3076301006072a8648ce3d020106052b81040022036200");
         der.extend_from_slice(&[4; 97]);

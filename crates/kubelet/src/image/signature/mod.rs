@@ -65,7 +65,10 @@ impl std::fmt::Display for Allowed {
             ),
             Self::ByRule { rule } => write!(f, "allowed unsigned by rule {rule:?}"),
             Self::ByDefault { warning: None } => {
-                write!(f, "allowed: no rule matches and the policy default is allow")
+                write!(
+                    f,
+                    "allowed: no rule matches and the policy default is allow"
+                )
             }
             Self::ByDefault { warning: Some(w) } => write!(f, "allowed with a warning: {w}"),
             Self::NoPolicy => write!(f, "allowed: no --image-policy-file is configured"),
@@ -308,9 +311,7 @@ impl Signatures {
             "it has no cosign signature (neither a sha256-<digest>.sig tag nor an OCI 1.1 referrer)"
                 .to_string()
         } else if untrusted > 0 {
-            format!(
-                "its {untrusted} signature(s) for this digest are not from a trusted key"
-            )
+            format!("its {untrusted} signature(s) for this digest are not from a trusted key")
         } else {
             other_digests.sort();
             other_digests.dedup();
@@ -341,7 +342,11 @@ impl Signatures {
         if let Some(policy) = &loaded.policy
             && let Ok(reference) = super::parse_reference(image)
         {
-            let repository = format!("{}/{}", reference.resolve_registry(), reference.repository());
+            let repository = format!(
+                "{}/{}",
+                reference.resolve_registry(),
+                reference.repository()
+            );
             if let Some(rule) = policy.rule_for(&repository, namespace)
                 && rule.action == RuleAction::Require
                 && lock(&self.verified).contains(&(
@@ -402,7 +407,9 @@ impl Signatures {
         let running: Vec<Arc<RunningImage>> = lock(&self.running).values().cloned().collect();
         let mut reported = 0;
         for r in running {
-            if let Err(error) = self.check_cached(&r.image, &r.digest, &r.namespace, None).await
+            if let Err(error) = self
+                .check_cached(&r.image, &r.digest, &r.namespace, None)
+                .await
                 && !matches!(error, SignatureError::Fetch { .. })
             {
                 (r.report)(format!(
@@ -431,7 +438,10 @@ impl Signatures {
                         tracing::info!(generation = this.generation(), "image policy reloaded");
                         let reported = this.recheck_running().await;
                         if reported > 0 {
-                            tracing::warn!(reported, "running containers no longer pass the image policy");
+                            tracing::warn!(
+                                reported,
+                                "running containers no longer pass the image policy"
+                            );
                         }
                     }
                     Err(error) => {

@@ -187,9 +187,8 @@ impl Policy {
                         )));
                     }
                 };
-                let key = PublicKey::from_pem(&pem).map_err(|e| {
-                    invalid(format!("rule {name:?} keys[{k}]: {e}"))
-                })?;
+                let key = PublicKey::from_pem(&pem)
+                    .map_err(|e| invalid(format!("rule {name:?} keys[{k}]: {e}")))?;
                 keys.push(TrustedKey {
                     name: source.name.clone().unwrap_or(default_name),
                     key,
@@ -219,7 +218,8 @@ impl Policy {
     pub fn rule_for(&self, repository: &str, namespace: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| {
             r.images.iter().any(|g| glob_match(g, repository))
-                && (r.namespaces.is_empty() || r.namespaces.iter().any(|g| glob_match(g, namespace)))
+                && (r.namespaces.is_empty()
+                    || r.namespaces.iter().any(|g| glob_match(g, namespace)))
         })
     }
 }
@@ -261,7 +261,10 @@ mod tests {
         assert!(glob_match("reg:5000/team/*", "reg:5000/team/app"));
         assert!(!glob_match("reg:5000/team/*", "reg:5000/team/sub/app"));
         assert!(glob_match("reg:5000/team/**", "reg:5000/team/sub/app"));
-        assert!(glob_match("127.0.0.1:*/e2e/signed-*", "127.0.0.1:5000/e2e/signed-x"));
+        assert!(glob_match(
+            "127.0.0.1:*/e2e/signed-*",
+            "127.0.0.1:5000/e2e/signed-x"
+        ));
         assert!(glob_match("prod-?", "prod-a"));
         assert!(!glob_match("prod", "prod-a"));
         assert!(glob_match("**", "anything/at/all"));
