@@ -43,7 +43,7 @@ fi
 # cosign (signed-modules tests) lives in its own module so its go.sum never changes the control
 # plane's cache key; one go build, cached under cosign-<version>-<hash of its go.sum>.
 cosign_mod="$repo/test/tools/cosign"
-cosign_version=$(awk '$1=="github.com/sigstore/cosign/v2" {print $2; exit}' "$cosign_mod/go.mod")
+cosign_version=$(awk -v m=github.com/sigstore/cosign/v2 '$1==m {print $2; exit} $1=="require" && $2==m {print $3; exit}' "$cosign_mod/go.mod")
 cosign_hash=$( (cat "$cosign_mod/go.sum"; echo "$cosign_version") | sha256sum | cut -c1-16)
 cosign_out="$cache/cosign-$cosign_version-$cosign_hash"
 if [ ! -x "$cosign_out/cosign" ]; then
