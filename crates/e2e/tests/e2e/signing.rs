@@ -261,6 +261,35 @@ async fn only_images_signed_by_a_trusted_key_run_and_a_policy_edit_reports_runni
         "a refused image was compiled"
     );
 
+    // `krustlet verify` explains the same decisions.
+    let verify = |image: &str| {
+        let out = Command::new(KRUSTLET)
+            .args([
+                "verify",
+                image,
+                "--policy",
+                policy.to_str().expect("utf-8 path"),
+            ])
+            .output()
+            .expect("run krustlet verify");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = verify(&ref_signed);
+    assert!(
+        ok && text.contains("key \"release\"") && text.contains("referrer"),
+        "{text}"
+    );
+    let (ok, text) = verify(&unsigned);
+    assert!(
+        !ok && text.contains("no cosign signature") && text.contains("signed-apps"),
+        "{text}"
+    );
+
     // Distrust the key: new pods of the signed image are refused, running ones warned.
     write_policy(&policy, &format!("{base}/**"), &d.join("other.pub"));
     let deadline = Instant::now() + LONG;
