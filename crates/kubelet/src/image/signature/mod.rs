@@ -463,3 +463,76 @@ impl SignatureError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(default: &str) -> Policy {
+        let (_, pem) = keys::tests::p256();
+        let pem = pem.replace('\n', "\n          ");
+        Policy::parse(
+            &format!(
+                "default: {default}\nrules:\n  - name: signed\n    images: [\"127.0.0.1:1/signed/*\"]\n    action: require\n    keys:\n      - name: ci\n        pem: |\n          {pem}\n"
+            ),
+            Path::new("/p.yaml"),
+        )
+        .expect("policy")
+    }
+
+    const DIGEST: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    #[tokio::test]
+    async fn a_cached_verification_needs_no_registry_and_a_new_generation_forgets_it() {
+        let signatures = Signatures::fixed(policy("deny"), Vec::new());
+        // Nothing listens on 127.0.0.1:1: an uncached check fails to read signatures.
+        let image = "127.0.0.1:1/signed/app:v1";
+        let error = signatures
+            .check_cached(image, DIGEST, "default", None)
+            .await
+            .expect_err("no registry");
+        assert_eq!(error.reason(), "ErrImagePull", "{error}");
+        lock(&signatures.verified).insert((1, "signed".into(), DIGEST.into()));
+        let started = std::time::Instant::now();
+        for _ in 0..1000 {
+            let allowed = signatures
+                .check_cached(image, DIGEST, "default", None)
+                .await
+                .expect("cached");
+            assert!(matches!(allowed, Allowed::Verified { .. }));
+        }
+        let per_check = started.elapsed() / 1000;
+        eprintln!("cached verification: {per_check:?} per check");
+        assert!(per_check < Duration::from_millis(20), "{per_check:?}");
+        // Unmatched images follow the default.
+        let error = signatures
+            .check_cached("127.0.0.1:1/other/app:v1", DIGEST, "default", None)
+            .await
+            .expect_err("default deny");
+        assert_eq!(error.reason(), REASON);
+        assert!(error.to_string().contains("default is deny"), "{error}");
+        let warn = Signatures::fixed(policy("warn"), Vec::new());
+        assert!(matches!(
+            warn.check_cached("127.0.0.1:1/other/app:v1", DIGEST, "default", None)
+                .await,
+            Ok(Allowed::ByDefault { warning: Some(_) })
+        ));
+    }
+
+    #[test]
+    fn a_changed_policy_file_is_a_new_generation_and_a_broken_one_is_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(&path, "default: allow\n").expect("write");
+        let signatures = Signatures::load(&path, Vec::new()).expect("load");
+        assert_eq!(signatures.generation(), 1);
+        assert!(!signatures.reload().expect("unchanged"));
+        std::fs::write(&path, "default: deny\n").expect("write");
+        assert!(signatures.reload().expect("changed"));
+        assert_eq!(signatures.generation(), 2);
+        std::fs::write(&path, "default: sometimes\n").expect("write");
+        let error = signatures.reload().expect_err("broken");
+        assert!(error.to_string().contains("docs/signing.md"), "{error}");
+        assert_eq!(signatures.generation(), 2, "the previous policy stays");
+    }
+}

@@ -230,7 +230,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     // Iterative matching with memo over (pi, ti): patterns are short, so O(p * t) is fine.
     let mut memo = vec![vec![None; t.len() + 1]; p.len() + 1];
-    fn go(p: &[char], t: &[char], pi: usize, ti: usize, memo: &mut Vec<Vec<Option<bool>>>) -> bool {
+    fn go(p: &[char], t: &[char], pi: usize, ti: usize, memo: &mut [Vec<Option<bool>>]) -> bool {
         if let Some(v) = memo[pi][ti] {
             return v;
         }
