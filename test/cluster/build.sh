@@ -40,6 +40,21 @@ if [ ! -x "$out/kube-apiserver" ]; then
   rm -rf "$out"; mv "$tmp" "$out"
   echo "==> control plane built: $(du -sh "$out" | cut -f1) in $out"
 fi
+# cosign (signed-modules tests) lives in its own module so its go.sum never changes the control
+# plane's cache key; one go build, cached under cosign-<version>-<hash of its go.sum>.
+cosign_mod="$repo/test/tools/cosign"
+cosign_version=$(awk -v m=github.com/sigstore/cosign/v2 '$1==m {print $2; exit} $1=="require" && $2==m {print $3; exit}' "$cosign_mod/go.mod")
+cosign_hash=$( (cat "$cosign_mod/go.sum"; echo "$cosign_version") | sha256sum | cut -c1-16)
+cosign_out="$cache/cosign-$cosign_version-$cosign_hash"
+if [ ! -x "$cosign_out/cosign" ]; then
+  echo "==> building cosign $cosign_version from source into $cosign_out ($(date +%T))"
+  rm -rf "$cosign_out.tmp.$$"; mkdir -p "$cosign_out.tmp.$$"
+  (cd "$cosign_mod" && go build -trimpath -ldflags "-s -w" -o "$cosign_out.tmp.$$/cosign" \
+    github.com/sigstore/cosign/v2/cmd/cosign)
+  rm -rf "$cosign_out"; mv "$cosign_out.tmp.$$" "$cosign_out"
+fi
+mkdir -p "$repo/.bin"; ln -sfn "$cosign_out/cosign" "$repo/.bin/cosign"
+
 # The launcher: go build is incremental, so this is quick when nothing changed.
 (cd "$here" && go build -trimpath -o "$out/devcluster" ./cmd/devcluster)
 

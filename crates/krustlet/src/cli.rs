@@ -50,6 +50,26 @@ pub enum Command {
         #[arg(long, env = "KRUSTLET_REGISTRY_USER")]
         username: Option<String>,
     },
+    /// Explain what a node with this image policy decides for IMAGE: the digest the
+    /// reference resolves to, the rule that matches and whether a trusted key signed it. Exits
+    /// 1 when the image would be refused. Sign images with `cosign sign --key cosign.key
+    /// IMAGE@DIGEST` (see docs/signing.md).
+    Verify {
+        /// The image reference, e.g. registry.example.com/team/app:v1.
+        image: String,
+        /// The policy file (as --image-policy-file).
+        #[arg(long, value_name = "FILE")]
+        policy: std::path::PathBuf,
+        /// The namespace of the pod that would run it.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// A registry reached over plain HTTP (loopback always is); repeatable.
+        #[arg(long, value_name = "HOST[:PORT]")]
+        insecure_registry: Vec<String>,
+        /// Registry user (the password comes from KRUSTLET_REGISTRY_PASSWORD).
+        #[arg(long, env = "KRUSTLET_REGISTRY_USER")]
+        username: Option<String>,
+    },
     /// Run static pods from a directory of pod manifests, without an API server. Files (YAML
     /// or JSON, one Pod each; names starting with "." are ignored) are picked up when added,
     /// changed or removed. See the pods' state with `krustlet pods`, their output with

@@ -53,6 +53,13 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             username,
         }) => return push(&file, &reference, username).await,
         Some(cli::Command::Pods { data_dir }) => return standalone::pods(data_dir),
+        Some(cli::Command::Verify {
+            image,
+            policy,
+            namespace,
+            insecure_registry,
+            username,
+        }) => return verify(&image, &policy, &namespace, insecure_registry, username).await,
         Some(cli::Command::Docs { .. }) => {
             print!("{}", docs::configuration_reference());
             return Ok(());
@@ -140,4 +147,38 @@ async fn push(
     let digest = kubelet::image::push_wasm(reference, wasm, credentials.as_ref()).await?;
     println!("{digest}");
     Ok(())
+}
+
+/// `krustlet verify`: prints the policy decision for `image`; an error when it is refused.
+async fn verify(
+    image: &str,
+    policy: &std::path::Path,
+    namespace: &str,
+    insecure: Vec<String>,
+    username: Option<String>,
+) -> anyhow::Result<()> {
+    use kubelet::image::signature::{Signatures, policy::Policy};
+    let loaded = Policy::load(policy)?;
+    let credentials = username.map(|username| kubelet::image::Credentials {
+        username,
+        password: std::env::var("KRUSTLET_REGISTRY_PASSWORD").unwrap_or_default(),
+    });
+    let digest = kubelet::image::resolve_digest(image, credentials.as_ref(), &insecure).await?;
+    println!("image:     {image}");
+    println!("digest:    {digest} (the manifest a node would run)");
+    println!("namespace: {namespace}");
+    let signatures = Signatures::fixed(loaded, insecure);
+    match signatures
+        .check(image, &digest, namespace, credentials.as_ref())
+        .await
+    {
+        Ok(allowed) => {
+            println!("decision:  {allowed}");
+            Ok(())
+        }
+        Err(error) => {
+            println!("decision:  refused ({})", error.reason());
+            Err(error.into())
+        }
+    }
 }

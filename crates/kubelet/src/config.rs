@@ -335,6 +335,14 @@ pub struct Flags {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub manifests: Option<PathBuf>,
+
+    /// The node's image signature policy (YAML, see docs/signing.md): which images must carry
+    /// cosign signatures from which keys, per image pattern and namespace. Reloaded when the file
+    /// changes; running containers that no longer pass get a Warning event. Without it every
+    /// image runs unverified.
+    #[arg(long, env = "KRUSTLET_IMAGE_POLICY_FILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_policy_file: Option<PathBuf>,
 }
 
 /// Errors in the configuration; each names the setting and what is allowed.
@@ -445,6 +453,8 @@ pub struct KubeletConfig {
     pub compile: CompileSettings,
     /// Static pod manifests, if any.
     pub manifests: Option<PathBuf>,
+    /// The image signature policy file, if any.
+    pub image_policy_file: Option<PathBuf>,
 }
 
 impl Flags {
@@ -554,6 +564,7 @@ impl Flags {
                 cache_memory_bytes: self.compile_cache_memory.map_or(256 << 20, |q| q.0),
             },
             manifests: self.manifests,
+            image_policy_file: self.image_policy_file,
             data_dir,
         };
         for (flag, bytes) in [

@@ -85,6 +85,24 @@ pub enum KubeletError {
     /// The client certificate expired and was not renewed.
     #[error(transparent)]
     CertificateExpired(#[from] bootstrap::CertificateExpired),
+    /// The image signature policy cannot be loaded.
+    #[error("--image-policy-file: {0}")]
+    ImagePolicy(#[from] crate::image::signature::policy::PolicyError),
+}
+
+/// The node's signature policy from `--image-policy-file` (watched for changes), or none.
+pub(crate) fn signature_policy(
+    config: &KubeletConfig,
+) -> Result<Arc<crate::image::signature::Signatures>, KubeletError> {
+    use crate::image::signature::{RELOAD_INTERVAL, Signatures};
+    match &config.image_policy_file {
+        None => Ok(Signatures::disabled()),
+        Some(path) => {
+            let signatures = Signatures::load(path, config.insecure_registries.clone())?;
+            signatures.watch(RELOAD_INTERVAL);
+            Ok(signatures)
+        }
+    }
 }
 
 /// Fails early, before any API traffic, if the kubelet API's port is taken.
@@ -140,11 +158,14 @@ impl Kubelet {
         let (readiness_tx, readiness) = watch::channel(Readiness::Ready);
         let stop = CancellationToken::new();
 
-        let images = Arc::new(ImageStore::new(
-            config.data_path("images"),
-            config.insecure_registries.clone(),
-            config.pull_limits,
-        )?);
+        let images = Arc::new(
+            ImageStore::new(
+                config.data_path("images"),
+                config.insecure_registries.clone(),
+                config.pull_limits,
+            )?
+            .with_signatures(signature_policy(&config)?),
+        );
         // Compiled code of programs whose images went while the node was down goes too.
         self.runtime
             .retain_programs(&images.store().referenced_blobs());

@@ -19,6 +19,7 @@ use crate::container::service_env::ServiceEnv;
 use crate::events::EventPublisher;
 use crate::eviction::Evictions;
 use crate::image::ImageStore;
+use crate::kubelet::signature_policy;
 use crate::log::pods_log_root;
 use crate::metrics::KubeletMetrics;
 use crate::node::allocatable::NodeResources;
@@ -53,11 +54,14 @@ pub async fn run(
         path: config.data_dir.clone(),
         source,
     })?;
-    let images = Arc::new(ImageStore::new(
-        config.data_path("images"),
-        config.insecure_registries.clone(),
-        config.pull_limits,
-    )?);
+    let images = Arc::new(
+        ImageStore::new(
+            config.data_path("images"),
+            config.insecure_registries.clone(),
+            config.pull_limits,
+        )?
+        .with_signatures(signature_policy(&config)?),
+    );
     // Compiled code of programs whose images went while the node was down goes too.
     runtime.retain_programs(&images.store().referenced_blobs());
     let host = HostInfo::read();

@@ -16,6 +16,7 @@ mod node_events;
 mod pods;
 mod resources;
 mod security;
+mod signing;
 mod standalone;
 mod volumes;
 

@@ -315,6 +315,17 @@ impl Runner {
             };
             status.image_id = pulled.image_id.clone();
 
+            // The node's signature policy, before anything is compiled (image/signature/).
+            if let Err((reason, message)) = self.verify_signature(&image, &pulled).await {
+                status.state = Some(waiting(reason, Some(message)));
+                self.report(&status);
+                // Back-off as for pull errors: the registry may get a signature meanwhile.
+                if !self.pause(retry_backoff.next_delay(Duration::ZERO)).await {
+                    return last;
+                }
+                continue;
+            }
+
             // Resolve and start.
             let started_at = Instant::now();
             let run = match self.start(&pulled, status.restart_count).await {
@@ -336,6 +347,7 @@ impl Runner {
             };
             let (mut running, log_path, container_id, message_file, exec_registration) = run;
             self.allocated.attach(running.usage.clone());
+            let policy_watch = self.watch_policy(&image, &pulled);
             let registration = self.services.stats.register(
                 PodRef {
                     name: self.pod.metadata.name.clone().unwrap_or_default(),
@@ -421,6 +433,7 @@ impl Runner {
             drop(registration);
             self.allocated.detach();
             drop(exec_registration);
+            drop(policy_watch);
             let _ = mark_run_finished(&log_path);
             status.ready = false;
             status.started = Some(false);
@@ -474,6 +487,95 @@ impl Runner {
             }
             status.restart_count += 1;
         }
+    }
+
+    /// Checks `pulled` against the node's signature policy: `Err` carries the waiting reason
+    /// and message; refusals and `warn`-default images get a Warning event.
+    async fn verify_signature(
+        &self,
+        image: &str,
+        pulled: &crate::image::PulledImage,
+    ) -> Result<(), (&'static str, String)> {
+        use crate::image::signature::{Allowed, SignatureError};
+        let signatures = self.services.images.signatures().clone();
+        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let mut result = signatures
+            .check_cached(image, pulled.digest(), namespace, None)
+            .await;
+        // The registry may want the pod's pull secret to read the signatures too.
+        if matches!(result, Err(SignatureError::Fetch { .. }))
+            && let Ok(client) = self.services.api.client(String::new)
+        {
+            let (keyring, _) = crate::image::auth::pod_keyring(&client, &self.pod).await;
+            let registry = crate::image::parse_reference(image)
+                .map(|r| r.resolve_registry().to_string())
+                .unwrap_or_default();
+            if let Some(credentials) = keyring.lookup(&registry) {
+                result = signatures
+                    .check_cached(image, pulled.digest(), namespace, Some(credentials))
+                    .await;
+            }
+        }
+        match result {
+            Ok(Allowed::ByDefault {
+                warning: Some(warning),
+            }) => {
+                self.warning("UnverifiedImage", warning).await;
+                Ok(())
+            }
+            Ok(allowed) => {
+                if !matches!(allowed, Allowed::NoPolicy) {
+                    tracing::debug!(image, %allowed, "image policy");
+                }
+                Ok(())
+            }
+            Err(error) => {
+                let message = error.to_string();
+                let event = match error.reason() {
+                    "ErrImagePull" => "Failed",
+                    reason => reason,
+                };
+                self.warning(event, message.clone()).await;
+                Err((error.reason(), message))
+            }
+        }
+    }
+
+    /// While the returned guard lives, a policy change that refuses `pulled` is reported on
+    /// this pod as a Warning event (the container keeps running).
+    fn watch_policy(
+        &self,
+        image: &str,
+        pulled: &crate::image::PulledImage,
+    ) -> crate::image::signature::RunningGuard {
+        let (events, pod, field) = (self.services.events.clone(), self.pod.clone(), self.field());
+        let report = move |message: String| {
+            let (events, pod, field) = (events.clone(), pod.clone(), field.clone());
+            tokio::spawn(async move {
+                events
+                    .warning(
+                        &pod,
+                        field,
+                        crate::image::signature::REVOKED_REASON,
+                        message,
+                    )
+                    .await
+            });
+        };
+        self.services
+            .images
+            .signatures()
+            .register(crate::image::signature::RunningImage {
+                image: image.into(),
+                digest: pulled.digest().into(),
+                namespace: self
+                    .pod
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                report: Box::new(report),
+            })
     }
 
     async fn pull(

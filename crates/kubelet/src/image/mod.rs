@@ -4,7 +4,8 @@
 //! `format.rs` tells the layouts apart (wasm artifacts, `wasi/wasm` images, indexes),
 //! `store.rs` keeps verified blobs and records, `auth.rs` reads pull secrets, `access.rs` decides
 //! which pods may reuse a stored image without asking the registry, `limits.rs` bounds sizes,
-//! `gc.rs` evicts unused images under disk pressure, `push.rs` publishes modules.
+//! `gc.rs` evicts unused images under disk pressure, `push.rs` publishes modules,
+//! `signature/` enforces the node's cosign signature policy before anything is compiled.
 
 pub mod access;
 pub mod auth;
@@ -12,6 +13,7 @@ pub mod format;
 pub mod gc;
 pub mod limits;
 pub mod push;
+pub mod signature;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -235,6 +237,7 @@ pub struct ImageStore {
     // ...and one per blob, so two references to one content download it once.
     blobs: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     in_use: Arc<Mutex<HashMap<String, usize>>>,
+    signatures: Arc<signature::Signatures>,
 }
 
 /// Marks an image as used by a container while it is alive (image GC spares it).
@@ -367,7 +370,19 @@ impl ImageStore {
             pulling: Mutex::default(),
             blobs: Mutex::default(),
             in_use: Arc::default(),
+            signatures: signature::Signatures::disabled(),
         })
+    }
+
+    /// This store with the node's signature policy (`--image-policy-file`).
+    pub fn with_signatures(mut self, signatures: Arc<signature::Signatures>) -> Self {
+        self.signatures = signatures;
+        self
+    }
+
+    /// The node's signature policy.
+    pub fn signatures(&self) -> &Arc<signature::Signatures> {
+        &self.signatures
     }
 
     /// The files of the store.
@@ -655,6 +670,23 @@ impl ImageStore {
             })??;
         Ok(true)
     }
+}
+
+/// The manifest digest `image` names now (for a tag, the registry's answer): the digest a node
+/// pulling it would run and verify.
+pub async fn resolve_digest(
+    image: &str,
+    credentials: Option<&Credentials>,
+    insecure: &[String],
+) -> Result<String, ImageError> {
+    let reference = parse_reference(image)?;
+    let registry = reference.resolve_registry().to_string();
+    let (client, auth) = registry_client(&registry, credentials, insecure);
+    let (_, digest) = client
+        .pull_manifest(&reference, &auth)
+        .await
+        .map_err(|e| pull_error(image, &registry, credentials.is_some(), e))?;
+    Ok(digest)
 }
 
 /// Parses an image reference, or says why it is not one.
