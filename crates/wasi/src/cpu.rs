@@ -86,6 +86,10 @@ pub(crate) struct Throttle {
     tokens: i64,
     last: Instant,
     last_used: u64,
+    /// When the run started: enforcement periods are counted from here.
+    started: Instant,
+    /// The last period (index from `started`) counted in the run's `cfs_periods`.
+    counted_period: Option<u64>,
 }
 
 impl Throttle {
@@ -105,6 +109,8 @@ impl Throttle {
             tokens: limit_millis.map_or(0, bucket_size),
             last: Instant::now(),
             last_used: 0,
+            started: Instant::now(),
+            counted_period: None,
         }
     }
 
@@ -120,14 +126,35 @@ impl Throttle {
         self.tokens = (self.tokens.saturating_add(refill)).min(bucket_size(limit)) - spent;
         self.last = now;
         self.last_used = used;
+        // The guest runs in this period: count it once, as the kernel's `nr_periods` counts
+        // periods with runnable tasks.
+        let period = period_index(now.duration_since(self.started));
+        let new_period = u64::from(self.counted_period.is_none_or(|p| p < period));
+        self.counted_period = Some(period);
         if self.tokens >= 0 {
+            self.clock.usage.add_cfs(new_period, 0, 0);
             return UpdateDeadline::Yield(self.slice_ticks);
         }
-        // Sleep until the share has paid back what the guest ran ahead.
+        // Sleep until the share has paid back what the guest ran ahead. The sleep throttles as
+        // many periods as it lasts (`nr_throttled`), and those count as periods too.
         let debt = self.tokens.unsigned_abs();
         let wait = Duration::from_nanos(debt.saturating_mul(1000) / limit);
+        let throttled = u64::try_from(wait.as_nanos().div_ceil(PERIOD.as_nanos()))
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.counted_period = Some(period + throttled - 1);
+        self.clock.usage.add_cfs(
+            new_period + throttled - 1,
+            throttled,
+            u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX),
+        );
         UpdateDeadline::YieldCustom(self.slice_ticks, Box::pin(tokio::time::sleep(wait)))
     }
+}
+
+/// Which enforcement period `elapsed` falls in.
+fn period_index(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_nanos() / PERIOD.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// CPU nanoseconds a `millis` share earns over `elapsed`.
@@ -166,6 +193,18 @@ mod tests {
         }
         let debt = throttle.tokens.unsigned_abs();
         assert!((49_000_000..=50_000_000).contains(&debt), "{debt}");
+        // A ~200 ms sleep throttles two 100 ms periods, the first the one the guest ran in.
+        assert_eq!(
+            usage.throttled_periods(),
+            2,
+            "periods touched by a 200 ms sleep"
+        );
+        assert_eq!(usage.cfs_periods(), 2);
+        assert!(
+            usage.throttled_nanos() >= 190_000_000,
+            "{}",
+            usage.throttled_nanos()
+        );
     }
 
     #[tokio::test]

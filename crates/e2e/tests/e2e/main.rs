@@ -9,6 +9,7 @@ mod foundation;
 mod image_security;
 mod images;
 mod lifecycle;
+mod monitoring;
 mod newcomer;
 mod node;
 mod node_events;

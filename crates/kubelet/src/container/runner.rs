@@ -28,7 +28,7 @@ use crate::pod::events::{PodEvents, container_field};
 use crate::pod::restart::RestartPolicy;
 use crate::quantity::amount;
 use crate::runtime::{ContainerSpec, Limits, Runtime, Termination};
-use crate::stats::{PodRef, Stats};
+use crate::stats::{PodRef, RunInfo, Stats};
 use crate::volume::subpath::container_mount;
 use crate::volume::{NodeFacts, VolumeMap};
 
@@ -310,6 +310,7 @@ impl Runner {
                 }
             };
             let (mut running, log_path, container_id, message_file) = run;
+            let limits = self.limits(&self.container);
             let registration = self.services.stats.register(
                 PodRef {
                     name: self.pod.metadata.name.clone().unwrap_or_default(),
@@ -317,6 +318,12 @@ impl Runner {
                     uid: self.pod.metadata.uid.clone().unwrap_or_default(),
                 },
                 &name,
+                RunInfo {
+                    id: container_id.clone(),
+                    image: image.clone(),
+                    memory_limit_bytes: limits.memory_bytes,
+                    cpu_limit_millis: limits.cpu_millis,
+                },
                 running.usage.clone(),
                 self.log_dir.join(&name),
             );
