@@ -51,8 +51,31 @@ impl KrustletNode {
     /// [`KrustletNode::start`] on a non-loopback address of its own ([`NodeAddress`]), so the
     /// API server's node proxy (`kubectl get --raw /api/v1/nodes/<node>/proxy/...`,
     /// `kubectl logs` through the proxy) reaches it.
-    pub fn start_addressed(binary: &str, prefix: &str, extra_args: &[&str]) -> anyhow::Result<Self> {
-        Self::start_full(binary, prefix, extra_args, &[], Some(NodeAddress::create()?))
+    pub fn start_addressed(
+        binary: &str,
+        prefix: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_full(
+            binary,
+            prefix,
+            extra_args,
+            &[],
+            Some(NodeAddress::create()?),
+        )
+    }
+
+    /// Starts `n` nodes (each its own name, data dir and port), as a fleet for tests of
+    /// scheduling and node failure.
+    pub fn start_many(
+        binary: &str,
+        prefix: &str,
+        n: usize,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Vec<Self>> {
+        (0..n)
+            .map(|_| Self::start(binary, prefix, extra_args))
+            .collect()
     }
 
     /// [`KrustletNode::start`] with extra environment variables for the process.

@@ -176,6 +176,19 @@ pub struct Flags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eviction_hard: Option<Vec<Threshold>>,
 
+    /// Where container logs are written, as `<ns>_<pod>_<uid>/<container>/<n>.log` (the
+    /// kubelet's `podLogsDir`); a system service sets /var/log/pods for host log shippers.
+    /// [default: <data-dir>/logs/pods]
+    #[arg(long, env = "KRUSTLET_POD_LOGS_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_logs_dir: Option<PathBuf>,
+
+    /// Directory for `<pod>_<ns>_<container>-<id>.log` links to each container's current log,
+    /// as the kubelet keeps in /var/log/containers (a system service sets that). [default: none]
+    #[arg(long, env = "KRUSTLET_CONTAINER_LOG_LINKS_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_log_links_dir: Option<PathBuf>,
+
     /// Size at which a container's log file is rotated, a quantity such as 10Mi or 512Ki; at
     /// least 32Ki. [default: 10Mi]
     #[arg(long, env = "KRUSTLET_CONTAINER_LOG_MAX_SIZE", value_name = "QUANTITY")]
@@ -371,6 +384,10 @@ pub struct KubeletConfig {
     pub node_lease_duration_seconds: u32,
     /// Pressure thresholds.
     pub eviction_hard: Vec<Threshold>,
+    /// Where container logs are written.
+    pub pod_logs_dir: PathBuf,
+    /// Where `/var/log/containers`-style links go, if anywhere.
+    pub container_log_links_dir: Option<PathBuf>,
     /// Container log rotation size in bytes.
     pub container_log_max_size: u64,
     /// Container log files kept per run.
@@ -467,6 +484,10 @@ impl Flags {
                 .unwrap_or(Duration::from_secs(300)),
             node_lease_duration_seconds: self.node_lease_duration_seconds.unwrap_or(40),
             eviction_hard: self.eviction_hard.unwrap_or_else(Threshold::defaults),
+            pod_logs_dir: self
+                .pod_logs_dir
+                .unwrap_or_else(|| crate::log::pods_log_root(&data_dir)),
+            container_log_links_dir: self.container_log_links_dir,
             container_log_max_size: self.container_log_max_size.map_or(10 << 20, |q| q.0),
             container_log_max_files: self.container_log_max_files.unwrap_or(5),
             container_log_max_rate: self.container_log_max_rate.map_or(2 << 20, |q| q.0),

@@ -18,7 +18,6 @@ use crate::container::runner::NodeServices;
 use crate::container::service_env::ServiceEnv;
 use crate::eviction::Evictions;
 use crate::image::ImageStore;
-use crate::log::pods_log_root;
 use crate::metrics::KubeletMetrics;
 use crate::node::allocatable::NodeResources;
 use crate::node::host::HostInfo;
@@ -86,6 +85,7 @@ pub async fn run(
             node_ip: config.node_ip.to_string(),
             api: ApiLink::Standalone,
             log_policy: config.log_policy(),
+            log_links: config.container_log_links_dir.clone(),
             stats,
             metrics: KubeletMetrics::new(&config.node_name),
             allocatable,
@@ -98,7 +98,7 @@ pub async fn run(
         evictions: Evictions::default(),
         dirs: PodDirs {
             pods: config.data_path("pods"),
-            logs: pods_log_root(&config.data_dir),
+            logs: config.pod_logs_dir.clone(),
         },
     };
     let mut workers = PodWorkers::new(ctx);

@@ -5,6 +5,7 @@
 
 mod api;
 mod config;
+mod fleet;
 mod foundation;
 mod image_security;
 mod images;

@@ -103,8 +103,12 @@ async fn cadvisor_series_carry_kubelet_labels_and_every_metrics_endpoint_passes_
         Some(64.0 * 1024.0 * 1024.0)
     );
     let periods = sample_value(&scrape, "container_cpu_cfs_periods_total", &labels).unwrap_or(0.0);
-    let throttled =
-        sample_value(&scrape, "container_cpu_cfs_throttled_periods_total", &labels).unwrap_or(0.0);
+    let throttled = sample_value(
+        &scrape,
+        "container_cpu_cfs_throttled_periods_total",
+        &labels,
+    )
+    .unwrap_or(0.0);
     let throttled_seconds = sample_value(
         &scrape,
         "container_cpu_cfs_throttled_seconds_total",
@@ -137,7 +141,11 @@ async fn cadvisor_series_carry_kubelet_labels_and_every_metrics_endpoint_passes_
         sample_value(
             &scrape,
             "container_memory_working_set_bytes",
-            &[("container", ""), ("pod", "spin"), ("id", &format!("/kubepods/pod{uid}"))]
+            &[
+                ("container", ""),
+                ("pod", "spin"),
+                ("id", &format!("/kubepods/pod{uid}"))
+            ]
         ) > Some(0.0),
         "{text}"
     );
@@ -201,11 +209,11 @@ async fn kubectl_top_shows_the_node_and_a_spinning_pod_at_its_cpu_limit() {
     // metrics-server scrapes every 10 s and needs two scrapes for a rate.
     let deadline = started + Duration::from_secs(90);
     let (mut node_row, mut pod_row, mut all_row) = (None, None, None);
-    let mut last = String::new();
+    let (mut last, mut last_node) = (String::new(), String::new());
     while std::time::Instant::now() < deadline {
         match kubectl(&["top", "node", node.name(), "--no-headers"]) {
             Ok(out) => node_row = node_row.or(top_row(&out, node.name())),
-            Err(e) => last = e.to_string(),
+            Err(e) => last_node = e.to_string(),
         }
         match kubectl(&["top", "pod", "-A", "--no-headers"]) {
             Ok(out) => {
@@ -233,17 +241,23 @@ async fn kubectl_top_shows_the_node_and_a_spinning_pod_at_its_cpu_limit() {
     let node_row = node_row.unwrap_or_else(|| {
         panic!(
             "`kubectl top node` did not list {} within 90 s of its start (is metrics-server \
-             running? see the cluster's logs/metrics-server.log); last: {last}",
+             running? see the cluster's logs/metrics-server.log); last error: {last_node}",
             node.name()
         )
     });
     eprintln!("kubectl top node: {node_row:?}; top pod -A: {all_row:?}");
     assert!(millicores(&node_row[1]) > 0.0, "{node_row:?}");
-    assert!(node_row[3].ends_with("Mi") || node_row[3].ends_with("Gi"), "{node_row:?}");
+    assert!(
+        node_row[3].ends_with("Mi") || node_row[3].ends_with("Gi"),
+        "{node_row:?}"
+    );
     let pod_row = pod_row.unwrap_or_else(|| {
         panic!("`kubectl top pod -A` did not show spin at 200-300m (limit 250m) within 90 s; last row {all_row:?}; last output: {last}")
     });
-    assert!(pod_row[3].ends_with("Mi") || pod_row[3].ends_with("Ki"), "{pod_row:?}");
+    assert!(
+        pod_row[3].ends_with("Mi") || pod_row[3].ends_with("Ki"),
+        "{pod_row:?}"
+    );
 }
 
 #[tokio::test]
@@ -275,4 +289,78 @@ async fn the_api_servers_node_proxy_reaches_a_node_with_a_real_address() {
     ])
     .expect("cadvisor through the proxy");
     assert!(cadvisor.contains("# TYPE container_cpu_usage_seconds_total counter"));
+}
+
+#[tokio::test]
+async fn container_logs_are_where_host_log_shippers_look() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pods_dir, links_dir) = (dir.path().join("pods"), dir.path().join("containers"));
+    let node = KrustletNode::start(
+        KRUSTLET,
+        "varlog",
+        &[
+            NO_DISK_PRESSURE,
+            &format!("--pod-logs-dir={}", pods_dir.display()),
+            &format!("--container-log-links-dir={}", links_dir.display()),
+        ],
+    )
+    .expect("node");
+    wait_schedulable(&node).await;
+    let ns = TestNamespace::new("varlog").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let pod = for_node(
+        serde_json::json!({
+            "metadata": {"name": "hello"},
+            "spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "main", "image": workloads::multitool(),
+                                "args": ["print", "shipped"]}]
+            }
+        }),
+        node.name(),
+    );
+    create(&pods, pod).await.expect("create");
+    let done = wait_for_phase(&pods, "hello", "Succeeded", Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; node log:\n{}", node.log()));
+    let uid = done.metadata.uid.clone().expect("uid");
+    let id = done
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c[0].container_id.clone())
+        .expect("containerID");
+    let file = pods_dir.join(format!("{}_hello_{uid}/main/0.log", ns.name()));
+    let text = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{}: {e}; node log:\n{}", file.display(), node.log()));
+    assert!(text.contains(" stdout F shipped"), "{text}");
+    let link = links_dir.join(format!(
+        "hello_{}_main-{}.log",
+        ns.name(),
+        id.trim_start_matches("wasi://")
+    ));
+    assert_eq!(
+        std::fs::read_link(&link).unwrap_or_else(|e| panic!("{}: {e}", link.display())),
+        file
+    );
+    // `kubectl logs` reads the same files.
+    assert_eq!(
+        kubectl(&["logs", "-n", ns.name(), "hello"]).expect("kubectl logs"),
+        "shipped\n"
+    );
+
+    pods.delete("hello", &Default::default())
+        .await
+        .expect("delete");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::symlink_metadata(&link).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the link outlived its pod by a minute: {}",
+            link.display()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(!file.exists(), "the pod's log stays after deletion");
 }

@@ -19,7 +19,7 @@ use crate::container::{argv, config_watch, env, termination_message};
 use crate::image::{ImageStore, PullPolicy};
 use crate::log::rotation::{LogPolicy, prune_old_runs};
 use crate::log::writer::CriLogWriter;
-use crate::log::{container_log_path, mark_run_finished};
+use crate::log::{container_log_path, links, mark_run_finished};
 use crate::metrics::{ContainerTypeLabel, KubeletMetrics};
 use crate::node::allocatable::NodeResources;
 use crate::pod::api::ApiLink;
@@ -51,6 +51,8 @@ pub struct NodeServices {
     pub api: ApiLink,
     /// How container logs are rotated and bounded.
     pub log_policy: LogPolicy,
+    /// Where `/var/log/containers`-style links to each run's log go, if anywhere.
+    pub log_links: Option<PathBuf>,
     /// Where running containers' usage is registered.
     pub stats: Stats,
     /// The kubelet's metrics.
@@ -639,6 +641,19 @@ impl Runner {
         })?;
         let uid = self.pod.metadata.uid.as_deref().unwrap_or_default();
         let id = format!("{}-{}-{restart_count}", &uid[..uid.len().min(8)], c.name);
+        if let Some(dir) = &self.services.log_links {
+            let link = links::link_path(
+                dir,
+                self.pod.metadata.name.as_deref().unwrap_or_default(),
+                namespace,
+                &c.name,
+                &id,
+            );
+            if let Err(error) = links::create(&link, &log_path) {
+                // Log shippers miss this run; the container itself is fine.
+                tracing::warn!(link = %link.display(), %error, "cannot link the container log");
+            }
+        }
         let spec = ContainerSpec {
             id: id.clone(),
             program,

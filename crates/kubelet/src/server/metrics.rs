@@ -8,8 +8,8 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
 
-use super::{AppState, exposition};
 use super::pods::json;
+use super::{AppState, exposition};
 use crate::stats::{cadvisor, resource, summary};
 
 /// The kubelet's metrics: OpenMetrics if the scraper asks for it, else Prometheus text 0.0.4.
@@ -27,7 +27,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> 
         .get(http::header::ACCEPT)
         .and_then(|v| v.to_str().ok());
     if exposition::wants_openmetrics(accept) {
-        ([(http::header::CONTENT_TYPE, exposition::OPENMETRICS)], text).into_response()
+        (
+            [(http::header::CONTENT_TYPE, exposition::OPENMETRICS)],
+            text,
+        )
+            .into_response()
     } else {
         (
             [(http::header::CONTENT_TYPE, exposition::TEXT)],
