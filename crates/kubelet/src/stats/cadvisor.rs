@@ -433,7 +433,10 @@ mod tests {
         let text = encode(&stats, &summary, "/dev/x");
         let spin = r#"container="spin",id="/kubepods/podu1/abc",image="reg/spin:1",name="abc",namespace="ns",pod="p""#;
         for expected in [
-            format!("container_cpu_usage_seconds_total{{{spin},cpu=\"total\"}} 2.5 "),
+            format!(
+                "container_cpu_usage_seconds_total{{{}}} 2.5 ",
+                spin.replacen(",id=", ",cpu=\"total\",id=", 1)
+            ),
             format!("container_memory_working_set_bytes{{{spin}}} 1048576 "),
             format!("container_memory_rss{{{spin}}} 1048576 "),
             format!("container_spec_memory_limit_bytes{{{spin}}} 67108864 "),

@@ -73,7 +73,7 @@ func run() error {
 	dir := flag.String("dir", "", "state directory (certs, etcd data, logs); default: a new temp dir, removed at exit")
 	registryBin := flag.String("registry-bin", "docker-registry", "the distribution registry binary (Debian's docker-registry); empty to start no registry")
 	lifeline := flag.Bool("stdin-lifeline", false, "stop when standard input closes (the parent died)")
-	metricsServer := flag.String("metrics-server-bin", "metrics-server", "metrics-server, in --bin-dir unless a path; empty to start none")
+	metricsServer := flag.String("metrics-server-bin", "", "metrics-server to start behind the aggregation layer; default: metrics-server next to this launcher as invoked (.bin/), else none (with a warning)")
 	nodeGrace := flag.Duration("node-monitor-grace-period", 20*time.Second, "how long a node may miss heartbeats before it is marked NotReady")
 	flag.Parse()
 
@@ -348,12 +348,19 @@ func (c *cluster) start(ctx context.Context, registryBin, metricsServerBin strin
 		return nil, fmt.Errorf("creating bootstrap token and RBAC: %w", err)
 	}
 	metricsServer := ""
-	if metricsServerBin != "" {
-		if !strings.Contains(metricsServerBin, "/") {
-			metricsServerBin = bin(metricsServerBin)
+	if metricsServerBin == "" {
+		// The launcher is shared by clones (it lives in the control plane's cache dir), so
+		// look beside the link it was started through: <repo>/.bin/metrics-server.
+		candidate := filepath.Join(filepath.Dir(os.Args[0]), "metrics-server")
+		if _, err := os.Stat(candidate); err == nil {
+			metricsServerBin = candidate
+		} else {
+			fmt.Fprintf(os.Stderr, "devcluster: no metrics-server at %s (build it with test/cluster/build.sh): kubectl top will not work\n", candidate)
 		}
+	}
+	if metricsServerBin != "" {
 		if _, err := os.Stat(metricsServerBin); err != nil {
-			return nil, fmt.Errorf("prerequisite missing: %s (build it with test/cluster/build.sh, or pass --metrics-server-bin=): %w", metricsServerBin, err)
+			return nil, fmt.Errorf("prerequisite missing: %s (build it with test/cluster/build.sh): %w", metricsServerBin, err)
 		}
 		if err := metricsServerObjects(ctx, admin, metricsPort); err != nil {
 			return nil, fmt.Errorf("registering metrics-server with the aggregation layer: %w", err)
