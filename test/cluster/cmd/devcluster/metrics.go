@@ -64,7 +64,8 @@ func newFrontProxy(pki string) (frontProxy, error) {
 
 // metricsServerFlags runs metrics-server as a host process on loopback: it scrapes each node's
 // /metrics/resource at the node's InternalIP and kubelet port (from the Node status), verifying
-// the serving certificates against the cluster CA, every 10 s (its minimum resolution).
+// the serving certificates against the cluster CA, every 10 s (its minimum resolution; the
+// request timeout must be shorter).
 func metricsServerFlags(kubeconfig, caFile, certDir string, port int) []string {
 	return []string{
 		"--kubeconfig=" + kubeconfig,
@@ -75,7 +76,7 @@ func metricsServerFlags(kubeconfig, caFile, certDir string, port int) []string {
 		"--kubelet-preferred-address-types=InternalIP,Hostname",
 		"--kubelet-use-node-status-port",
 		"--kubelet-certificate-authority=" + caFile,
-		"--metric-resolution=10s",
+		"--metric-resolution=10s", "--kubelet-request-timeout=5s",
 		"--v=1",
 	}
 }
