@@ -56,8 +56,12 @@ async fn a_killed_nodes_pods_run_again_on_the_others_and_it_rejoins_without_them
     let replicas = replicas();
     let per_node_max = (replicas as usize).div_ceil(2) + 10;
     let max_pods = format!("--max-pods={}", per_node_max.max(110));
-    let mut nodes = KrustletNode::start_many(KRUSTLET, "fleet", 3, &[NO_DISK_PRESSURE, &max_pods])
-        .expect("start three nodes");
+    // A label only this test's nodes carry (the cluster has other tests' nodes too).
+    let fleet = std::process::id().to_string();
+    let label = format!("--node-labels=e2e.krustlet.dev/fleet={fleet}");
+    let mut nodes =
+        KrustletNode::start_many(KRUSTLET, "fleet", 3, &[NO_DISK_PRESSURE, &max_pods, &label])
+            .expect("start three nodes");
     for node in &nodes {
         wait_schedulable(node).await;
     }
@@ -90,12 +94,7 @@ async fn a_killed_nodes_pods_run_again_on_the_others_and_it_rejoins_without_them
                         toleration("node.kubernetes.io/not-ready", "NoExecute", Some(5)),
                         toleration("node.kubernetes.io/unreachable", "NoExecute", Some(5)),
                     ],
-                    // Only this test's nodes (the cluster has other tests' nodes too).
-                    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                        "nodeSelectorTerms": [{"matchFields": [
-                            {"key": "metadata.name", "operator": "In", "values": names}
-                        ]}]
-                    }}},
+                    "nodeSelector": {"e2e.krustlet.dev/fleet": fleet},
                     // Spread over the nodes; a tainted (dead) node is no domain.
                     "topologySpreadConstraints": [{
                         "maxSkew": 1,
