@@ -57,7 +57,7 @@ tools_hash=$( (cat "$tools/go.mod" "$tools/go.sum" "$tools"/cmd/*/*.go; sed -n '
 tools_out="$cache/tools-$tools_hash"
 if [ ! -x "$tools_out/metrics-server" ] || [ ! -x "$tools_out/promlint" ]; then
   echo "==> building the test tools (metrics-server, promlint) into $tools_out (elapsed $(elapsed))"
-  echo "    (the first build takes about 5 minutes on 2 cores)"
+  echo "    (a first build takes several minutes more: metrics-server is a whole aggregated API server)"
   tmp="$tools_out.tmp.$$"
   rm -rf "$tmp"; mkdir -p "$tmp"
   # tools flags:
