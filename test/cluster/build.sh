@@ -53,7 +53,7 @@ fi
 # Test tools (metrics-server, promlint) from their own module (test/tools), so that changing
 # them never changes the control plane's cache key; one `go build` for all of them.
 tools="$repo/test/tools"
-tools_hash=$( (cat "$tools/go.mod" "$tools/go.sum" "$tools"/cmd/*/*.go; sed -n '/# tools flags:/,/# end tools flags/p' "$0") | sha256sum | cut -c1-16)
+tools_hash=$( (cat "$tools/go.mod" "$tools/go.sum" "$tools"/cmd/*/*.go; sed -n '/^  # tools flags:$/,/^  # end tools flags$/p' "$0") | sha256sum | cut -c1-16)
 tools_out="$cache/tools-$tools_hash"
 if [ ! -x "$tools_out/metrics-server" ] || [ ! -x "$tools_out/promlint" ]; then
   echo "==> building the test tools (metrics-server, promlint) into $tools_out (elapsed $(elapsed))"
