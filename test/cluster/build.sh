@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl) and the dev-cluster launcher from upstream Go modules, once per source change.
+# kubectl), the dev-cluster launcher and the test tools (metrics-server, promlint) from upstream
+# Go modules, once per source change.
 #
-# Output: $KRUSTLET_CACHE/k8s-<version>-<hash>/, linked from <repo>/.bin/ so the binaries are
+# Output: $KRUSTLET_CACHE/k8s-<version>-<hash>/ and $KRUSTLET_CACHE/tools-<hash>/ (test/tools),
+# linked from <repo>/.bin/ so the binaries are
 # found project-locally. Reruns with unchanged
 # sources do nothing; the Go build cache (GOCACHE) keeps rebuilds after small edits fast.
 set -euo pipefail
@@ -16,6 +18,9 @@ command -v go >/dev/null || { echo "build.sh: prerequisite missing: go (Go >= 1.
 k8s_version=$(awk '$1=="k8s.io/kubernetes" {print $2; exit}' "$here/go.mod")
 hash=$( (cat "$here/go.sum"; echo "$k8s_version"; sed -n '/^# flags:/,/^# end flags/p' "$0") | sha256sum | cut -c1-16)
 out="$cache/k8s-$k8s_version-$hash"
+
+started=$(date +%s)
+elapsed() { local s=$(( $(date +%s) - started )); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
 
 if [ ! -x "$out/kube-apiserver" ]; then
   echo "==> building the Kubernetes $k8s_version control plane from source into $out"
@@ -31,11 +36,13 @@ if [ ! -x "$out/kube-apiserver" ]; then
   done
   # end flags
   cd "$here"
+  step=0
   for target in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
-    echo "    building $target ($(date +%T))"
+    step=$((step + 1))
+    echo "    step $step of 5: building $target (elapsed $(elapsed))"
     go build -trimpath -ldflags "$ldflags" -o "$tmp/$target" "k8s.io/kubernetes/cmd/$target"
   done
-  echo "    building etcd ($(date +%T))"
+  echo "    step 5 of 5: building etcd (elapsed $(elapsed))"
   go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
   rm -rf "$out"; mv "$tmp" "$out"
   echo "==> control plane built: $(du -sh "$out" | cut -f1) in $out"
@@ -58,6 +65,23 @@ mkdir -p "$repo/.bin"; ln -sfn "$cosign_out/cosign" "$repo/.bin/cosign"
 # The launcher: go build is incremental, so this is quick when nothing changed.
 (cd "$here" && go build -trimpath -o "$out/devcluster" ./cmd/devcluster)
 
+# Test tools (metrics-server, promlint) from their own module (test/tools), so that changing
+# them never changes the control plane's cache key; one `go build` for all of them.
+tools="$repo/test/tools"
+tools_hash=$( (cat "$tools/go.mod" "$tools/go.sum" "$tools"/cmd/*/*.go; sed -n '/^  # tools flags:$/,/^  # end tools flags$/p' "$0") | sha256sum | cut -c1-16)
+tools_out="$cache/tools-$tools_hash"
+if [ ! -x "$tools_out/metrics-server" ] || [ ! -x "$tools_out/promlint" ]; then
+  echo "==> building the test tools (metrics-server, promlint) into $tools_out (elapsed $(elapsed))"
+  echo "    (a first build takes several minutes more: metrics-server is a whole aggregated API server)"
+  tmp="$tools_out.tmp.$$"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  # tools flags:
+  (cd "$tools" && go build -trimpath -ldflags "-s -w" -o "$tmp/" ./cmd/promlint sigs.k8s.io/metrics-server/cmd/metrics-server)
+  # end tools flags
+  rm -rf "$tools_out"; mv "$tmp" "$tools_out"
+  echo "==> test tools built (elapsed $(elapsed))"
+fi
+
 mkdir -p "$repo/.bin"
-for f in "$out"/*; do ln -sfn "$f" "$repo/.bin/$(basename "$f")"; done
+for f in "$out"/* "$tools_out"/*; do ln -sfn "$f" "$repo/.bin/$(basename "$f")"; done
 echo "$out"

@@ -80,6 +80,8 @@ pub fn cluster() -> &'static ClusterInfo {
 fn start() -> anyhow::Result<Running> {
     // reqwest (under oci-client) is built without a default TLS provider; pick ring, as kube does.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Node addresses left by harness processes that were killed.
+    crate::address::remove_leftovers();
     if let Some(path) = std::env::var_os("KRUSTLET_E2E_CLUSTER") {
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(

@@ -74,7 +74,10 @@ pub async fn kubelet_get(node: &KrustletNode, path: &str) -> String {
         &info.kubelet_client_cert_file,
         &info.kubelet_client_key_file,
     )));
-    let url = format!("https://127.0.0.1:{}{path}", node.port());
+    let url = format!(
+        "https://{}{path}",
+        std::net::SocketAddr::new(node.ip(), node.port())
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match client.get(&url).send().await {

@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod address;
 pub mod cluster;
 pub mod kubectl;
 pub mod kubelet_api;

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use tempfile::TempDir;
 
+use crate::address::NodeAddress;
 use crate::cluster::{client, cluster};
 
 /// The hard eviction thresholds test nodes run with: the tests share the machine's disk with
@@ -27,6 +28,8 @@ pub struct KrustletNode {
     port: u16,
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
+    /// A non-loopback address the node binds, if it has one (else 127.0.0.1).
+    address: Option<NodeAddress>,
     child: Option<Child>,
 }
 
@@ -45,12 +48,52 @@ impl KrustletNode {
         Self::start_with_env(binary, prefix, extra_args, &[])
     }
 
+    /// [`KrustletNode::start`] on a non-loopback address of its own ([`NodeAddress`]), so the
+    /// API server's node proxy (`kubectl get --raw /api/v1/nodes/<node>/proxy/...`,
+    /// `kubectl logs` through the proxy) reaches it.
+    pub fn start_addressed(
+        binary: &str,
+        prefix: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_full(
+            binary,
+            prefix,
+            extra_args,
+            &[],
+            Some(NodeAddress::create()?),
+        )
+    }
+
+    /// Starts `n` nodes (each its own name, data dir and port), as a fleet for tests of
+    /// scheduling and node failure.
+    pub fn start_many(
+        binary: &str,
+        prefix: &str,
+        n: usize,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Vec<Self>> {
+        (0..n)
+            .map(|_| Self::start(binary, prefix, extra_args))
+            .collect()
+    }
+
     /// [`KrustletNode::start`] with extra environment variables for the process.
     pub fn start_with_env(
         binary: &str,
         prefix: &str,
         extra_args: &[&str],
         env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::start_full(binary, prefix, extra_args, env, None)
+    }
+
+    fn start_full(
+        binary: &str,
+        prefix: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        address: Option<NodeAddress>,
     ) -> anyhow::Result<Self> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
@@ -68,6 +111,7 @@ impl KrustletNode {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            address,
             child: None,
         };
         node.spawn()?;
@@ -79,7 +123,7 @@ impl KrustletNode {
         let info = cluster();
         let mut args: Vec<String> = vec![
             format!("--node-name={}", self.name),
-            "--node-ip=127.0.0.1".into(),
+            format!("--node-ip={}", self.ip()),
             format!("--port={}", self.port),
             format!("--data-dir={}", self.data_dir.path().display()),
             format!(
@@ -137,6 +181,13 @@ impl KrustletNode {
     /// The node's data dir.
     pub fn data_dir(&self) -> &Path {
         self.data_dir.path()
+    }
+
+    /// The address the node binds and reports as its InternalIP.
+    pub fn ip(&self) -> std::net::IpAddr {
+        self.address
+            .as_ref()
+            .map_or([127, 0, 0, 1].into(), |a| a.ip().into())
     }
 
     /// The kubelet API port.

@@ -132,7 +132,13 @@ pub async fn logs(
         Some(c) => c,
         None => only_container(&data_dir, namespace, pod)?,
     };
-    let run = find_run(&data_dir, namespace, pod, &container, previous)?;
+    let run = find_run(
+        &kubelet::log::pods_log_root(&data_dir),
+        namespace,
+        pod,
+        &container,
+        previous,
+    )?;
     let options = LogOptions {
         follow,
         previous,

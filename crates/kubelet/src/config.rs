@@ -221,6 +221,18 @@ pub struct Flags {
         with = "opt_duration"
     )]
     pub eviction_pressure_transition_period: Option<Duration>,
+    /// Where container logs are written, as `<ns>_<pod>_<uid>/<container>/<n>.log` (the
+    /// kubelet's `podLogsDir`); a system service sets /var/log/pods for host log shippers.
+    /// [default: <data-dir>/logs/pods]
+    #[arg(long, env = "KRUSTLET_POD_LOGS_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_logs_dir: Option<PathBuf>,
+
+    /// Directory for `<pod>_<ns>_<container>-<id>.log` links to each container's current log,
+    /// as the kubelet keeps in /var/log/containers (a system service sets that). [default: none]
+    #[arg(long, env = "KRUSTLET_CONTAINER_LOG_LINKS_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_log_links_dir: Option<PathBuf>,
 
     /// Size at which a container's log file is rotated, a quantity such as 10Mi or 512Ki; at
     /// least 32Ki. [default: 10Mi]
@@ -432,6 +444,10 @@ pub struct KubeletConfig {
     /// How long a pressure condition outlives its threshold.
     #[serde(with = "humantime_serde")]
     pub eviction_pressure_transition_period: Duration,
+    /// Where container logs are written.
+    pub pod_logs_dir: PathBuf,
+    /// Where `/var/log/containers`-style links go, if anywhere.
+    pub container_log_links_dir: Option<PathBuf>,
     /// Container log rotation size in bytes.
     pub container_log_max_size: u64,
     /// Container log files kept per run.
@@ -538,6 +554,10 @@ impl Flags {
             eviction_pressure_transition_period: self
                 .eviction_pressure_transition_period
                 .unwrap_or(Duration::from_secs(300)),
+            pod_logs_dir: self
+                .pod_logs_dir
+                .unwrap_or_else(|| crate::log::pods_log_root(&data_dir)),
+            container_log_links_dir: self.container_log_links_dir,
             container_log_max_size: self.container_log_max_size.map_or(10 << 20, |q| q.0),
             container_log_max_files: self.container_log_max_files.unwrap_or(5),
             container_log_max_rate: self.container_log_max_rate.map_or(2 << 20, |q| q.0),

@@ -19,7 +19,6 @@ use crate::container::service_env::ServiceEnv;
 use crate::events::EventPublisher;
 use crate::eviction::{EvictionManager, Evictions};
 use crate::image::{ImageError, ImageStore};
-use crate::log::pods_log_root;
 use crate::metrics::KubeletMetrics;
 use crate::node::allocatable::NodeResources;
 use crate::node::conditions::Readiness;
@@ -262,6 +261,7 @@ impl Kubelet {
                 node_ip: config.node_ip.to_string(),
                 api: ApiLink::Connected(clients.clone()),
                 log_policy: config.log_policy(),
+                log_links: config.container_log_links_dir.clone(),
                 stats: stats.clone(),
                 metrics: metrics.clone(),
                 allocatable,
@@ -272,7 +272,7 @@ impl Kubelet {
             status: status.clone(),
             dirs: PodDirs {
                 pods: config.data_path("pods"),
-                logs: pods_log_root(&config.data_dir),
+                logs: config.pod_logs_dir.clone(),
             },
             evictions: evictions.clone(),
         };
@@ -286,7 +286,7 @@ impl Kubelet {
                 workers.known_pods(),
                 crate::pod::orphans::OrphanDirs {
                     pods: config.data_path("pods"),
-                    logs: pods_log_root(&config.data_dir),
+                    logs: config.pod_logs_dir.clone(),
                 },
                 crate::pod::orphans::ORPHAN_CLEANUP_PERIOD,
                 stop.clone(),

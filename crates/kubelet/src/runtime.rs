@@ -215,6 +215,9 @@ pub struct Usage {
     pub limits: LiveLimits,
     memory_bytes: AtomicU64,
     cpu_nanos: AtomicU64,
+    cfs_periods: AtomicU64,
+    throttled_periods: AtomicU64,
+    throttled_nanos: AtomicU64,
 }
 
 impl Usage {
@@ -236,6 +239,32 @@ impl Usage {
     /// Adds CPU time used.
     pub fn add_cpu_nanos(&self, nanos: u64) {
         self.cpu_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// `limits.cpu` enforcement periods in which the run was runnable (the kernel's
+    /// `cpu.stat` `nr_periods`); 0 without a CPU limit.
+    pub fn cfs_periods(&self) -> u64 {
+        self.cfs_periods.load(Ordering::Relaxed)
+    }
+
+    /// Periods in which the run was held back by its CPU limit (`nr_throttled`).
+    pub fn throttled_periods(&self) -> u64 {
+        self.throttled_periods.load(Ordering::Relaxed)
+    }
+
+    /// Time the run spent held back by its CPU limit, in nanoseconds (`throttled_usec`).
+    pub fn throttled_nanos(&self) -> u64 {
+        self.throttled_nanos.load(Ordering::Relaxed)
+    }
+
+    /// Records `periods` more enforcement periods, `throttled` of them throttled for
+    /// `throttled_nanos` in all.
+    pub fn add_cfs(&self, periods: u64, throttled: u64, throttled_nanos: u64) {
+        self.cfs_periods.fetch_add(periods, Ordering::Relaxed);
+        self.throttled_periods
+            .fetch_add(throttled, Ordering::Relaxed);
+        self.throttled_nanos
+            .fetch_add(throttled_nanos, Ordering::Relaxed);
     }
 }
 

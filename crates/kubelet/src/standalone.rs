@@ -20,7 +20,6 @@ use crate::events::EventPublisher;
 use crate::eviction::Evictions;
 use crate::image::ImageStore;
 use crate::kubelet::signature_policy;
-use crate::log::pods_log_root;
 use crate::metrics::KubeletMetrics;
 use crate::node::allocatable::NodeResources;
 use crate::node::host::HostInfo;
@@ -92,6 +91,7 @@ pub async fn run(
             node_ip: config.node_ip.to_string(),
             api: ApiLink::Standalone,
             log_policy: config.log_policy(),
+            log_links: config.container_log_links_dir.clone(),
             stats,
             metrics: KubeletMetrics::new(&config.node_name),
             allocatable,
@@ -105,7 +105,7 @@ pub async fn run(
         evictions: Evictions::default(),
         dirs: PodDirs {
             pods: config.data_path("pods"),
-            logs: pods_log_root(&config.data_dir),
+            logs: config.pod_logs_dir.clone(),
         },
     };
     let workers = PodWorkers::new(ctx);

@@ -86,6 +86,12 @@ pub(crate) struct Throttle {
     tokens: i64,
     last: Instant,
     last_used: u64,
+    /// When the run started: enforcement periods are counted from here.
+    started: Instant,
+    /// The last period (index from `started`) counted in the run's `cfs_periods`.
+    counted_period: Option<u64>,
+    /// The last period counted as throttled.
+    throttled_period: Option<u64>,
 }
 
 /// One tick per 100m requested: 1 for best-effort guests, 10 for a whole core or more.
@@ -106,6 +112,9 @@ impl Throttle {
             tokens: limit_millis.map_or(0, bucket_size),
             last: Instant::now(),
             last_used: 0,
+            started: Instant::now(),
+            counted_period: None,
+            throttled_period: None,
         }
     }
 
@@ -140,14 +149,45 @@ impl Throttle {
         self.tokens = (self.tokens.saturating_add(refill)).min(bucket_size(limit)) - spent;
         self.last = now;
         self.last_used = used;
+        // Periods are counted once each, as the kernel's `cpu.stat` does: `nr_periods` those the
+        // guest ran or slept in, `nr_throttled` those its limit made it sleep in.
+        let period = period_index(now.duration_since(self.started));
         if self.tokens >= 0 {
+            let periods = self.count_periods(period, period);
+            self.clock.usage.add_cfs(periods, 0, 0);
             return UpdateDeadline::Yield(self.slice_ticks);
         }
         // Sleep until the share has paid back what the guest ran ahead.
         let debt = self.tokens.unsigned_abs();
         let wait = Duration::from_nanos(debt.saturating_mul(1000) / limit);
+        let end = period_index((now + wait).duration_since(self.started));
+        let periods = self.count_periods(period, end);
+        let first = self
+            .throttled_period
+            .map_or(period, |p| (p + 1).max(period));
+        let throttled = (end + 1).saturating_sub(first);
+        self.throttled_period = Some(end);
+        self.clock.usage.add_cfs(
+            periods,
+            throttled,
+            u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX),
+        );
         UpdateDeadline::YieldCustom(self.slice_ticks, Box::pin(tokio::time::sleep(wait)))
     }
+}
+
+impl Throttle {
+    /// Counts periods `from..=to` not counted before; returns how many are new.
+    fn count_periods(&mut self, from: u64, to: u64) -> u64 {
+        let first = self.counted_period.map_or(from, |p| (p + 1).max(from));
+        self.counted_period = Some(self.counted_period.map_or(to, |p| p.max(to)));
+        (to + 1).saturating_sub(first)
+    }
+}
+
+/// Which enforcement period `elapsed` falls in.
+fn period_index(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_nanos() / PERIOD.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// CPU nanoseconds a `millis` share earns over `elapsed`.
@@ -213,6 +253,27 @@ mod tests {
         }
         let debt = throttle.tokens.unsigned_abs();
         assert!((49_000_000..=50_000_000).contains(&debt), "{debt}");
+        // A ~200 ms sleep from period 0 throttles periods 0 to 1 or 2 (it ends near 200 ms),
+        // each counted as a period too.
+        let (periods, throttled) = (usage.cfs_periods(), usage.throttled_periods());
+        assert!(
+            (2..=3).contains(&throttled) && throttled == periods,
+            "{throttled}/{periods}"
+        );
+        assert!(
+            usage.throttled_nanos() >= 190_000_000,
+            "{}",
+            usage.throttled_nanos()
+        );
+        // Another sleep at once: the periods it shares with the first are not throttled twice.
+        usage.add_cpu_nanos(1_000_000);
+        let _ = throttle.on_epoch();
+        assert!(
+            usage.throttled_periods() <= throttled + 1,
+            "{throttled} then {}",
+            usage.throttled_periods()
+        );
+        assert!(usage.throttled_periods() <= usage.cfs_periods());
     }
 
     #[tokio::test]

@@ -445,7 +445,7 @@ async fn api_authenticates_and_authorizes_direct_requests() {
 
 /// For nodes of tests that are not about DiskPressure: the test machine's disk is shared with
 /// builds and may be under the default 10% free, which would taint the node.
-const NO_DISK_PRESSURE: &str =
+pub(crate) const NO_DISK_PRESSURE: &str =
     "--eviction-hard=memory.available<100Mi,nodefs.available<100Mi,pid.available<5%";
 
 /// A one-container multitool pod on `node`.
@@ -465,7 +465,7 @@ fn multitool_pod(name: &str, node: &str, args: &[&str], restart_policy: &str) ->
 
 /// Waits until the scheduler may place pods on `node`: Ready, and no taints left but the wasm
 /// ones (the not-ready taint goes a moment after Ready).
-async fn wait_schedulable(node: &KrustletNode) {
+pub(crate) async fn wait_schedulable(node: &KrustletNode) {
     node.wait_ready("True", Duration::from_secs(90))
         .await
         .expect("node Ready");
@@ -484,7 +484,7 @@ async fn wait_schedulable(node: &KrustletNode) {
 }
 
 /// Parses Prometheus text strictly: every line must be a comment the format knows, or a sample.
-fn parse_prometheus(text: &str) -> prometheus_parse::Scrape {
+pub(crate) fn parse_prometheus(text: &str) -> prometheus_parse::Scrape {
     for line in text.lines() {
         let known_comment = ["# HELP ", "# TYPE ", "# UNIT ", "# EOF"]
             .iter()
@@ -498,7 +498,7 @@ fn parse_prometheus(text: &str) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parse")
 }
 
-fn sample_value(
+pub(crate) fn sample_value(
     scrape: &prometheus_parse::Scrape,
     metric: &str,
     labels: &[(&str, &str)],

@@ -6,10 +6,12 @@
 mod api;
 mod config;
 mod exec;
+mod fleet;
 mod foundation;
 mod image_security;
 mod images;
 mod lifecycle;
+mod monitoring;
 mod newcomer;
 mod node;
 mod node_events;

@@ -21,7 +21,7 @@ use crate::container::{argv, config_watch, env, resize, termination_message};
 use crate::image::{ImageStore, PullPolicy};
 use crate::log::rotation::{LogPolicy, prune_old_runs};
 use crate::log::writer::CriLogWriter;
-use crate::log::{container_log_path, mark_run_finished};
+use crate::log::{container_log_path, links, mark_run_finished};
 use crate::metrics::{ContainerTypeLabel, KubeletMetrics};
 use crate::node::allocatable::NodeResources;
 use crate::pod::api::ApiLink;
@@ -29,7 +29,7 @@ use crate::pod::backoff::Backoff;
 use crate::pod::events::{PodEvents, container_field};
 use crate::pod::restart::{RestartPolicy, RestartRules};
 use crate::runtime::{ContainerSpec, Runtime, Termination};
-use crate::stats::{PodRef, Stats};
+use crate::stats::{PodRef, RunInfo, Stats};
 use crate::volume::subpath::container_mount;
 use crate::volume::{NodeFacts, VolumeMap};
 
@@ -52,6 +52,8 @@ pub struct NodeServices {
     pub api: ApiLink,
     /// How container logs are rotated and bounded.
     pub log_policy: LogPolicy,
+    /// Where `/var/log/containers`-style links to each run's log go, if anywhere.
+    pub log_links: Option<PathBuf>,
     /// Where running containers' usage is registered.
     pub stats: Stats,
     /// The kubelet's metrics.
@@ -348,6 +350,7 @@ impl Runner {
             let (mut running, log_path, container_id, message_file, exec_registration) = run;
             self.allocated.attach(running.usage.clone());
             let policy_watch = self.watch_policy(&image, &pulled);
+            let limits = running.usage.limits.get();
             let registration = self.services.stats.register(
                 PodRef {
                     name: self.pod.metadata.name.clone().unwrap_or_default(),
@@ -355,6 +358,12 @@ impl Runner {
                     uid: self.pod.metadata.uid.clone().unwrap_or_default(),
                 },
                 &name,
+                RunInfo {
+                    id: container_id.clone(),
+                    image: image.clone(),
+                    memory_limit_bytes: limits.memory_bytes,
+                    cpu_limit_millis: limits.cpu_millis,
+                },
                 running.usage.clone(),
                 self.log_dir.join(&name),
             );
@@ -804,6 +813,19 @@ impl Runner {
             runtime: self.services.runtime.clone(),
             stopped: tokio_util::sync::CancellationToken::new(),
         };
+        if let Some(dir) = &self.services.log_links {
+            let link = links::link_path(
+                dir,
+                self.pod.metadata.name.as_deref().unwrap_or_default(),
+                namespace,
+                &c.name,
+                &id,
+            );
+            if let Err(error) = links::create(&link, &log_path) {
+                // Log shippers miss this run; the container itself is fine.
+                tracing::warn!(link = %link.display(), %error, "cannot link the container log");
+            }
+        }
         let spec = ContainerSpec {
             id: id.clone(),
             program,

@@ -1,6 +1,9 @@
 //! Container logs in the CRI format, laid out like the kubelet's `/var/log/pods`.
 //!
-//! Layout: `<data-dir>/logs/pods/<namespace>_<pod>_<uid>/<container>/<restartCount>.log`.
+//! Layout: `<pod logs dir>/<namespace>_<pod>_<uid>/<container>/<restartCount>.log`, the pod
+//! logs dir being `--pod-logs-dir` (default `<data-dir>/logs/pods`; `/var/log/pods` as the
+//! kubelet's); with `--container-log-links-dir`, each run also gets a link named as in
+//! `/var/log/containers` ([`links`]).
 //! Each line: `<RFC 3339 UTC time with nanoseconds> <stdout|stderr> <F|P> <content>\n`, where
 //! `F` ends a line and `P` is a partial line continued by the next entry of the same stream
 //! (as containerd writes them, and as `kubectl logs` shows them through the kubelet API).
@@ -11,6 +14,7 @@
 //! A run is over once `<restartCount>.log.done` exists next to its file (see
 //! [`mark_run_finished`]) or a later run's file appears; `kubectl logs -f` ends then.
 
+pub mod links;
 pub mod rate;
 pub mod reader;
 pub mod rotation;
@@ -18,7 +22,7 @@ pub mod writer;
 
 use std::path::{Path, PathBuf};
 
-/// The root of all pod log directories under the data dir.
+/// The default root of all pod log directories: `<data-dir>/logs/pods`.
 pub fn pods_log_root(data_dir: &Path) -> PathBuf {
     data_dir.join("logs").join("pods")
 }

@@ -15,8 +15,8 @@ use jiff::Timestamp;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 
+use super::done_marker_path;
 use super::rotation::rotated_files;
-use super::{done_marker_path, pods_log_root};
 
 /// How often a followed log file is polled for new entries and for the end of its run.
 const FOLLOW_POLL: Duration = Duration::from_millis(150);
@@ -126,22 +126,26 @@ impl LogRun {
 /// not send the uid; if a pod of that name existed several times, the most recently modified
 /// directory is the current one.
 pub fn find_run(
-    data_dir: &Path,
+    root: &Path,
     namespace: &str,
     pod: &str,
     container: &str,
     previous: bool,
 ) -> Result<LogRun, LogError> {
-    let root = pods_log_root(data_dir);
     let prefix = format!("{namespace}_{pod}_");
     let pod_not_found = || LogError::PodNotFound {
         namespace: namespace.into(),
         pod: pod.into(),
     };
-    let entries = match std::fs::read_dir(&root) {
+    let entries = match std::fs::read_dir(root) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(pod_not_found()),
-        Err(source) => return Err(LogError::Io { path: root, source }),
+        Err(source) => {
+            return Err(LogError::Io {
+                path: root.to_path_buf(),
+                source,
+            });
+        }
     };
     let pod_dir = entries
         .filter_map(Result::ok)
@@ -551,6 +555,7 @@ pub async fn stream_log(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::pods_log_root;
 
     const LOG: &str = "\
 2026-01-01T00:00:01.000000001Z stdout F one
@@ -718,13 +723,16 @@ garbage line
     fn current_and_previous_runs_are_found() {
         let dir = tempfile::tempdir().expect("tempdir");
         write_run(dir.path(), "c", 0, LOG);
-        let err = find_run(dir.path(), "ns", "pod", "c", true).expect_err("no previous");
+        let err =
+            find_run(&pods_log_root(dir.path()), "ns", "pod", "c", true).expect_err("no previous");
         assert!(matches!(err, LogError::NoPrevious { .. }), "{err}");
         write_run(dir.path(), "c", 1, LOG);
         write_run(dir.path(), "c", 10, LOG);
-        let current = find_run(dir.path(), "ns", "pod", "c", false).expect("current");
+        let current =
+            find_run(&pods_log_root(dir.path()), "ns", "pod", "c", false).expect("current");
         assert_eq!(current.restart_count, 10);
-        let previous = find_run(dir.path(), "ns", "pod", "c", true).expect("previous");
+        let previous =
+            find_run(&pods_log_root(dir.path()), "ns", "pod", "c", true).expect("previous");
         assert_eq!(previous.restart_count, 1);
         assert!(previous.is_finished(), "a later run exists");
         assert!(!current.is_finished());
@@ -733,14 +741,17 @@ garbage line
     #[test]
     fn unknown_pods_and_containers_are_named() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let err = find_run(dir.path(), "ns", "pod", "c", false).expect_err("no pod");
+        let err =
+            find_run(&pods_log_root(dir.path()), "ns", "pod", "c", false).expect_err("no pod");
         assert!(matches!(err, LogError::PodNotFound { .. }), "{err}");
         write_run(dir.path(), "c", 0, LOG);
-        let err = find_run(dir.path(), "ns", "pod", "other", false).expect_err("no container");
+        let err = find_run(&pods_log_root(dir.path()), "ns", "pod", "other", false)
+            .expect_err("no container");
         assert!(err.to_string().contains("\"other\""), "{err}");
-        let err = find_run(dir.path(), "ns", "pod", "..", false).expect_err("traversal");
+        let err =
+            find_run(&pods_log_root(dir.path()), "ns", "pod", "..", false).expect_err("traversal");
         assert!(matches!(err, LogError::ContainerNotFound { .. }), "{err}");
-        assert!(find_run(dir.path(), "ns", "po", "c", false).is_err());
+        assert!(find_run(&pods_log_root(dir.path()), "ns", "po", "c", false).is_err());
     }
 
     #[tokio::test]

@@ -1087,6 +1087,9 @@ impl Worker {
         let _ = std::fs::remove_dir_all(self.pod_dir());
         if logs {
             let _ = std::fs::remove_dir_all(self.log_dir());
+            if let Some(links) = &self.ctx.services.log_links {
+                crate::log::links::remove_for(links, &self.log_dir());
+            }
             self.ctx.status.forget(&self.key);
         }
     }

@@ -22,7 +22,7 @@ pub async fn container_logs(
 ) -> Result<Response, ApiError> {
     let options = parse_options(&query, Timestamp::now())?;
     let run = find_run(
-        &state.data_dir,
+        &state.config.pod_logs_dir,
         &namespace,
         &pod,
         &container,

@@ -1,18 +1,19 @@
 //! `GET /metrics` (the kubelet's and the runtime's metrics, through prometheus-client),
-//! `GET /metrics/resource` (CPU and memory for metrics-server) and `GET /stats/summary`.
+//! `GET /metrics/resource` (CPU and memory for metrics-server), `GET /metrics/cadvisor`
+//! (cAdvisor's container series) and `GET /stats/summary`.
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 
-use super::AppState;
 use super::pods::json;
-use crate::stats::{resource, summary};
+use super::{AppState, exposition};
+use crate::stats::{cadvisor, resource, summary};
 
-/// The kubelet's metrics in the OpenMetrics text format (which Prometheus reads).
-pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+/// The kubelet's metrics: OpenMetrics if the scraper asks for it, else Prometheus text 0.0.4.
+pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     state.view.metrics.refresh(&state.view.stats);
     let mut text = String::new();
     if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &state.view.registry) {
@@ -22,14 +23,22 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         )
             .into_response();
     }
-    (
-        [(
-            http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    let accept = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    if exposition::wants_openmetrics(accept) {
+        (
+            [(http::header::CONTENT_TYPE, exposition::OPENMETRICS)],
+            text,
+        )
+            .into_response()
+    } else {
+        (
+            [(http::header::CONTENT_TYPE, exposition::TEXT)],
+            exposition::openmetrics_to_text(&text),
+        )
+            .into_response()
+    }
 }
 
 fn current_summary(state: &AppState) -> summary::Summary {
@@ -48,6 +57,20 @@ pub async fn resource_metrics(State(state): State<Arc<AppState>>) -> Response {
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         resource::encode(&current_summary(&state)),
+    )
+        .into_response()
+}
+
+/// cAdvisor's container series (`container_*`, `machine_*`), as the kubelet serves them.
+pub async fn cadvisor_metrics(State(state): State<Arc<AppState>>) -> Response {
+    let summary = current_summary(&state);
+    let device = cadvisor::device_of(&state.config.data_dir);
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        cadvisor::encode(&state.view.stats, &summary, &device),
     )
         .into_response()
 }

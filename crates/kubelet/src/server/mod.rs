@@ -8,6 +8,7 @@
 //! (TokenReview) and authorized by SubjectAccessReview; see [`auth`].
 
 pub mod auth;
+pub mod exposition;
 pub mod limits;
 pub mod logs;
 pub mod metrics;
@@ -179,6 +180,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/configz", get(pods::configz))
         .route("/metrics", get(metrics::metrics))
         .route("/metrics/resource", get(metrics::resource_metrics))
+        .route("/metrics/cadvisor", get(metrics::cadvisor_metrics))
         .route("/stats/summary", get(metrics::stats_summary))
         .route("/exec/{*rest}", any(streaming::exec::exec))
         .route("/attach/{*rest}", any(streaming::exec::attach))

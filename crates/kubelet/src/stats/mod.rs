@@ -6,6 +6,7 @@
 //! reads cumulative CPU time every [`SAMPLE_PERIOD`] and keeps the previous sample, so that CPU
 //! rates (`usageNanoCores`) are the change between the last two samples, as cAdvisor's are.
 
+pub mod cadvisor;
 pub mod node;
 pub mod resource;
 pub mod summary;
@@ -64,6 +65,20 @@ impl CpuRate {
     }
 }
 
+/// What a running container was started as, for the per-container series of
+/// `/metrics/cadvisor`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunInfo {
+    /// The run's ID (the container status' `containerID` without `wasi://`).
+    pub id: String,
+    /// The image as the pod spec names it.
+    pub image: String,
+    /// The memory limit the runtime enforces, in bytes.
+    pub memory_limit_bytes: Option<u64>,
+    /// `limits.cpu` in millicores.
+    pub cpu_limit_millis: Option<u64>,
+}
+
 /// One running container.
 #[derive(Debug)]
 pub struct RunningEntry {
@@ -71,6 +86,8 @@ pub struct RunningEntry {
     pub pod: PodRef,
     /// Its name.
     pub container: String,
+    /// What it was started as.
+    pub info: RunInfo,
     /// When this run started.
     pub started: Timestamp,
     /// Live usage, from the runtime.
@@ -125,6 +142,7 @@ impl Stats {
         &self,
         pod: PodRef,
         container: &str,
+        info: RunInfo,
         usage: Arc<Usage>,
         log_dir: PathBuf,
     ) -> Registration {
@@ -132,6 +150,7 @@ impl Stats {
         let entry = Arc::new(RunningEntry {
             pod,
             container: container.into(),
+            info,
             started: Timestamp::now(),
             cpu: CpuRate::default(),
             usage,
@@ -200,10 +219,16 @@ mod tests {
             uid: "u".into(),
         };
         let usage = Arc::new(Usage::default());
-        let registration = stats.register(pod.clone(), "c", usage.clone(), PathBuf::new());
+        let registration = stats.register(
+            pod.clone(),
+            "c",
+            RunInfo::default(),
+            usage.clone(),
+            PathBuf::new(),
+        );
         assert_eq!(stats.running().len(), 1);
         // A newer run of the same container replaces it; the old registration's drop keeps it.
-        let newer = stats.register(pod, "c", usage.clone(), PathBuf::new());
+        let newer = stats.register(pod, "c", RunInfo::default(), usage.clone(), PathBuf::new());
         drop(registration);
         assert_eq!(stats.running().len(), 1);
         drop(newer);

@@ -12,7 +12,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// A label value with `\`, `"` and newlines escaped.
-fn escape(value: &str) -> String {
+pub(super) fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -211,7 +211,13 @@ mod tests {
             namespace: "ns".into(),
             uid: "u".into(),
         };
-        let _r = stats.register(pod, "c\"1", usage, std::path::PathBuf::new());
+        let _r = stats.register(
+            pod,
+            "c\"1",
+            Default::default(),
+            usage,
+            std::path::PathBuf::new(),
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let text = encode(&crate::stats::summary::summary(&stats, "n", dir.path()));
         assert!(

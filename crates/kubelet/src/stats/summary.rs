@@ -298,8 +298,8 @@ mod tests {
         a.set_memory_bytes(1000);
         b.set_memory_bytes(24);
         b.add_cpu_nanos(7);
-        let _a = stats.register(pod.clone(), "a", a, dir.path().into());
-        let _b = stats.register(pod, "b", b, dir.path().into());
+        let _a = stats.register(pod.clone(), "a", Default::default(), a, dir.path().into());
+        let _b = stats.register(pod, "b", Default::default(), b, dir.path().into());
         let json = serde_json::to_value(summary(&stats, "node-a", dir.path())).expect("json");
         assert_eq!(json["node"]["nodeName"], "node-a");
         assert!(json["node"]["memory"]["workingSetBytes"].as_u64() > Some(0));

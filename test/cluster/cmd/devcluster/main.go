@@ -1,6 +1,6 @@
 // devcluster starts a real Kubernetes control plane (etcd, kube-apiserver,
-// kube-controller-manager, kube-scheduler) and two OCI registries on loopback, for Krustlet's
-// tests and dev cluster.
+// kube-controller-manager, kube-scheduler), metrics-server behind the aggregation layer and two
+// OCI registries on loopback, for Krustlet's tests and dev cluster.
 //
 // Every port is chosen free at start, so clusters can run side by side. Once the API server's
 // /readyz answers and the bootstrap objects exist, it prints one line
@@ -56,6 +56,7 @@ type info struct {
 	AuthRegistryDir       string `json:"auth_registry_dir,omitempty"`
 	AuthRegistryUser      string `json:"auth_registry_user,omitempty"`
 	AuthRegistryPassword  string `json:"auth_registry_password,omitempty"`
+	MetricsServer         string `json:"metrics_server,omitempty"`
 	Pid                   int    `json:"pid"`
 }
 
@@ -72,6 +73,7 @@ func run() error {
 	dir := flag.String("dir", "", "state directory (certs, etcd data, logs); default: a new temp dir, removed at exit")
 	registryBin := flag.String("registry-bin", "docker-registry", "the distribution registry binary (Debian's docker-registry); empty to start no registry")
 	lifeline := flag.Bool("stdin-lifeline", false, "stop when standard input closes (the parent died)")
+	metricsServer := flag.String("metrics-server-bin", "", "metrics-server to start behind the aggregation layer; default: metrics-server next to this launcher as invoked (.bin/), else none (with a warning)")
 	nodeGrace := flag.Duration("node-monitor-grace-period", 20*time.Second, "how long a node may miss heartbeats before it is marked NotReady")
 	flag.Parse()
 
@@ -102,7 +104,7 @@ func run() error {
 			_ = os.RemoveAll(absDir)
 		}
 	}()
-	inf, err := c.start(ctx, *registryBin, *nodeGrace)
+	inf, err := c.start(ctx, *registryBin, *metricsServer, *nodeGrace)
 	if err != nil {
 		return err
 	}
@@ -204,7 +206,7 @@ func randomString(n int, alphabet string) string {
 	return string(b)
 }
 
-func (c *cluster) start(ctx context.Context, registryBin string, nodeGrace time.Duration) (*info, error) {
+func (c *cluster) start(ctx context.Context, registryBin, metricsServerBin string, nodeGrace time.Duration) (*info, error) {
 	c.died = make(chan string, 8)
 	pki, logs := filepath.Join(c.dir, "pki"), filepath.Join(c.dir, "logs")
 	for _, d := range []string{pki, logs} {
@@ -212,11 +214,12 @@ func (c *cluster) start(ctx context.Context, registryBin string, nodeGrace time.
 			return nil, err
 		}
 	}
-	ports, err := freePorts(7)
+	ports, err := freePorts(8)
 	if err != nil {
 		return nil, err
 	}
 	etcdPort, peerPort, apiPort, cmPort, schedPort, regPort, authRegPort := ports[0], ports[1], ports[2], ports[3], ports[4], ports[5], ports[6]
+	metricsPort := ports[7]
 	server := fmt.Sprintf("https://127.0.0.1:%d", apiPort)
 
 	// Certificates.
@@ -263,6 +266,10 @@ func (c *cluster) start(ctx context.Context, registryBin string, nodeGrace time.
 	if err != nil {
 		return nil, err
 	}
+	proxy, err := newFrontProxy(pki)
+	if err != nil {
+		return nil, err
+	}
 	kubeconfigFor := func(name, cn string, orgs []string) (string, error) {
 		cert, key, err := pair(name, pkix.Name{CommonName: cn, Organization: orgs}, nil, nil, client)
 		if err != nil {
@@ -280,6 +287,10 @@ func (c *cluster) start(ctx context.Context, registryBin string, nodeGrace time.
 		return nil, err
 	}
 	schedConfig, err := kubeconfigFor("scheduler", "system:kube-scheduler", nil)
+	if err != nil {
+		return nil, err
+	}
+	metricsConfig, err := kubeconfigFor("metrics-server", "system:metrics-server", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -301,7 +312,7 @@ func (c *cluster) start(ctx context.Context, registryBin string, nodeGrace time.
 		"--unsafe-no-fsync", "--log-level=warn", "--quota-backend-bytes=4294967296"); err != nil {
 		return nil, err
 	}
-	if err := c.spawn("kube-apiserver", bin("kube-apiserver"),
+	if err := c.spawn("kube-apiserver", bin("kube-apiserver"), append(proxy.apiserverFlags(),
 		fmt.Sprintf("--etcd-servers=http://127.0.0.1:%d", etcdPort),
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", apiPort),
 		"--tls-cert-file="+apiCert, "--tls-private-key-file="+apiKey, "--client-ca-file="+caFile,
@@ -311,7 +322,7 @@ func (c *cluster) start(ctx context.Context, registryBin string, nodeGrace time.
 		"--enable-bootstrap-token-auth=true", "--allow-privileged=true",
 		"--kubelet-client-certificate="+kubeletClientCert, "--kubelet-client-key="+kubeletClientKey,
 		"--kubelet-preferred-address-types=InternalIP,Hostname",
-		"--service-cluster-ip-range=10.0.0.0/24", "--cert-dir="+pki, "--profiling=false", "--v=1"); err != nil {
+		"--service-cluster-ip-range=10.0.0.0/24", "--cert-dir="+pki, "--profiling=false", "--v=1")...); err != nil {
 		return nil, err
 	}
 	if err := waitReady(ctx, server, caFile, c.died); err != nil {
@@ -336,12 +347,36 @@ func (c *cluster) start(ctx context.Context, registryBin string, nodeGrace time.
 	if err := bootstrapObjects(ctx, admin, tokenID, tokenSecret); err != nil {
 		return nil, fmt.Errorf("creating bootstrap token and RBAC: %w", err)
 	}
+	metricsServer := ""
+	if metricsServerBin == "" {
+		// The launcher is shared by clones (it lives in the control plane's cache dir), so
+		// look beside the link it was started through: <repo>/.bin/metrics-server.
+		candidate := filepath.Join(filepath.Dir(os.Args[0]), "metrics-server")
+		if _, err := os.Stat(candidate); err == nil {
+			metricsServerBin = candidate
+		} else {
+			fmt.Fprintf(os.Stderr, "devcluster: no metrics-server at %s (build it with test/cluster/build.sh): kubectl top will not work\n", candidate)
+		}
+	}
+	if metricsServerBin != "" {
+		if _, err := os.Stat(metricsServerBin); err != nil {
+			return nil, fmt.Errorf("prerequisite missing: %s (build it with test/cluster/build.sh): %w", metricsServerBin, err)
+		}
+		if err := metricsServerObjects(ctx, admin, metricsPort); err != nil {
+			return nil, fmt.Errorf("registering metrics-server with the aggregation layer: %w", err)
+		}
+		if err := c.spawn("metrics-server", metricsServerBin,
+			metricsServerFlags(metricsConfig, caFile, filepath.Join(c.dir, "metrics-server"), metricsPort)...); err != nil {
+			return nil, err
+		}
+		metricsServer = fmt.Sprintf("https://127.0.0.1:%d", metricsPort)
+	}
 
 	inf := &info{
 		Dir: c.dir, Server: server, Kubeconfig: admin, BootstrapKubeconfig: bootstrapConfig,
 		BootstrapToken: tokenID + "." + tokenSecret, CAFile: caFile, CAKeyFile: caKeyFile,
 		KubeletClientCertFile: kubeletClientCert, KubeletClientKeyFile: kubeletClientKey,
-		Kubectl: bin("kubectl"), Pid: os.Getpid(),
+		Kubectl: bin("kubectl"), MetricsServer: metricsServer, Pid: os.Getpid(),
 	}
 	if registryBin != "" {
 		if inf.Registry, inf.RegistryDir, err = c.startRegistry("registry", registryBin, regPort, ""); err != nil {

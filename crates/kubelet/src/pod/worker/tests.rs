@@ -91,6 +91,7 @@ fn start(pod: Pod, fake: &FakeRuntime) -> Harness {
             node_ip: "127.0.0.1".into(),
             api: ApiLink::Standalone,
             log_policy: LogPolicy::default(),
+            log_links: None,
             stats: Stats::new(),
             metrics: KubeletMetrics::new("node"),
             allocatable: NodeResources {
