@@ -273,7 +273,7 @@ pub async fn attach(State(state): State<Arc<AppState>>, mut request: Request) ->
         upgrade,
         ..
     } = prepared;
-    let data_dir = state.data_dir.clone();
+    let pod_logs_dir = state.config.pod_logs_dir.clone();
     tokio::spawn(async move {
         let _permit = permit;
         let Ok(upgraded) = upgrade.await else {
@@ -297,7 +297,7 @@ pub async fn attach(State(state): State<Arc<AppState>>, mut request: Request) ->
             tokio::spawn(async move { while input.recv().await.is_some() {} });
         }
         let outcome = match crate::log::reader::find_run(
-            &data_dir,
+            &pod_logs_dir,
             &target.namespace,
             &target.pod,
             &target.container,
