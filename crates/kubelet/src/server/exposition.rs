@@ -54,10 +54,7 @@ pub fn openmetrics_to_text(openmetrics: &str) -> String {
             out.push_str(&format!("# TYPE {name} {kind}\n"));
             continue;
         }
-        let sample_name = line
-            .split(|c: char| c == '{' || c == ' ')
-            .next()
-            .unwrap_or_default();
+        let sample_name = line.split(['{', ' ']).next().unwrap_or_default();
         let created = sample_name
             .strip_suffix("_created")
             .is_some_and(|base| is_counter(&renamed, base));

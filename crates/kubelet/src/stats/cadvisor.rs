@@ -178,11 +178,13 @@ pub fn encode(stats: &Stats, summary: &Summary, device: &str) -> String {
 
     // CFS series exist only for containers with a CPU quota (cAdvisor's condition
     // `s.Cpu.Quota != 0`); ours come from the runtime's `limits.cpu` token bucket.
+    /// A CFS series: name, help, and its value for a container.
+    type CfsSeries = (&'static str, &'static str, fn(&RunningEntry) -> f64);
     let limited: Vec<_> = running
         .iter()
         .filter(|e| e.info.cpu_limit_millis.is_some())
         .collect();
-    let cfs: [(&'static str, &str, fn(&RunningEntry) -> f64); 3] = [
+    let cfs: [CfsSeries; 3] = [
         (
             "container_cpu_cfs_periods_total",
             "Number of elapsed enforcement period intervals.",
