@@ -108,33 +108,8 @@ impl Fixture {
 
 /// Runs the cluster's kubectl with a deadline; returns (success, stdout, stderr).
 fn kubectl_within(args: &[&str], timeout: Duration) -> (bool, String, String) {
-    let info = cluster();
-    let mut child = Command::new(&info.kubectl)
-        .arg("--kubeconfig")
-        .arg(&info.kubeconfig)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kubectl");
-    let deadline = Instant::now() + timeout;
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "kubectl {} did not return within {timeout:?}",
-                args.join(" ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().expect("output");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let run = krustlet_e2e::kubectl::kubectl_run(args, &[], None, timeout);
+    (run.code == Some(0), run.stdout, run.stderr)
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
+use krustlet_e2e::kubectl::kubectl_run;
 use krustlet_e2e::kubelet_api::{apiserver_identity, kubelet_get, tls_config};
 use krustlet_e2e::node::shared_node;
 use krustlet_e2e::pods::{container_status, create, for_node, wait_for};
@@ -19,55 +20,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::KRUSTLET;
 
 const LONG: Duration = Duration::from_secs(120);
-
-/// What one kubectl run gave: exit code, stdout, stderr.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the cluster's kubectl with `env`, feeding `stdin` (then closing it), within `timeout`.
-fn kubectl_run(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>, timeout: Duration) -> Run {
-    let info = cluster();
-    let mut command = Command::new(&info.kubectl);
-    command
-        .arg("--kubeconfig")
-        .arg(&info.kubeconfig)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut child = command.spawn().expect("run kubectl");
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin");
-        pipe.write_all(input.as_bytes()).expect("write stdin");
-    }
-    let deadline = Instant::now() + timeout;
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "kubectl {} did not return within {timeout:?}",
-                args.join(" ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().expect("output");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 /// A running multitool pod with an emptyDir at /data holding `hello.txt`, and `GREETING` set.
 async fn running_pod(ns: &TestNamespace, name: &str, node: &str, image: &str) {
@@ -473,7 +425,14 @@ async fn an_exec_liveness_probe_that_starts_failing_restarts_the_container() {
     })
     .await
     .expect("restarted by its liveness probe");
-    assert!(container_status(&restarted, "main").is_some());
+    // The killed run is the restarted container's last state.
+    let main = container_status(&restarted, "main").expect("status");
+    assert!(
+        main.last_state
+            .as_ref()
+            .is_some_and(|s| s.terminated.is_some()),
+        "{main:?}"
+    );
     let events = ns.api::<k8s_openapi::api::core::v1::Event>();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
