@@ -7,6 +7,7 @@ fn main() -> std::process::ExitCode {
             "multitool-component",
             krustlet_test_workloads::multitool_component(),
         ),
+        ("http-component", krustlet_test_workloads::http_component()),
     ];
     for (name, result) in built {
         match result {

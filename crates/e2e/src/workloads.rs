@@ -51,3 +51,12 @@ pub fn multitool_component() -> String {
         std::fs::read(path).expect("read multitool component")
     })
 }
+
+/// The http component (see `test/workloads/http.c`): a `wasi:http/proxy` component, as an
+/// image reference.
+pub fn http_component() -> String {
+    publish("http-component", || {
+        let path = krustlet_test_workloads::http_component().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::read(path).expect("read http component")
+    })
+}

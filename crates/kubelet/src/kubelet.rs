@@ -251,6 +251,9 @@ impl Kubelet {
         metrics.register(&mut registry);
         self.runtime.register_metrics(&mut registry);
         let exec_targets = crate::container::exec_targets::ExecTargets::default();
+        // The pod network, shared by the runners (listeners, probes) and the API (port-forward).
+        let network: Arc<dyn crate::network::Network> =
+            crate::network::NodeNetwork::new(config.node_ip);
         let ctx = WorkerContext {
             services: NodeServices {
                 runtime: self.runtime.clone(),
@@ -268,6 +271,7 @@ impl Kubelet {
                 memory_bound,
                 service_env: ServiceEnv::watch(clients.clone(), stop.clone()),
                 exec: exec_targets.clone(),
+                network: network.clone(),
             },
             status: status.clone(),
             dirs: PodDirs {
@@ -314,6 +318,7 @@ impl Kubelet {
             metrics,
             registry: Arc::new(registry),
             exec: exec_targets,
+            network,
         };
         let server = crate::server::Server::bind(&config, clients.clone(), serving, view).await?;
         supervise(&mut supervised, "kubelet API", server.run(stop.clone()));

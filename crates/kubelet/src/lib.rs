@@ -10,6 +10,7 @@
 //! - [`pod`]: the pod watch, workers, status manager, phase, events.
 //! - [`container`]: argv, env, and the runner of one container through its restarts.
 //! - [`image`]: pulling wasm from OCI registries into a verified store.
+//! - [`network`]: the pod network seam: a pod's IP, its listeners, the way to its ports.
 //! - [`runtime`]: the [`runtime::Runtime`] trait runtimes implement.
 //! - [`log`]: CRI-format container logs, rotated and rate-bounded.
 //! - [`stats`]: live usage of running containers and the node; the stats summary.
@@ -28,6 +29,7 @@ pub mod image;
 pub mod kubelet;
 pub mod log;
 pub mod metrics;
+pub mod network;
 pub mod node;
 pub mod pod;
 pub mod quantity;

@@ -54,6 +54,71 @@ pub struct Limits {
     pub cpu_request_millis: Option<u64>,
 }
 
+/// The TCP ports a container declares (`containerPort`s) and the pod network they are opened
+/// on. A runtime opens them only for a program that serves (an HTTP component); a command
+/// program reaches the network through its own sockets, if any.
+#[derive(Clone, Default)]
+pub struct ContainerPorts {
+    /// The declared TCP `containerPort`s, in spec order, without duplicates.
+    pub tcp: Vec<u16>,
+    /// The pod's network; `None` (tests) opens nothing.
+    pub network: Option<std::sync::Arc<dyn crate::network::PodNetwork>>,
+}
+
+impl ContainerPorts {
+    /// Opens a listener on every declared TCP port.
+    ///
+    /// # Errors
+    /// The first port that cannot be opened (a conflict names the port).
+    pub fn listen(&self) -> Result<Vec<(u16, std::net::TcpListener)>, RuntimeError> {
+        let Some(network) = &self.network else {
+            return Ok(Vec::new());
+        };
+        self.tcp
+            .iter()
+            .map(|port| {
+                network
+                    .listen_tcp(*port)
+                    .map(|listener| (*port, listener))
+                    .map_err(|error| RuntimeError {
+                        reason: error.reason(),
+                        message: error.to_string(),
+                    })
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for ContainerPorts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerPorts")
+            .field("tcp", &self.tcp)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an HTTP program's requests may take, from the pod's annotations (docs/pod-spec.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Most bytes of a request body; more is answered 413.
+    pub max_request_body_bytes: u64,
+    /// Most time one request may take, from its head to the end of the guest's handler; past
+    /// it the instance is stopped (a 504 if no response was started).
+    pub request_timeout: std::time::Duration,
+    /// Most requests handled at once; more wait for a slot.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_request_body_bytes: 10 << 20,
+            request_timeout: std::time::Duration::from_secs(60),
+            max_concurrent_requests: 100,
+        }
+    }
+}
+
 /// Everything a runtime needs to start one container run.
 pub struct ContainerSpec {
     /// A unique ID for this run, reported as `wasi://<id>`.
@@ -72,6 +137,10 @@ pub struct ContainerSpec {
     pub limits: Limits,
     /// Where stdout and stderr go.
     pub log: CriLogWriter,
+    /// The declared ports, opened for a program that serves.
+    pub ports: ContainerPorts,
+    /// Request limits for a program that serves HTTP.
+    pub http: HttpLimits,
 }
 
 /// The stdio of an exec'd instance: where its output goes and where its input comes from.
@@ -236,6 +305,14 @@ impl Usage {
         self.memory_bytes.store(bytes, Ordering::Relaxed);
     }
 
+    /// Changes the memory in use by `f(current)`, atomically, unless `f` returns `None`; for
+    /// runs of several instances (an HTTP server) that share one limit. `Err` holds the
+    /// current value when `f` refused.
+    pub fn update_memory_bytes(&self, f: impl FnMut(u64) -> Option<u64>) -> Result<u64, u64> {
+        self.memory_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, f)
+    }
+
     /// Adds CPU time used.
     pub fn add_cpu_nanos(&self, nanos: u64) {
         self.cpu_nanos.fetch_add(nanos, Ordering::Relaxed);
@@ -274,6 +351,10 @@ pub struct RunningContainer {
     pub exit: oneshot::Receiver<Termination>,
     /// Send to force-stop at once.
     pub kill: oneshot::Sender<()>,
+    /// Send to ask for a graceful stop, where the program has one: an HTTP server closes its
+    /// listeners and ends when its last request is done. `None`: a guest has no signal to
+    /// catch, so a graceful stop is waiting for it to end by itself.
+    pub stop: Option<oneshot::Sender<()>>,
     /// Resource usage, updated by the runtime until the run ends.
     pub usage: Arc<Usage>,
 }

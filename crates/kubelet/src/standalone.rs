@@ -98,6 +98,7 @@ pub async fn run(
             memory_bound,
             service_env: ServiceEnv::none(),
             exec: Default::default(),
+            network: crate::network::NodeNetwork::new(config.node_ip),
         },
         status,
         // No eviction manager here: static pods are never evicted (as upstream's critical

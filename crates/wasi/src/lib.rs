@@ -8,6 +8,7 @@
 //! - [`module`]: compiling bytes into a [`Program`], telling modules from components.
 //! - [`cache`]: compiled programs kept in memory (LRU) and on disk (authenticated with the
 //!   node's [`key`]), keyed by digest and engine; [`pool`] bounds compilations at once.
+//! - [`http`]: serving `wasi:http/incoming-handler` components, an instance per request.
 //! - [`run`]: running a [`Program`] to completion with a [`RunSpec`], yielding an [`Exit`].
 //! - [`memory`]: `limits.memory` through a resource limiter; `cpu` (private): CPU accounting and
 //!   `limits.cpu` throttling at epoch ticks.
@@ -16,6 +17,7 @@ pub mod cache;
 mod cpu;
 pub mod engine;
 pub mod exec_io;
+pub mod http;
 pub mod key;
 pub mod log;
 pub mod memory;

@@ -43,6 +43,9 @@ pub(crate) struct MemoryLimiter {
     /// `wasm_bytes` before the growth last allowed, to undo it if wasmtime then fails it.
     before_last_growth: u64,
     usage: Arc<Usage>,
+    /// One of several instances sharing `usage` and its limit (an HTTP server's requests):
+    /// counts its growth into the total atomically and gives its share back when dropped.
+    shared: bool,
 }
 
 impl MemoryLimiter {
@@ -54,7 +57,32 @@ impl MemoryLimiter {
             wasm_bytes: 0,
             before_last_growth: 0,
             usage,
+            shared: false,
         }
+    }
+
+    /// A limiter for one of several instances that share `usage` (and its limit): each counts
+    /// its memories, tables and [`HOST_OVERHEAD_BYTES`] into the total while it lives.
+    ///
+    /// # Errors
+    /// [`MemoryLimitExceeded`] when even the overhead does not fit.
+    pub(crate) fn shared(usage: Arc<Usage>) -> Result<Self, MemoryLimitExceeded> {
+        let limit = usage.limits.get().memory_bytes;
+        usage
+            .update_memory_bytes(|total| {
+                let next = total.saturating_add(HOST_OVERHEAD_BYTES);
+                limit.is_none_or(|l| next <= l).then_some(next)
+            })
+            .map_err(|total| MemoryLimitExceeded {
+                limit: limit.unwrap_or(0),
+                needed: total.saturating_add(HOST_OVERHEAD_BYTES),
+            })?;
+        Ok(Self {
+            wasm_bytes: 0,
+            before_last_growth: 0,
+            usage,
+            shared: true,
+        })
     }
 
     fn grow(&mut self, current: u64, desired: u64) -> wasmtime::Result<bool> {
@@ -62,6 +90,21 @@ impl MemoryLimiter {
             .wasm_bytes
             .saturating_sub(current)
             .saturating_add(desired);
+        if self.shared {
+            let (mine, limit) = (self.wasm_bytes, self.usage.limits.get().memory_bytes);
+            self.usage
+                .update_memory_bytes(|total| {
+                    let total_next = total.saturating_sub(mine).saturating_add(next);
+                    (next <= mine || limit.is_none_or(|l| total_next <= l)).then_some(total_next)
+                })
+                .map_err(|total| MemoryLimitExceeded {
+                    limit: limit.unwrap_or(0),
+                    needed: total.saturating_sub(mine).saturating_add(next),
+                })?;
+            self.before_last_growth = self.wasm_bytes;
+            self.wasm_bytes = next;
+            return Ok(true);
+        }
         let needed = next.saturating_add(HOST_OVERHEAD_BYTES);
         if let Some(limit) = self.usage.limits.get().memory_bytes
             && needed > limit
@@ -75,9 +118,28 @@ impl MemoryLimiter {
     }
 
     fn undo_last_growth(&mut self) {
+        if self.shared {
+            let (now, before) = (self.wasm_bytes, self.before_last_growth);
+            let _ = self.usage.update_memory_bytes(|total| {
+                Some(total.saturating_sub(now).saturating_add(before))
+            });
+            self.wasm_bytes = before;
+            return;
+        }
         self.wasm_bytes = self.before_last_growth;
         self.usage
             .set_memory_bytes(self.wasm_bytes.saturating_add(HOST_OVERHEAD_BYTES));
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        if self.shared {
+            let mine = self.wasm_bytes.saturating_add(HOST_OVERHEAD_BYTES);
+            let _ = self
+                .usage
+                .update_memory_bytes(|total| Some(total.saturating_sub(mine)));
+        }
     }
 }
 
@@ -140,6 +202,27 @@ mod tests {
             .memory_grow_failed(wasmtime::Error::msg("maximum"))
             .expect("ok");
         assert_eq!(usage.memory_bytes(), HOST_OVERHEAD_BYTES + 180);
+    }
+
+    #[test]
+    fn shared_instances_hold_one_limit_and_give_memory_back() {
+        let usage = Arc::new(Usage::default());
+        usage.limits.set(kubelet::runtime::Limits {
+            memory_bytes: Some(2 * HOST_OVERHEAD_BYTES + 300),
+            ..Default::default()
+        });
+        let mut a = MemoryLimiter::shared(usage.clone()).expect("a");
+        let mut b = MemoryLimiter::shared(usage.clone()).expect("b");
+        assert!(MemoryLimiter::shared(usage.clone()).is_err(), "no room for a third");
+        assert!(a.memory_growing(0, 200, None).expect("fits"));
+        let error = b.memory_growing(0, 200, None).expect_err("over the shared limit");
+        assert!(is_memory_limit(&error), "{error}");
+        assert!(b.memory_growing(0, 100, None).expect("fits"));
+        assert_eq!(usage.memory_bytes(), 2 * HOST_OVERHEAD_BYTES + 300);
+        drop(a);
+        assert_eq!(usage.memory_bytes(), HOST_OVERHEAD_BYTES + 100);
+        drop(b);
+        assert_eq!(usage.memory_bytes(), 0);
     }
 
     #[test]

@@ -188,23 +188,7 @@ impl WasmEngine {
                 }
             }
         }
-        for mount in &spec.mounts {
-            let perms = if mount.read_only {
-                FsPerms::ReadOnly
-            } else {
-                FsPerms::ReadWrite
-            };
-            // wasmtime opens a path; this one names the descriptor the kubelet holds, so a
-            // component swapped for a symlink since the kubelet resolved it changes nothing.
-            let held = format!("/proc/self/fd/{}", mount.dir.as_raw_fd());
-            builder
-                .preopened_dir(&held, &mount.guest_path, perms)
-                .map_err(|source| RunError::Preopen {
-                    host_path: mount.host_path.clone(),
-                    guest_path: mount.guest_path.clone(),
-                    source,
-                })?;
-        }
+        preopen(&mut builder, &spec.mounts)?;
         // The runtime publishes a run's limits before it starts; a bare run (tests, benches)
         // publishes its own here. Either way they are read live from then on.
         if spec.usage.limits.get() == Limits::default() {
@@ -267,6 +251,28 @@ impl WasmEngine {
             },
         })
     }
+}
+
+/// Preopens `mounts` in `builder`, read-only ones with read-only permissions.
+pub(crate) fn preopen(builder: &mut WasiCtxBuilder, mounts: &[Mount]) -> Result<(), RunError> {
+    for mount in mounts {
+        let perms = if mount.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        // wasmtime opens a path; this one names the descriptor the kubelet holds, so a
+        // component swapped for a symlink since the kubelet resolved it changes nothing.
+        let held = format!("/proc/self/fd/{}", mount.dir.as_raw_fd());
+        builder
+            .preopened_dir(&held, &mount.guest_path, perms)
+            .map_err(|source| RunError::Preopen {
+                host_path: mount.host_path.clone(),
+                guest_path: mount.guest_path.clone(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// The [`MemoryLimitExceeded`] inside an error that [`is_memory_limit`].

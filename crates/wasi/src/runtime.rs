@@ -14,7 +14,9 @@ use crate::engine::WasmEngine;
 use crate::metrics::WasiMetrics;
 use crate::module::Program;
 use crate::pool::CompilePool;
+use crate::http::{self, HttpState};
 use crate::run::{Exit, Mount, RunSpec, Stdio};
+use wasmtime::component::{Component, Linker};
 
 /// How the runtime keeps and compiles programs.
 #[derive(Debug, Default)]
@@ -35,6 +37,8 @@ pub struct WasiRuntime {
     programs: Arc<CompileCache>,
     pool: Arc<CompilePool>,
     metrics: WasiMetrics,
+    /// The linker for HTTP components, made at the first one (once per engine).
+    http_linker: Arc<std::sync::OnceLock<Result<Arc<Linker<HttpState>>, String>>>,
 }
 
 impl WasiRuntime {
@@ -61,6 +65,7 @@ impl WasiRuntime {
             pool: Arc::new(CompilePool::new(options.concurrency)),
             engine,
             metrics: WasiMetrics::default(),
+            http_linker: Arc::default(),
         }
     }
 
@@ -130,6 +135,19 @@ impl Runtime for WasiRuntime {
     fn start(&self, spec: ContainerSpec) -> BoxFuture<'_, Result<RunningContainer, RuntimeError>> {
         async move {
             let (program, _outcome) = self.program(&spec.program, &spec.program_digest).await?;
+            if let Program::Component(component) = &program
+                && !exports_cli_run(self.engine.engine(), component)
+            {
+                if http::is_http_component(self.engine.engine(), component) {
+                    return self.serve_http(component, spec);
+                }
+                return Err(create_error(
+                    "the component exports neither wasi:cli/run (a command) nor \
+                     wasi:http/incoming-handler (an HTTP component), so there is nothing to \
+                     run: build it for the wasi:cli/command or the wasi:http/proxy world"
+                        .into(),
+                ));
+            }
             let usage = Arc::new(Usage::default());
             usage.limits.set(spec.limits);
             let run = RunSpec {
@@ -196,6 +214,73 @@ fn exports_cli_run(engine: &wasmtime::Engine, component: &wasmtime::component::C
 }
 
 impl WasiRuntime {
+    /// The engine's linker for HTTP components.
+    fn http_linker(&self) -> Result<Arc<Linker<HttpState>>, RuntimeError> {
+        self.http_linker
+            .get_or_init(|| {
+                http::linker(self.engine.engine())
+                    .map(Arc::new)
+                    .map_err(|e| format!("cannot link wasi:http: {e:#}"))
+            })
+            .clone()
+            .map_err(create_error)
+    }
+
+    /// Serves an HTTP component on the container's ports (see [`http`]): Running while it
+    /// serves; a graceful stop drains it.
+    fn serve_http(
+        &self,
+        component: &Component,
+        spec: ContainerSpec,
+    ) -> Result<RunningContainer, RuntimeError> {
+        if spec.ports.tcp.is_empty() {
+            return Err(create_error(
+                "the program is an HTTP component (it exports wasi:http/incoming-handler) but \
+                 the container declares no TCP port to serve it on: add \
+                 `ports: [{containerPort: 8080}]` to the container"
+                    .into(),
+            ));
+        }
+        let pre = http::prepare(&*self.http_linker()?, component)
+            .map_err(|e| create_error(format!("cannot serve the HTTP component: {e:#}")))?;
+        // Opened by the kubelet's pod network, before the container counts as started.
+        let listeners = spec.ports.listen()?;
+        let usage = Arc::new(Usage::default());
+        usage.limits.set(spec.limits);
+        let log = spec.log.clone();
+        let server = http::Server::new(
+            pre,
+            http::Template {
+                args: spec.args,
+                env: spec.env,
+                mounts: guest_mounts(spec.mounts),
+                log: spec.log,
+            },
+            usage.clone(),
+            spec.http,
+        );
+        let (exit_tx, exit) = oneshot::channel();
+        let (kill, killed) = oneshot::channel::<()>();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let instance = self.metrics.instance();
+        tokio::spawn(async move {
+            let _instance = instance;
+            let termination = tokio::select! {
+                // Dropping the server stops every instance at its next epoch.
+                _ = killed => Termination::Killed,
+                () = server.serve(listeners, stopped) => Termination::Exited(0),
+            };
+            let _ = log.finish();
+            let _ = exit_tx.send(termination);
+        });
+        Ok(RunningContainer {
+            exit,
+            kill,
+            stop: Some(stop),
+            usage,
+        })
+    }
+
     /// Runs `program` on its own task; the handle reports its end and stops it on request.
     fn launch(&self, program: Program, run: RunSpec, usage: Arc<Usage>) -> RunningContainer {
         let (exit_tx, exit) = oneshot::channel();
@@ -217,7 +302,12 @@ impl WasiRuntime {
             };
             let _ = exit_tx.send(termination);
         });
-        RunningContainer { exit, kill, usage }
+        RunningContainer {
+            exit,
+            kill,
+            stop: None,
+            usage,
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod config;
 mod exec;
 mod fleet;
 mod foundation;
+mod http;
 mod image_security;
 mod images;
 mod lifecycle;

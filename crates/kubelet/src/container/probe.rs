@@ -1,7 +1,15 @@
-//! Exec probes (upstream `pkg/kubelet/prober`, the `exec` handler): liveness, readiness and
-//! startup probes whose command runs as one more instance of the container's program, through
-//! the same path as `kubectl exec`. Exit 0 is success; any other exit, a trap or the timeout is
-//! a failure. `httpGet`, `tcpSocket` and `grpc` probes need pod networking and are not run yet.
+//! Probes (upstream `pkg/kubelet/prober` and `pkg/probe/{exec,http,tcp}`): liveness, readiness
+//! and startup probes.
+//!
+//! - `exec`: the command runs as one more instance of the container's program, through the
+//!   same path as `kubectl exec`. Exit 0 is success; any other exit, a trap or the timeout is a
+//!   failure.
+//! - `httpGet`: a GET to the pod's address (through the pod network seam, `network.rs`) on the
+//!   probe's port (a number or a named `containerPort`), with its path and headers and
+//!   `User-Agent: kube-probe/1.35`; a status from 200 to 399 is success (`probe/http`). HTTPS
+//!   and a `host` other than the pod's are not supported: the probe fails saying so.
+//! - `tcpSocket`: success when the port accepts a connection within the timeout (`probe/tcp`).
+//! - `grpc`: not supported yet: the probe fails with a message saying so.
 //!
 //! Semantics as upstream's `worker.go`: nothing runs before `initialDelaySeconds`; each probe
 //! runs every `periodSeconds` with `timeoutSeconds`; `successThreshold`/`failureThreshold`
@@ -13,9 +21,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::sync::mpsc;
 
 use crate::container::exec_targets::ExecTarget;
+use crate::network::PodNetwork;
 use crate::runtime::{ExecIo, Termination};
 
 /// Which probe.
@@ -40,13 +50,40 @@ impl Kind {
     }
 }
 
-/// One exec probe with upstream's defaults filled in.
+/// What a probe does.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecProbe {
+pub enum Handler {
+    /// `exec`: run this argv in the container.
+    Exec(Vec<String>),
+    /// `httpGet`.
+    HttpGet {
+        /// The resolved port.
+        port: Result<u16, String>,
+        /// Path and query (default `/`).
+        path: String,
+        /// `HTTP` or `HTTPS`.
+        scheme: String,
+        /// `host`, if set.
+        host: Option<String>,
+        /// Extra headers.
+        headers: Vec<(String, String)>,
+    },
+    /// `tcpSocket`.
+    TcpSocket {
+        /// The resolved port.
+        port: Result<u16, String>,
+    },
+    /// `grpc` (not supported yet).
+    Grpc,
+}
+
+/// One probe with upstream's defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSpec {
     /// Which probe.
     pub kind: Kind,
-    /// The command (argv).
-    pub command: Vec<String>,
+    /// What it does.
+    pub handler: Handler,
     /// `initialDelaySeconds` (default 0).
     pub initial_delay: Duration,
     /// `periodSeconds` (default 10, at least 1).
@@ -59,17 +96,59 @@ pub struct ExecProbe {
     pub failure_threshold: u32,
 }
 
-impl ExecProbe {
-    /// The exec probe of `probe`, if it is one.
-    pub fn of(kind: Kind, probe: &Probe) -> Option<Self> {
-        let command = probe.exec.as_ref()?.command.clone().unwrap_or_default();
+/// A probe's port: a number, or the name of one of the container's ports
+/// (upstream's `probe.ResolveContainerPort`).
+fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, String> {
+    match port {
+        IntOrString::Int(n) => {
+            u16::try_from(*n).map_err(|_| format!("invalid port number: {n}"))
+        }
+        IntOrString::String(name) => container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .or_else(|| name.parse().ok())
+            .ok_or_else(|| format!("couldn't find port: {name} in the container's ports")),
+    }
+}
+
+impl ProbeSpec {
+    /// The probe `probe` of `container`, if it has a handler.
+    pub fn of(kind: Kind, probe: &Probe, container: &Container) -> Option<Self> {
+        let handler = if let Some(exec) = &probe.exec {
+            Handler::Exec(exec.command.clone().unwrap_or_default())
+        } else if let Some(get) = &probe.http_get {
+            let path = get.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
+            Handler::HttpGet {
+                port: resolve_port(&get.port, container),
+                path: if path.starts_with('/') { path } else { format!("/{path}") },
+                scheme: get.scheme.clone().unwrap_or_else(|| "HTTP".into()),
+                host: get.host.clone().filter(|h| !h.is_empty()),
+                headers: get
+                    .http_headers
+                    .iter()
+                    .flatten()
+                    .map(|h| (h.name.clone(), h.value.clone()))
+                    .collect(),
+            }
+        } else if let Some(tcp) = &probe.tcp_socket {
+            Handler::TcpSocket {
+                port: resolve_port(&tcp.port, container),
+            }
+        } else if probe.grpc.is_some() {
+            Handler::Grpc
+        } else {
+            return None;
+        };
         let seconds = |v: Option<i32>, default: i32, min: i32| {
             Duration::from_secs(v.unwrap_or(default).max(min).unsigned_abs().into())
         };
         let count = |v: Option<i32>, default: i32| v.unwrap_or(default).max(1).unsigned_abs();
         Some(Self {
             kind,
-            command,
+            handler,
             initial_delay: seconds(probe.initial_delay_seconds, 0, 0),
             period: seconds(probe.period_seconds, 10, 1),
             timeout: seconds(probe.timeout_seconds, 1, 1),
@@ -82,7 +161,7 @@ impl ExecProbe {
         })
     }
 
-    /// The container's exec probes: startup, liveness, readiness.
+    /// The container's probes: startup, liveness, readiness.
     pub fn all_of(c: &Container) -> Vec<Self> {
         [
             (Kind::Startup, &c.startup_probe),
@@ -90,8 +169,147 @@ impl ExecProbe {
             (Kind::Readiness, &c.readiness_probe),
         ]
         .into_iter()
-        .filter_map(|(kind, probe)| ExecProbe::of(kind, probe.as_ref()?))
+        .filter_map(|(kind, probe)| ProbeSpec::of(kind, probe.as_ref()?, c))
         .collect()
+    }
+}
+
+/// Where a run's probes go: the container (exec) and the pod's network (http, tcp).
+#[derive(Clone)]
+pub struct ProbeTarget {
+    /// The running container, for exec probes.
+    pub exec: Arc<ExecTarget>,
+    /// The pod's network, for httpGet and tcpSocket probes.
+    pub network: Arc<dyn PodNetwork>,
+}
+
+/// Most bytes of an HTTP probe's response body read (upstream's `maxRespBodyLength`, 10 KiB).
+const MAX_HTTP_BODY: usize = 10 << 10;
+
+/// One `tcpSocket` probe: `Ok` when the port accepts a connection (`probe/tcp`).
+pub async fn tcp_once(network: &dyn PodNetwork, port: u16, timeout: Duration) -> Result<(), String> {
+    network
+        .connect_tcp(port, timeout)
+        .await
+        .map(drop)
+        .map_err(|error| error.to_string())
+}
+
+/// One `httpGet` probe: `Ok` for a status from 200 to 399 (`probe/http`).
+pub async fn http_once(
+    network: &dyn PodNetwork,
+    port: u16,
+    path: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Result<(), String> {
+    let ip = network.ip();
+    match tokio::time::timeout(timeout, http_attempt(network, port, path, headers, timeout)).await
+    {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "Get \"http://{ip}:{port}{path}\": context deadline exceeded (Client.Timeout \
+             exceeded while awaiting headers)"
+        )),
+    }
+}
+
+async fn http_attempt(
+    network: &dyn PodNetwork,
+    port: u16,
+    path: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Result<(), String> {
+    let stream = network
+        .connect_tcp(port, timeout)
+        .await
+        .map_err(|error| error.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP probe failed: {e}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let host = match network.ip() {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+        std::net::IpAddr::V4(v4) => format!("{v4}:{port}"),
+    };
+    let mut request = http::Request::get(path)
+        .header(http::header::HOST, host)
+        .header(http::header::USER_AGENT, "kube-probe/1.35")
+        .header(http::header::ACCEPT, "*/*");
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let request = request
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| format!("invalid HTTP probe request: {e}"))?;
+    let response = sender.send_request(request).await;
+    let result = match response {
+        Err(e) => Err(format!("HTTP probe failed: {e}")),
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let mut body = response.into_body();
+            let mut text = Vec::new();
+            while text.len() < MAX_HTTP_BODY {
+                match http_body_util::BodyExt::frame(&mut body).await {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            let room = MAX_HTTP_BODY - text.len();
+                            text.extend_from_slice(&data[..data.len().min(room)]);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            if (200..400).contains(&status) {
+                Ok(())
+            } else {
+                let body = String::from_utf8_lossy(&text).trim_end().to_string();
+                Err(if body.is_empty() {
+                    format!("HTTP probe failed with statuscode: {status}")
+                } else {
+                    format!("HTTP probe failed with statuscode: {status}: {body}")
+                })
+            }
+        }
+    };
+    driver.abort();
+    result
+}
+
+/// Runs one round of `probe` against `target`: `Ok` on success, else the failure message.
+pub async fn once(probe: &ProbeSpec, target: &ProbeTarget, id: String) -> Result<(), String> {
+    match &probe.handler {
+        Handler::Exec(command) => exec_once(&target.exec, id, command, probe.timeout).await,
+        Handler::TcpSocket { port } => {
+            tcp_once(&*target.network, *port.as_ref()?, probe.timeout).await
+        }
+        Handler::HttpGet {
+            port,
+            path,
+            scheme,
+            host,
+            headers,
+        } => {
+            if !scheme.eq_ignore_ascii_case("HTTP") {
+                return Err(format!(
+                    "httpGet probes with scheme {scheme} are not supported yet; use HTTP"
+                ));
+            }
+            if let Some(host) = host
+                && host.parse::<std::net::IpAddr>().ok() != Some(target.network.ip())
+            {
+                return Err(format!(
+                    "httpGet.host {host:?} is not supported: probes reach the pod's own address; \
+                     leave host empty"
+                ));
+            }
+            http_once(&*target.network, *port.as_ref()?, path, headers, probe.timeout).await
+        }
+        Handler::Grpc => Err("grpc probes are not supported yet; use httpGet, tcpSocket or exec".into()),
     }
 }
 
@@ -170,8 +388,8 @@ pub async fn exec_once(
 /// Drives a run's probes until `events` closes or a restart is asked for (upstream's probe
 /// workers, one loop per run here). Sends [`ProbeEvent`]s; the runner acts on them.
 pub async fn run(
-    probes: Vec<ExecProbe>,
-    target: Arc<ExecTarget>,
+    probes: Vec<ProbeSpec>,
+    target: ProbeTarget,
     container: String,
     events: mpsc::Sender<ProbeEvent>,
 ) {
@@ -198,8 +416,8 @@ pub async fn run(
 /// Runs one probe. With `until_success` (a startup probe) returns `Some` at its first success;
 /// otherwise runs until the runner goes. `None`: it failed for good or the runner went.
 async fn drive(
-    probe: &ExecProbe,
-    target: &ExecTarget,
+    probe: &ProbeSpec,
+    target: &ProbeTarget,
     container: &str,
     events: &mpsc::Sender<ProbeEvent>,
     until_success: bool,
@@ -211,7 +429,7 @@ async fn drive(
     loop {
         round += 1;
         let id = format!("probe-{container}-{}-{round}", probe.kind.name());
-        match exec_once(target, id, &probe.command, probe.timeout).await {
+        match once(probe, target, id).await {
             Ok(()) => {
                 failures = 0;
                 successes += 1;
@@ -256,20 +474,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exec_probes_get_upstreams_defaults() {
+    fn probes_get_upstreams_defaults() {
         let c: Container = serde_json::from_value(serde_json::json!({
             "name": "c",
+            "ports": [{"name": "web", "containerPort": 8080}],
             "livenessProbe": {"exec": {"command": ["check"]}},
             "readinessProbe": {"exec": {"command": ["ready"]}, "periodSeconds": 2, "successThreshold": 2},
-            "startupProbe": {"httpGet": {"port": 80}}
+            "startupProbe": {"httpGet": {"port": "web", "path": "healthz"}}
         }))
         .expect("container");
-        let probes = ExecProbe::all_of(&c);
-        // The httpGet startup probe is not an exec probe.
-        assert_eq!(probes.len(), 2);
-        let liveness = &probes[0];
+        let probes = ProbeSpec::all_of(&c);
+        assert_eq!(probes.len(), 3);
+        assert_eq!(
+            probes[0].handler,
+            Handler::HttpGet {
+                port: Ok(8080),
+                path: "/healthz".into(),
+                scheme: "HTTP".into(),
+                host: None,
+                headers: vec![],
+            }
+        );
+        let liveness = &probes[1];
         assert_eq!(liveness.kind, Kind::Liveness);
-        assert_eq!(liveness.command, ["check"]);
+        assert_eq!(liveness.handler, Handler::Exec(vec!["check".into()]));
         assert_eq!(
             (
                 liveness.period,
@@ -278,7 +506,72 @@ mod tests {
             ),
             (Duration::from_secs(10), Duration::from_secs(1), 3)
         );
-        assert_eq!(probes[1].period, Duration::from_secs(2));
-        assert_eq!(probes[1].success_threshold, 2);
+        assert_eq!(probes[2].period, Duration::from_secs(2));
+        assert_eq!(probes[2].success_threshold, 2);
+    }
+
+    #[test]
+    fn an_unknown_named_port_is_a_failure_message() {
+        let c: Container = serde_json::from_value(serde_json::json!({
+            "name": "c",
+            "readinessProbe": {"tcpSocket": {"port": "nope"}},
+            "livenessProbe": {"grpc": {"port": 9000}}
+        }))
+        .expect("container");
+        let probes = ProbeSpec::all_of(&c);
+        assert_eq!(probes[0].handler, Handler::Grpc);
+        match &probes[1].handler {
+            Handler::TcpSocket { port: Err(message) } => {
+                assert!(message.contains("nope"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A one-request HTTP server on loopback answering `status`.
+    async fn answer_once(status: u16) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            if let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                assert!(head.contains("User-Agent: kube-probe/1.35") || head.contains("user-agent: kube-probe/1.35"), "{head}");
+                let body = "not well";
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn http_and_tcp_probes_reach_the_pod_network() {
+        let network = crate::network::NodeNetwork::new(std::net::IpAddr::from([127, 0, 0, 1]));
+        let timeout = Duration::from_secs(5);
+        let ok = answer_once(204).await;
+        http_once(&*network, ok, "/healthz", &[], timeout)
+            .await
+            .expect("2xx is success");
+        let failing = answer_once(500).await;
+        let message = http_once(&*network, failing, "/healthz", &[], timeout)
+            .await
+            .expect_err("500 is failure");
+        assert_eq!(message, "HTTP probe failed with statuscode: 500: not well");
+        let open = answer_once(200).await;
+        tcp_once(&*network, open, timeout).await.expect("accepts");
+        let closed = crate::network::NodeNetwork::new(std::net::IpAddr::from([127, 0, 0, 1]))
+            .listen_tcp(0)
+            .expect("listen")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let message = tcp_once(&*network, closed, timeout).await.expect_err("refused");
+        assert!(message.contains("cannot connect"), "{message}");
     }
 }

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::{mpsc, watch};
 
 use crate::container::exec_targets::{ExecTarget, ExecTargets, Registration};
-use crate::container::probe::{self, ExecProbe, ProbeEvent};
+use crate::container::probe::{self, ProbeEvent, ProbeSpec, ProbeTarget};
 use crate::container::service_env::ServiceEnv;
 use crate::container::{argv, config_watch, env, resize, termination_message};
 use crate::image::{ImageStore, PullPolicy};
@@ -28,7 +28,7 @@ use crate::pod::api::ApiLink;
 use crate::pod::backoff::Backoff;
 use crate::pod::events::{PodEvents, container_field};
 use crate::pod::restart::{RestartPolicy, RestartRules};
-use crate::runtime::{ContainerSpec, Runtime, Termination};
+use crate::runtime::{ContainerPorts, ContainerSpec, Runtime, Termination};
 use crate::stats::{PodRef, RunInfo, Stats};
 use crate::volume::subpath::container_mount;
 use crate::volume::{NodeFacts, VolumeMap};
@@ -66,6 +66,8 @@ pub struct NodeServices {
     pub service_env: ServiceEnv,
     /// Running containers, for exec.
     pub exec: ExecTargets,
+    /// The pod network (today the node's: see `network.rs`).
+    pub network: Arc<dyn crate::network::Network>,
 }
 
 impl NodeServices {
@@ -99,12 +101,16 @@ const SERVICES_WAIT: Duration = Duration::from_secs(10);
 /// Asks a runner to stop: `Some(grace)` stops it within that grace period.
 pub type StopSignal = watch::Receiver<Option<Duration>>;
 
-/// Gives a running guest `grace` to finish, then kills it. A wasm guest has no signal to
-/// catch: it is stopped at its next epoch.
+/// Gives a running guest `grace` to finish, then kills it. A command guest has no signal to
+/// catch: it is stopped at its next epoch. A program with a graceful stop (an HTTP server:
+/// it drains) is asked for it first and usually ends well before the grace period.
 async fn stop_within(
     running: &mut crate::runtime::RunningContainer,
     grace: Duration,
 ) -> Termination {
+    if let Some(stop) = running.stop.take() {
+        let _ = stop.send(());
+    }
     match tokio::time::timeout(grace, &mut running.exit).await {
         Ok(t) => t.unwrap_or(Termination::Killed),
         Err(_) => {
@@ -387,9 +393,9 @@ impl Runner {
                 }),
                 ..Default::default()
             });
-            // Exec probes (container/probe.rs): a startup probe holds `started`, a readiness
+            // Probes (container/probe.rs): a startup probe holds `started`, a readiness
             // probe holds `ready`, until they succeed.
-            let probes = ExecProbe::all_of(&self.container);
+            let probes = ProbeSpec::all_of(&self.container);
             let has = |kind| probes.iter().any(|p| p.kind == kind);
             let (gated, readiness) = (has(probe::Kind::Startup), has(probe::Kind::Readiness));
             status.started = Some(!gated);
@@ -397,9 +403,16 @@ impl Runner {
             self.report(&status);
             let (probe_tx, mut probe_events) = mpsc::channel(8);
             let _probing = (!probes.is_empty()).then(|| {
+                let target = ProbeTarget {
+                    exec: exec_registration.target(),
+                    network: self
+                        .services
+                        .network
+                        .pod(self.pod.metadata.uid.as_deref().unwrap_or_default()),
+                };
                 let task = tokio::spawn(probe::run(
                     probes,
-                    exec_registration.target(),
+                    target,
                     name.clone(),
                     probe_tx,
                 ));
@@ -835,6 +848,12 @@ impl Runner {
             mounts,
             limits,
             log,
+            ports: ContainerPorts {
+                tcp: crate::network::tcp_ports(c),
+                network: Some(self.services.network.pod(uid)),
+            },
+            http: crate::network::http_limits(&self.pod)
+                .map_err(|message| (CONFIG_ERROR, message))?,
         };
         let running = self
             .services

@@ -45,11 +45,11 @@ pub fn pod_fields(spec: &PodSpec) -> Vec<&'static str> {
 /// What of a container this node does not honour.
 pub fn container_fields(c: &Container) -> Vec<&'static str> {
     let mut found = Vec::new();
-    let not_exec = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
-        p.as_ref().is_some_and(|p| p.exec.is_none())
+    let grpc = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref().is_some_and(|p| p.grpc.is_some())
     };
-    if not_exec(&c.liveness_probe) || not_exec(&c.readiness_probe) || not_exec(&c.startup_probe) {
-        found.push("httpGet/tcpSocket/grpc probes (no pod network yet; exec probes run)");
+    if grpc(&c.liveness_probe) || grpc(&c.readiness_probe) || grpc(&c.startup_probe) {
+        found.push("grpc probes (not supported yet: they fail; exec, httpGet and tcpSocket run)");
     }
     if let Some(sc) = &c.security_context {
         if sc.privileged.unwrap_or(false) {
@@ -72,8 +72,18 @@ pub fn container_fields(c: &Container) -> Vec<&'static str> {
     if c.working_dir.is_some() {
         found.push("workingDir");
     }
-    if c.ports.as_ref().is_some_and(|p| !p.is_empty()) {
-        found.push("ports (wasm pods have no network yet; Services cannot reach them)");
+    let ports = c.ports.iter().flatten();
+    if ports
+        .clone()
+        .any(|p| p.protocol.as_deref().is_some_and(|p| p != "TCP"))
+    {
+        found.push("UDP and SCTP ports (only TCP containerPorts are served)");
+    }
+    if ports
+        .clone()
+        .any(|p| p.host_port.is_some_and(|h| h != 0 && h != p.container_port))
+    {
+        found.push("hostPort other than containerPort (pods share the node's network: the containerPort is the node's port)");
     }
     if c.stdin.unwrap_or(false) || c.tty.unwrap_or(false) {
         found.push("stdin/tty (no attach yet)");
@@ -100,8 +110,9 @@ mod tests {
         .expect("spec");
         let pod = pod_fields(&spec);
         assert_eq!(pod.len(), 3, "{pod:?}");
+        // A TCP containerPort is served (an HTTP component): not named.
         let container = container_fields(&spec.containers[0]);
-        assert_eq!(container.len(), 3, "{container:?}");
+        assert_eq!(container.len(), 2, "{container:?}");
         let plain: PodSpec = serde_json::from_value(serde_json::json!({
             "containers": [{"name": "c", "image": "x"}]
         }))

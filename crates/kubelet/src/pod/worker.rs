@@ -1003,6 +1003,14 @@ impl Worker {
             });
         }
         let ip = self.ctx.services.node_ip.clone();
+        // The pod's IP comes from the pod network (today the node's own).
+        let pod_ip = self
+            .ctx
+            .services
+            .network
+            .pod(self.pod.metadata.uid.as_deref().unwrap_or_default())
+            .ip()
+            .to_string();
         // A pod that fails for a reason (eviction, deadline, rejection, shutdown) carries it
         // from its first Failed status on, so nobody sees it Failed without one.
         let (reason, message) = match cause.and_then(Cause::status_reason) {
@@ -1014,8 +1022,8 @@ impl Worker {
             conditions: Some(conditions),
             host_ip: Some(ip.clone()),
             host_ips: Some(vec![HostIP { ip: ip.clone() }]),
-            pod_ip: Some(ip.clone()),
-            pod_ips: Some(vec![PodIP { ip }]),
+            pod_ip: Some(pod_ip.clone()),
+            pod_ips: Some(vec![PodIP { ip: pod_ip }]),
             start_time: Some(self.start_time.clone()),
             qos_class: Some(phase::qos_class(&self.pod).into()),
             init_container_statuses: (!inits.is_empty()).then_some(init_statuses),

@@ -136,6 +136,7 @@ impl Runtime for FakeRuntime {
             Ok(RunningContainer {
                 exit,
                 kill,
+                stop: None,
                 usage: Arc::new(Usage::default()),
             })
         }
@@ -191,6 +192,7 @@ impl Runtime for FakeRuntime {
             Ok(RunningContainer {
                 exit,
                 kill,
+                stop: None,
                 usage: Arc::new(Usage::default()),
             })
         }

@@ -1,5 +1,5 @@
 //! The kubelet HTTPS API on `--port`: health, container logs, pods, configz, metrics, stats,
-//! and clear refusals of what WebAssembly pods cannot do (exec, attach, port-forward, run).
+//! and clear refusals of what WebAssembly pods cannot do (run).
 //!
 //! TLS uses the serving certificate (`--tls-cert-file`, else the one issued through the
 //! kubelet-serving CSR, else a self-signed one until it is issued; an issued certificate is
@@ -133,6 +133,8 @@ pub struct NodeView {
     pub registry: Arc<prometheus_client::registry::Registry>,
     /// Running containers, for exec.
     pub exec: ExecTargets,
+    /// The pod network, for port-forward.
+    pub network: Arc<dyn crate::network::Network>,
 }
 
 impl NodeView {
@@ -148,6 +150,7 @@ impl NodeView {
             metrics,
             registry: Arc::new(registry),
             exec: ExecTargets::default(),
+            network: crate::network::NodeNetwork::new(std::net::IpAddr::from([127, 0, 0, 1])),
         }
     }
 }
@@ -184,7 +187,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/stats/summary", get(metrics::stats_summary))
         .route("/exec/{*rest}", any(streaming::exec::exec))
         .route("/attach/{*rest}", any(streaming::exec::attach))
-        .route("/portForward/{*rest}", unsupported("port-forward"))
+        .route(
+            "/portForward/{*rest}",
+            any(streaming::portforward::port_forward),
+        )
         .route("/run/{*rest}", unsupported("run"))
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found\n") })
         .layer(middleware::from_fn_with_state(state.clone(), authorize))

@@ -103,6 +103,7 @@ fn start(pod: Pod, fake: &FakeRuntime) -> Harness {
             memory_bound: 1 << 30,
             service_env: ServiceEnv::none(),
             exec: Default::default(),
+            network: crate::network::NodeNetwork::new(std::net::IpAddr::from([127, 0, 0, 1])),
         },
         status: status.clone(),
         dirs: PodDirs {

@@ -3,8 +3,9 @@
 //! data to its reader and writes what the handler sends. Frames are [`super::spdy`]'s.
 //!
 //! # Bounds
-//! At most [`MAX_STREAMS`] streams over the session's life are accepted; more are refused
-//! with RST_STREAM(REFUSED_STREAM). Each stream buffers at most [`STREAM_QUEUE`] data frames;
+//! At most [`MAX_STREAMS`] streams are open at once (a stream is open until its handler drops
+//! its [`Stream`]); more are refused with RST_STREAM(REFUSED_STREAM). A port-forward session
+//! opens two streams per forwarded connection for as long as `kubectl port-forward` runs. Each stream buffers at most [`STREAM_QUEUE`] data frames;
 //! a handler that does not read a stream it accepted stalls only its own session.
 //!
 //! # Caveats
@@ -21,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::spdy::{Codec, FLAG_FIN, Frame, Headers, SpdyError, goaway, rst};
 
-/// Most streams one session accepts (exec needs five; port-forward two per connection).
+/// Most streams open at once in one session (exec needs five; port-forward two per
+/// connection).
 pub const MAX_STREAMS: usize = 128;
 /// Data frames buffered per stream before the session waits for its reader.
 pub const STREAM_QUEUE: usize = 16;
@@ -45,6 +47,8 @@ pub struct Stream {
     pub data: mpsc::Receiver<Bytes>,
     /// Writes to the client on this stream.
     pub writer: StreamWriter,
+    /// Holds one of the session's [`MAX_STREAMS`] slots until the stream is dropped.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// The sending half of one stream.
@@ -217,7 +221,7 @@ async fn read_frames<R: AsyncRead>(
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut streams: HashMap<u32, mpsc::Sender<Bytes>> = HashMap::new();
     let mut last_id = 0u32;
-    let mut accepted = 0usize;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS));
     loop {
         let frame = loop {
             if let Some(frame) = codec.decode(&mut buf)? {
@@ -243,7 +247,7 @@ async fn read_frames<R: AsyncRead>(
                     });
                 }
                 last_id = stream_id;
-                if accepted >= MAX_STREAMS {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
                     tracing::debug!(stream_id, "refusing a SPDY stream: too many");
                     let _ = frames
                         .send(Frame::RstStream {
@@ -252,8 +256,7 @@ async fn read_frames<R: AsyncRead>(
                         })
                         .await;
                     continue;
-                }
-                accepted += 1;
+                };
                 let (data_tx, data) = mpsc::channel(STREAM_QUEUE);
                 if flags & FLAG_FIN == 0 {
                     streams.insert(stream_id, data_tx);
@@ -273,6 +276,7 @@ async fn read_frames<R: AsyncRead>(
                         id: stream_id,
                         frames: frames.clone(),
                     },
+                    _slot: slot,
                 };
                 if incoming.try_send(stream).is_err() {
                     // Nobody takes streams any more (the handler is done or behind).

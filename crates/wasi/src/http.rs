@@ -1,0 +1,481 @@
+//! Serving HTTP components: a component that exports `wasi:http/incoming-handler` (and not
+//! `wasi:cli/run`) is served on the listeners the kubelet opened for its `containerPort`s.
+//!
+//! Modelled on `wasmtime serve` (wasmtime's `src/commands/serve.rs`) and the
+//! `wasmtime_wasi_http::p2` embedding example: one [`Linker`] per engine with all of WASI 0.2
+//! plus `wasi:http` (as `wasmtime serve -Scli`, so a handler reads its environment and its
+//! volumes), one [`ProxyPre`] per run, and one fresh instance per request, which runs on its
+//! own task so a response body can stream after its head. HTTP/1.1 with keep-alive, one
+//! connection task each, as `wasmtime serve`.
+//!
+//! # Limits
+//! - The pod's memory limit holds across all the run's instances together (each counts its
+//!   memories, tables and host overhead into the run's [`Usage`]; an instance that would pass
+//!   it traps, and its request gets a 500); its CPU limit likewise (one token bucket for all).
+//! - [`HttpLimits`]: a request body over `max_request_body_bytes` is answered 413 (declared by
+//!   `Content-Length`) or ends with an error for the guest (chunked); a request that takes
+//!   longer than `request_timeout` has its instance stopped (a 504 if no response was
+//!   started); at most `max_concurrent_requests` run at once, the rest wait.
+//! - Outgoing requests (`wasi:http/outgoing-handler`) are refused (`HTTP-request-denied`):
+//!   outbound grants are not built yet.
+//!
+//! # Stopping
+//! A graceful stop is a drain: the listeners close at once, idle keep-alive connections are
+//! closed, in-flight requests finish, and the run ends as soon as the last one has (an idle
+//! server stops in milliseconds). A kill drops everything at once.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::StatusCode;
+use hyper::server::conn::http1;
+use kubelet::log::writer::{CriLogWriter, Stream};
+use kubelet::network::{MAX_REQUEST_BODY_ANNOTATION, REQUEST_TIMEOUT_ANNOTATION};
+use kubelet::runtime::{HttpLimits, Usage};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use wasmtime::Store;
+use wasmtime::component::{Component, Linker, Resource, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
+use wasmtime_wasi_http::{
+    Error as WasiHttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView,
+    WasiHttpHooks, WasiHttpView,
+};
+
+use crate::cpu::{self, CpuClock, Throttle};
+use crate::log::CriStream;
+use crate::memory::{MemoryLimiter, is_memory_limit};
+use crate::run::{Mount, preopen};
+
+/// Connections held open at once per run (`wasmtime serve`'s default).
+const MAX_CONNECTIONS: usize = 1000;
+
+/// The export that makes a component an HTTP component.
+const INCOMING_HANDLER: &str = "wasi:http/incoming-handler";
+
+/// Whether `component` exports `wasi:http/incoming-handler` (at any 0.2 version).
+pub fn is_http_component(engine: &wasmtime::Engine, component: &Component) -> bool {
+    component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name.starts_with(INCOMING_HANDLER))
+}
+
+/// Store state of one request's instance.
+pub struct HttpState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    http: WasiHttpCtx,
+    hooks: DenyOutbound,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for HttpState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HttpState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Refuses every outgoing request: no outbound grants yet.
+struct DenyOutbound;
+
+type ErrorFuture = Box<dyn Future<Output = Result<(), WasiHttpError>> + Send>;
+
+impl WasiHttpHooks for DenyOutbound {
+    fn send_request(
+        &mut self,
+        _request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _fut: ErrorFuture,
+    ) -> Box<
+        dyn Future<Output = Result<(http::Response<WasiBody>, ErrorFuture), WasiHttpError>> + Send,
+    > {
+        Box::new(async { Err(WasiHttpError::HttpRequestDenied) })
+    }
+}
+
+/// The linker for HTTP components: all of WASI 0.2 plus `wasi:http` (made once per engine).
+///
+/// # Errors
+/// wasmtime's, if the interfaces clash (a bug).
+pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HttpState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    Ok(linker)
+}
+
+/// Pre-instantiates `component` for serving.
+///
+/// # Errors
+/// When it imports what the linker lacks or does not export the proxy world's handler.
+pub fn prepare(
+    linker: &Linker<HttpState>,
+    component: &Component,
+) -> wasmtime::Result<ProxyPre<HttpState>> {
+    ProxyPre::new(linker.instantiate_pre(component)?)
+}
+
+/// What every request's instance gets: the container's argv, env, mounts and log.
+pub struct Template {
+    /// argv.
+    pub args: Vec<String>,
+    /// Environment.
+    pub env: Vec<(String, String)>,
+    /// Preopened directories.
+    pub mounts: Vec<Mount>,
+    /// Where stdout and stderr go.
+    pub log: CriLogWriter,
+}
+
+/// One container run of an HTTP component.
+pub struct Server {
+    pre: ProxyPre<HttpState>,
+    template: Template,
+    usage: Arc<Usage>,
+    limits: HttpLimits,
+    /// One CPU token bucket for all instances.
+    throttle: Arc<Mutex<Throttle>>,
+    requests: Arc<Semaphore>,
+    connections: Arc<Semaphore>,
+    killed: CancellationToken,
+}
+
+/// Why a request's instance ended early.
+enum Failure {
+    Guest(wasmtime::Error),
+    Timeout,
+    Killed,
+}
+
+fn plain(status: StatusCode, text: String) -> hyper::Response<HyperOutgoingBody> {
+    let body = Full::new(Bytes::from(text + "\n"))
+        .map_err(|never: Infallible| -> WasiHttpError { match never {} })
+        .boxed_unsync();
+    let mut response = hyper::Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+impl Server {
+    /// A server of `pre` for one container run; `usage` holds its limits and counts its
+    /// instances' memory and CPU.
+    pub fn new(
+        pre: ProxyPre<HttpState>,
+        template: Template,
+        usage: Arc<Usage>,
+        limits: HttpLimits,
+    ) -> Self {
+        let throttle = Throttle::new(CpuClock::new(usage.clone()));
+        Self {
+            pre,
+            template,
+            usage,
+            limits,
+            throttle: Arc::new(Mutex::new(throttle)),
+            requests: Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1))),
+            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            killed: CancellationToken::new(),
+        }
+    }
+
+    /// Serves `listeners` until `stop` (a drain) and the last request is done. Dropping the
+    /// future stops every instance at its next epoch.
+    pub async fn serve(
+        self,
+        listeners: Vec<(u16, std::net::TcpListener)>,
+        stop: oneshot::Receiver<()>,
+    ) {
+        let server = Arc::new(self);
+        let _kill_on_drop = server.killed.clone().drop_guard();
+        let draining = CancellationToken::new();
+        // Every connection and instance holds a sender: all are done when `recv` sees none.
+        let (in_flight, mut done) = mpsc::channel::<()>(1);
+        let mut accepting = Vec::new();
+        for (port, listener) in listeners {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => listener,
+                Err(error) => {
+                    server.log_line(&format!("cannot serve port {port}: {error}"));
+                    continue;
+                }
+            };
+            tracing::info!(port, "serving the HTTP component");
+            let (server, draining, in_flight) =
+                (server.clone(), draining.clone(), in_flight.clone());
+            accepting.push(tokio::spawn(accept(server, listener, draining, in_flight)));
+        }
+        drop(in_flight);
+        // A dropped stop sender (the runner went) is a stop too.
+        let _ = stop.await;
+        // Drain: close the listeners at once, then wait for the connections and instances.
+        for task in &accepting {
+            task.abort();
+        }
+        for task in accepting {
+            let _ = task.await;
+        }
+        draining.cancel();
+        let _ = done.recv().await;
+    }
+
+    /// Writes a line about the server to the container's stderr log.
+    fn log_line(&self, text: &str) {
+        let _ = self
+            .template
+            .log
+            .write(Stream::Stderr, format!("krustlet: {text}\n").as_bytes());
+    }
+
+    /// A store for one request's instance, or the response that refuses it.
+    fn store(&self) -> Result<Store<HttpState>, hyper::Response<HyperOutgoingBody>> {
+        let limiter = MemoryLimiter::shared(self.usage.clone()).map_err(|exceeded| {
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no memory for another instance: {exceeded}"),
+            )
+        })?;
+        let mut builder = WasiCtxBuilder::new();
+        builder
+            .args(&self.template.args)
+            .envs(&self.template.env)
+            .stdout(CriStream::new(self.template.log.clone(), Stream::Stdout))
+            .stderr(CriStream::new(self.template.log.clone(), Stream::Stderr));
+        preopen(&mut builder, &self.template.mounts).map_err(|error| {
+            self.log_line(&error.to_string());
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+        })?;
+        let state = HttpState {
+            ctx: builder.build(),
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            hooks: DenyOutbound,
+            limiter,
+        };
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(1);
+        let throttle = self.throttle.clone();
+        store.epoch_deadline_callback(move |_| {
+            Ok(throttle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .on_epoch())
+        });
+        Ok(store)
+    }
+
+    /// Handles one request on a fresh instance.
+    async fn handle(
+        self: Arc<Self>,
+        request: hyper::Request<hyper::body::Incoming>,
+        in_flight: mpsc::Sender<()>,
+    ) -> hyper::Response<HyperOutgoingBody> {
+        let Ok(permit) = self.requests.clone().acquire_owned().await else {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "stopping".into());
+        };
+        let max = self.limits.max_request_body_bytes;
+        if content_length(request.headers()).is_some_and(|n| n > max) {
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is over {max} bytes, this pod's limit (annotation \
+                     {MAX_REQUEST_BODY_ANNOTATION})"
+                ),
+            );
+        }
+        let what = format!("{} {}", request.method(), request.uri().path());
+        let request = request.map(move |body| {
+            Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).map_err(move |error| {
+                match error.downcast::<hyper::Error>() {
+                    Ok(error) => WasiHttpError::Hyper(*error),
+                    Err(_) => WasiHttpError::HttpRequestBodySize(Some(max)),
+                }
+            })
+        });
+        let mut store = match self.store() {
+            Ok(store) => store,
+            Err(refusal) => return refusal,
+        };
+        let (sender, receiver) = oneshot::channel();
+        let incoming = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, request);
+        let out = store.data_mut().http().new_response_outparam(sender);
+        let (Ok(incoming), Ok(out)) = (incoming, out) else {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "a request needs a Host header".into(),
+            );
+        };
+        let timeout = self.limits.request_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (pre, clock, killed) = (
+            self.pre.clone(),
+            CpuClock::new(self.usage.clone()),
+            self.killed.clone(),
+        );
+        let server = self.clone();
+        let task_what = what.clone();
+        let task = tokio::spawn(async move {
+            let _held = (in_flight, permit);
+            let run = cpu::metered(clock, run_instance(pre, store, incoming, out));
+            let result = tokio::select! {
+                result = run => result.map_err(Failure::Guest),
+                _ = tokio::time::sleep_until(deadline) => Err(Failure::Timeout),
+                _ = killed.cancelled() => Err(Failure::Killed),
+            };
+            match &result {
+                Err(Failure::Guest(error)) if is_memory_limit(error) => server.log_line(&format!(
+                    "{task_what}: the instance needed more memory than the pod's limit: \
+                     {error:#}"
+                )),
+                Err(Failure::Guest(error)) => {
+                    server.log_line(&format!("{task_what}: the handler trapped: {error:?}"))
+                }
+                Err(Failure::Timeout) => server.log_line(&format!(
+                    "{task_what}: stopped after {}s, the pod's request time limit (annotation \
+                     {REQUEST_TIMEOUT_ANNOTATION})",
+                    timeout.as_secs_f64()
+                )),
+                _ => {}
+            }
+            result
+        });
+        match tokio::time::timeout_at(deadline, receiver).await {
+            Ok(Ok(Ok(response))) => response,
+            Ok(Ok(Err(code))) => plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the handler failed: {code:?}"),
+            ),
+            // The guest ended without a response; the task said why in the log.
+            Ok(Err(_)) => match task.await {
+                Ok(Err(Failure::Timeout)) => plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("the handler did not answer within {}s", timeout.as_secs_f64()),
+                ),
+                Ok(Ok(())) => plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the handler returned without a response".into(),
+                ),
+                _ => plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the handler failed (see the container log)".into(),
+                ),
+            },
+            Err(_) => plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("the handler did not answer within {}s", timeout.as_secs_f64()),
+            ),
+        }
+    }
+}
+
+/// Instantiates `pre` in `store` and calls its handler with `incoming` and `out`.
+async fn run_instance(
+    pre: ProxyPre<HttpState>,
+    mut store: Store<HttpState>,
+    incoming: Resource<HostIncomingRequest>,
+    out: Resource<HostResponseOutparam>,
+) -> wasmtime::Result<()> {
+    let proxy = pre.instantiate_async(&mut store).await?;
+    proxy
+        .wasi_http_incoming_handler()
+        .call_handle(&mut store, incoming, out)
+        .await
+}
+
+/// Accepts connections on `listener` until aborted (dropping the listener closes it).
+async fn accept(
+    server: Arc<Server>,
+    listener: tokio::net::TcpListener,
+    draining: CancellationToken,
+    in_flight: mpsc::Sender<()>,
+) {
+    loop {
+        let Ok(permit) = server.connections.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of descriptors or a reset before accept: wait a little, go on.
+                tracing::debug!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (server, draining, in_flight) = (server.clone(), draining.clone(), in_flight.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            connection(server, stream, draining, in_flight).await;
+        });
+    }
+}
+
+/// Serves one connection's requests; on drain, finishes the request in progress and closes.
+async fn connection(
+    server: Arc<Server>,
+    stream: tokio::net::TcpStream,
+    draining: CancellationToken,
+    in_flight: mpsc::Sender<()>,
+) {
+    // Small response chunks should not wait for Nagle (as `wasmtime serve`).
+    let _ = stream.set_nodelay(true);
+    let killed = server.killed.clone();
+    let service_server = server.clone();
+    let service_in_flight = in_flight.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let (server, in_flight) = (service_server.clone(), service_in_flight.clone());
+        async move { Ok::<_, Infallible>(server.handle(request, in_flight).await) }
+    });
+    let conn = http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = killed.cancelled() => return,
+        _ = draining.cancelled() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = killed.cancelled() => {}
+    }
+    drop(in_flight);
+}
