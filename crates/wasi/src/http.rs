@@ -350,7 +350,6 @@ impl Server {
             self.killed.clone(),
         );
         let server = self.clone();
-        let task_what = what.clone();
         let task = tokio::spawn(async move {
             let _held = (in_flight, permit);
             let run = cpu::metered(clock, run_instance(pre, store, incoming, out));
@@ -361,14 +360,14 @@ impl Server {
             };
             match &result {
                 Err(Failure::Guest(error)) if is_memory_limit(error) => server.log_line(&format!(
-                    "{task_what}: the instance needed more memory than the pod's limit: \
+                    "{what}: the instance needed more memory than the pod's limit: \
                      {error:#}"
                 )),
                 Err(Failure::Guest(error)) => {
-                    server.log_line(&format!("{task_what}: the handler trapped: {error:?}"))
+                    server.log_line(&format!("{what}: the handler trapped: {error:?}"))
                 }
                 Err(Failure::Timeout) => server.log_line(&format!(
-                    "{task_what}: stopped after {}s, the pod's request time limit (annotation \
+                    "{what}: stopped after {}s, the pod's request time limit (annotation \
                      {REQUEST_TIMEOUT_ANNOTATION})",
                     timeout.as_secs_f64()
                 )),

@@ -318,6 +318,13 @@ pub async fn once(probe: &ProbeSpec, target: &ProbeTarget, id: String) -> Result
 pub enum ProbeEvent {
     /// The startup probe succeeded (or there is none): the container is `started`.
     Started,
+    /// One run of a probe failed (upstream's `Unhealthy` event, for every failure).
+    Unhealthy {
+        /// Which probe.
+        kind: Kind,
+        /// Its output or why it failed.
+        message: String,
+    },
     /// Readiness changed.
     Ready(bool),
     /// Liveness or startup failed `failureThreshold` times: restart the container.
@@ -446,6 +453,14 @@ async fn drive(
             Err(message) => {
                 successes = 0;
                 failures += 1;
+                // Upstream's prober records every failed run as an `Unhealthy` event.
+                events
+                    .send(ProbeEvent::Unhealthy {
+                        kind: probe.kind,
+                        message: message.clone(),
+                    })
+                    .await
+                    .ok()?;
                 if failures >= probe.failure_threshold {
                     match probe.kind {
                         Kind::Readiness => {

@@ -439,9 +439,12 @@ impl Runner {
                             status.ready = ready;
                             self.report(&status);
                         }
-                        ProbeEvent::Failed { kind, message } => {
-                            // Upstream's events (prober.go, kuberuntime_manager.go).
+                        ProbeEvent::Unhealthy { kind, message } => {
+                            // Upstream's event (prober.go), for every failed run.
                             self.warning("Unhealthy", format!("{} probe failed: {message}", kind.name())).await;
+                        }
+                        ProbeEvent::Failed { kind, message: _ } => {
+                            // Upstream's event (kuberuntime_manager.go).
                             let note = format!(
                                 "Container {name} failed {} probe, will be restarted",
                                 kind.name().to_lowercase()
