@@ -478,3 +478,158 @@ async fn connection(
     }
     drop(in_flight);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use kubelet::runtime::Limits;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::engine::WasmEngine;
+    use crate::module::Program;
+
+    /// Sends a raw HTTP/1.1 request (with `Connection: close`) and reads the whole answer.
+    async fn send(addr: SocketAddr, head: &str, body: &str) -> String {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let request = format!(
+            "{head} HTTP/1.1\r\nHost: pod\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(request.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        conn.read_to_end(&mut out).await.expect("read");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    struct Serving {
+        addr: SocketAddr,
+        stop: oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<()>,
+        _logs: tempfile::TempDir,
+    }
+
+    fn serve(usage: Arc<Usage>, limits: HttpLimits) -> Serving {
+        let engine = WasmEngine::new().expect("engine");
+        let path = krustlet_test_workloads::http_component().unwrap_or_else(|e| panic!("{e}"));
+        let bytes = std::fs::read(path).expect("read");
+        let Program::Component(component) = Program::compile(&engine, &bytes).expect("compile")
+        else {
+            panic!("the http workload is not a component");
+        };
+        assert!(is_http_component(engine.engine(), &component));
+        let linker = linker(engine.engine()).expect("linker");
+        let pre = prepare(&linker, &component).expect("pre-instantiate");
+        let logs = tempfile::tempdir().expect("tempdir");
+        let log = CriLogWriter::create(&logs.path().join("0.log")).expect("log");
+        let template = Template {
+            args: vec!["http".into()],
+            env: vec![("POD_NAME".into(), "unit".into())],
+            mounts: vec![],
+            log,
+        };
+        let server = Server::new(pre, template, usage, limits);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(server.serve(vec![(addr.port(), listener)], stopped));
+        Serving {
+            addr,
+            stop,
+            task,
+            _logs: logs,
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_an_instance_per_request_and_drains_on_stop() {
+        let serving = serve(Arc::default(), HttpLimits::default());
+        let addr = serving.addr;
+        let hello = send(addr, "GET /", "").await;
+        assert!(hello.starts_with("HTTP/1.1 200"), "{hello}");
+        assert!(hello.ends_with("hello from unit\n"), "{hello}");
+        let echo = send(addr, "POST /echo", "some body").await;
+        assert!(echo.ends_with("\r\n\r\nsome body"), "{echo}");
+        let trap = send(addr, "GET /trap", "").await;
+        assert!(trap.starts_with("HTTP/1.1 500"), "{trap}");
+        let again = send(addr, "GET /", "").await;
+        assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+        // A request in flight when the stop comes finishes; then the server ends.
+        let slow = tokio::spawn(send(addr, "GET /sleep?ms=800", ""));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        serving.stop.send(()).expect("stop");
+        let slow = slow.await.expect("slow request");
+        assert!(slow.ends_with("slept 800 ms\n"), "{slow}");
+        tokio::time::timeout(Duration::from_secs(10), serving.task)
+            .await
+            .expect("drained")
+            .expect("server task");
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "the listener is closed"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_server_stops_at_once() {
+        let serving = serve(Arc::default(), HttpLimits::default());
+        let hello = send(serving.addr, "GET /", "").await;
+        assert!(hello.starts_with("HTTP/1.1 200"), "{hello}");
+        let started = Instant::now();
+        serving.stop.send(()).expect("stop");
+        tokio::time::timeout(Duration::from_secs(10), serving.task)
+            .await
+            .expect("stopped")
+            .expect("server task");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn limits_hold_across_instances() {
+        // A body over the limit is refused before any instance runs.
+        let small = serve(
+            Arc::default(),
+            HttpLimits {
+                max_request_body_bytes: 4,
+                ..HttpLimits::default()
+            },
+        );
+        let big = send(small.addr, "POST /echo", "too big").await;
+        assert!(big.starts_with("HTTP/1.1 413"), "{big}");
+        // The pod's memory limit: an instance that would pass it traps (500), and the memory
+        // comes back when the instance is gone.
+        let usage = Arc::new(Usage::default());
+        usage.limits.set(Limits {
+            memory_bytes: Some(24 << 20),
+            ..Limits::default()
+        });
+        let limited = serve(usage.clone(), HttpLimits::default());
+        let hog = send(limited.addr, "GET /alloc?mb=64", "").await;
+        assert!(hog.starts_with("HTTP/1.1 500"), "{hog}");
+        let fine = send(limited.addr, "GET /alloc?mb=2", "").await;
+        assert!(fine.starts_with("HTTP/1.1 200"), "{fine}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while usage.memory_bytes() != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "instances kept {} bytes",
+                usage.memory_bytes()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // No room even for one instance's host overhead: 503.
+        usage.limits.set(Limits {
+            memory_bytes: Some(512 << 10),
+            ..Limits::default()
+        });
+        let none = send(limited.addr, "GET /", "").await;
+        assert!(none.starts_with("HTTP/1.1 503"), "{none}");
+    }
+}
