@@ -315,6 +315,77 @@ impl WasiRuntime {
 mod tests {
     use super::*;
 
+    static NEXT_LOG: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+    fn spec(dir: &std::path::Path, program: &std::path::Path, ports: Vec<u16>) -> ContainerSpec {
+        ContainerSpec {
+            id: "t".into(),
+            program: program.to_path_buf(),
+            program_digest: format!("sha256:{}", program.display()),
+            args: vec!["prog".into()],
+            env: vec![],
+            mounts: vec![],
+            limits: kubelet::runtime::Limits::default(),
+            log: kubelet::log::writer::CriLogWriter::create(&dir.join(format!(
+                "{}.log",
+                NEXT_LOG.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )))
+            .expect("log"),
+            ports: kubelet::runtime::ContainerPorts {
+                tcp: ports,
+                network: Some(kubelet::network::NodeNetwork::new(std::net::IpAddr::from([
+                    127, 0, 0, 1,
+                ]))),
+            },
+            http: kubelet::runtime::HttpLimits::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn components_are_run_served_or_refused_clearly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = WasiRuntime::new(WasmEngine::new().expect("engine"));
+        let empty = dir.path().join("empty.wasm");
+        std::fs::write(&empty, wat::parse_str("(component)").expect("wat")).expect("write");
+        let refused = runtime
+            .start(spec(dir.path(), &empty, vec![]))
+            .await
+            .err()
+            .expect("neither export");
+        assert_eq!(refused.reason, "CreateContainerError");
+        assert!(refused.message.contains("neither wasi:cli/run"), "{}", refused.message);
+        let http = krustlet_test_workloads::http_component().unwrap_or_else(|e| panic!("{e}"));
+        let portless = runtime
+            .start(spec(dir.path(), &http, vec![]))
+            .await
+            .err()
+            .expect("no port");
+        assert!(portless.message.contains("declares no TCP port"), "{}", portless.message);
+        // A port someone holds: the conflict, before anything runs.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = taken.local_addr().expect("addr").port();
+        let conflict = runtime
+            .start(spec(dir.path(), &http, vec![port]))
+            .await
+            .err()
+            .expect("conflict");
+        assert_eq!(conflict.reason, "PortInUse", "{}", conflict.message);
+        drop(taken);
+        // Served: Running until a graceful stop, which ends it at once when idle.
+        let mut running = runtime
+            .start(spec(dir.path(), &http, vec![port]))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let stop = running.stop.take().expect("an HTTP server stops gracefully");
+        assert!(running.exit.try_recv().is_err(), "still serving");
+        stop.send(()).expect("stop");
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), running.exit)
+            .await
+            .expect("drained")
+            .expect("exit");
+        assert_eq!(ended, Termination::Exited(0));
+    }
+
     #[test]
     fn only_command_components_can_be_execd() {
         let engine = WasmEngine::new().expect("engine");
