@@ -167,11 +167,7 @@ fn build_module(name: &str, source: &str) -> Result<PathBuf, BuildError> {
 
 /// Compiles and links `files` (C sources, headers, objects: the `.c` and `.o` ones are passed
 /// to clang) into one wasm module, cached by the hash of all of them and the flags.
-fn build_files(
-    name: &str,
-    files: &[(&str, &[u8])],
-    flags: &[&str],
-) -> Result<PathBuf, BuildError> {
+fn build_files(name: &str, files: &[(&str, &[u8])], flags: &[&str]) -> Result<PathBuf, BuildError> {
     let dir = cache_dir();
     let mut parts: Vec<&[u8]> = Vec::new();
     for (file, bytes) in files {

@@ -260,8 +260,10 @@ mod tests {
         assert_eq!(set.max_request_body_bytes, 1024);
         assert_eq!(set.request_timeout, Duration::from_secs(2));
         assert_eq!(set.max_concurrent_requests, 3);
-        let bad = http_limits(&pod(serde_json::json!({REQUEST_TIMEOUT_ANNOTATION: "soon"})))
-            .expect_err("bad");
+        let bad = http_limits(&pod(
+            serde_json::json!({REQUEST_TIMEOUT_ANNOTATION: "soon"}),
+        ))
+        .expect_err("bad");
         assert!(bad.contains(REQUEST_TIMEOUT_ANNOTATION), "{bad}");
     }
 

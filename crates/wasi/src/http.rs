@@ -45,8 +45,8 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 use wasmtime_wasi_http::{
-    Error as WasiHttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView,
-    WasiHttpHooks, WasiHttpView,
+    Error as WasiHttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
+    WasiHttpView,
 };
 
 use crate::cpu::{self, CpuClock, Throttle};
@@ -385,7 +385,10 @@ impl Server {
             Ok(Err(_)) => match task.await {
                 Ok(Err(Failure::Timeout)) => plain(
                     StatusCode::GATEWAY_TIMEOUT,
-                    format!("the handler did not answer within {}s", timeout.as_secs_f64()),
+                    format!(
+                        "the handler did not answer within {}s",
+                        timeout.as_secs_f64()
+                    ),
                 ),
                 Ok(Ok(())) => plain(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -398,7 +401,10 @@ impl Server {
             },
             Err(_) => plain(
                 StatusCode::GATEWAY_TIMEOUT,
-                format!("the handler did not answer within {}s", timeout.as_secs_f64()),
+                format!(
+                    "the handler did not answer within {}s",
+                    timeout.as_secs_f64()
+                ),
             ),
         }
     }

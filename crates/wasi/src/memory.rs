@@ -213,9 +213,14 @@ mod tests {
         });
         let mut a = MemoryLimiter::shared(usage.clone()).expect("a");
         let mut b = MemoryLimiter::shared(usage.clone()).expect("b");
-        assert!(MemoryLimiter::shared(usage.clone()).is_err(), "no room for a third");
+        assert!(
+            MemoryLimiter::shared(usage.clone()).is_err(),
+            "no room for a third"
+        );
         assert!(a.memory_growing(0, 200, None).expect("fits"));
-        let error = b.memory_growing(0, 200, None).expect_err("over the shared limit");
+        let error = b
+            .memory_growing(0, 200, None)
+            .expect_err("over the shared limit");
         assert!(is_memory_limit(&error), "{error}");
         assert!(b.memory_growing(0, 100, None).expect("fits"));
         assert_eq!(usage.memory_bytes(), 2 * HOST_OVERHEAD_BYTES + 300);

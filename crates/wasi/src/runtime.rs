@@ -11,10 +11,10 @@ use tokio::sync::oneshot;
 
 use crate::cache::{CacheLimits, CacheOutcome, CompileCache, DiskCache};
 use crate::engine::WasmEngine;
+use crate::http::{self, HttpState};
 use crate::metrics::WasiMetrics;
 use crate::module::Program;
 use crate::pool::CompilePool;
-use crate::http::{self, HttpState};
 use crate::run::{Exit, Mount, RunSpec, Stdio};
 use wasmtime::component::{Component, Linker};
 
@@ -333,9 +333,9 @@ mod tests {
             .expect("log"),
             ports: kubelet::runtime::ContainerPorts {
                 tcp: ports,
-                network: Some(kubelet::network::NodeNetwork::new(std::net::IpAddr::from([
-                    127, 0, 0, 1,
-                ]))),
+                network: Some(kubelet::network::NodeNetwork::new(std::net::IpAddr::from(
+                    [127, 0, 0, 1],
+                ))),
             },
             http: kubelet::runtime::HttpLimits::default(),
         }
@@ -353,14 +353,22 @@ mod tests {
             .err()
             .expect("neither export");
         assert_eq!(refused.reason, "CreateContainerError");
-        assert!(refused.message.contains("neither wasi:cli/run"), "{}", refused.message);
+        assert!(
+            refused.message.contains("neither wasi:cli/run"),
+            "{}",
+            refused.message
+        );
         let http = krustlet_test_workloads::http_component().unwrap_or_else(|e| panic!("{e}"));
         let portless = runtime
             .start(spec(dir.path(), &http, vec![]))
             .await
             .err()
             .expect("no port");
-        assert!(portless.message.contains("declares no TCP port"), "{}", portless.message);
+        assert!(
+            portless.message.contains("declares no TCP port"),
+            "{}",
+            portless.message
+        );
         // A port someone holds: the conflict, before anything runs.
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = taken.local_addr().expect("addr").port();
@@ -376,7 +384,10 @@ mod tests {
             .start(spec(dir.path(), &http, vec![port]))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let stop = running.stop.take().expect("an HTTP server stops gracefully");
+        let stop = running
+            .stop
+            .take()
+            .expect("an HTTP server stops gracefully");
         assert!(running.exit.try_recv().is_err(), "still serving");
         stop.send(()).expect("stop");
         let ended = tokio::time::timeout(std::time::Duration::from_secs(10), running.exit)

@@ -138,7 +138,11 @@ async fn an_http_component_serves_on_its_port_and_a_second_pod_on_that_port_conf
     // A trapping request is a 500; the server keeps serving.
     let trapped = http.get(format!("{base}/trap")).send().await.expect("trap");
     assert_eq!(trapped.status(), 500);
-    let again = http.get(format!("{base}/")).send().await.expect("GET again");
+    let again = http
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .expect("GET again");
     assert_eq!(again.status(), 200);
     let missing = http.get(format!("{base}/nope")).send().await.expect("404");
     assert_eq!(missing.status(), 404);
@@ -207,9 +211,11 @@ async fn http_probes_flip_ready_and_a_failing_liveness_probe_restarts() {
     wait_for(&pods, "flips", LONG, "ready", ready)
         .await
         .expect("ready while /healthz answers 200");
-    wait_for(&pods, "flips", LONG, "not ready", |p| running(p) && !ready(p))
-        .await
-        .expect("not ready once /healthz answers 500");
+    wait_for(&pods, "flips", LONG, "not ready", |p| {
+        running(p) && !ready(p)
+    })
+    .await
+    .expect("not ready once /healthz answers 500");
     let restarted = wait_for(&pods, "sick", LONG, "restarted", |p| {
         container_status(p, "web").is_some_and(|c| c.restart_count >= 1)
     })
@@ -228,7 +234,12 @@ async fn http_probes_flip_ready_and_a_failing_liveness_probe_restarts() {
         "Liveness probe failed: HTTP probe failed with statuscode: 500",
     )
     .await;
-    wait_event(&ns, "Unhealthy", "Readiness probe failed: HTTP probe failed").await;
+    wait_event(
+        &ns,
+        "Unhealthy",
+        "Readiness probe failed: HTTP probe failed",
+    )
+    .await;
     wait_event(
         &ns,
         "Killing",
@@ -271,11 +282,17 @@ async fn deleting_an_http_pod_drains_in_flight_requests_and_an_idle_one_stops_at
         .await
         .expect("delete idle");
     let took = wait_gone(&pods, "idle", LONG).await.expect("idle gone");
-    assert!(took < Duration::from_secs(15), "idle pod took {took:?} to go");
+    assert!(
+        took < Duration::from_secs(15),
+        "idle pod took {took:?} to go"
+    );
 
     // A request in flight when the pod is deleted completes; then the pod goes.
     let in_flight = tokio::spawn({
-        let (http, url) = (http.clone(), format!("http://{ip}:{busy_port}/sleep?ms=6000"));
+        let (http, url) = (
+            http.clone(),
+            format!("http://{ip}:{busy_port}/sleep?ms=6000"),
+        );
         async move {
             let response = http.get(url).send().await.expect("in-flight request");
             (response.status(), response.text().await.unwrap_or_default())
@@ -299,10 +316,7 @@ async fn deleting_an_http_pod_drains_in_flight_requests_and_an_idle_one_stops_at
         started.elapsed()
     );
     // Its listener is closed: the port takes no new connections.
-    let refused = http
-        .get(format!("http://{ip}:{busy_port}/"))
-        .send()
-        .await;
+    let refused = http.get(format!("http://{ip}:{busy_port}/")).send().await;
     assert!(refused.is_err(), "the drained pod still answers");
 }
 
@@ -392,7 +406,10 @@ async fn port_forward_carries_sequential_and_concurrent_requests(websockets: &st
         );
     }
     let concurrent = (0..20).map(|n| {
-        let (http, url) = (http.clone(), format!("http://127.0.0.1:{local}/sleep?ms=300"));
+        let (http, url) = (
+            http.clone(),
+            format!("http://127.0.0.1:{local}/sleep?ms=300"),
+        );
         async move {
             let response = http
                 .get(url)

@@ -100,9 +100,7 @@ pub struct ProbeSpec {
 /// (upstream's `probe.ResolveContainerPort`).
 fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, String> {
     match port {
-        IntOrString::Int(n) => {
-            u16::try_from(*n).map_err(|_| format!("invalid port number: {n}"))
-        }
+        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("invalid port number: {n}")),
         IntOrString::String(name) => container
             .ports
             .iter()
@@ -120,10 +118,18 @@ impl ProbeSpec {
         let handler = if let Some(exec) = &probe.exec {
             Handler::Exec(exec.command.clone().unwrap_or_default())
         } else if let Some(get) = &probe.http_get {
-            let path = get.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
+            let path = get
+                .path
+                .clone()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "/".into());
             Handler::HttpGet {
                 port: resolve_port(&get.port, container),
-                path: if path.starts_with('/') { path } else { format!("/{path}") },
+                path: if path.starts_with('/') {
+                    path
+                } else {
+                    format!("/{path}")
+                },
                 scheme: get.scheme.clone().unwrap_or_else(|| "HTTP".into()),
                 host: get.host.clone().filter(|h| !h.is_empty()),
                 headers: get
@@ -187,7 +193,11 @@ pub struct ProbeTarget {
 const MAX_HTTP_BODY: usize = 10 << 10;
 
 /// One `tcpSocket` probe: `Ok` when the port accepts a connection (`probe/tcp`).
-pub async fn tcp_once(network: &dyn PodNetwork, port: u16, timeout: Duration) -> Result<(), String> {
+pub async fn tcp_once(
+    network: &dyn PodNetwork,
+    port: u16,
+    timeout: Duration,
+) -> Result<(), String> {
     network
         .connect_tcp(port, timeout)
         .await
@@ -204,8 +214,7 @@ pub async fn http_once(
     timeout: Duration,
 ) -> Result<(), String> {
     let ip = network.ip();
-    match tokio::time::timeout(timeout, http_attempt(network, port, path, headers, timeout)).await
-    {
+    match tokio::time::timeout(timeout, http_attempt(network, port, path, headers, timeout)).await {
         Ok(result) => result,
         Err(_) => Err(format!(
             "Get \"http://{ip}:{port}{path}\": context deadline exceeded (Client.Timeout \
@@ -307,9 +316,18 @@ pub async fn once(probe: &ProbeSpec, target: &ProbeTarget, id: String) -> Result
                      leave host empty"
                 ));
             }
-            http_once(&*target.network, *port.as_ref()?, path, headers, probe.timeout).await
+            http_once(
+                &*target.network,
+                *port.as_ref()?,
+                path,
+                headers,
+                probe.timeout,
+            )
+            .await
         }
-        Handler::Grpc => Err("grpc probes are not supported yet; use httpGet, tcpSocket or exec".into()),
+        Handler::Grpc => {
+            Err("grpc probes are not supported yet; use httpGet, tcpSocket or exec".into())
+        }
     }
 }
 
@@ -545,7 +563,9 @@ mod tests {
 
     /// A one-request HTTP server on loopback answering `status`.
     async fn answer_once(status: u16) -> u16 {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         tokio::spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -553,7 +573,11 @@ mod tests {
                 let mut buf = [0u8; 4096];
                 let n = stream.read(&mut buf).await.unwrap_or(0);
                 let head = String::from_utf8_lossy(&buf[..n]).to_string();
-                assert!(head.contains("User-Agent: kube-probe/1.35") || head.contains("user-agent: kube-probe/1.35"), "{head}");
+                assert!(
+                    head.contains("User-Agent: kube-probe/1.35")
+                        || head.contains("user-agent: kube-probe/1.35"),
+                    "{head}"
+                );
                 let body = "not well";
                 let reply = format!(
                     "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -586,7 +610,9 @@ mod tests {
             .local_addr()
             .expect("addr")
             .port();
-        let message = tcp_once(&*network, closed, timeout).await.expect_err("refused");
+        let message = tcp_once(&*network, closed, timeout)
+            .await
+            .expect_err("refused");
         assert!(message.contains("cannot connect"), "{message}");
     }
 }

@@ -410,12 +410,7 @@ impl Runner {
                         .network
                         .pod(self.pod.metadata.uid.as_deref().unwrap_or_default()),
                 };
-                let task = tokio::spawn(probe::run(
-                    probes,
-                    target,
-                    name.clone(),
-                    probe_tx,
-                ));
+                let task = tokio::spawn(probe::run(probes, target, name.clone(), probe_tx));
                 AbortOnDrop(task)
             });
 

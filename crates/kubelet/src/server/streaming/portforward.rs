@@ -29,7 +29,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::exec::status_response;
-use super::remotecommand::{ACCEPTED_HEADER, PROTOCOL_HEADER, STREAM_CREATION_TIMEOUT, is_spdy_upgrade};
+use super::remotecommand::{
+    ACCEPTED_HEADER, PROTOCOL_HEADER, STREAM_CREATION_TIMEOUT, is_spdy_upgrade,
+};
 use super::session::{Session, Stream};
 use super::spdy::header;
 use crate::network::PodNetwork;
@@ -128,7 +130,9 @@ pub async fn port_forward(State(state): State<Arc<AppState>>, mut request: Reque
         let mut response = status_response(
             StatusCode::FORBIDDEN,
             "Forbidden",
-            &format!("unable to upgrade: unable to negotiate protocol: the server accepts {PROTOCOL}"),
+            &format!(
+                "unable to upgrade: unable to negotiate protocol: the server accepts {PROTOCOL}"
+            ),
         );
         response
             .headers_mut()
@@ -185,12 +189,7 @@ struct Pair {
 }
 
 /// Pairs streams by `requestID` and forwards each pair until the client ends the session.
-pub async fn serve(
-    mut session: Session,
-    network: Arc<dyn PodNetwork>,
-    pod: String,
-    uid: String,
-) {
+pub async fn serve(mut session: Session, network: Arc<dyn PodNetwork>, pod: String, uid: String) {
     let peer_gone = session.peer_gone();
     let mut pending: HashMap<String, Pair> = HashMap::new();
     let mut forwards = JoinSet::new();
@@ -223,20 +222,29 @@ pub async fn serve(
                 continue;
             }
         };
-        let kind = header(&stream.headers, "streamtype").unwrap_or_default().to_string();
-        let request_id = header(&stream.headers, "requestid").unwrap_or_default().to_string();
+        let kind = header(&stream.headers, "streamtype")
+            .unwrap_or_default()
+            .to_string();
+        let request_id = header(&stream.headers, "requestid")
+            .unwrap_or_default()
+            .to_string();
         let pair = pending.entry(request_id.clone()).or_default();
         pair.since.get_or_insert_with(tokio::time::Instant::now);
         match kind.as_str() {
             "error" if pair.error.is_none() => pair.error = Some(stream),
             "data" if pair.data.is_none() => pair.data = Some(stream),
             other => {
-                tracing::debug!(stream_type = other, request_id, "unexpected port-forward stream: reset");
+                tracing::debug!(
+                    stream_type = other,
+                    request_id,
+                    "unexpected port-forward stream: reset"
+                );
                 stream.writer.reset(super::spdy::rst::PROTOCOL_ERROR).await;
                 continue;
             }
         }
-        if pair.error.is_some() && pair.data.is_some()
+        if pair.error.is_some()
+            && pair.data.is_some()
             && let Some(Pair {
                 error: Some(error),
                 data: Some(data),
@@ -263,16 +271,15 @@ async fn forward(
     pod: String,
     uid: String,
 ) {
-    let port_header = header(&data.headers, "port").unwrap_or_default().to_string();
+    let port_header = header(&data.headers, "port")
+        .unwrap_or_default()
+        .to_string();
     let connected = match port_header.parse::<u16>() {
         Ok(port) if port != 0 => network
             .connect_tcp(port, CONNECT_TIMEOUT)
             .await
             .map_err(|e| (port.to_string(), e.to_string())),
-        _ => Err((
-            port_header.clone(),
-            format!("invalid port {port_header:?}"),
-        )),
+        _ => Err((port_header.clone(), format!("invalid port {port_header:?}"))),
     };
     let Stream {
         data: mut from_client,
@@ -378,7 +385,9 @@ mod tests {
     #[tokio::test]
     async fn forwards_a_connection_and_reports_a_refused_one() {
         // An echo server on loopback: the "pod".
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
@@ -424,7 +433,12 @@ mod tests {
         let reading = async {
             while finished.len() < 4 {
                 while let Some(frame) = read.decode(&mut buf).expect("decode") {
-                    if let Frame::Data { stream_id, flags, data: bytes } = frame {
+                    if let Frame::Data {
+                        stream_id,
+                        flags,
+                        data: bytes,
+                    } = frame
+                    {
                         data.entry(stream_id)
                             .or_default()
                             .push_str(&String::from_utf8_lossy(&bytes));
@@ -445,7 +459,9 @@ mod tests {
         assert_eq!(data.get(&1).map(String::as_str).unwrap_or(""), "");
         let refused = data.get(&5).cloned().unwrap_or_default();
         assert!(
-            refused.starts_with(&format!("error forwarding port {closed} to pod ns/p, uid uid:")),
+            refused.starts_with(&format!(
+                "error forwarding port {closed} to pod ns/p, uid uid:"
+            )),
             "{refused}"
         );
         drop(client);
