@@ -1021,7 +1021,7 @@ impl Worker {
             phase: Some(phase),
             conditions: Some(conditions),
             host_ip: Some(ip.clone()),
-            host_ips: Some(vec![HostIP { ip: ip.clone() }]),
+            host_ips: Some(vec![HostIP { ip }]),
             pod_ip: Some(pod_ip.clone()),
             pod_ips: Some(vec![PodIP { ip: pod_ip }]),
             start_time: Some(self.start_time.clone()),
