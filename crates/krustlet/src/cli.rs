@@ -44,7 +44,7 @@ pub enum Command {
     Push {
         /// The .wasm file.
         file: std::path::PathBuf,
-        /// Where to push it, e.g. 127.0.0.1:5000/hello:v1.
+        /// Where to push it, e.g. $REGISTRY/hello:v1 after `./dev up`, or registry.example.com/me/hello:v1.
         reference: String,
         /// Registry user (the password comes from KRUSTLET_REGISTRY_PASSWORD).
         #[arg(long, env = "KRUSTLET_REGISTRY_USER")]

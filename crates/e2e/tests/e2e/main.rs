@@ -19,6 +19,7 @@ mod pods;
 mod resources;
 mod security;
 mod signing;
+mod snippets;
 mod standalone;
 mod volumes;
 
