@@ -915,7 +915,7 @@ pub(crate) mod tests {
         assert!(matches!(error, KeylessError::WrongIssuer { .. }), "{error}");
         assert!(error.to_string().contains("https://other.test"), "{error}");
 
-        let other_ca = sign(&ca("other"), &log, ISSUER, SUBJECT, now());
+        let other_ca = sign(&self::ca("other"), &log, ISSUER, SUBJECT, now());
         let error = check(&other_ca);
         assert!(
             matches!(error, KeylessError::UntrustedCertificate { .. }),

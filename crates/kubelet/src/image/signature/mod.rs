@@ -364,11 +364,8 @@ impl Signatures {
                 });
             }
             untrusted += 1;
-            // A certificate-carrying signature is checked against each keyless identity; a
-            // plain key signature is not keyless at all (its failure is "untrusted key").
-            if candidate.certificate.is_none() {
-                continue;
-            }
+            // Checked against each keyless identity too (a signature without a certificate
+            // fails there as "no signing certificate", which says it was made with a key).
             let evidence = keyless::Evidence {
                 payload: &candidate.payload,
                 signature: &candidate.signature,
