@@ -144,7 +144,10 @@ async fn verification(
     let key = SigningKey::generate()?;
     sign_and_push(image, &digest, &key, None).await?;
     let repository = image.rsplit_once(':').map_or(image, |(r, _)| r);
-    let dir = std::env::temp_dir().join(format!("krustlet-bench-policy-{}-{nonce}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "krustlet-bench-policy-{}-{nonce}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("policy.yaml");
     let pem = key.public_pem().replace('\n', "\n          ");
@@ -178,7 +181,16 @@ async fn verification(
     let (mut plain, mut verified) = (Vec::new(), Vec::new());
     for i in 0..VERIFY_SAMPLES {
         plain.push(run_one(api, observer, &format!("plain-{i}"), plain_node, image).await?);
-        verified.push(run_one(api, observer, &format!("verified-{i}"), verifying.name(), image).await?);
+        verified.push(
+            run_one(
+                api,
+                observer,
+                &format!("verified-{i}"),
+                verifying.name(),
+                image,
+            )
+            .await?,
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
     let median = |mut v: Vec<Duration>| {

@@ -559,10 +559,34 @@ async fn keyless_signatures_run_only_for_the_trusted_identity_issuer_ca_and_log(
     // (name, issuer, subject, CA, what the refusal must name)
     let cases: [(&str, &str, &str, &Ca, &str); 5] = [
         ("good", ISSUER, SUBJECT, &fulcio, ""),
-        ("wrong-subject", ISSUER, "mallory@ci.e2e.invalid", &fulcio, "subject \"mallory@ci.e2e.invalid\" does not match"),
-        ("wrong-issuer", "https://other.e2e.invalid", SUBJECT, &fulcio, "OIDC issuer is \"https://other.e2e.invalid\""),
-        ("other-ca", ISSUER, SUBJECT, &other_ca, "not issued by a Fulcio CA"),
-        ("tampered", ISSUER, SUBJECT, &fulcio, "signed entry timestamp does not verify"),
+        (
+            "wrong-subject",
+            ISSUER,
+            "mallory@ci.e2e.invalid",
+            &fulcio,
+            "subject \"mallory@ci.e2e.invalid\" does not match",
+        ),
+        (
+            "wrong-issuer",
+            "https://other.e2e.invalid",
+            SUBJECT,
+            &fulcio,
+            "OIDC issuer is \"https://other.e2e.invalid\"",
+        ),
+        (
+            "other-ca",
+            ISSUER,
+            SUBJECT,
+            &other_ca,
+            "not issued by a Fulcio CA",
+        ),
+        (
+            "tampered",
+            ISSUER,
+            SUBJECT,
+            &fulcio,
+            "signed entry timestamp does not verify",
+        ),
     ];
     let mut images = Vec::new();
     for (name, issuer, subject, ca, _) in &cases {
@@ -633,7 +657,9 @@ async fn keyless_signatures_run_only_for_the_trusted_identity_issuer_ca_and_log(
         .expect("run krustlet verify");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && text.contains("keyless identity \"release-ci\"") && text.contains(SUBJECT),
+        out.status.success()
+            && text.contains("keyless identity \"release-ci\"")
+            && text.contains(SUBJECT),
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -700,7 +726,10 @@ async fn an_image_pushed_with_krustlet_push_sign_runs_under_a_require_policy_and
 
     let out = push_signed(PASSWORD);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "krustlet push --sign failed: {stderr}");
+    assert!(
+        out.status.success(),
+        "krustlet push --sign failed: {stderr}"
+    );
     let digest = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(digest.starts_with("sha256:"), "{digest}\n{stderr}");
     let image = format!("{base}/app@{digest}");
@@ -732,9 +761,12 @@ async fn an_image_pushed_with_krustlet_push_sign_runs_under_a_require_policy_and
     node.wait_ready("True", LONG).await.expect("node Ready");
     let ns = TestNamespace::new("push-sign").await.expect("namespace");
     let pods = ns.api::<Pod>();
-    create(&pods, pod("pushed", &reference, node.name(), &["sleep", "3600"]))
-        .await
-        .expect("create");
+    create(
+        &pods,
+        pod("pushed", &reference, node.name(), &["sleep", "3600"]),
+    )
+    .await
+    .expect("create");
     if let Err(e) = wait_for_phase(&pods, "pushed", "Running", LONG).await {
         panic!(
             "pushed: {e:#}\nevents: {:?}\nlog: {}",

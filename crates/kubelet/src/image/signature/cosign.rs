@@ -249,7 +249,10 @@ async fn read_layers(
             layout,
             payload,
             signature,
-            certificate: annotation(super::keyless::CERTIFICATE_ANNOTATION, MAX_CERTIFICATE_CHARS),
+            certificate: annotation(
+                super::keyless::CERTIFICATE_ANNOTATION,
+                MAX_CERTIFICATE_CHARS,
+            ),
             chain: annotation(super::keyless::CHAIN_ANNOTATION, MAX_CERTIFICATE_CHARS),
             bundle: annotation(super::keyless::BUNDLE_ANNOTATION, MAX_BUNDLE_CHARS),
         });

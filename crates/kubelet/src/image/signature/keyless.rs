@@ -27,9 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
@@ -201,8 +201,8 @@ impl TrustedRoot {
             path: path.into(),
             message,
         };
-        let file: RootFile =
-            serde_json::from_slice(json).map_err(|e| invalid(format!("not JSON of the format: {e}")))?;
+        let file: RootFile = serde_json::from_slice(json)
+            .map_err(|e| invalid(format!("not JSON of the format: {e}")))?;
         let mut cas = Vec::new();
         for (i, ca) in file.certificate_authorities.iter().enumerate() {
             let mut chain = Vec::new();
@@ -213,9 +213,7 @@ impl TrustedRoot {
                     ))
                 })?;
                 X509Certificate::from_der(&der).map_err(|e| {
-                    invalid(format!(
-                        "certificateAuthorities[{i}] certificate {j}: {e}"
-                    ))
+                    invalid(format!("certificateAuthorities[{i}] certificate {j}: {e}"))
                 })?;
                 chain.push(der);
             }
@@ -548,8 +546,8 @@ fn check_bundle(
         .ok_or_else(|| KeylessError::BadBundle("SignedEntryTimestamp is not base64".into()))?;
     // Canonical JSON (RFC 8785) of the payload: its fields are sorted and its values are a
     // string and integers, so compact serde_json output is canonical.
-    let canonical = serde_json::to_vec(&bundle.payload)
-        .map_err(|e| KeylessError::BadBundle(e.to_string()))?;
+    let canonical =
+        serde_json::to_vec(&bundle.payload).map_err(|e| KeylessError::BadBundle(e.to_string()))?;
     if !log.key.verifies(&canonical, &set) {
         return Err(KeylessError::BadTimestamp {
             log_id,
@@ -610,7 +608,10 @@ pub fn verify(evidence: &Evidence<'_>, identity: &Identity) -> Result<Signer, Ke
     let logged = check_bundle(evidence, &leaf_der, root)?;
     let time = logged.integrated_time;
     let validity = leaf.validity();
-    let (not_before, not_after) = (validity.not_before.timestamp(), validity.not_after.timestamp());
+    let (not_before, not_after) = (
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
     if time < not_before || time > not_after || time < 0 {
         return Err(KeylessError::OutsideValidity {
             time,
@@ -847,10 +848,7 @@ pub(crate) mod tests {
             log_index: 7,
         };
         let canonical = serde_json::to_vec(&logged).expect("json");
-        let set = log
-            .key
-            .sign(&SystemRandom::new(), &canonical)
-            .expect("set");
+        let set = log.key.sign(&SystemRandom::new(), &canonical).expect("set");
         let bundle = serde_json::json!({
             "SignedEntryTimestamp": enc(set.as_ref()),
             "Payload": {"body": logged.body, "integratedTime": time,
@@ -905,7 +903,10 @@ pub(crate) mod tests {
         let check = |s: &Signed| verify(&evidence(s), &id).expect_err("refused");
 
         let wrong_subject = sign(&ca, &log, ISSUER, "mallory@evil.test", now());
-        assert!(matches!(check(&wrong_subject), KeylessError::WrongSubject { .. }));
+        assert!(matches!(
+            check(&wrong_subject),
+            KeylessError::WrongSubject { .. }
+        ));
         // A subject that only contains a match is not a match.
         let suffix = sign(&ca, &log, ISSUER, "ci@example.test.evil", now());
         assert!(matches!(check(&suffix), KeylessError::WrongSubject { .. }));
@@ -930,7 +931,10 @@ pub(crate) mod tests {
         let mut bundle: serde_json::Value = serde_json::from_str(&tampered.bundle).expect("json");
         bundle["Payload"]["integratedTime"] = serde_json::json!(now() - 30);
         tampered.bundle = bundle.to_string();
-        assert!(matches!(check(&tampered), KeylessError::BadTimestamp { .. }));
+        assert!(matches!(
+            check(&tampered),
+            KeylessError::BadTimestamp { .. }
+        ));
 
         // Another payload under the same log entry.
         let mut swapped = sign(&ca, &log, ISSUER, SUBJECT, now());
@@ -956,7 +960,10 @@ pub(crate) mod tests {
         let path = Path::new("/root.json");
         assert!(TrustedRoot::parse(b"nope", path).is_err());
         let error = TrustedRoot::parse(br#"{"tlogs": []}"#, path).expect_err("no CA");
-        assert!(error.to_string().contains("certificateAuthorities"), "{error}");
+        assert!(
+            error.to_string().contains("certificateAuthorities"),
+            "{error}"
+        );
         let (ca, log) = (ca("fulcio"), log());
         let root = Arc::new(TrustedRoot::parse(root_json(&ca, &log).as_bytes(), path).expect("ok"));
         assert!(Identity::new("x".into(), ISSUER.into(), "(".into(), root.clone()).is_err());

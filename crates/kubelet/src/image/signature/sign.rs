@@ -19,7 +19,9 @@ use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::cosign::{MAX_PAYLOAD_BYTES, MAX_SIGNATURES, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE};
+use super::cosign::{
+    MAX_PAYLOAD_BYTES, MAX_SIGNATURES, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE,
+};
 use crate::image::limits::{Budget, Limit, LimitedWriter};
 use crate::image::{Credentials, registry_client};
 
@@ -178,7 +180,9 @@ impl SigningKey {
             return Err(not_key(format!("unsupported scrypt parameters N={n}")));
         };
         if r != 8 || p != 1 {
-            return Err(not_key(format!("unsupported scrypt parameters r={r} p={p}")));
+            return Err(not_key(format!(
+                "unsupported scrypt parameters r={r} p={p}"
+            )));
         }
         let salt = b64("salt", &encrypted.kdf.salt)?;
         let nonce = b64("nonce", &encrypted.cipher.nonce)?;
@@ -202,12 +206,15 @@ impl SigningKey {
                 GenericArray::from_slice(tag),
             )
             .map_err(|_| SignError::WrongPassword { path: path.into() })?;
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &plaintext, &SystemRandom::new())
-                .map_err(|e| SignError::Unsupported {
-                    path: path.into(),
-                    message: format!("not an ECDSA P-256 PKCS#8 key ({e})"),
-                })?;
+        let pair = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_ASN1_SIGNING,
+            &plaintext,
+            &SystemRandom::new(),
+        )
+        .map_err(|e| SignError::Unsupported {
+            path: path.into(),
+            message: format!("not an ECDSA P-256 PKCS#8 key ({e})"),
+        })?;
         Ok(Self { pair })
     }
 
@@ -307,7 +314,8 @@ pub async fn sign_and_push(
             .take(MAX_SIGNATURES - 1)
         {
             let mut bytes = Vec::new();
-            let writer = LimitedWriter::new(&mut bytes, Budget::new(Limit::Config, MAX_PAYLOAD_BYTES));
+            let writer =
+                LimitedWriter::new(&mut bytes, Budget::new(Limit::Config, MAX_PAYLOAD_BYTES));
             client
                 .pull_blob(&tag, layer, writer)
                 .await
@@ -377,13 +385,16 @@ mod tests {
             "ciphertext": b64(&sealed)
         });
         let body = b64(json.to_string().as_bytes());
-        format!("-----BEGIN {SIGSTORE_KEY_LABEL}-----\n{body}\n-----END {SIGSTORE_KEY_LABEL}-----\n")
+        format!(
+            "-----BEGIN {SIGSTORE_KEY_LABEL}-----\n{body}\n-----END {SIGSTORE_KEY_LABEL}-----\n"
+        )
     }
 
     #[test]
     fn a_cosign_key_decrypts_with_its_password_only_and_its_signatures_verify() {
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &SystemRandom::new())
-            .expect("pkcs8");
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &SystemRandom::new())
+                .expect("pkcs8");
         let pem = cosign_pem(pkcs8.as_ref(), b"s3cret");
         let path = Path::new("/cosign.key");
         let key = SigningKey::from_pem(&pem, b"s3cret", path).expect("decrypts");
@@ -398,8 +409,12 @@ mod tests {
         let error = SigningKey::from_pem(&pem, b"wrong", path).expect_err("wrong password");
         assert!(matches!(error, SignError::WrongPassword { .. }), "{error}");
         assert!(error.to_string().contains("COSIGN_PASSWORD"), "{error}");
-        let error = SigningKey::from_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", b"", path)
-            .expect_err("public key");
+        let error = SigningKey::from_pem(
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+            b"",
+            path,
+        )
+        .expect_err("public key");
         assert!(matches!(error, SignError::NotCosignKey { .. }), "{error}");
     }
 }
