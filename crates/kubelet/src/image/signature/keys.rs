@@ -52,8 +52,13 @@ impl PublicKey {
                 parsed.label
             )));
         }
-        let (_, spki) = SubjectPublicKeyInfo::from_der(&parsed.contents)
-            .map_err(|e| KeyError::NotPem(e.to_string()))?;
+        Self::from_spki_der(&parsed.contents)
+    }
+
+    /// Parses a DER SubjectPublicKeyInfo (a certificate's key, a trusted root's log key).
+    pub fn from_spki_der(der: &[u8]) -> Result<Self, KeyError> {
+        let (_, spki) =
+            SubjectPublicKeyInfo::from_der(der).map_err(|e| KeyError::NotPem(e.to_string()))?;
         let algorithm = spki.algorithm.algorithm.to_id_string();
         let bytes = spki.subject_public_key.data.to_vec();
         match algorithm.as_str() {
