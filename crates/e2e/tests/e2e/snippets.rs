@@ -166,12 +166,19 @@ fn documents() -> Vec<PathBuf> {
     docs
 }
 
-/// A directory holding `krustlet` and `kubectl`, as `.bin/` after `./dev up`.
+/// A directory holding `krustlet`, `kubectl` and `cosign`, as `.bin/` after `./dev up`.
 fn bin_dir(dir: &Path) -> PathBuf {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).expect("mkdir bin");
     std::os::unix::fs::symlink(KRUSTLET, bin.join("krustlet")).expect("link krustlet");
     std::os::unix::fs::symlink(&cluster().kubectl, bin.join("kubectl")).expect("link kubectl");
+    let cosign = krustlet_e2e::cluster::bin_dir().join("cosign");
+    assert!(
+        cosign.exists(),
+        "prerequisite missing: {} (cosign from its Go module); build it with `test/cluster/build.sh`",
+        cosign.display()
+    );
+    std::os::unix::fs::symlink(cosign, bin.join("cosign")).expect("link cosign");
     bin
 }
 
