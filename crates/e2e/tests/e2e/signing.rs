@@ -434,19 +434,9 @@ mod test_sigstore {
         pub rekor_response: serde_json::Value,
     }
 
-    /// cosign's simple-signing payload for `repo@digest`.
-    pub fn payload(repository: &str, digest: &str) -> Vec<u8> {
-        json!({
-            "critical": {
-                "identity": {"docker-reference": repository},
-                "image": {"docker-manifest-digest": digest},
-                "type": "cosign container image signature"
-            },
-            "optional": null
-        })
-        .to_string()
-        .into_bytes()
-    }
+    /// cosign's simple-signing payload for `repo@digest` (the same one `krustlet push --sign`
+    /// signs; real `cosign verify` checks it in the keyless test).
+    pub use kubelet::image::signature::sign::payload;
 
     /// Signs `payload` as `subject` from OIDC `issuer` with a ten-minute certificate from
     /// `ca`, logged by `log` now, a minute after the certificate's start (what Fulcio and

@@ -797,16 +797,7 @@ pub(crate) mod tests {
     }
 
     fn pem(der: &[u8]) -> String {
-        let b64 = enc(der);
-        let lines: Vec<&str> = b64
-            .as_bytes()
-            .chunks(64)
-            .map(|c| std::str::from_utf8(c).unwrap_or_default())
-            .collect();
-        format!(
-            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-            lines.join("\n")
-        )
+        crate::image::signature::keys::tests::pem_block("CERTIFICATE", der)
     }
 
     /// A keyless signature by `subject` from `issuer`, certified by `ca` and logged by `log`

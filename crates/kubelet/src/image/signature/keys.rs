@@ -108,6 +108,11 @@ pub(crate) mod tests {
 
     /// A PEM `PUBLIC KEY` of a DER SubjectPublicKeyInfo.
     pub(crate) fn pem(der: &[u8]) -> String {
+        pem_block("PUBLIC KEY", der)
+    }
+
+    /// A PEM block with `label` around `der`, in 64-column base64.
+    pub(crate) fn pem_block(label: &str, der: &[u8]) -> String {
         let b64 = base64::engine::general_purpose::STANDARD.encode(der);
         let lines: Vec<&str> = b64
             .as_bytes()
@@ -115,7 +120,7 @@ pub(crate) mod tests {
             .map(|c| std::str::from_utf8(c).unwrap_or_default())
             .collect();
         format!(
-            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
             lines.join("\n")
         )
     }
