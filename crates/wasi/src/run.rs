@@ -78,6 +78,15 @@ pub enum Stdio {
     /// No stdin; output to the container's CRI log (unterminated output is written out when
     /// the run ends).
     Log(CriLogWriter),
+    /// Stdin from a channel (`kubectl attach -i`), output to the container's CRI log.
+    Attached {
+        /// Where stdout and stderr go.
+        log: CriLogWriter,
+        /// Where stdin comes from; end of file once the sender is gone.
+        stdin: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+        /// What `isatty(0)` answers.
+        tty: bool,
+    },
     /// Streamed over channels (exec).
     Streams(ExecIo),
 }
@@ -147,7 +156,7 @@ impl WasmEngine {
     pub async fn run(&self, program: &Program, spec: RunSpec) -> Result<Exit, RunError> {
         let clock = CpuClock::new(spec.usage.clone());
         let log = match &spec.stdio {
-            Stdio::Log(log) => Some(log.clone()),
+            Stdio::Log(log) | Stdio::Attached { log, .. } => Some(log.clone()),
             Stdio::Streams(_) => None,
         };
         let outcome = cpu::metered(clock.clone(), self.run_metered(program, spec, clock)).await;
@@ -173,6 +182,12 @@ impl WasmEngine {
         match spec.stdio {
             Stdio::Log(log) => {
                 builder
+                    .stdout(CriStream::new(log.clone(), Stream::Stdout))
+                    .stderr(CriStream::new(log, Stream::Stderr));
+            }
+            Stdio::Attached { log, stdin, tty } => {
+                builder
+                    .stdin(ChannelIn::new(stdin, tty))
                     .stdout(CriStream::new(log.clone(), Stream::Stdout))
                     .stderr(CriStream::new(log, Stream::Stderr));
             }

@@ -4,6 +4,7 @@
 pub mod argv;
 pub mod config_watch;
 pub mod downward;
+pub mod ephemeral;
 pub mod env;
 pub mod exec_targets;
 pub mod probe;
