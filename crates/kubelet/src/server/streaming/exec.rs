@@ -139,7 +139,7 @@ async fn prepare(state: &AppState, request: Request, root: &str) -> Result<Prepa
     let refused = |error: ProtocolError, accepted: &[&'static str]| {
         // Upstream `httpstream.Handshake`: 403 with the versions the server accepts.
         let mut response = status_response(StatusCode::FORBIDDEN, "Forbidden", &error.to_string());
-        for version in accepted {
+        for &version in accepted {
             response
                 .headers_mut()
                 .append(ACCEPTED_HEADER, http::HeaderValue::from_static(version));
@@ -737,6 +737,106 @@ mod tests {
                 "stream {id} not finished"
             );
         }
+    }
+
+    /// Serves one exec over WebSocket on loopback, as `upgrade_and_serve` does.
+    async fn websocket_exec_server(options: Options, command: Vec<String>) -> std::net::SocketAddr {
+        let app = axum::Router::new().route(
+            "/exec",
+            axum::routing::get(move |ws: WebSocketUpgrade| {
+                let command = command.clone();
+                async move {
+                    ws.protocols(["v5.channel.k8s.io"])
+                        .on_upgrade(move |socket| async move {
+                            let (mut streams, connection) =
+                                websocket::start(socket, websocket::PROTOCOLS[0], options);
+                            let peer_gone = connection.peer_gone.clone();
+                            if let Some(outcome) =
+                                run_exec(&mut streams, peer_gone, options, target(), "t", command)
+                                    .await
+                            {
+                                streams.finish(&outcome).await;
+                            }
+                            drop(streams);
+                            connection.close().await;
+                        })
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_exec_over_websocket_v5_streams_stdio_closes_stdin_and_reports_the_exit_code() {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message as ClientMessage;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+        let options = Options {
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        };
+        let command = vec!["prog".into(), "a".into(), "exit=3".into()];
+        let addr = websocket_exec_server(options, command).await;
+        let mut request = format!("ws://{addr}/exec")
+            .into_client_request()
+            .expect("request");
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "v5.channel.k8s.io".parse().expect("value"),
+        );
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut ws, response) = tokio_tungstenite::client_async(request, tcp)
+            .await
+            .expect("handshake");
+        assert_eq!(
+            response
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some("v5.channel.k8s.io")
+        );
+        ws.send(ClientMessage::binary(b"\x00typed\n".to_vec()))
+            .await
+            .expect("stdin");
+        // v5's close signal for stdin: the program reads end of file.
+        ws.send(ClientMessage::binary(vec![255u8, 0]))
+            .await
+            .expect("close stdin");
+        let mut channels: HashMap<u8, Vec<u8>> = HashMap::new();
+        let mut first = None;
+        let read = async {
+            while let Some(Ok(message)) = ws.next().await {
+                match message {
+                    ClientMessage::Binary(data) => {
+                        let (channel, rest) = data.split_first().expect("a channel byte");
+                        first.get_or_insert((*channel, rest.len()));
+                        channels.entry(*channel).or_default().extend_from_slice(rest);
+                    }
+                    ClientMessage::Close(_) => break,
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the server ends the session");
+        // Upstream's "streams ready" signal: an empty message on stdout.
+        assert_eq!(first, Some((websocket::STDOUT, 0)));
+        let text = |channel| String::from_utf8_lossy(&channels[&channel]).into_owned();
+        assert_eq!(text(websocket::STDOUT), "a exit=3\ntyped\n");
+        assert_eq!(text(websocket::STDERR), "err\n");
+        let status: serde_json::Value =
+            serde_json::from_str(&text(websocket::ERROR)).expect("status");
+        assert_eq!(status["reason"], "NonZeroExitCode");
+        assert_eq!(status["details"]["causes"][0]["message"], "3");
     }
 
     #[tokio::test]
