@@ -501,6 +501,38 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(60));
     }
 
+    #[tokio::test]
+    async fn attached_stdin_reaches_the_program_and_its_output_the_log() {
+        let engine = WasmEngine::new().expect("engine");
+        let program =
+            Program::compile(&engine, &std::fs::read(multitool()).expect("read")).expect("compile");
+        let logs = tempfile::tempdir().expect("tempdir");
+        let path = logs.path().join("0.log");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(bytes::Bytes::from_static(b"typed\n"))
+            .await
+            .expect("send");
+        drop(tx);
+        let spec = RunSpec {
+            args: vec!["multitool".into(), "readline".into(), "isatty".into()],
+            env: vec![],
+            mounts: vec![],
+            stdio: Stdio::Attached {
+                log: CriLogWriter::create(&path).expect("log"),
+                stdin: rx,
+                tty: true,
+            },
+            limits: Limits::default(),
+            usage: Arc::default(),
+        };
+        let exit = engine.run(&program, spec).await.expect("run");
+        assert_eq!(exit, Exit::Code(0));
+        let text = std::fs::read_to_string(path).expect("log");
+        assert!(text.contains("read: typed"), "{text}");
+        // A container with `tty: true` has a terminal on stdin; its output is a log file.
+        assert!(text.contains("isatty stdin=1 stdout=0"), "{text}");
+    }
+
     #[test]
     fn garbage_is_not_wasm() {
         let engine = WasmEngine::new().expect("engine");

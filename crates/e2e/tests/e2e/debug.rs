@@ -174,7 +174,8 @@ async fn kubectl_debug_i_attaches_to_the_debuggers_stdin() {
     );
     assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
     assert!(
-        run.stdout.contains("read: typed words\nfrom the container\n"),
+        run.stdout
+            .contains("read: typed words\nfrom the container\n"),
         "stdout: {:?}, stderr: {:?}",
         run.stdout,
         run.stderr

@@ -420,10 +420,7 @@ async fn metrics_probes_counts_exec_probe_results_and_passes_promlint() {
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    assert!(
-        text.contains("# TYPE prober_probe_total counter"),
-        "{text}"
-    );
+    assert!(text.contains("# TYPE prober_probe_total counter"), "{text}");
     let problems = promlint(&text);
     assert!(
         problems.is_empty(),

@@ -19,9 +19,8 @@ use crate::KRUSTLET;
 
 const LONG: Duration = Duration::from_secs(120);
 
-type Socket = tokio_tungstenite::WebSocketStream<
-    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
->;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 /// Opens `path` on `node`'s kubelet as a WebSocket offering `subprotocol`; returns the socket
 /// and the subprotocol the kubelet chose, or the refusal's status code.

@@ -46,10 +46,7 @@ impl AttachInput {
     /// reads end of file once the session's own sender is dropped too).
     pub fn session_ended(&self) {
         if self.once {
-            self.sender
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
+            self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
         }
     }
 

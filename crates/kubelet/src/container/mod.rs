@@ -4,8 +4,8 @@
 pub mod argv;
 pub mod config_watch;
 pub mod downward;
-pub mod ephemeral;
 pub mod env;
+pub mod ephemeral;
 pub mod exec_targets;
 pub mod probe;
 pub mod resize;

@@ -1,5 +1,7 @@
 //! `/exec/{namespace}/{pod}[/{uid}]/{container}?command=...&input=1&output=1&error=1&tty=1`:
-//! `kubectl exec` (upstream `Server.getExec` and `remotecommand.ServeExec`).
+//! `kubectl exec` (upstream `Server.getExec` and `remotecommand.ServeExec`), and `/attach/...`
+//! (`Server.getAttach`), over SPDY/3.1 or WebSocket: the transport only yields the
+//! [`Streams`]; what is served on them is the same.
 //!
 //! An exec is one more instance of the container's program: the same compiled module or
 //! component, argv from `command`, the container's environment, mounts (with their read-only
@@ -122,7 +124,11 @@ struct Prepared {
 
 /// The checks exec and attach share, in upstream's order: path, stream options, upgrade
 /// headers, protocol version, a running container; each failure is a `Status` kubectl shows.
-async fn prepare(state: &AppState, request: Request, root: &str) -> Result<Prepared, Box<Response>> {
+async fn prepare(
+    state: &AppState,
+    request: Request,
+    root: &str,
+) -> Result<Prepared, Box<Response>> {
     let Some(target) = parse_path(request.uri().path(), root) else {
         return Err(Box::new(status_response(
             StatusCode::NOT_FOUND,
@@ -242,21 +248,17 @@ where
                     return;
                 };
                 let mut session = Session::start(TokioIo::new(upgraded));
-                let streams = match Streams::accept(
-                    &mut session,
-                    protocol,
-                    options,
-                    STREAM_CREATION_TIMEOUT,
-                )
-                .await
-                {
-                    Ok(streams) => streams,
-                    Err(error) => {
-                        tracing::info!(%error, "{what} ended before it started");
-                        session.close().await;
-                        return;
-                    }
-                };
+                let streams =
+                    match Streams::accept(&mut session, protocol, options, STREAM_CREATION_TIMEOUT)
+                        .await
+                    {
+                        Ok(streams) => streams,
+                        Err(error) => {
+                            tracing::info!(%error, "{what} ended before it started");
+                            session.close().await;
+                            return;
+                        }
+                    };
                 let peer_gone = session.peer_gone();
                 serve(streams, peer_gone).await;
                 session.close().await;
@@ -369,8 +371,14 @@ pub async fn attach(State(state): State<Arc<AppState>>, request: Request) -> Res
         permit,
         "attach",
         move |mut streams, peer_gone| async move {
-            let outcome =
-                run_attach(&mut streams, peer_gone, &exec_target, &pod_logs_dir, &target).await;
+            let outcome = run_attach(
+                &mut streams,
+                peer_gone,
+                &exec_target,
+                &pod_logs_dir,
+                &target,
+            )
+            .await;
             streams.finish(&outcome).await;
         },
     )
@@ -818,7 +826,10 @@ mod tests {
                     ClientMessage::Binary(data) => {
                         let (channel, rest) = data.split_first().expect("a channel byte");
                         first.get_or_insert((*channel, rest.len()));
-                        channels.entry(*channel).or_default().extend_from_slice(rest);
+                        channels
+                            .entry(*channel)
+                            .or_default()
+                            .extend_from_slice(rest);
                     }
                     ClientMessage::Close(_) => break,
                     _ => {}

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::session::{Closed, Session, Stream, StreamWriter};
-use super::websocket::ChannelWriter;
 use super::spdy::header;
+use super::websocket::ChannelWriter;
 
 /// `channel.k8s.io`: stdin, stdout, stderr; the error stream carries plain text.
 pub const V1: &str = "channel.k8s.io";

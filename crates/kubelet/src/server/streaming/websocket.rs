@@ -92,10 +92,10 @@ pub const PROTOCOLS: &[WsProtocol] = &[
 
 /// Whether the request asks for a WebSocket upgrade.
 pub fn is_websocket_upgrade(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(http::header::UPGRADE)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.eq_ignore_ascii_case("websocket")))
+    headers.get_all(http::header::UPGRADE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.eq_ignore_ascii_case("websocket"))
+    })
 }
 
 /// The client's first offered subprotocol that this kubelet speaks (wsstream's
@@ -387,7 +387,10 @@ mod tests {
             decode(b"0dHlwZWQ=", v4b64),
             Ok(Incoming::Data(STDIN, Bytes::from_static(b"typed")))
         );
-        assert_eq!(decode(&[CLOSE_SIGNAL, STDIN], v5), Ok(Incoming::CloseChannel(0)));
+        assert_eq!(
+            decode(&[CLOSE_SIGNAL, STDIN], v5),
+            Ok(Incoming::CloseChannel(0))
+        );
         assert_eq!(decode(&[CLOSE_SIGNAL], v5), Err(FrameError::BadClose(0)));
         // Before v5, 255 is just a channel number nobody writes.
         assert_eq!(
