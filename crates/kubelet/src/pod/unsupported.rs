@@ -75,9 +75,6 @@ pub fn container_fields(c: &Container) -> Vec<&'static str> {
     if c.ports.as_ref().is_some_and(|p| !p.is_empty()) {
         found.push("ports (wasm pods have no network yet; Services cannot reach them)");
     }
-    if c.stdin.unwrap_or(false) || c.tty.unwrap_or(false) {
-        found.push("stdin/tty (no attach yet)");
-    }
     if c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()) {
         found.push("volumeDevices (no block devices for wasm guests)");
     }
@@ -100,8 +97,9 @@ mod tests {
         .expect("spec");
         let pod = pod_fields(&spec);
         assert_eq!(pod.len(), 3, "{pod:?}");
+        // stdin and tty are honoured (`kubectl attach -i`), so not named.
         let container = container_fields(&spec.containers[0]);
-        assert_eq!(container.len(), 3, "{container:?}");
+        assert_eq!(container.len(), 2, "{container:?}");
         let plain: PodSpec = serde_json::from_value(serde_json::json!({
             "containers": [{"name": "c", "image": "x"}]
         }))
