@@ -44,16 +44,21 @@ pub enum Command {
     Push {
         /// The .wasm file.
         file: std::path::PathBuf,
-        /// Where to push it, e.g. 127.0.0.1:5000/hello:v1.
+        /// Where to push it, e.g. $REGISTRY/hello:v1 after `./dev up`, or registry.example.com/me/hello:v1.
         reference: String,
         /// Registry user (the password comes from KRUSTLET_REGISTRY_PASSWORD).
         #[arg(long, env = "KRUSTLET_REGISTRY_USER")]
         username: Option<String>,
+        /// Also sign the pushed digest with this cosign private key (`cosign
+        /// generate-key-pair`'s cosign.key; its password comes from COSIGN_PASSWORD, empty
+        /// when unset), stored in cosign's sha256-<digest>.sig tag layout.
+        #[arg(long, value_name = "KEY")]
+        sign: Option<std::path::PathBuf>,
     },
     /// Explain what a node with this image policy decides for IMAGE: the digest the
-    /// reference resolves to, the rule that matches and whether a trusted key signed it. Exits
-    /// 1 when the image would be refused. Sign images with `cosign sign --key cosign.key
-    /// IMAGE@DIGEST` (see docs/signing.md).
+    /// reference resolves to, the rule that matches and whether a trusted key or keyless
+    /// identity signed it. Exits 1 when the image would be refused. Sign images with `krustlet
+    /// push --sign cosign.key` or `cosign sign` (see docs/signing.md).
     Verify {
         /// The image reference, e.g. registry.example.com/team/app:v1.
         image: String,

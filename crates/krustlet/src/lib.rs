@@ -51,7 +51,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
             file,
             reference,
             username,
-        }) => return push(&file, &reference, username).await,
+            sign,
+        }) => return push(&file, &reference, username, sign.as_deref()).await,
         Some(cli::Command::Pods { data_dir }) => return standalone::pods(data_dir),
         Some(cli::Command::Verify {
             image,
@@ -132,7 +133,17 @@ async fn push(
     file: &std::path::Path,
     reference: &str,
     username: Option<String>,
+    sign: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
+    use kubelet::image::signature::sign::{SigningKey, sign_and_push};
+    // The key is opened before anything is pushed, so a wrong password pushes nothing.
+    let key = match sign {
+        Some(path) => {
+            let password = std::env::var("COSIGN_PASSWORD").unwrap_or_default();
+            Some(SigningKey::load(path, password.as_bytes())?)
+        }
+        None => None,
+    };
     let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     if krustlet_wasi::ProgramKind::detect(&wasm).is_none() {
         anyhow::bail!(
@@ -145,6 +156,10 @@ async fn push(
         password: std::env::var("KRUSTLET_REGISTRY_PASSWORD").unwrap_or_default(),
     });
     let digest = kubelet::image::push_wasm(reference, wasm, credentials.as_ref()).await?;
+    if let Some(key) = &key {
+        let tag = sign_and_push(reference, &digest, key, credentials.as_ref()).await?;
+        eprintln!("signed {digest}: {tag}");
+    }
     println!("{digest}");
     Ok(())
 }

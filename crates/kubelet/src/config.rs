@@ -349,9 +349,10 @@ pub struct Flags {
     pub manifests: Option<PathBuf>,
 
     /// The node's image signature policy (YAML, see docs/signing.md): which images must carry
-    /// cosign signatures from which keys, per image pattern and namespace. Reloaded when the file
-    /// changes; running containers that no longer pass get a Warning event. Without it every
-    /// image runs unverified.
+    /// cosign signatures from which keys or keyless identities (checked offline against a
+    /// trusted root), per image pattern and namespace. Reloaded when the file (or a key or
+    /// trusted root it names) changes; running containers that no longer pass get a Warning
+    /// event. Without it every image runs unverified.
     #[arg(long, env = "KRUSTLET_IMAGE_POLICY_FILE", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_policy_file: Option<PathBuf>,

@@ -39,6 +39,87 @@ pub struct NodeLabel {
     pub node: String,
 }
 
+/// The labels of `prober_probe_total` (upstream `pkg/kubelet/prober/prober_manager.go`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    /// `Liveness`, `Readiness` or `Startup`.
+    pub probe_type: String,
+    /// `successful`, `failed` or `unknown`.
+    pub result: String,
+    /// The container's name.
+    pub container: String,
+    /// The pod's name.
+    pub pod: String,
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's UID.
+    pub pod_uid: String,
+}
+
+/// The prober's metrics, served on `/metrics/probes` (upstream registers them in their own
+/// registry for that path, `pkg/kubelet/server/server.go`).
+#[derive(Debug, Clone, Default)]
+pub struct ProbeMetrics {
+    /// Probe runs by type and result, per container.
+    pub results: Family<ProbeLabels, Counter>,
+}
+
+/// Which container a probe belongs to (the fixed labels of its series).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbedContainer {
+    /// The container's name.
+    pub container: String,
+    /// The pod's name.
+    pub pod: String,
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's UID.
+    pub pod_uid: String,
+}
+
+/// The results a probe series is kept for (upstream `probeResultSuccessful`, ...).
+const PROBE_RESULTS: [&str; 3] = ["successful", "failed", "unknown"];
+
+impl ProbeMetrics {
+    /// A registry with only the prober's metrics, for `/metrics/probes`.
+    pub fn registry(&self) -> Registry {
+        let mut registry = Registry::default();
+        // prometheus-client adds `_total` to counters.
+        registry.register(
+            "prober_probe",
+            "Cumulative number of a liveness, readiness or startup probe for a container by result.",
+            self.results.clone(),
+        );
+        registry
+    }
+
+    fn labels(probe_type: &str, result: &str, c: &ProbedContainer) -> ProbeLabels {
+        ProbeLabels {
+            probe_type: probe_type.into(),
+            result: result.into(),
+            container: c.container.clone(),
+            pod: c.pod.clone(),
+            namespace: c.namespace.clone(),
+            pod_uid: c.pod_uid.clone(),
+        }
+    }
+
+    /// Counts one run of `probe_type` on `c` with `result`.
+    pub fn record(&self, probe_type: &str, result: &str, c: &ProbedContainer) {
+        self.results
+            .get_or_create(&Self::labels(probe_type, result, c))
+            .inc();
+    }
+
+    /// Drops the series of `probe_type` on `c` (upstream's probe worker does when it stops:
+    /// the container's run ended).
+    pub fn forget(&self, probe_type: &str, c: &ProbedContainer) {
+        for result in PROBE_RESULTS {
+            self.results.remove(&Self::labels(probe_type, result, c));
+        }
+    }
+}
+
 /// Upstream's buckets for pod start duration, in seconds.
 const POD_START_BUCKETS: [f64; 25] = [
     0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 20.0, 30.0, 45.0, 60.0, 120.0, 180.0, 240.0,
@@ -71,6 +152,8 @@ pub struct KubeletMetrics {
     pub started_pods: Counter,
     /// Always 1, labelled with the node's name.
     pub node_name: Family<NodeLabel, Gauge>,
+    /// The prober's metrics (on `/metrics/probes`, not `/metrics`).
+    pub probes: ProbeMetrics,
 }
 
 impl KubeletMetrics {
@@ -84,6 +167,7 @@ impl KubeletMetrics {
             started_containers: Family::default(),
             started_pods: Counter::default(),
             node_name: Family::default(),
+            probes: ProbeMetrics::default(),
         };
         metrics
             .node_name
@@ -183,5 +267,31 @@ mod tests {
                 "{expected:?} missing from:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn probe_results_are_counted_per_container_and_forgotten_with_it() {
+        let probes = ProbeMetrics::default();
+        let c = ProbedContainer {
+            container: "main".into(),
+            pod: "p".into(),
+            namespace: "ns".into(),
+            pod_uid: "u".into(),
+        };
+        probes.record("Liveness", "successful", &c);
+        probes.record("Liveness", "successful", &c);
+        probes.record("Liveness", "failed", &c);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &probes.registry()).expect("encode");
+        assert!(
+            text.contains(
+                "prober_probe_total{probe_type=\"Liveness\",result=\"successful\",container=\"main\",pod=\"p\",namespace=\"ns\",pod_uid=\"u\"} 2\n"
+            ),
+            "{text}"
+        );
+        probes.forget("Liveness", &c);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &probes.registry()).expect("encode");
+        assert!(!text.contains("result="), "{text}");
     }
 }

@@ -141,6 +141,11 @@ pub struct ContainerSpec {
     pub ports: ContainerPorts,
     /// Request limits for a program that serves HTTP.
     pub http: HttpLimits,
+    /// Its stdin, when the container asks for one (`stdin: true`; `kubectl attach -i` feeds
+    /// it); `None` reads as empty.
+    pub stdin: Option<mpsc::Receiver<Bytes>>,
+    /// Whether stdin reports itself as a terminal (`tty: true`).
+    pub tty: bool,
 }
 
 /// The stdio of an exec'd instance: where its output goes and where its input comes from.

@@ -78,6 +78,15 @@ pub enum Stdio {
     /// No stdin; output to the container's CRI log (unterminated output is written out when
     /// the run ends).
     Log(CriLogWriter),
+    /// Stdin from a channel (`kubectl attach -i`), output to the container's CRI log.
+    Attached {
+        /// Where stdout and stderr go.
+        log: CriLogWriter,
+        /// Where stdin comes from; end of file once the sender is gone.
+        stdin: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+        /// What `isatty(0)` answers.
+        tty: bool,
+    },
     /// Streamed over channels (exec).
     Streams(ExecIo),
 }
@@ -147,7 +156,7 @@ impl WasmEngine {
     pub async fn run(&self, program: &Program, spec: RunSpec) -> Result<Exit, RunError> {
         let clock = CpuClock::new(spec.usage.clone());
         let log = match &spec.stdio {
-            Stdio::Log(log) => Some(log.clone()),
+            Stdio::Log(log) | Stdio::Attached { log, .. } => Some(log.clone()),
             Stdio::Streams(_) => None,
         };
         let outcome = cpu::metered(clock.clone(), self.run_metered(program, spec, clock)).await;
@@ -173,6 +182,12 @@ impl WasmEngine {
         match spec.stdio {
             Stdio::Log(log) => {
                 builder
+                    .stdout(CriStream::new(log.clone(), Stream::Stdout))
+                    .stderr(CriStream::new(log, Stream::Stderr));
+            }
+            Stdio::Attached { log, stdin, tty } => {
+                builder
+                    .stdin(ChannelIn::new(stdin, tty))
                     .stdout(CriStream::new(log.clone(), Stream::Stdout))
                     .stderr(CriStream::new(log, Stream::Stderr));
             }
@@ -490,6 +505,38 @@ mod tests {
         let timed_out = tokio::time::timeout(std::time::Duration::from_millis(300), run).await;
         assert!(timed_out.is_err(), "a spin loop cannot finish by itself");
         assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    }
+
+    #[tokio::test]
+    async fn attached_stdin_reaches_the_program_and_its_output_the_log() {
+        let engine = WasmEngine::new().expect("engine");
+        let program =
+            Program::compile(&engine, &std::fs::read(multitool()).expect("read")).expect("compile");
+        let logs = tempfile::tempdir().expect("tempdir");
+        let path = logs.path().join("0.log");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(bytes::Bytes::from_static(b"typed\n"))
+            .await
+            .expect("send");
+        drop(tx);
+        let spec = RunSpec {
+            args: vec!["multitool".into(), "readline".into(), "isatty".into()],
+            env: vec![],
+            mounts: vec![],
+            stdio: Stdio::Attached {
+                log: CriLogWriter::create(&path).expect("log"),
+                stdin: rx,
+                tty: true,
+            },
+            limits: Limits::default(),
+            usage: Arc::default(),
+        };
+        let exit = engine.run(&program, spec).await.expect("run");
+        assert_eq!(exit, Exit::Code(0));
+        let text = std::fs::read_to_string(path).expect("log");
+        assert!(text.contains("read: typed"), "{text}");
+        // A container with `tty: true` has a terminal on stdin; its output is a log file.
+        assert!(text.contains("isatty stdin=1 stdout=0"), "{text}");
     }
 
     #[test]

@@ -154,7 +154,14 @@ impl Runtime for WasiRuntime {
                 args: spec.args,
                 env: spec.env,
                 mounts: guest_mounts(spec.mounts),
-                stdio: Stdio::Log(spec.log),
+                stdio: match spec.stdin {
+                    Some(stdin) => Stdio::Attached {
+                        log: spec.log,
+                        stdin,
+                        tty: spec.tty,
+                    },
+                    None => Stdio::Log(spec.log),
+                },
                 limits: spec.limits,
                 usage: usage.clone(),
             };

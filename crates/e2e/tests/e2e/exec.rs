@@ -149,6 +149,21 @@ async fn exec_output_exit_code_volume_and_env(websockets: &str) {
         "{}",
         run.stderr
     );
+    // The other way round too (kubectl first asks whether the target is a directory).
+    std::fs::write(&local, "local\n").expect("local file");
+    let into = format!("{}/tool:/data/copied.txt", ns.name());
+    let run = kubectl_run(
+        &["cp", "-c", "main", local.to_str().expect("utf-8"), &into],
+        &env,
+        None,
+        LONG,
+    );
+    assert_ne!(run.code, Some(0), "kubectl cp succeeded: {}", run.stdout);
+    assert!(
+        run.stderr.contains("needs tar in the container"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test]

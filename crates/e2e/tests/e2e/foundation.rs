@@ -101,11 +101,20 @@ async fn deployment_pods_stay_pending_unschedulable() {
         "unexpected FailedScheduling message: {message}"
     );
 
-    let pods = ns
-        .api::<Pod>()
-        .list(&ListParams::default().labels("app=web"))
-        .await
-        .expect("list");
+    // The ReplicaSet controller may create the second replica after the first one's event.
+    let mut tries = 0;
+    let pods = loop {
+        let pods = ns
+            .api::<Pod>()
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .expect("list");
+        tries += 1;
+        if pods.items.len() >= 2 || tries == 60 {
+            break pods;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
     assert_eq!(pods.items.len(), 2, "the ReplicaSet made both replicas");
     for pod in pods.items {
         let status = pod.status.unwrap_or_default();

@@ -561,7 +561,16 @@ async fn kubectl_set_image_restarts_the_container_with_the_new_image() {
     .await
     .expect("restarted with the new image");
     assert_eq!(phase(&pod), "Running");
-    let described = kubectl(&["describe", "pod", "-n", ns.name(), "swap"]).expect("describe");
+    // Events are published asynchronously: on a busy machine the Killing event can follow
+    // the restart it announced by a few seconds.
+    let mut described = String::new();
+    for _ in 0..30 {
+        described = kubectl(&["describe", "pod", "-n", ns.name(), "swap"]).expect("describe");
+        if described.contains("Container main definition changed, will be restarted") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     assert!(
         described.contains("Container main definition changed, will be restarted"),
         "{described}"

@@ -5,6 +5,7 @@
 
 mod api;
 mod config;
+mod debug;
 mod exec;
 mod fleet;
 mod foundation;
@@ -20,8 +21,10 @@ mod pods;
 mod resources;
 mod security;
 mod signing;
+mod snippets;
 mod standalone;
 mod volumes;
+mod websocket;
 
 /// The krustlet command under test, built from this workspace.
 pub const KRUSTLET: &str = env!("CARGO_BIN_EXE_krustlet-e2e-node");

@@ -1,6 +1,7 @@
 //! What an operator's monitoring tools see: cAdvisor's `container_*` series on
-//! `/metrics/cadvisor` with the kubelet's labels, and every metrics endpoint passing
-//! Prometheus' linter (`promlint`, what `promtool check metrics` runs).
+//! `/metrics/cadvisor` with the kubelet's labels, exec probe results on `/metrics/probes`, and
+//! every metrics endpoint passing Prometheus' linter (`promlint`, what `promtool check metrics`
+//! runs).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -363,4 +364,66 @@ async fn container_logs_are_where_host_log_shippers_look() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(!file.exists(), "the pod's log stays after deletion");
+}
+
+/// The value of the `prober_probe_total` sample with exactly these labels, if present.
+fn probe_total(text: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("prober_probe_total{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_probes_counts_exec_probe_results_and_passes_promlint() {
+    let node = KrustletNode::start(KRUSTLET, "probes", &[NO_DISK_PRESSURE]).expect("node");
+    wait_schedulable(&node).await;
+    let ns = TestNamespace::new("probes").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    // Liveness always passes; readiness always fails (the pod stays unready, never restarts).
+    let pod = for_node(
+        serde_json::json!({
+            "metadata": {"name": "probed"},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{
+                    "name": "main", "image": workloads::multitool(), "args": ["sleep", "600"],
+                    "livenessProbe": {"exec": {"command": ["multitool", "exit", "0"]}, "periodSeconds": 1},
+                    "readinessProbe": {"exec": {"command": ["multitool", "exit", "1"]}, "periodSeconds": 1}
+                }]
+            }
+        }),
+        node.name(),
+    );
+    create(&pods, pod).await.expect("create");
+    let running = wait_for_phase(&pods, "probed", "Running", Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}; node log:\n{}", node.log()));
+    let uid = running.metadata.uid.clone().expect("uid");
+    let labels = |probe: &str, result: &str| {
+        format!(
+            "probe_type=\"{probe}\",result=\"{result}\",container=\"main\",pod=\"probed\",namespace=\"{}\",pod_uid=\"{uid}\"",
+            ns.name()
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = kubelet_get(&node, "/metrics/probes").await;
+        let live = probe_total(&text, &labels("Liveness", "successful"));
+        let unready = probe_total(&text, &labels("Readiness", "failed"));
+        if live >= Some(2.0) && unready >= Some(2.0) {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no probe counts on /metrics/probes:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(text.contains("# TYPE prober_probe_total counter"), "{text}");
+    let problems = promlint(&text);
+    assert!(
+        problems.is_empty(),
+        "promlint finds problems in /metrics/probes:\n{problems}\n--- exposition:\n{text}"
+    );
 }

@@ -7,9 +7,54 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::runtime::{ExecIo, ExecSpec, Limits, Mount, Runtime};
+
+/// The stdin of a container run with `stdin: true`, which `kubectl attach -i` writes to.
+///
+/// Upstream's semantics (the `stdinOnce` field of the container spec): without `stdinOnce`
+/// stdin stays open across attach sessions; with it, the first attach session that ends (its
+/// client closed stdin or went away) closes the program's stdin for the rest of the run.
+pub struct AttachInput {
+    sender: Mutex<Option<mpsc::Sender<Bytes>>>,
+    once: bool,
+    tty: bool,
+}
+
+impl AttachInput {
+    /// Input through `sender`; `once` is `stdinOnce`, `tty` the container's `tty`.
+    pub fn new(sender: mpsc::Sender<Bytes>, once: bool, tty: bool) -> Self {
+        Self {
+            sender: Mutex::new(Some(sender)),
+            once,
+            tty,
+        }
+    }
+
+    /// A sender for one attach session; `None` once stdin was closed (`stdinOnce`).
+    pub fn session(&self) -> Option<mpsc::Sender<Bytes>> {
+        self.sender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// An attach session's input ended: with `stdinOnce`, the program's stdin closes (it
+    /// reads end of file once the session's own sender is dropped too).
+    pub fn session_ended(&self) {
+        if self.once {
+            self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+    }
+
+    /// Whether the container has a terminal (`tty: true`).
+    pub fn tty(&self) -> bool {
+        self.tty
+    }
+}
 
 /// What an exec needs of one running container.
 pub struct ExecTarget {
@@ -29,6 +74,8 @@ pub struct ExecTarget {
     pub runtime: Arc<dyn Runtime>,
     /// Cancelled when the container's run ends: exec'd instances end with it.
     pub stopped: CancellationToken,
+    /// The run's stdin, when the container has one (`stdin: true`).
+    pub input: Option<AttachInput>,
 }
 
 impl ExecTarget {
@@ -139,6 +186,7 @@ mod tests {
             limits: Limits::default(),
             runtime: Arc::new(crate::runtime::fake::FakeRuntime::default()),
             stopped: CancellationToken::new(),
+            input: None,
         };
         let first = targets.register("ns", "pod", "c", target());
         let stopped = first.target.stopped.clone();
@@ -149,5 +197,26 @@ mod tests {
         assert!(targets.get("ns", "pod", "c").is_some());
         drop(second);
         assert!(targets.get("ns", "pod", "c").is_none());
+    }
+
+    #[tokio::test]
+    async fn stdin_once_closes_the_programs_stdin_after_the_first_session() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let input = AttachInput::new(tx, true, false);
+        let session = input.session().expect("open");
+        session.send(Bytes::from_static(b"a")).await.expect("send");
+        drop(session);
+        input.session_ended();
+        assert!(input.session().is_none(), "stdinOnce: closed for good");
+        assert_eq!(rx.recv().await.as_deref(), Some(&b"a"[..]));
+        assert_eq!(rx.recv().await, None, "the program reads end of file");
+
+        let (tx, mut rx) = mpsc::channel(4);
+        let input = AttachInput::new(tx, false, false);
+        drop(input.session());
+        input.session_ended();
+        let again = input.session().expect("stays open across sessions");
+        again.send(Bytes::from_static(b"b")).await.expect("send");
+        assert_eq!(rx.recv().await.as_deref(), Some(&b"b"[..]));
     }
 }

@@ -5,6 +5,7 @@ pub mod argv;
 pub mod config_watch;
 pub mod downward;
 pub mod env;
+pub mod ephemeral;
 pub mod exec_targets;
 pub mod probe;
 pub mod resize;

@@ -25,8 +25,34 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::sync::mpsc;
 
 use crate::container::exec_targets::ExecTarget;
+use crate::metrics::{ProbeMetrics, ProbedContainer};
 use crate::network::PodNetwork;
 use crate::runtime::{ExecIo, Termination};
+
+/// Where a run's probe results are counted (`prober_probe_total` on `/metrics/probes`).
+#[derive(Debug, Clone)]
+pub struct ProbeRecorder {
+    /// The prober's metrics.
+    pub metrics: ProbeMetrics,
+    /// The probed container's labels.
+    pub container: ProbedContainer,
+}
+
+/// Drops a run's probe series when its probes stop (the run ended and the task was aborted).
+struct ForgetOnDrop {
+    recorder: ProbeRecorder,
+    kinds: Vec<Kind>,
+}
+
+impl Drop for ForgetOnDrop {
+    fn drop(&mut self) {
+        for kind in &self.kinds {
+            self.recorder
+                .metrics
+                .forget(kind.name(), &self.recorder.container);
+        }
+    }
+}
 
 /// Which probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,12 +441,17 @@ pub async fn exec_once(
 pub async fn run(
     probes: Vec<ProbeSpec>,
     target: ProbeTarget,
-    container: String,
+    recorder: ProbeRecorder,
     events: mpsc::Sender<ProbeEvent>,
 ) {
+    let _forget = ForgetOnDrop {
+        recorder: recorder.clone(),
+        kinds: probes.iter().map(|p| p.kind).collect(),
+    };
+    let recorder = &recorder;
     let startup = probes.iter().find(|p| p.kind == Kind::Startup).cloned();
     if let Some(probe) = startup {
-        match drive(&probe, &target, &container, &events, true).await {
+        match drive(&probe, &target, recorder, &events, true).await {
             Some(()) => {}
             None => return,
         }
@@ -432,8 +463,8 @@ pub async fn run(
         .into_iter()
         .filter(|p| p.kind != Kind::Startup)
         .map(|probe| {
-            let (target, events, container) = (target.clone(), events.clone(), container.clone());
-            async move { drive(&probe, &target, &container, &events, false).await }
+            let (target, events) = (target.clone(), events.clone());
+            async move { drive(&probe, &target, recorder, &events, false).await }
         });
     futures::future::join_all(others).await;
 }
@@ -443,10 +474,11 @@ pub async fn run(
 async fn drive(
     probe: &ProbeSpec,
     target: &ProbeTarget,
-    container: &str,
+    recorder: &ProbeRecorder,
     events: &mpsc::Sender<ProbeEvent>,
     until_success: bool,
 ) -> Option<()> {
+    let container = &recorder.container.container;
     tokio::time::sleep(probe.initial_delay).await;
     let (mut successes, mut failures) = (0u32, 0u32);
     let mut ready = false;
@@ -454,7 +486,17 @@ async fn drive(
     loop {
         round += 1;
         let id = format!("probe-{container}-{}-{round}", probe.kind.name());
-        match once(probe, target, id).await {
+        let result = once(probe, target, id).await;
+        // Upstream's `ProberResults` (prober/worker.go): one count per run by its result.
+        let label = if result.is_ok() {
+            "successful"
+        } else {
+            "failed"
+        };
+        recorder
+            .metrics
+            .record(probe.kind.name(), label, &recorder.container);
+        match result {
             Ok(()) => {
                 failures = 0;
                 successes += 1;

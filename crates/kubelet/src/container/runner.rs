@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::sync::{mpsc, watch};
 
-use crate::container::exec_targets::{ExecTarget, ExecTargets, Registration};
+use crate::container::exec_targets::{AttachInput, ExecTarget, ExecTargets, Registration};
 use crate::container::probe::{self, ProbeEvent, ProbeSpec, ProbeTarget};
 use crate::container::service_env::ServiceEnv;
 use crate::container::{argv, config_watch, env, resize, termination_message};
@@ -26,7 +26,7 @@ use crate::metrics::{ContainerTypeLabel, KubeletMetrics};
 use crate::node::allocatable::NodeResources;
 use crate::pod::api::ApiLink;
 use crate::pod::backoff::Backoff;
-use crate::pod::events::{PodEvents, container_field};
+use crate::pod::events::{PodEvents, container_field, ephemeral_field};
 use crate::pod::restart::{RestartPolicy, RestartRules};
 use crate::runtime::{ContainerPorts, ContainerSpec, Runtime, Termination};
 use crate::stats::{PodRef, RunInfo, Stats};
@@ -91,10 +91,14 @@ pub enum Kind {
     Sidecar,
     /// An app container.
     App,
+    /// An ephemeral container (`kubectl debug`): runs once, never restarted.
+    Ephemeral,
 }
 
 /// The waiting reason for an environment that cannot be built yet.
 const CONFIG_ERROR: &str = "CreateContainerConfigError";
+/// Chunks of attached input buffered before the client waits for the program to read.
+const STDIN_QUEUE: usize = 16;
 /// How long a container start waits for the first list of Services.
 const SERVICES_WAIT: Duration = Duration::from_secs(10);
 
@@ -202,11 +206,18 @@ impl Runner {
                 .as_ref()
                 .and_then(|s| s.restart_policy.as_deref()),
         );
-        RestartRules::of(&self.container, self.kind != Kind::App, pod_policy)
+        match self.kind {
+            // Upstream never restarts an ephemeral container (`computePodActions`).
+            Kind::Ephemeral => RestartRules::of(&self.container, false, RestartPolicy::Never),
+            kind => RestartRules::of(&self.container, kind != Kind::App, pod_policy),
+        }
     }
 
     fn field(&self) -> Option<String> {
-        container_field(self.kind != Kind::App, &self.container.name)
+        match self.kind {
+            Kind::Ephemeral => ephemeral_field(&self.container.name),
+            kind => container_field(kind != Kind::App, &self.container.name),
+        }
     }
 
     async fn normal(&self, reason: &str, note: String) {
@@ -377,6 +388,7 @@ impl Runner {
                 Kind::App => "container",
                 Kind::Init => "init_container",
                 Kind::Sidecar => "sidecar",
+                Kind::Ephemeral => "ephemeral_container",
             };
             self.services
                 .metrics
@@ -410,7 +422,16 @@ impl Runner {
                         .network
                         .pod(self.pod.metadata.uid.as_deref().unwrap_or_default()),
                 };
-                let task = tokio::spawn(probe::run(probes, target, name.clone(), probe_tx));
+                let recorder = probe::ProbeRecorder {
+                    metrics: self.services.metrics.probes.clone(),
+                    container: crate::metrics::ProbedContainer {
+                        container: name.clone(),
+                        pod: self.pod.metadata.name.clone().unwrap_or_default(),
+                        namespace: self.pod.metadata.namespace.clone().unwrap_or_default(),
+                        pod_uid: self.pod.metadata.uid.clone().unwrap_or_default(),
+                    },
+                };
+                let task = tokio::spawn(probe::run(probes, target, recorder, probe_tx));
                 AbortOnDrop(task)
             });
 
@@ -814,7 +835,20 @@ impl Runner {
         let limits = self
             .allocated
             .limits_or(resize::container_limits(c, self.services.memory_bound));
+        // `stdin: true`: a channel `kubectl attach -i` writes to (upstream's `stdinOnce` rules
+        // in `AttachInput`); without it the program reads end of file at once.
+        let tty = c.tty.unwrap_or(false);
+        let (input, stdin) = if c.stdin.unwrap_or(false) {
+            let (tx, rx) = tokio::sync::mpsc::channel(STDIN_QUEUE);
+            (
+                Some(AttachInput::new(tx, c.stdin_once.unwrap_or(false), tty)),
+                Some(rx),
+            )
+        } else {
+            (None, None)
+        };
         let exec_target = ExecTarget {
+            input,
             pod_uid: uid.to_string(),
             program: program.clone(),
             program_digest: program_digest.clone(),
@@ -852,6 +886,8 @@ impl Runner {
             },
             http: crate::network::http_limits(&self.pod)
                 .map_err(|message| (CONFIG_ERROR, message))?,
+            stdin,
+            tty,
         };
         let running = self
             .services

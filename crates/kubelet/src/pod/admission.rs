@@ -60,6 +60,43 @@ impl Requests {
     /// together; each regular init container runs alone beside the sidecars started before it;
     /// the larger of the two, plus the pod's `overhead`.
     pub fn of_pod(pod: &Pod) -> Self {
+        Self::of_pod_with(pod, Self::of)
+    }
+
+    /// An admitted pod's requests: per container what the node allocated to it (its status's
+    /// `allocatedResources`), else its spec. A resize the node has not accepted (pending,
+    /// infeasible) changes the spec but not the allocation, and must not count (upstream
+    /// admits against the allocation manager's `GetAllocatedPods`).
+    pub fn of_admitted(pod: &Pod) -> Self {
+        let statuses = pod.status.as_ref().map(|s| {
+            let inits = s.init_container_statuses.iter().flatten();
+            inits.chain(s.container_statuses.iter().flatten())
+        });
+        let allocated: Vec<(&str, Self)> = statuses
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                let list = s.allocated_resources.as_ref()?;
+                let requests = Self {
+                    cpu_millis: amount(Some(list), "cpu").unwrap_or(0),
+                    memory_bytes: amount(Some(list), "memory").unwrap_or(0),
+                };
+                Some((s.name.as_str(), requests))
+            })
+            .collect();
+        if allocated.is_empty() {
+            return Self::of_pod(pod);
+        }
+        Self::of_pod_with(pod, |container| {
+            allocated
+                .iter()
+                .find(|(name, _)| *name == container.name)
+                .map_or_else(|| Self::of(container), |(_, requests)| *requests)
+        })
+    }
+
+    /// [`Self::of_pod`] with each container's requests from `of`.
+    fn of_pod_with(pod: &Pod, of: impl Fn(&Container) -> Self) -> Self {
         let Some(spec) = &pod.spec else {
             return Self::default();
         };
@@ -67,17 +104,13 @@ impl Requests {
         let mut init_peak = Self::default();
         for init in spec.init_containers.iter().flatten() {
             if init.restart_policy.as_deref() == Some("Always") {
-                sidecars = sidecars.add(Self::of(init));
+                sidecars = sidecars.add(of(init));
                 init_peak = init_peak.max(sidecars);
             } else {
-                init_peak = init_peak.max(sidecars.add(Self::of(init)));
+                init_peak = init_peak.max(sidecars.add(of(init)));
             }
         }
-        let apps = spec
-            .containers
-            .iter()
-            .map(Self::of)
-            .fold(sidecars, Self::add);
+        let apps = spec.containers.iter().map(&of).fold(sidecars, Self::add);
         let mut containers = apps.max(init_peak);
         // Pod-level resources replace the containers' sum for what they name (upstream's
         // PodRequests with the PodLevelResources feature).
@@ -106,7 +139,7 @@ pub fn admit<'a>(
     let mut used = Requests::default();
     for other in admitted {
         count += 1;
-        used = used.add(Requests::of_pod(other));
+        used = used.add(Requests::of_admitted(other));
     }
     let insufficient = |resource: &str, requested: u64, used: u64, capacity: u64| Rejection {
         reason: format!("OutOf{resource}"),
@@ -160,6 +193,32 @@ mod tests {
         ephemeral_storage_bytes: 1 << 40,
         pods: 3,
     };
+
+    #[test]
+    fn an_admitted_pod_counts_what_was_allocated_not_a_pending_resize() {
+        let mut resized = pod(
+            serde_json::json!([{"name": "main", "resources": {"requests": {"cpu": "1000"}}}]),
+            serde_json::json!([]),
+        );
+        resized.status = serde_json::from_value(serde_json::json!({
+            "containerStatuses": [{
+                "name": "main", "image": "i", "imageID": "", "ready": true, "restartCount": 0,
+                "allocatedResources": {"cpu": "200m", "memory": "64Mi"}
+            }]
+        }))
+        .expect("status");
+        assert_eq!(Requests::of_pod(&resized).cpu_millis, 1_000_000);
+        let admitted = Requests::of_admitted(&resized);
+        assert_eq!(
+            (admitted.cpu_millis, admitted.memory_bytes),
+            (200, 64 << 20)
+        );
+        let newcomer = pod(
+            serde_json::json!([requesting("250m", "1Mi")]),
+            serde_json::json!([]),
+        );
+        assert_eq!(admit(&newcomer, [&resized], &NODE), Ok(()));
+    }
 
     #[test]
     fn pod_requests_follow_upstream() {

@@ -54,3 +54,8 @@ pub fn container_field(init: bool, name: &str) -> Option<String> {
         if init { "initContainers" } else { "containers" }
     ))
 }
+
+/// The field path of an ephemeral container in events: `spec.ephemeralContainers{name}`.
+pub fn ephemeral_field(name: &str) -> Option<String> {
+    Some(format!("spec.ephemeralContainers{{{name}}}"))
+}

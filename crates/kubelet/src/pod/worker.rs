@@ -144,6 +144,8 @@ struct Worker {
     /// The first cause that failed the pod (eviction, deadline, rejection, shutdown): its
     /// reason stays on the status through a later deletion.
     failure: Option<Cause>,
+    /// Ephemeral containers already started (or found done): each runs at most once.
+    ephemeral_seen: HashSet<String>,
 }
 
 impl Worker {
@@ -155,6 +157,7 @@ impl Worker {
             .iter()
             .flatten()
             .chain(previous.container_statuses.iter().flatten())
+            .chain(previous.ephemeral_container_statuses.iter().flatten())
             .map(|s| (s.name.clone(), s.clone()))
             .collect();
         let inits = pod
@@ -193,6 +196,7 @@ impl Worker {
             apps_started: false,
             queue: VecDeque::new(),
             failure: None,
+            ephemeral_seen: HashSet::new(),
         }
     }
 
@@ -386,6 +390,44 @@ impl Worker {
                 self.execute(action).await;
             }
         }
+        self.start_ephemeral();
+    }
+
+    /// Starts each ephemeral container not started yet, once the pod's containers run
+    /// (upstream's `computePodActions`: `EphemeralContainersToStart` once the sandbox exists,
+    /// even during initialization; never while terminating, never again after it ends).
+    fn start_ephemeral(&mut self) {
+        if !matches!(
+            self.state,
+            PodState::Initializing { .. } | PodState::Running
+        ) {
+            return;
+        }
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let mut started = false;
+        for (index, ec) in spec.ephemeral_containers.iter().flatten().enumerate() {
+            if !self.ephemeral_seen.insert(ec.name.clone()) {
+                continue;
+            }
+            let container = match crate::container::ephemeral::effective(ec, &spec) {
+                Ok(container) => container,
+                Err(error) => {
+                    tracing::warn!(pod = %self.key, container = %ec.name, %error, "ephemeral container not started");
+                    continue;
+                }
+            };
+            // Ran before a Krustlet restart: done for good (ephemeral containers never restart).
+            if let Some(Resume::Done(status)) = self.first_resume(&container, Kind::Ephemeral) {
+                self.statuses.insert(container.name.clone(), *status);
+                continue;
+            }
+            tracing::info!(pod = %self.key, container = %ec.name, target = ?ec.target_container_name, "starting an ephemeral container");
+            self.spawn(container, Kind::Ephemeral, index);
+            started = true;
+        }
+        if started {
+            self.publish();
+        }
     }
 
     async fn execute(&mut self, action: Action) {
@@ -491,7 +533,10 @@ impl Worker {
 
     /// When `container` runs again after it exits: its own rules and policy over the pod's.
     fn restart_rules(&self, container: &Container, kind: Kind) -> RestartRules {
-        RestartRules::of(container, kind != Kind::App, self.restart_policy())
+        match kind {
+            Kind::Ephemeral => RestartRules::of(container, false, RestartPolicy::Never),
+            kind => RestartRules::of(container, kind != Kind::App, self.restart_policy()),
+        }
     }
 
     fn spawn(&mut self, container: Container, kind: Kind, index: usize) {
@@ -587,7 +632,7 @@ impl Worker {
                     step: StopStep::Regular,
                     ..
                 },
-                Kind::App | Kind::Init,
+                Kind::App | Kind::Init | Kind::Ephemeral,
             ) if self.running.values().all(|r| r.kind == Kind::Sidecar) => {
                 let sidecars = self.running_sidecars();
                 self.queue.push_back(Input::RegularStopped { sidecars });
@@ -879,6 +924,15 @@ impl Worker {
         };
         let init_statuses = ordered(&inits);
         let app_statuses = ordered(&apps);
+        // Ephemeral containers in spec order (upstream's `convertToAPIContainerStatuses` for
+        // them): outside the phase and readiness, which only init and app containers decide.
+        let ephemeral_statuses: Vec<ContainerStatus> = self
+            .pod
+            .spec
+            .iter()
+            .flat_map(|s| s.ephemeral_containers.iter().flatten())
+            .filter_map(|c| self.statuses.get(&c.name).cloned())
+            .collect();
         let regular_inits: Vec<ContainerStatus> = inits
             .iter()
             .filter(|c| c.restart_policy.as_deref() != Some("Always"))
@@ -1028,6 +1082,8 @@ impl Worker {
             qos_class: Some(phase::qos_class(&self.pod).into()),
             init_container_statuses: (!inits.is_empty()).then_some(init_statuses),
             container_statuses: Some(app_statuses),
+            ephemeral_container_statuses: (!ephemeral_statuses.is_empty())
+                .then_some(ephemeral_statuses),
             reason,
             message,
             observed_generation: self.pod.metadata.generation,

@@ -1,6 +1,7 @@
 //! `GET /metrics` (the kubelet's and the runtime's metrics, through prometheus-client),
 //! `GET /metrics/resource` (CPU and memory for metrics-server), `GET /metrics/cadvisor`
-//! (cAdvisor's container series) and `GET /stats/summary`.
+//! (cAdvisor's container series), `GET /metrics/probes` (the prober's results) and
+//! `GET /stats/summary`.
 
 use std::sync::Arc;
 
@@ -15,8 +16,19 @@ use crate::stats::{cadvisor, resource, summary};
 /// The kubelet's metrics: OpenMetrics if the scraper asks for it, else Prometheus text 0.0.4.
 pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     state.view.metrics.refresh(&state.view.stats);
+    encoded(&state.view.registry, &headers)
+}
+
+/// The prober's metrics (`prober_probe_total`), as upstream serves them on
+/// `/metrics/probes`, in the same formats as `/metrics`.
+pub async fn probe_metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    encoded(&state.view.metrics.probes.registry(), &headers)
+}
+
+/// `registry` in the format the `Accept` header asks for (OpenMetrics, else text 0.0.4).
+fn encoded(registry: &prometheus_client::registry::Registry, headers: &HeaderMap) -> Response {
     let mut text = String::new();
-    if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &state.view.registry) {
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut text, registry) {
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot encode metrics: {error}\n"),

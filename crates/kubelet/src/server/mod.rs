@@ -1,5 +1,5 @@
 //! The kubelet HTTPS API on `--port`: health, container logs, pods, configz, metrics, stats,
-//! and clear refusals of what WebAssembly pods cannot do (run).
+//! exec, attach and port-forward, and clear refusals of what WebAssembly pods cannot do (run).
 //!
 //! TLS uses the serving certificate (`--tls-cert-file`, else the one issued through the
 //! kubelet-serving CSR, else a self-signed one until it is issued; an issued certificate is
@@ -184,6 +184,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/metrics/resource", get(metrics::resource_metrics))
         .route("/metrics/cadvisor", get(metrics::cadvisor_metrics))
+        .route("/metrics/probes", get(metrics::probe_metrics))
         .route("/stats/summary", get(metrics::stats_summary))
         .route("/exec/{*rest}", any(streaming::exec::exec))
         .route("/attach/{*rest}", any(streaming::exec::attach))

@@ -33,6 +33,10 @@ pub const MAX_SIGNATURES: usize = 32;
 pub const MAX_PAYLOAD_BYTES: u64 = 64 << 10;
 /// The longest signature annotation read (base64).
 const MAX_SIGNATURE_CHARS: usize = 4 << 10;
+/// The longest certificate or chain annotation read (PEM).
+const MAX_CERTIFICATE_CHARS: usize = 32 << 10;
+/// The longest Rekor bundle annotation read (JSON).
+const MAX_BUNDLE_CHARS: usize = 64 << 10;
 
 /// Where a signature was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +65,12 @@ pub struct Candidate {
     pub payload: Vec<u8>,
     /// The raw signature.
     pub signature: Vec<u8>,
+    /// The keyless signing certificate (PEM), when there is one.
+    pub certificate: Option<String>,
+    /// Its CA chain (PEM).
+    pub chain: Option<String>,
+    /// The Rekor bundle (JSON).
+    pub bundle: Option<String>,
 }
 
 /// The part of the simple-signing payload that binds a signature to an image.
@@ -225,10 +235,26 @@ async fn read_layers(
         if format!("sha256:{:x}", Sha256::digest(&payload)) != layer.digest {
             continue;
         }
+        // Oversized keyless annotations are dropped: the signature then fails as keyless
+        // with "no certificate" / "no bundle", which names what is missing.
+        let annotation = |name: &str, max: usize| {
+            layer
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(name))
+                .filter(|v| v.len() <= max)
+                .cloned()
+        };
         out.push(Candidate {
             layout,
             payload,
             signature,
+            certificate: annotation(
+                super::keyless::CERTIFICATE_ANNOTATION,
+                MAX_CERTIFICATE_CHARS,
+            ),
+            chain: annotation(super::keyless::CHAIN_ANNOTATION, MAX_CERTIFICATE_CHARS),
+            bundle: annotation(super::keyless::BUNDLE_ANNOTATION, MAX_BUNDLE_CHARS),
         });
     }
     Ok(())

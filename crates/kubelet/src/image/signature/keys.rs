@@ -52,8 +52,13 @@ impl PublicKey {
                 parsed.label
             )));
         }
-        let (_, spki) = SubjectPublicKeyInfo::from_der(&parsed.contents)
-            .map_err(|e| KeyError::NotPem(e.to_string()))?;
+        Self::from_spki_der(&parsed.contents)
+    }
+
+    /// Parses a DER SubjectPublicKeyInfo (a certificate's key, a trusted root's log key).
+    pub fn from_spki_der(der: &[u8]) -> Result<Self, KeyError> {
+        let (_, spki) =
+            SubjectPublicKeyInfo::from_der(der).map_err(|e| KeyError::NotPem(e.to_string()))?;
         let algorithm = spki.algorithm.algorithm.to_id_string();
         let bytes = spki.subject_public_key.data.to_vec();
         match algorithm.as_str() {
@@ -103,6 +108,11 @@ pub(crate) mod tests {
 
     /// A PEM `PUBLIC KEY` of a DER SubjectPublicKeyInfo.
     pub(crate) fn pem(der: &[u8]) -> String {
+        pem_block("PUBLIC KEY", der)
+    }
+
+    /// A PEM block with `label` around `der`, in 64-column base64.
+    pub(crate) fn pem_block(label: &str, der: &[u8]) -> String {
         let b64 = base64::engine::general_purpose::STANDARD.encode(der);
         let lines: Vec<&str> = b64
             .as_bytes()
@@ -110,7 +120,7 @@ pub(crate) mod tests {
             .map(|c| std::str::from_utf8(c).unwrap_or_default())
             .collect();
         format!(
-            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
             lines.join("\n")
         )
     }

@@ -2,14 +2,18 @@
 //! image's exact manifest digest carries a cosign signature from a key the policy trusts.
 //!
 //! `policy.rs` reads the policy file, `keys.rs` checks signatures with trusted keys,
-//! `cosign.rs` reads cosign's two signature layouts from the registry. [`Signatures`] holds
+//! `keyless.rs` checks Fulcio-certificate signatures offline against a trusted root and their
+//! Rekor bundle, `cosign.rs` reads cosign's two signature layouts from the registry, and
+//! `sign.rs` signs as cosign does (for `krustlet push --sign`). [`Signatures`] holds
 //! the current policy (reloaded when its file changes), caches verified digests per
 //! (rule, digest, policy generation), and re-checks the images of running containers after a
 //! reload, reporting (never killing) those that no longer pass. See `docs/signing.md`.
 
 pub mod cosign;
+pub mod keyless;
 pub mod keys;
 pub mod policy;
+pub mod sign;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -30,15 +34,53 @@ pub const REVOKED_REASON: &str = "SignaturePolicyViolation";
 /// How often the policy file is checked for changes.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Who signed a verified digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signer {
+    /// A trusted key, by its policy name.
+    Key(String),
+    /// A keyless identity.
+    Identity {
+        /// Its policy name.
+        name: String,
+        /// The certificate's subject.
+        subject: String,
+        /// The certificate's OIDC issuer.
+        issuer: String,
+        /// The Rekor log index of the signature's entry.
+        log_index: i64,
+    },
+    /// Verified earlier under this policy generation (a cache hit).
+    Cached,
+}
+
+impl std::fmt::Display for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Key(name) => write!(f, "key {name:?}"),
+            Self::Identity {
+                name,
+                subject,
+                issuer,
+                log_index,
+            } => write!(
+                f,
+                "keyless identity {name:?} (subject {subject:?}, issuer {issuer:?}, Rekor log index {log_index})"
+            ),
+            Self::Cached => f.write_str("a trusted signer (verified earlier under this policy)"),
+        }
+    }
+}
+
 /// Why an image may run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Allowed {
-    /// A trusted key signed this digest.
+    /// A trusted key or identity signed this digest.
     Verified {
         /// The rule that required it.
         rule: String,
-        /// The key that signed.
-        key: String,
+        /// Who signed.
+        signer: Signer,
         /// Where the signature was.
         layout: SigLayout,
     },
@@ -59,9 +101,13 @@ pub enum Allowed {
 impl std::fmt::Display for Allowed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Verified { rule, key, layout } => write!(
+            Self::Verified {
+                rule,
+                signer,
+                layout,
+            } => write!(
                 f,
-                "allowed: rule {rule:?} requires a signature and key {key:?} signed this digest ({layout})"
+                "allowed: rule {rule:?} requires a signature and {signer} signed this digest ({layout})"
             ),
             Self::ByRule { rule } => write!(f, "allowed unsigned by rule {rule:?}"),
             Self::ByDefault { warning: None } => {
@@ -81,7 +127,7 @@ impl std::fmt::Display for Allowed {
 pub enum SignatureError {
     /// The policy requires a signature that is not there.
     #[error(
-        "image {image} ({digest}) refused by image policy rule {rule:?}: {missing}; sign this exact digest with one of the keys {keys:?} (cosign sign --key ...), or change the policy"
+        "image {image} ({digest}) refused by image policy rule {rule:?}: {missing}; sign this exact digest with one of the keys or identities {keys:?} (cosign sign), or change the policy"
     )]
     Unsigned {
         /// The reference.
@@ -90,7 +136,7 @@ pub enum SignatureError {
         digest: String,
         /// The rule.
         rule: String,
-        /// The rule's key names.
+        /// The rule's key and identity names.
         keys: Vec<String>,
         /// What was found instead.
         missing: String,
@@ -172,8 +218,21 @@ pub struct Signatures {
     next_id: AtomicU64,
 }
 
-fn fingerprint(text: &str) -> [u8; 32] {
-    Sha256::digest(text.as_bytes()).into()
+/// A digest of the policy text and of every file it read (keys, trusted roots), so that an
+/// edit to any of them is a new policy generation.
+fn fingerprint(text: &str, sources: &[PathBuf]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(text.as_bytes());
+    for source in sources {
+        hash.update(source.as_os_str().as_encoded_bytes());
+        match std::fs::read(source) {
+            Ok(bytes) if bytes.len() as u64 <= policy::MAX_POLICY_BYTES => {
+                hash.update(Sha256::digest(&bytes))
+            }
+            _ => hash.update(b"unreadable"),
+        }
+    }
+    hash.finalize().into()
 }
 
 impl Signatures {
@@ -184,16 +243,14 @@ impl Signatures {
 
     /// The policy at `path` (which must load now); `insecure` registries use plain HTTP.
     pub fn load(path: &Path, insecure: Vec<String>) -> Result<Arc<Self>, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Read {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        let policy = Policy::load(path)?;
+        let text = policy::read_bounded(path)?;
+        let policy = Policy::parse(&text, path)?;
+        let print = fingerprint(&text, &policy.sources);
         Ok(Arc::new(Self::with(
             Some(path.into()),
             insecure,
             Some(policy),
-            Some(fingerprint(&text)),
+            Some(print),
         )))
     }
 
@@ -284,6 +341,7 @@ impl Signatures {
             })?;
         let mut other_digests = Vec::new();
         let mut untrusted = 0;
+        let mut keyless_failures: Vec<String> = Vec::new();
         for candidate in &candidates {
             match cosign::signed_digest(&candidate.payload) {
                 Some(d) if d == digest => {}
@@ -301,15 +359,53 @@ impl Signatures {
                 lock(&self.verified).insert(cache_key);
                 return Ok(Allowed::Verified {
                     rule: rule.name.clone(),
-                    key: key.name.clone(),
+                    signer: Signer::Key(key.name.clone()),
                     layout: candidate.layout,
                 });
             }
             untrusted += 1;
+            // Checked against each keyless identity too (a signature without a certificate
+            // fails there as "no signing certificate", which says it was made with a key).
+            let evidence = keyless::Evidence {
+                payload: &candidate.payload,
+                signature: &candidate.signature,
+                certificate: candidate.certificate.as_deref(),
+                chain: candidate.chain.as_deref(),
+                bundle: candidate.bundle.as_deref(),
+            };
+            for identity in &rule.keyless {
+                match keyless::verify(&evidence, identity) {
+                    Ok(signer) => {
+                        lock(&self.verified).insert(cache_key);
+                        return Ok(Allowed::Verified {
+                            rule: rule.name.clone(),
+                            signer: Signer::Identity {
+                                name: identity.name.clone(),
+                                subject: signer.subject,
+                                issuer: signer.issuer,
+                                log_index: signer.log_index,
+                            },
+                            layout: candidate.layout,
+                        });
+                    }
+                    Err(error) => {
+                        let text = format!("for keyless identity {:?}, {error}", identity.name);
+                        if !keyless_failures.contains(&text) {
+                            keyless_failures.push(text);
+                        }
+                    }
+                }
+            }
         }
         let missing = if candidates.is_empty() {
             "it has no cosign signature (neither a sha256-<digest>.sig tag nor an OCI 1.1 referrer)"
                 .to_string()
+        } else if untrusted > 0 && !keyless_failures.is_empty() {
+            keyless_failures.truncate(4);
+            format!(
+                "its {untrusted} signature(s) for this digest are not from a trusted key or identity: {}",
+                keyless_failures.join("; ")
+            )
         } else if untrusted > 0 {
             format!("its {untrusted} signature(s) for this digest are not from a trusted key")
         } else {
@@ -324,7 +420,7 @@ impl Signatures {
             image: image.into(),
             digest: digest.into(),
             rule: rule.name.clone(),
-            keys: rule.keys.iter().map(|k| k.name.clone()).collect(),
+            keys: rule.signer_names(),
             missing,
         })
     }
@@ -357,7 +453,7 @@ impl Signatures {
             {
                 return Ok(Allowed::Verified {
                     rule: rule.name.clone(),
-                    key: "(cached)".into(),
+                    signer: Signer::Cached,
                     layout: SigLayout::Tag,
                 });
             }
@@ -381,16 +477,18 @@ impl Signatures {
         let Some(path) = &self.path else {
             return Ok(false);
         };
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Read {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let text = policy::read_bounded(path)?;
         let current = self.current();
-        let print = fingerprint(&text);
-        if current.fingerprint == Some(print) {
+        let sources = current
+            .policy
+            .as_ref()
+            .map(|p| p.sources.as_slice())
+            .unwrap_or_default();
+        if current.fingerprint == Some(fingerprint(&text, sources)) {
             return Ok(false);
         }
         let policy = Policy::parse(&text, path)?;
+        let print = fingerprint(&text, &policy.sources);
         *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Loaded {
             policy: Some(policy),
             generation: current.generation + 1,

@@ -11,12 +11,20 @@
 //!     keys:
 //!       - name: ci
 //!         path: /etc/krustlet/ci.pub # or `pem: |` inline
+//!     keyless:                       # Fulcio certificate identities, checked offline
+//!       - name: release
+//!         issuer: https://token.actions.githubusercontent.com
+//!         subject: "https://github.com/org/repo/.*"   # regexp over the whole subject
+//!         trustedRoot: trusted_root.json             # or the policy's `trustedRoot`
 //! ```
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::keyless::{Identity, TrustedRoot};
 use super::keys::PublicKey;
 
 /// The most bytes a policy file (or a key file it names) may have.
@@ -65,7 +73,17 @@ struct RuleFile {
     #[serde(default)]
     keys: Vec<KeySource>,
     #[serde(default)]
-    keyless: Vec<serde_yaml::Value>,
+    keyless: Vec<KeylessSource>,
+}
+
+/// One keyless identity of a rule, as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct KeylessSource {
+    name: Option<String>,
+    issuer: String,
+    subject: String,
+    trusted_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -73,6 +91,8 @@ struct RuleFile {
 struct PolicyFile {
     #[serde(default)]
     default: DefaultAction,
+    #[serde(rename = "trustedRoot")]
+    trusted_root: Option<PathBuf>,
     #[serde(default)]
     rules: Vec<RuleFile>,
 }
@@ -99,6 +119,19 @@ pub struct Rule {
     pub action: RuleAction,
     /// The keys a signature may come from.
     pub keys: Vec<TrustedKey>,
+    /// The keyless identities a signature may come from.
+    pub keyless: Vec<Identity>,
+}
+
+impl Rule {
+    /// The names of what may sign for this rule: its keys, then its keyless identities.
+    pub fn signer_names(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .map(|k| k.name.clone())
+            .chain(self.keyless.iter().map(|i| format!("{} (keyless)", i.name)))
+            .collect()
+    }
 }
 
 /// A loaded policy.
@@ -108,6 +141,9 @@ pub struct Policy {
     pub default: DefaultAction,
     /// First match wins.
     pub rules: Vec<Rule>,
+    /// The files read besides the policy itself (keys, trusted roots): a change to any of
+    /// them is a policy change too.
+    pub sources: Vec<PathBuf>,
 }
 
 /// Why a policy file cannot be used.
@@ -131,7 +167,8 @@ pub enum PolicyError {
     },
 }
 
-fn read_bounded(path: &Path) -> Result<String, PolicyError> {
+/// Reads a policy (or key, or trusted root) file of at most [`MAX_POLICY_BYTES`].
+pub(crate) fn read_bounded(path: &Path) -> Result<String, PolicyError> {
     let read_error = |e: std::io::Error| PolicyError::Read {
         path: path.into(),
         message: e.to_string(),
@@ -161,24 +198,22 @@ impl Policy {
         };
         let file: PolicyFile = serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        let mut sources = Vec::new();
+        let mut roots: HashMap<PathBuf, Arc<TrustedRoot>> = HashMap::new();
         let mut rules = Vec::new();
         for (i, rule) in file.rules.into_iter().enumerate() {
             let name = rule.name.clone().unwrap_or_else(|| format!("rules[{i}]"));
             if rule.images.is_empty() {
                 return Err(invalid(format!("rule {name:?} has no `images` patterns")));
             }
-            if !rule.keyless.is_empty() {
-                return Err(invalid(format!(
-                    "rule {name:?} uses `keyless`, which this Krustlet does not verify yet; \
-                     use `keys` (cosign generate-key-pair) instead"
-                )));
-            }
             let mut keys = Vec::new();
             for (k, source) in rule.keys.iter().enumerate() {
                 let (pem, default_name) = match (&source.path, &source.pem) {
                     (Some(p), None) => {
                         let full = base.join(p);
-                        (read_bounded(&full)?, p.display().to_string())
+                        let pem = read_bounded(&full)?;
+                        sources.push(full);
+                        (pem, p.display().to_string())
                     }
                     (None, Some(pem)) => (pem.clone(), format!("keys[{k}]")),
                     _ => {
@@ -194,9 +229,33 @@ impl Policy {
                     key,
                 });
             }
-            if rule.action == RuleAction::Require && keys.is_empty() {
+            let mut keyless = Vec::new();
+            for (k, source) in rule.keyless.into_iter().enumerate() {
+                let Some(root_path) = source.trusted_root.as_ref().or(file.trusted_root.as_ref())
+                else {
+                    return Err(invalid(format!(
+                        "rule {name:?} keyless[{k}] needs a `trustedRoot` (here or at the top of the policy)"
+                    )));
+                };
+                let full = base.join(root_path);
+                let root = match roots.get(&full) {
+                    Some(root) => root.clone(),
+                    None => {
+                        let text = read_bounded(&full)?;
+                        let root = TrustedRoot::parse(text.as_bytes(), &full)
+                            .map_err(|e| invalid(format!("rule {name:?} keyless[{k}]: {e}")))?;
+                        sources.push(full.clone());
+                        roots.entry(full).or_insert(Arc::new(root)).clone()
+                    }
+                };
+                let identity_name = source.name.unwrap_or_else(|| format!("keyless[{k}]"));
+                let identity = Identity::new(identity_name, source.issuer, source.subject, root)
+                    .map_err(|e| invalid(format!("rule {name:?} keyless[{k}]: {e}")))?;
+                keyless.push(identity);
+            }
+            if rule.action == RuleAction::Require && keys.is_empty() && keyless.is_empty() {
                 return Err(invalid(format!(
-                    "rule {name:?} requires signatures but lists no `keys`"
+                    "rule {name:?} requires signatures but lists no `keys` and no `keyless` identities"
                 )));
             }
             rules.push(Rule {
@@ -205,11 +264,13 @@ impl Policy {
                 namespaces: rule.namespaces,
                 action: rule.action,
                 keys,
+                keyless,
             });
         }
         Ok(Self {
             default: file.default,
             rules,
+            sources,
         })
     }
 
@@ -308,8 +369,12 @@ rules:
         assert!(error("rules: [{images: [a], action: require}]").contains("lists no `keys`"));
         assert!(error("default: maybe").contains("docs/signing.md"));
         assert!(
-            error("rules: [{images: [a], action: require, keyless: [{issuer: x}]}]")
-                .contains("keyless")
+            error("rules: [{images: [a], action: require, keyless: [{issuer: x, subject: y}]}]")
+                .contains("trustedRoot")
+        );
+        assert!(
+            error("rules: [{images: [a], action: require, keyless: [{issuer: x, subject: y, trustedRoot: /nonexistent/root.json}]}]")
+                .contains("/nonexistent/root.json")
         );
         assert!(
             error("rules: [{images: [a], action: require, keys: [{pem: nonsense}]}]")

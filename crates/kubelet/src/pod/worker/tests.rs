@@ -510,3 +510,58 @@ async fn a_container_policy_overrides_the_pods() {
     let s = h.wait("Succeeded", |s| phase(s) == "Succeeded").await;
     assert_eq!(container(&s, "app").map(|c| c.restart_count), Some(1));
 }
+
+fn ephemeral<'a>(s: &'a PodStatus, name: &str) -> Option<&'a ContainerStatus> {
+    s.ephemeral_container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == name)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ephemeral_container_runs_once_apart_from_the_phase_and_is_never_restarted() {
+    let fake = FakeRuntime::default();
+    fake.script(
+        "debugger",
+        [Step::Exit {
+            after: Duration::from_secs(1),
+            code: 3,
+        }],
+    );
+    let base = serde_json::json!({"restartPolicy": "Always", "containers": [c("app")]});
+    let h = start(pod(base.clone(), None), &fake);
+    h.wait("app running", |s| running(s, "app")).await;
+    // `kubectl debug` adds it through the ephemeralcontainers subresource: a pod update.
+    let mut spec = base;
+    let mut debugger = c("debugger");
+    debugger["targetContainerName"] = "app".into();
+    spec["ephemeralContainers"] = serde_json::json!([debugger]);
+    h.update(pod(spec.clone(), None));
+    let s = h
+        .wait("the debugger terminated", |s| {
+            ephemeral(s, "debugger")
+                .and_then(|c| c.state.as_ref())
+                .and_then(|st| st.terminated.as_ref())
+                .is_some()
+        })
+        .await;
+    let debugger = ephemeral(&s, "debugger").expect("status");
+    let terminated = debugger
+        .state
+        .as_ref()
+        .and_then(|st| st.terminated.as_ref())
+        .expect("terminated");
+    assert_eq!(terminated.exit_code, 3);
+    assert_eq!(debugger.restart_count, 0);
+    // Only among the ephemeral statuses, and the pod runs on.
+    assert!(container(&s, "debugger").is_none());
+    assert_eq!(phase(&s), "Running");
+    assert!(running(&s, "app"));
+    // Later updates never run it again, whatever its exit code and the pod's policy.
+    h.update(pod(spec, None));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(h.fake.starts_of("debugger"), 1);
+    assert_eq!(h.fake.starts_of("app"), 1);
+    let debugger = ephemeral(&h.status(), "debugger").cloned().expect("status");
+    assert_eq!(debugger.restart_count, 0);
+}

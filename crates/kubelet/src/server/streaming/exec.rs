@@ -1,5 +1,7 @@
 //! `/exec/{namespace}/{pod}[/{uid}]/{container}?command=...&input=1&output=1&error=1&tty=1`:
-//! `kubectl exec` (upstream `Server.getExec` and `remotecommand.ServeExec`).
+//! `kubectl exec` (upstream `Server.getExec` and `remotecommand.ServeExec`), and `/attach/...`
+//! (`Server.getAttach`), over SPDY/3.1 or WebSocket: the transport only yields the
+//! [`Streams`]; what is served on them is the same.
 //!
 //! An exec is one more instance of the container's program: the same compiled module or
 //! component, argv from `command`, the container's environment, mounts (with their read-only
@@ -12,18 +14,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::StatusCode;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use super::remotecommand::{
-    ACCEPTED_HEADER, Options, Outcome, PROTOCOL_HEADER, ProtocolError, STREAM_CREATION_TIMEOUT,
-    SUPPORTED, Streams, is_spdy_upgrade, negotiate,
+    ACCEPTED_HEADER, Options, Outcome, Output, PROTOCOL_HEADER, ProtocolError,
+    STREAM_CREATION_TIMEOUT, SUPPORTED, Streams, is_spdy_upgrade, negotiate,
 };
-use super::session::{Session, StreamWriter};
+use super::session::Session;
+use super::websocket::{self, WsProtocol};
 use crate::container::exec_targets::ExecTarget;
 use crate::runtime::{ExecIo, Termination};
 use crate::server::AppState;
@@ -93,20 +98,37 @@ fn parse_path(path: &str, root: &str) -> Option<Target> {
     }
 }
 
+/// How the client wants to talk, checked before the upgrade.
+enum Transport {
+    /// SPDY/3.1 with this remote command version.
+    Spdy {
+        protocol: &'static str,
+        upgrade: hyper::upgrade::OnUpgrade,
+    },
+    /// WebSocket with this subprotocol.
+    WebSocket {
+        protocol: WsProtocol,
+        upgrade: Box<WebSocketUpgrade>,
+    },
+}
+
 /// A checked streaming request, ready to upgrade.
 struct Prepared {
     target: Target,
     pairs: Vec<(String, String)>,
     options: Options,
-    protocol: &'static str,
+    transport: Transport,
     exec_target: Arc<ExecTarget>,
     permit: tokio::sync::SemaphorePermit<'static>,
-    upgrade: hyper::upgrade::OnUpgrade,
 }
 
 /// The checks exec and attach share, in upstream's order: path, stream options, upgrade
 /// headers, protocol version, a running container; each failure is a `Status` kubectl shows.
-fn prepare(state: &AppState, request: &mut Request, root: &str) -> Result<Prepared, Box<Response>> {
+async fn prepare(
+    state: &AppState,
+    request: Request,
+    root: &str,
+) -> Result<Prepared, Box<Response>> {
     let Some(target) = parse_path(request.uri().path(), root) else {
         return Err(Box::new(status_response(
             StatusCode::NOT_FOUND,
@@ -119,30 +141,46 @@ fn prepare(state: &AppState, request: &mut Request, root: &str) -> Result<Prepar
             .into_owned()
             .collect();
     let options = Options::from_query(&pairs).map_err(|e| Box::new(bad_request(&e.to_string())))?;
-    let headers = request.headers();
-    if !is_spdy_upgrade(headers) {
-        let websocket = headers
-            .get(http::header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-        return Err(Box::new(bad_request(&if websocket {
-            "this kubelet serves exec and attach over SPDY/3.1 only; reach it through the API \
-             server, which translates kubectl's WebSocket"
-                .to_string()
-        } else {
-            ProtocolError::NotAnUpgrade.to_string()
-        })));
-    }
-    let protocol = negotiate(headers).map_err(|error| {
+    let (mut parts, _body) = request.into_parts();
+    let refused = |error: ProtocolError, accepted: &[&'static str]| {
         // Upstream `httpstream.Handshake`: 403 with the versions the server accepts.
         let mut response = status_response(StatusCode::FORBIDDEN, "Forbidden", &error.to_string());
-        for version in SUPPORTED {
+        for &version in accepted {
             response
                 .headers_mut()
                 .append(ACCEPTED_HEADER, http::HeaderValue::from_static(version));
         }
         Box::new(response)
-    })?;
+    };
+    let transport = if websocket::is_websocket_upgrade(&parts.headers) {
+        let ws_names: Vec<&'static str> = websocket::PROTOCOLS.iter().map(|p| p.name).collect();
+        let protocol = websocket::negotiate(&parts.headers).map_err(|e| refused(e, &ws_names))?;
+        let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
+            .await
+            .map_err(|rejection| {
+                Box::new(bad_request(&format!(
+                    "not a usable WebSocket upgrade: {}",
+                    rejection.body_text()
+                )))
+            })?;
+        Transport::WebSocket {
+            protocol,
+            upgrade: Box::new(upgrade),
+        }
+    } else {
+        if !is_spdy_upgrade(&parts.headers) {
+            return Err(Box::new(bad_request(
+                &ProtocolError::NotAnUpgrade.to_string(),
+            )));
+        }
+        let protocol = negotiate(&parts.headers).map_err(|e| refused(e, SUPPORTED))?;
+        let Some(upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+            return Err(Box::new(bad_request(
+                "this connection cannot be upgraded; exec and attach need HTTP/1.1",
+            )));
+        };
+        Transport::Spdy { protocol, upgrade }
+    };
     let Some(exec_target) = state
         .view
         .exec
@@ -165,22 +203,13 @@ fn prepare(state: &AppState, request: &mut Request, root: &str) -> Result<Prepar
             &format!("{MAX_SESSIONS} streaming sessions are open on this node; try again later"),
         )));
     };
-    let Some(upgrade) = request
-        .extensions_mut()
-        .remove::<hyper::upgrade::OnUpgrade>()
-    else {
-        return Err(Box::new(bad_request(
-            "this connection cannot be upgraded; exec and attach need HTTP/1.1",
-        )));
-    };
     Ok(Prepared {
         target,
         pairs,
         options,
-        protocol,
+        transport,
         exec_target,
         permit,
-        upgrade,
     })
 }
 
@@ -197,9 +226,69 @@ fn switching(protocol: &'static str) -> Response {
         .into_response()
 }
 
-/// Serves `/exec/...`: checks the request, answers 101 and runs the command over SPDY.
-pub async fn exec(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
-    let prepared = match prepare(&state, &mut request, "/exec") {
+/// Answers the upgrade and, once upgraded, runs `serve` on the session's streams; the
+/// session permit is held until it is done.
+fn upgrade_and_serve<F, Fut>(
+    transport: Transport,
+    options: Options,
+    permit: tokio::sync::SemaphorePermit<'static>,
+    what: &'static str,
+    serve: F,
+) -> Response
+where
+    F: FnOnce(Streams, CancellationToken) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    match transport {
+        Transport::Spdy { protocol, upgrade } => {
+            tokio::spawn(async move {
+                let _permit = permit;
+                let Ok(upgraded) = upgrade.await else {
+                    tracing::debug!("{what} upgrade failed");
+                    return;
+                };
+                let mut session = Session::start(TokioIo::new(upgraded));
+                let streams =
+                    match Streams::accept(&mut session, protocol, options, STREAM_CREATION_TIMEOUT)
+                        .await
+                    {
+                        Ok(streams) => streams,
+                        Err(error) => {
+                            tracing::info!(%error, "{what} ended before it started");
+                            session.close().await;
+                            return;
+                        }
+                    };
+                let peer_gone = session.peer_gone();
+                serve(streams, peer_gone).await;
+                session.close().await;
+            });
+            switching(protocol)
+        }
+        Transport::WebSocket { protocol, upgrade } => {
+            let upgrade = *upgrade;
+            let upgrade = if protocol.name.is_empty() {
+                upgrade
+            } else {
+                upgrade.protocols([protocol.name])
+            };
+            upgrade
+                .max_message_size(websocket::MAX_MESSAGE)
+                .max_frame_size(websocket::MAX_MESSAGE)
+                .on_upgrade(move |socket| async move {
+                    let _permit = permit;
+                    let (streams, connection) = websocket::start(socket, protocol, options);
+                    serve(streams, connection.peer_gone.clone()).await;
+                    connection.close().await;
+                })
+        }
+    }
+}
+
+/// Serves `/exec/...`: checks the request, answers the upgrade (SPDY/3.1 or WebSocket) and
+/// runs the command.
+pub async fn exec(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let prepared = match prepare(&state, request, "/exec").await {
         Ok(prepared) => prepared,
         Err(response) => return *response,
     };
@@ -215,18 +304,14 @@ pub async fn exec(State(state): State<Arc<AppState>>, mut request: Request) -> R
     if command.first().is_some_and(|c| c == "tar") {
         // `kubectl cp` runs `tar` in the container; an exec here runs the container's own
         // program, which is not tar.
-        return bad_request(
-            "kubectl cp needs tar in the container, and a WebAssembly pod has none: exec runs \
-             only the container's own program. Copy files through a volume instead",
-        );
+        return bad_request(CP_REFUSAL);
     }
     let Prepared {
         target,
         options,
-        protocol,
+        transport,
         exec_target,
         permit,
-        upgrade,
         ..
     } = prepared;
     let id = format!(
@@ -238,109 +323,164 @@ pub async fn exec(State(state): State<Arc<AppState>>, mut request: Request) -> R
         pod = %format!("{}/{}", target.namespace, target.pod),
         container = %target.container,
         %id,
-        protocol,
+        websocket = matches!(transport, Transport::WebSocket { .. }),
         ?command,
         tty = options.tty,
         "exec"
     );
-    tokio::spawn(async move {
-        let _permit = permit;
-        match upgrade.await {
-            Ok(upgraded) => {
-                let session = Session::start(TokioIo::new(upgraded));
-                serve(session, protocol, options, exec_target, id, command).await;
+    upgrade_and_serve(
+        transport,
+        options,
+        permit,
+        "exec",
+        move |mut streams, peer_gone| async move {
+            if let Some(outcome) =
+                run_exec(&mut streams, peer_gone, options, exec_target, &id, command).await
+            {
+                streams.finish(&outcome).await;
             }
-            Err(error) => tracing::debug!(%error, "exec upgrade failed"),
-        }
-    });
-    switching(protocol)
+        },
+    )
 }
+
+/// What `kubectl cp` gets: it runs `tar` through exec, and a wasm pod has no tar.
+pub const CP_REFUSAL: &str = "kubectl cp needs tar in the container, and a WebAssembly pod has \
+    none: exec runs only the container's own program. Copy files through a volume instead";
 
 /// Serves `/attach/...` (upstream `Server.getAttach`): the running container's output from
 /// now on, as its log receives it (stdout and stderr interleaved on the stdout stream), until
-/// the run ends or the client leaves. Input is not passed on: containers start without stdin.
-pub async fn attach(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
-    let prepared = match prepare(&state, &mut request, "/attach") {
+/// the run ends or the client leaves; with `input=1` and a container with `stdin: true`, the
+/// client's input goes to the program's stdin (see [`crate::container::exec_targets::AttachInput`]).
+pub async fn attach(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let prepared = match prepare(&state, request, "/attach").await {
         Ok(prepared) => prepared,
         Err(response) => return *response,
     };
     let Prepared {
         target,
         options,
-        protocol,
+        transport,
         exec_target,
         permit,
-        upgrade,
         ..
     } = prepared;
     let pod_logs_dir = state.config.pod_logs_dir.clone();
+    upgrade_and_serve(
+        transport,
+        options,
+        permit,
+        "attach",
+        move |mut streams, peer_gone| async move {
+            let outcome = run_attach(
+                &mut streams,
+                peer_gone,
+                &exec_target,
+                &pod_logs_dir,
+                &target,
+            )
+            .await;
+            streams.finish(&outcome).await;
+        },
+    )
+}
+
+/// Forwards an attach client's input to the program's stdin until the client closes it or
+/// leaves; then, with `stdinOnce`, the program's stdin closes.
+fn forward_input(input: Option<mpsc::Receiver<Bytes>>, target: &Arc<ExecTarget>) {
+    let Some(mut input) = input else {
+        return;
+    };
+    let target = target.clone();
     tokio::spawn(async move {
-        let _permit = permit;
-        let Ok(upgraded) = upgrade.await else {
+        let Some(attach) = &target.input else {
+            // The container has no stdin (`stdin: false`): input is read and dropped.
+            while input.recv().await.is_some() {}
             return;
         };
-        let mut session = Session::start(TokioIo::new(upgraded));
-        let mut streams =
-            match Streams::accept(&mut session, protocol, options, STREAM_CREATION_TIMEOUT).await {
-                Ok(streams) => streams,
-                Err(error) => {
-                    tracing::info!(%error, "attach ended before it started");
-                    session.close().await;
-                    return;
-                }
-            };
-        // Input and resizes are read and dropped: the container has no stdin to feed.
-        for mut input in [streams.stdin.take(), streams.resize.take()]
-            .into_iter()
-            .flatten()
-        {
-            tokio::spawn(async move { while input.recv().await.is_some() {} });
-        }
-        let outcome = match crate::log::reader::find_run(
-            &pod_logs_dir,
-            &target.namespace,
-            &target.pod,
-            &target.container,
-            false,
-        ) {
-            Err(error) => Outcome::Error(error.to_string()),
-            Ok(run) => {
-                let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUTPUT_QUEUE);
-                let follow = crate::log::reader::LogOptions {
-                    follow: true,
-                    tail_lines: Some(0),
-                    ..Default::default()
-                };
-                let reader = tokio::spawn(crate::log::reader::stream_log(run, follow, tx));
-                let writer = streams.stdout.clone().or_else(|| streams.stderr.clone());
-                let peer_gone = session.peer_gone();
-                loop {
-                    tokio::select! {
-                        chunk = rx.recv() => match chunk {
-                            Some(chunk) => {
-                                if let Some(writer) = &writer {
-                                    let _ = writer.write(Bytes::from(chunk)).await;
-                                }
+        if let Some(sender) = attach.session() {
+            loop {
+                tokio::select! {
+                    chunk = input.recv() => match chunk {
+                        Some(chunk) => {
+                            if sender.send(chunk).await.is_err() {
+                                break;
                             }
-                            None => break,
-                        },
-                        _ = exec_target.stopped.cancelled() => break,
-                        _ = peer_gone.cancelled() => break,
-                    }
+                        }
+                        None => break,
+                    },
+                    _ = target.stopped.cancelled() => break,
                 }
-                reader.abort();
-                Outcome::Success
             }
-        };
-        streams.finish(&outcome).await;
-        drop(streams);
-        session.close().await;
+        }
+        attach.session_ended();
     });
-    switching(protocol)
+}
+
+/// The body of an attach, over either transport.
+async fn run_attach(
+    streams: &mut Streams,
+    peer_gone: CancellationToken,
+    exec_target: &Arc<ExecTarget>,
+    pod_logs_dir: &std::path::Path,
+    target: &Target,
+) -> Outcome {
+    forward_input(streams.stdin.take(), exec_target);
+    if let Some(mut resize) = streams.resize.take() {
+        // WASI has no terminal size: sizes are read (so the session never stalls) and dropped.
+        tokio::spawn(async move { while resize.recv().await.is_some() {} });
+    }
+    let run = match crate::log::reader::find_run(
+        pod_logs_dir,
+        &target.namespace,
+        &target.pod,
+        &target.container,
+        false,
+    ) {
+        Err(error) => return Outcome::Error(error.to_string()),
+        Ok(run) => run,
+    };
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUTPUT_QUEUE);
+    let follow = crate::log::reader::LogOptions {
+        follow: true,
+        tail_lines: Some(0),
+        ..Default::default()
+    };
+    let reader = tokio::spawn(crate::log::reader::stream_log(run, follow, tx));
+    let writer = streams.stdout.clone().or_else(|| streams.stderr.clone());
+    let send = |chunk: Vec<u8>| {
+        let writer = writer.clone();
+        async move {
+            if let Some(writer) = &writer {
+                let _ = writer.write(Bytes::from(chunk)).await;
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            chunk = rx.recv() => match chunk {
+                Some(chunk) => send(chunk).await,
+                None => break,
+            },
+            _ = exec_target.stopped.cancelled() => {
+                // The run ended: what it wrote last still reaches the client (the follower
+                // ends once the run is marked finished), within a bound.
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+                    while let Some(chunk) = rx.recv().await {
+                        send(chunk).await;
+                    }
+                })
+                .await;
+                break;
+            }
+            _ = peer_gone.cancelled() => break,
+        }
+    }
+    reader.abort();
+    Outcome::Success
 }
 
 /// Copies a guest's output to its stream until the guest drops its sender.
-fn pump(mut output: mpsc::Receiver<Bytes>, writer: StreamWriter) -> tokio::task::JoinHandle<()> {
+fn pump(mut output: mpsc::Receiver<Bytes>, writer: Output) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(chunk) = output.recv().await {
             if writer.write(chunk).await.is_err() {
@@ -352,7 +492,8 @@ fn pump(mut output: mpsc::Receiver<Bytes>, writer: StreamWriter) -> tokio::task:
     })
 }
 
-/// Runs one exec over an upgraded session (upstream `ServeExec`).
+/// Runs one exec over an upgraded SPDY session (upstream `ServeExec`).
+#[cfg(test)]
 async fn serve(
     mut session: Session,
     protocol: &'static str,
@@ -370,6 +511,24 @@ async fn serve(
                 return;
             }
         };
+    let peer_gone = session.peer_gone();
+    if let Some(outcome) = run_exec(&mut streams, peer_gone, options, target, &id, command).await {
+        streams.finish(&outcome).await;
+    }
+    drop(streams);
+    session.close().await;
+}
+
+/// The body of an exec (upstream `ServeExec`), over either transport: `None` when the client
+/// went away (nobody to tell the outcome).
+async fn run_exec(
+    streams: &mut Streams,
+    peer_gone: CancellationToken,
+    options: Options,
+    target: Arc<ExecTarget>,
+    id: &str,
+    command: Vec<String>,
+) -> Option<Outcome> {
     if let Some(mut resize) = streams.resize.take() {
         // WASI has no terminal size: sizes are read (so the session never stalls) and dropped.
         tokio::spawn(async move {
@@ -379,7 +538,7 @@ async fn serve(
         });
     }
     let mut pumps = Vec::new();
-    let mut output = |writer: &Option<StreamWriter>| {
+    let mut output = |writer: &Option<Output>| {
         writer.clone().map(|writer| {
             let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
             pumps.push(pump(rx, writer));
@@ -392,10 +551,9 @@ async fn serve(
         stdin: streams.stdin.take(),
         tty: options.tty,
     };
-    let peer_gone = session.peer_gone();
     let outcome = match target
         .runtime
-        .exec(target.spec(id.clone(), command, io))
+        .exec(target.spec(id.to_string(), command, io))
         .await
     {
         Err(error) => Outcome::Error(format!("cannot exec in the container: {}", error.message)),
@@ -411,8 +569,7 @@ async fn serve(
                     tracing::info!(%id, "exec client went away: stopping the command");
                     let _ = running.kill.send(());
                     let _ = running.exit.await;
-                    session.close().await;
-                    return;
+                    return None;
                 }
             };
             outcome_of(termination)
@@ -423,9 +580,7 @@ async fn serve(
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, pump).await;
     }
     tracing::info!(%id, ?outcome, "exec finished");
-    streams.finish(&outcome).await;
-    drop(streams);
-    session.close().await;
+    Some(outcome)
 }
 
 /// The error stream's report of how the program ended.
@@ -466,6 +621,7 @@ mod tests {
             limits: crate::runtime::Limits::default(),
             runtime: Arc::new(crate::runtime::fake::FakeRuntime::default()),
             stopped: tokio_util::sync::CancellationToken::new(),
+            input: None,
         })
     }
 
@@ -589,6 +745,109 @@ mod tests {
                 "stream {id} not finished"
             );
         }
+    }
+
+    /// Serves one exec over WebSocket on loopback, as `upgrade_and_serve` does.
+    async fn websocket_exec_server(options: Options, command: Vec<String>) -> std::net::SocketAddr {
+        let app = axum::Router::new().route(
+            "/exec",
+            axum::routing::get(move |ws: WebSocketUpgrade| {
+                let command = command.clone();
+                async move {
+                    ws.protocols(["v5.channel.k8s.io"])
+                        .on_upgrade(move |socket| async move {
+                            let (mut streams, connection) =
+                                websocket::start(socket, websocket::PROTOCOLS[0], options);
+                            let peer_gone = connection.peer_gone.clone();
+                            if let Some(outcome) =
+                                run_exec(&mut streams, peer_gone, options, target(), "t", command)
+                                    .await
+                            {
+                                streams.finish(&outcome).await;
+                            }
+                            drop(streams);
+                            connection.close().await;
+                        })
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_exec_over_websocket_v5_streams_stdio_closes_stdin_and_reports_the_exit_code() {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message as ClientMessage;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+        let options = Options {
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        };
+        let command = vec!["prog".into(), "a".into(), "exit=3".into()];
+        let addr = websocket_exec_server(options, command).await;
+        let mut request = format!("ws://{addr}/exec")
+            .into_client_request()
+            .expect("request");
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "v5.channel.k8s.io".parse().expect("value"),
+        );
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut ws, response) = tokio_tungstenite::client_async(request, tcp)
+            .await
+            .expect("handshake");
+        assert_eq!(
+            response
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some("v5.channel.k8s.io")
+        );
+        ws.send(ClientMessage::binary(b"\x00typed\n".to_vec()))
+            .await
+            .expect("stdin");
+        // v5's close signal for stdin: the program reads end of file.
+        ws.send(ClientMessage::binary(vec![255u8, 0]))
+            .await
+            .expect("close stdin");
+        let mut channels: HashMap<u8, Vec<u8>> = HashMap::new();
+        let mut first = None;
+        let read = async {
+            while let Some(Ok(message)) = ws.next().await {
+                match message {
+                    ClientMessage::Binary(data) => {
+                        let (channel, rest) = data.split_first().expect("a channel byte");
+                        first.get_or_insert((*channel, rest.len()));
+                        channels
+                            .entry(*channel)
+                            .or_default()
+                            .extend_from_slice(rest);
+                    }
+                    ClientMessage::Close(_) => break,
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the server ends the session");
+        // Upstream's "streams ready" signal: an empty message on stdout.
+        assert_eq!(first, Some((websocket::STDOUT, 0)));
+        let text = |channel| String::from_utf8_lossy(&channels[&channel]).into_owned();
+        assert_eq!(text(websocket::STDOUT), "a exit=3\ntyped\n");
+        assert_eq!(text(websocket::STDERR), "err\n");
+        let status: serde_json::Value =
+            serde_json::from_str(&text(websocket::ERROR)).expect("status");
+        assert_eq!(status["reason"], "NonZeroExitCode");
+        assert_eq!(status["details"]["causes"][0]["message"], "3");
     }
 
     #[tokio::test]

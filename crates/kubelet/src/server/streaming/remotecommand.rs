@@ -1,15 +1,18 @@
-//! The remote command protocol of exec and attach, versions 1 to 5, over SPDY: which streams
-//! a client opens, and how the outcome goes back on the error stream (upstream
+//! The remote command protocol of exec and attach, versions 1 to 5: which streams a client
+//! opens, and how the outcome goes back on the error stream (upstream
 //! `pkg/kubelet/cri/streaming/remotecommand/httpstream.go` and
-//! `k8s.io/apimachinery/pkg/util/remotecommand`).
+//! `k8s.io/apimachinery/pkg/util/remotecommand`). [`Streams`] is the transport-independent
+//! part: SPDY streams ([`Streams::accept`]) and WebSocket channels
+//! ([`super::websocket::start`]) both end up as one, which exec and attach serve alike.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::session::{Session, Stream, StreamWriter};
+use super::session::{Closed, Session, Stream, StreamWriter};
 use super::spdy::header;
+use super::websocket::ChannelWriter;
 
 /// `channel.k8s.io`: stdin, stdout, stderr; the error stream carries plain text.
 pub const V1: &str = "channel.k8s.io";
@@ -116,18 +119,49 @@ pub fn is_spdy_upgrade(headers: &http::HeaderMap) -> bool {
     has(http::header::CONNECTION, "upgrade") && has(http::header::UPGRADE, "spdy/3.1")
 }
 
+/// Where one output stream's bytes go, over whichever transport carries the session.
+#[derive(Clone)]
+pub enum Output {
+    /// A SPDY stream.
+    Spdy(StreamWriter),
+    /// A WebSocket channel.
+    WebSocket(ChannelWriter),
+}
+
+impl Output {
+    /// Sends `data` to the client.
+    ///
+    /// # Errors
+    /// [`Closed`] once the connection is gone.
+    pub async fn write(&self, data: Bytes) -> Result<(), Closed> {
+        match self {
+            Self::Spdy(writer) => writer.write(data).await,
+            Self::WebSocket(writer) => writer.write(data).await,
+        }
+    }
+
+    /// Half-closes the stream (SPDY FIN); WebSocket channels have no half-close from the
+    /// server, they end with the connection.
+    pub async fn finish(&self) {
+        match self {
+            Self::Spdy(writer) => writer.finish().await,
+            Self::WebSocket(_) => {}
+        }
+    }
+}
+
 /// The streams of one remote command session, once the client opened them all.
 pub struct Streams {
-    /// The negotiated version.
+    /// The negotiated version (for WebSocket, the version whose status format applies).
     pub protocol: &'static str,
     /// The client's stdin.
     pub stdin: Option<mpsc::Receiver<Bytes>>,
     /// To the client's stdout.
-    pub stdout: Option<StreamWriter>,
+    pub stdout: Option<Output>,
     /// To the client's stderr.
-    pub stderr: Option<StreamWriter>,
+    pub stderr: Option<Output>,
     /// Where the outcome goes (v2+; v1 clients may open it too).
-    pub error: Option<StreamWriter>,
+    pub error: Option<Output>,
     /// Terminal size changes, JSON `{"Width":..,"Height":..}` one after another (v3+).
     pub resize: Option<mpsc::Receiver<Bytes>>,
 }
@@ -179,10 +213,10 @@ impl Streams {
                 .ok_or(StreamsError::Closed)?;
             let kind = header(&stream.headers, "streamtype").unwrap_or_default();
             match kind {
-                "error" => streams.error = Some(stream.writer),
+                "error" => streams.error = Some(Output::Spdy(stream.writer)),
                 "stdin" => streams.stdin = Some(stream.data),
-                "stdout" => streams.stdout = Some(stream.writer),
-                "stderr" => streams.stderr = Some(stream.writer),
+                "stdout" => streams.stdout = Some(Output::Spdy(stream.writer)),
+                "stderr" => streams.stderr = Some(Output::Spdy(stream.writer)),
                 "resize" => streams.resize = Some(stream.data),
                 other => {
                     tracing::debug!(stream_type = other, "unexpected stream type: reset");
