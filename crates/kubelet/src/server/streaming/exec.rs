@@ -424,7 +424,10 @@ async fn run_attach(
     pod_logs_dir: &std::path::Path,
     target: &Target,
 ) -> Outcome {
-    forward_input(streams.stdin.take(), exec_target);
+    // "From now on" is a time, not the log's length when the follower opens it: input is
+    // forwarded below, and what the program answers may reach the log before the follower
+    // has looked at it.
+    let attached_at = jiff::Timestamp::now();
     if let Some(mut resize) = streams.resize.take() {
         // WASI has no terminal size: sizes are read (so the session never stalls) and dropped.
         tokio::spawn(async move { while resize.recv().await.is_some() {} });
@@ -442,10 +445,11 @@ async fn run_attach(
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUTPUT_QUEUE);
     let follow = crate::log::reader::LogOptions {
         follow: true,
-        tail_lines: Some(0),
+        since: Some(attached_at),
         ..Default::default()
     };
     let reader = tokio::spawn(crate::log::reader::stream_log(run, follow, tx));
+    forward_input(streams.stdin.take(), exec_target);
     let writer = streams.stdout.clone().or_else(|| streams.stderr.clone());
     let send = |chunk: Vec<u8>| {
         let writer = writer.clone();
