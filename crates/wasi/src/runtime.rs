@@ -345,6 +345,8 @@ mod tests {
                 ))),
             },
             http: kubelet::runtime::HttpLimits::default(),
+            stdin: None,
+            tty: false,
         }
     }
 
