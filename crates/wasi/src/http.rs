@@ -507,7 +507,30 @@ mod tests {
         conn.write_all(request.as_bytes()).await.expect("write");
         let mut out = Vec::new();
         conn.read_to_end(&mut out).await.expect("read");
-        String::from_utf8_lossy(&out).into_owned()
+        dechunk(&String::from_utf8_lossy(&out))
+    }
+
+    /// The response with a chunked body joined (the guest's responses have no length).
+    fn dechunk(response: &str) -> String {
+        let Some((head, mut rest)) = response.split_once("\r\n\r\n") else {
+            return response.to_owned();
+        };
+        if !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            return response.to_owned();
+        }
+        let mut body = String::new();
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+            if size == 0 {
+                break;
+            }
+            body.push_str(&after[..size]);
+            rest = &after[size + 2..];
+        }
+        format!("{head}\r\n\r\n{body}")
     }
 
     struct Serving {
