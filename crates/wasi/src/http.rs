@@ -309,13 +309,20 @@ impl Server {
         };
         let max = self.limits.max_request_body_bytes;
         if content_length(request.headers()).is_some_and(|n| n > max) {
-            return plain(
+            let mut refused = plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "the request body is over {max} bytes, this pod's limit (annotation \
                      {MAX_REQUEST_BODY_ANNOTATION})"
                 ),
             );
+            // The body is left unread, so the connection cannot carry another request: say so
+            // (RFC 9112 section 9.6), or a client reuses it and its next request breaks.
+            refused.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return refused;
         }
         let what = format!("{} {}", request.method(), request.uri().path());
         let request = request.map(move |body| {
