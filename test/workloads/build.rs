@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use wit_bindgen_core::WorldGenerator;
 use wit_bindgen_core::wit_parser::Resolve;
 
 fn main() {

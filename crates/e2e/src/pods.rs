@@ -118,6 +118,33 @@ pub async fn wait_gone(api: &Api<Pod>, name: &str, timeout: Duration) -> anyhow:
     Ok(started.elapsed())
 }
 
+/// Waits until an event in the namespace has `reason` and a message containing `text` (events
+/// are written in the background, after the status that they go with).
+pub async fn wait_for_event(
+    events: &Api<Event>,
+    reason: &str,
+    text: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let notes: Vec<(String, String)> = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+            .collect();
+        if notes.iter().any(|(r, m)| r == reason && m.contains(text)) {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!("no {reason} event with {text:?} after {timeout:?}: {notes:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// The reasons of the events about a pod, oldest first.
 pub async fn event_reasons(events: &Api<Event>, pod: &str) -> anyhow::Result<Vec<String>> {
     let list = events

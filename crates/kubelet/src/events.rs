@@ -5,7 +5,10 @@
 //! One recorder means its cache works: the same event (same object, reason, action, type)
 //! repeated within kube-runtime's cache TTL becomes one `events.k8s.io` Event with a growing
 //! `series.count` (a patch), not a new object each time, as upstream's `EventCorrelator`
-//! aggregates a crash-looping container's `BackOff` events.
+//! aggregates a crash-looping container's `BackOff` events. The recorder's key has no note,
+//! while upstream's dedupe key has the message (`getEventKey`, client-go
+//! `tools/record/events_cache.go`): so the action carries the reason and a digest of the note,
+//! and a liveness `Unhealthy` is never folded into an earlier readiness one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,8 +82,8 @@ impl EventPublisher {
         let event = Event {
             type_,
             reason: reason.into(),
+            action: action(reason, &note),
             note: Some(note),
-            action: reason.into(),
             secondary: None,
         };
         if let Err(mpsc::error::TrySendError::Full(_)) = queue.try_send((event, regarding)) {
@@ -99,6 +102,15 @@ impl EventPublisher {
 /// Publishes queued events one at a time, in order, through one recorder (made again only when
 /// the client is replaced, after a certificate rotation). Events are best effort, as in the
 /// kubelet: a lost event never stops a pod.
+/// The event's action: its reason and a digest of its note, so that only identical events are
+/// folded into one series (see the module docs).
+fn action(reason: &str, note: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut digest = std::collections::hash_map::DefaultHasher::new();
+    note.hash(&mut digest);
+    format!("{reason}-{:08x}", digest.finish() as u32)
+}
+
 async fn publish_all(
     mut clients: watch::Receiver<kube::Client>,
     reporter: Reporter,

@@ -11,28 +11,6 @@ use std::time::Duration;
 /// How often the epoch advances; a running guest yields at least this often.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Most instances alive at once on the node, all pods together (container runs, execs, probes
-/// and HTTP requests): the pooling allocator's slots. Past it an instantiation fails with
-/// wasmtime's "maximum concurrent ... limit" error.
-pub const MAX_INSTANCES: u32 = 2000;
-
-/// The pooling allocator's configuration: slots made once and reused, so an instance per HTTP
-/// request costs little (as `wasmtime serve`). Linear memories keep wasmtime's default 4 GiB
-/// reservation each (address space only); a component made from a C program with the
-/// preview-1 adapter has one memory and a handful of core instances and tables.
-fn pooling() -> wasmtime::PoolingAllocationConfig {
-    let mut pool = wasmtime::PoolingAllocationConfig::default();
-    pool.total_component_instances(MAX_INSTANCES)
-        .total_core_instances(MAX_INSTANCES * 8)
-        .total_memories(MAX_INSTANCES + MAX_INSTANCES / 4)
-        .total_tables(MAX_INSTANCES * 8)
-        .total_stacks(MAX_INSTANCES)
-        .max_memories_per_component(4)
-        .max_tables_per_component(16)
-        .max_core_instances_per_component(32);
-    pool
-}
-
 /// Errors building the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -51,25 +29,13 @@ pub struct WasmEngine {
 }
 
 impl WasmEngine {
-    /// Creates the engine: epoch interruption, the pooling allocator (see [`MAX_INSTANCES`];
-    /// if the host refuses its address space reservation, the on-demand allocator with a
-    /// warning) and a ticker thread that advances the epoch every [`EPOCH_TICK`] for as long
-    /// as the engine is alive.
+    /// Creates the engine: epoch interruption and a ticker thread that advances
+    /// the epoch every [`EPOCH_TICK`] for as long as the engine is alive.
     pub fn new() -> Result<Self, EngineError> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
-        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling()));
-        let engine = match wasmtime::Engine::new(&config) {
-            Ok(engine) => engine,
-            Err(error) => {
-                tracing::warn!(
-                    "cannot set up the pooling allocator ({error:#}); instantiating on demand"
-                );
-                config.allocation_strategy(wasmtime::InstanceAllocationStrategy::OnDemand);
-                wasmtime::Engine::new(&config).map_err(EngineError::Config)?
-            }
-        };
+        let engine = wasmtime::Engine::new(&config).map_err(EngineError::Config)?;
         let weak = engine.weak();
         thread::Builder::new()
             .name("wasm-epoch".into())

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use krustlet_e2e::kubelet_api::https_client_with_timeout;
 use krustlet_e2e::node::{free_port, shared_node};
-use krustlet_e2e::pods::{container_status, create, for_node, wait_for, wait_gone, waiting};
+use krustlet_e2e::pods::{
+    container_status, create, for_node, wait_for, wait_for_event, wait_gone, waiting,
+};
 use krustlet_e2e::{TestNamespace, cluster, workloads};
 use kube::api::DeleteParams;
 use serde_json::{Value, json};
@@ -72,26 +74,9 @@ fn client() -> reqwest::Client {
 
 /// Waits until an event of `reason` whose message contains `text` is recorded in `ns`.
 async fn wait_event(ns: &TestNamespace, reason: &str, text: &str) {
-    let events = ns.api::<Event>();
-    let deadline = Instant::now() + LONG;
-    loop {
-        let notes: Vec<(String, String)> = events
-            .list(&Default::default())
-            .await
-            .expect("events")
-            .items
-            .into_iter()
-            .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
-            .collect();
-        if notes.iter().any(|(r, m)| r == reason && m.contains(text)) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {reason} event with {text:?}: {notes:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_for_event(&ns.api::<Event>(), reason, text, LONG)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test]

@@ -8,8 +8,8 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use krustlet_e2e::node::shared_node;
 use krustlet_e2e::pods::{
-    container_status, create, event_reasons, for_node, phase, terminated, wait_for, wait_for_phase,
-    wait_gone,
+    container_status, create, event_reasons, for_node, phase, terminated, wait_for, wait_for_event,
+    wait_for_phase, wait_gone,
 };
 use krustlet_e2e::{KrustletNode, TestNamespace, kubectl, workloads};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -370,13 +370,9 @@ async fn active_deadline_seconds_ends_the_pod_deadline_exceeded() {
         status.message.as_deref(),
         Some("Pod was active on the node longer than the specified deadline")
     );
-    let reasons = event_reasons(&ns.api::<Event>(), "deadline")
+    wait_for_event(&ns.api::<Event>(), "DeadlineExceeded", "", LONG)
         .await
-        .expect("events");
-    assert!(
-        reasons.iter().any(|r| r == "DeadlineExceeded"),
-        "{reasons:?}"
-    );
+        .expect("a DeadlineExceeded event");
 }
 
 #[tokio::test]
