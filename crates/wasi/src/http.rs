@@ -261,12 +261,12 @@ impl Server {
     }
 
     /// A store for one request's instance, or the response that refuses it.
-    fn store(&self) -> Result<Store<HttpState>, hyper::Response<HyperOutgoingBody>> {
+    fn store(&self) -> Result<Store<HttpState>, Box<hyper::Response<HyperOutgoingBody>>> {
         let limiter = MemoryLimiter::shared(self.usage.clone()).map_err(|exceeded| {
-            plain(
+            Box::new(plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("no memory for another instance: {exceeded}"),
-            )
+            ))
         })?;
         let mut builder = WasiCtxBuilder::new();
         builder
@@ -276,7 +276,10 @@ impl Server {
             .stderr(CriStream::new(self.template.log.clone(), Stream::Stderr));
         preopen(&mut builder, &self.template.mounts).map_err(|error| {
             self.log_line(&error.to_string());
-            plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+            Box::new(plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error".into(),
+            ))
         })?;
         let state = HttpState {
             ctx: builder.build(),
@@ -335,7 +338,7 @@ impl Server {
         });
         let mut store = match self.store() {
             Ok(store) => store,
-            Err(refusal) => return refusal,
+            Err(refusal) => return *refusal,
         };
         let (sender, receiver) = oneshot::channel();
         let incoming = store

@@ -705,7 +705,9 @@ async fn kubectl_logs_of_a_ticking_pod_follow_since_and_previous_after_a_restart
     ])
     .expect("--since");
     assert_eq!(recent.lines().count(), 8, "{recent}");
-    // The previous run ended more than a second ago: nothing of it is that recent.
+    // The previous run has ended; two seconds on, nothing of it is a second old, however slow
+    // the machine was to restart it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let none = kubectl(&[
         "logs",
         "-n",
