@@ -11,7 +11,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${KRUSTLET_CACHE:-$HOME/.cache/krustlet}
-command -v go >/dev/null || { echo "build.sh: prerequisite missing: go (Go >= 1.25)" >&2; exit 1; }
+command -v go >/dev/null || { echo "build.sh: prerequisite missing: go (Go >= 1.26.8)" >&2; exit 1; }
 
 # The upstream binaries depend only on the module graph (go.sum) and this script's flags; the
 # launcher is rebuilt whenever its own sources change, which is cheap.
@@ -91,19 +91,28 @@ mkdir -p "$repo/.bin"; ln -sfn "$cosign_out/cosign" "$repo/.bin/cosign"
 # The launcher: go build is incremental, so this is quick when nothing changed.
 (cd "$here" && go build -trimpath -o "$out/devcluster" ./cmd/devcluster)
 
-# Test tools (metrics-server, promlint) from their own module (test/tools), so that changing
-# them never changes the control plane's cache key; one `go build` for all of them.
+# Test tools (metrics-server, promlint, the CNI plugins) from their own module (test/tools), so
+# that changing them never changes the control plane's cache key; one `go build` for all of them.
+# The CNI plugins go into cni/, which holds nothing else: a CNI runtime finds plugins by name in
+# its plugin dirs (CNI_PATH, a kubelet's --cni-bin-dir).
 tools="$repo/test/tools"
-tools_hash=$( (cat "$tools/go.mod" "$tools/go.sum" "$tools"/cmd/*/*.go; sed -n '/^  # tools flags:$/,/^  # end tools flags$/p' "$0") | sha256sum | cut -c1-16)
+tools_hash=$( (cat "$tools/go.mod" "$tools/go.sum" "$tools"/cmd/*/*.go; sed -n '/^# tools flags:$/,/^# end tools flags$/p' "$0") | sha256sum | cut -c1-16)
 tools_out="$cache/tools-$tools_hash"
-if [ ! -x "$tools_out/metrics-server" ] || [ ! -x "$tools_out/promlint" ]; then
-  echo "==> building the test tools (metrics-server, promlint) into $tools_out (elapsed $(elapsed))"
+# tools flags:
+cni_plugins="bridge host-local loopback portmap"
+tools_packages="./cmd/promlint sigs.k8s.io/metrics-server/cmd/metrics-server
+  github.com/containernetworking/plugins/plugins/main/bridge
+  github.com/containernetworking/plugins/plugins/ipam/host-local
+  github.com/containernetworking/plugins/plugins/main/loopback
+  github.com/containernetworking/plugins/plugins/meta/portmap"
+# end tools flags
+if ! built "$tools_out" metrics-server promlint || ! built "$tools_out/cni" $cni_plugins; then
+  echo "==> building the test tools (metrics-server, promlint, CNI plugins $cni_plugins) into $tools_out (elapsed $(elapsed))"
   echo "    (a first build takes several minutes more: metrics-server is a whole aggregated API server)"
   tmp="$tools_out.tmp.$$"
-  rm -rf "$tmp"; mkdir -p "$tmp"
-  # tools flags:
-  (cd "$tools" && go build -trimpath -ldflags "-s -w" -o "$tmp/" ./cmd/promlint sigs.k8s.io/metrics-server/cmd/metrics-server)
-  # end tools flags
+  rm -rf "$tmp"; mkdir -p "$tmp/cni"
+  (cd "$tools" && go_build "$tmp" "-s -w" $tools_packages)
+  for p in $cni_plugins; do mv "$tmp/$p" "$tmp/cni/$p"; done
   rm -rf "$tools_out"; mv "$tmp" "$tools_out"
   echo "==> test tools built (elapsed $(elapsed))"
 fi
