@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Builds the real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl), the dev-cluster launcher and the test tools (metrics-server, promlint) from upstream
-# Go modules, once per source change.
+# Builds from upstream Go modules, once per source change, and links into <repo>/.bin/:
+# - the real control plane (test/cluster): kube-apiserver, kube-controller-manager,
+#   kube-scheduler, kubectl, kube-proxy (k8s.io/kubernetes) and etcd, in one `go build`, plus the
+#   dev-cluster launcher (devcluster);
+# - cosign (test/tools/cosign), for the signed-modules tests;
+# - the test tools (test/tools), in one `go build`: metrics-server, promlint and the CNI reference
+#   plugins bridge, host-local, loopback and portmap (containernetworking/plugins), the plugins in
+#   a directory of their own, linked as .bin/cni (a kubelet's --cni-bin-dir, CNI_PATH);
+# - coredns, the light form (test/tools/coredns: CoreDNS with a cluster DNS's plugins only).
 #
-# Output: $KRUSTLET_CACHE/k8s-<version>-<hash>/ and $KRUSTLET_CACHE/tools-<hash>/ (test/tools),
-# linked from <repo>/.bin/ so the binaries are
-# found project-locally. Reruns with unchanged
-# sources do nothing; the Go build cache (GOCACHE) keeps rebuilds after small edits fast.
+# Output: $KRUSTLET_CACHE/k8s-<version>-<hash>/, cosign-<version>-<hash>/, tools-<hash>/ (with
+# cni/) and coredns-<version>-<hash>/, each keyed by a hash of its module's go.sum (and sources)
+# and of its build flags, linked from <repo>/.bin/ so the binaries are found project-locally.
+# Reruns with unchanged sources do nothing; the Go build cache (GOCACHE) keeps rebuilds after
+# small edits fast. Each long `go build` shows its progress with the elapsed time.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -117,6 +124,22 @@ if ! built "$tools_out" metrics-server promlint || ! built "$tools_out/cni" $cni
   echo "==> test tools built (elapsed $(elapsed))"
 fi
 
+# coredns, the light form: our main package (test/tools/coredns/main.go) with CoreDNS's server and
+# only a cluster DNS's plugins, in its own module since CoreDNS's client-go and metrics-server's
+# k8s.io/apiserver admit no common version; cached under coredns-<version>-<hash>.
+coredns_mod="$repo/test/tools/coredns"
+coredns_version=$(awk -v m=github.com/coredns/coredns '$1==m {print $2; exit} $1=="require" && $2==m {print $3; exit}' "$coredns_mod/go.mod")
+coredns_hash=$( (cat "$coredns_mod/go.mod" "$coredns_mod/go.sum" "$coredns_mod"/*.go) | sha256sum | cut -c1-16)
+coredns_out="$cache/coredns-$coredns_version-$coredns_hash"
+if ! built "$coredns_out" coredns; then
+  echo "==> building coredns $coredns_version (light: a cluster DNS's plugins) into $coredns_out (elapsed $(elapsed))"
+  tmp="$coredns_out.tmp.$$"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  (cd "$coredns_mod" && go_build "$tmp" "-s -w" .)
+  rm -rf "$coredns_out"; mv "$tmp" "$coredns_out"
+  echo "==> coredns built (elapsed $(elapsed))"
+fi
+
 mkdir -p "$repo/.bin"
-for f in "$out"/* "$tools_out"/*; do ln -sfn "$f" "$repo/.bin/$(basename "$f")"; done
+for f in "$out"/* "$tools_out"/* "$coredns_out"/*; do ln -sfn "$f" "$repo/.bin/$(basename "$f")"; done
 echo "$out"
