@@ -7,8 +7,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 : "${KRUSTLET_CACHE:=$HOME/.cache/krustlet}"
 
-# Debian packages: the wasm C toolchain and the OCI registry.
-apt_packages=(clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 docker-registry)
+# Debian packages: the wasm C toolchain, the OCI registry and iptables (the CNI portmap plugin's).
+apt_packages=(clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 docker-registry iptables)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,9 +28,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Toolchains that the machine must already have.
-command -v go >/dev/null || { echo "prerequisite missing: go (Go >= 1.25, to build the Kubernetes control plane)" >&2; exit 1; }
-go_minor=$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')
-[ "$go_minor" -ge 25 ] || { echo "prerequisite missing: Go >= 1.25 (found $(go env GOVERSION))" >&2; exit 1; }
+command -v go >/dev/null || { echo "prerequisite missing: go (Go >= 1.26.8, to build the Kubernetes control plane)" >&2; exit 1; }
+go_version=$(go env GOVERSION | sed -E 's/^go//')
+[ "$(printf '%s\n' 1.26.8 "$go_version" | sort -V | head -1)" = 1.26.8 ] ||
+  { echo "prerequisite missing: Go >= 1.26.8 (found go$go_version; the CNI plugins' module needs it)" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "prerequisite missing: cargo (Rust >= 1.95)" >&2; exit 1; }
 
 # The real control plane, built from upstream sources (cached by go.sum hash).
