@@ -108,9 +108,9 @@ mod tests {
         let pod = pod_fields(&spec);
         assert_eq!(pod.len(), 3, "{pod:?}");
         // A TCP containerPort is served (an HTTP component), and stdin and tty are honoured
-        // (`kubectl attach -i`): neither is named.
+        // (`kubectl attach -i`): neither is named; only `privileged` is.
         let container = container_fields(&spec.containers[0]);
-        assert_eq!(container.len(), 2, "{container:?}");
+        assert_eq!(container.len(), 1, "{container:?}");
         let plain: PodSpec = serde_json::from_value(serde_json::json!({
             "containers": [{"name": "c", "image": "x"}]
         }))
