@@ -94,18 +94,25 @@ impl Options {
 /// # Errors
 /// [`ProtocolError::NoCommonVersion`] when there is none.
 pub fn negotiate(headers: &http::HeaderMap) -> Result<&'static str, ProtocolError> {
-    let client: Vec<String> = headers
-        .get_all(PROTOCOL_HEADER)
+    let client = offered(headers, PROTOCOL_HEADER);
+    client
+        .iter()
+        .find_map(|c| SUPPORTED.iter().find(|s| **s == c.as_str()).copied())
+        .ok_or(ProtocolError::NoCommonVersion { client })
+}
+
+/// The protocol names a client offers in header `name`: every value, comma-separated lists
+/// split, blanks dropped, in the client's order (SPDY's `X-Stream-Protocol-Version` and
+/// WebSocket's `Sec-WebSocket-Protocol` alike).
+pub fn offered(headers: &http::HeaderMap, name: impl http::header::AsHeaderName) -> Vec<String> {
+    headers
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|v| v.trim().to_string())
         .filter(|v| !v.is_empty())
-        .collect();
-    client
-        .iter()
-        .find_map(|c| SUPPORTED.iter().find(|s| **s == c.as_str()).copied())
-        .ok_or(ProtocolError::NoCommonVersion { client })
+        .collect()
 }
 
 /// Whether the request asks for a SPDY/3.1 upgrade (upstream `spdy.responseUpgrader`).

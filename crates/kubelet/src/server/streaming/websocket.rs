@@ -104,14 +104,7 @@ pub fn is_websocket_upgrade(headers: &http::HeaderMap) -> bool {
 /// # Errors
 /// [`ProtocolError::NoCommonVersion`] when it offers only unknown ones.
 pub fn negotiate(headers: &http::HeaderMap) -> Result<WsProtocol, ProtocolError> {
-    let offered: Vec<String> = headers
-        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .collect();
+    let offered = super::remotecommand::offered(headers, http::header::SEC_WEBSOCKET_PROTOCOL);
     if offered.is_empty() {
         return Ok(WsProtocol {
             name: "",
