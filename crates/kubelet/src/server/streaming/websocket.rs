@@ -104,14 +104,7 @@ pub fn is_websocket_upgrade(headers: &http::HeaderMap) -> bool {
 /// # Errors
 /// [`ProtocolError::NoCommonVersion`] when it offers only unknown ones.
 pub fn negotiate(headers: &http::HeaderMap) -> Result<WsProtocol, ProtocolError> {
-    let offered: Vec<String> = headers
-        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .collect();
+    let offered = offered(headers);
     if offered.is_empty() {
         return Ok(WsProtocol {
             name: "",
@@ -123,6 +116,19 @@ pub fn negotiate(headers: &http::HeaderMap) -> Result<WsProtocol, ProtocolError>
         .iter()
         .find_map(|o| PROTOCOLS.iter().find(|p| p.name == o.as_str()).copied())
         .ok_or(ProtocolError::NoCommonVersion { client: offered })
+}
+
+/// The subprotocols the client offers (`Sec-WebSocket-Protocol`, repeated or
+/// comma-separated), in its order.
+pub fn offered(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 /// One message carrying `data` on `channel`.
@@ -195,6 +201,15 @@ pub struct ChannelWriter {
 }
 
 impl ChannelWriter {
+    /// A writer of `channel` into the queue `out` toward the socket.
+    pub fn new(channel: u8, base64: bool, out: mpsc::Sender<Message>) -> Self {
+        Self {
+            channel,
+            base64,
+            out,
+        }
+    }
+
     /// Sends `data` (in messages of at most 32 KiB).
     ///
     /// # Errors
@@ -323,7 +338,7 @@ impl Connection {
 }
 
 /// Writes queued messages until every writer is gone, then closes the socket.
-async fn write_messages(
+pub async fn write_messages(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut messages: mpsc::Receiver<Message>,
 ) {
