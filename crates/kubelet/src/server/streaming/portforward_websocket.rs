@@ -126,7 +126,9 @@ pub fn ports(query: Option<&str>) -> Result<Vec<u16>, String> {
     let mut ports = Vec::new();
     for value in &values {
         if value.is_empty() {
-            return Err(format!("query parameter {PORT_PARAMETER:?} cannot be empty"));
+            return Err(format!(
+                "query parameter {PORT_PARAMETER:?} cannot be empty"
+            ));
         }
         for p in value.split(',') {
             // Go's `strconv.ParseUint(p, 10, 16)`: decimal digits only, no sign.
@@ -449,8 +451,8 @@ mod tests {
         }
         .resolve()
         .expect("config");
-        let client = kube::Client::try_from(kube::Config::new(api.parse().expect("url")))
-            .expect("client");
+        let client =
+            kube::Client::try_from(kube::Config::new(api.parse().expect("url"))).expect("client");
         let view = NodeView::new("node-a");
         let mut pod = Pod::default();
         pod.metadata.namespace = Some("ns".into());
@@ -488,7 +490,10 @@ mod tests {
             format!("Bearer {user}").parse().expect("value"),
         );
         if !subprotocol.is_empty() {
-            headers.insert("Sec-WebSocket-Protocol", subprotocol.parse().expect("value"));
+            headers.insert(
+                "Sec-WebSocket-Protocol",
+                subprotocol.parse().expect("value"),
+            );
         }
         let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
         match tokio_tungstenite::client_async(request, tcp).await {
@@ -585,13 +590,13 @@ mod tests {
         for message in [&b"ping "[..], b"pong"] {
             let mut out = vec![0u8];
             out.extend_from_slice(message);
-            socket
-                .send(ClientMessage::binary(out))
-                .await
-                .expect("send");
+            socket.send(ClientMessage::binary(out)).await.expect("send");
         }
         while echoed.len() < 9 || refused.is_empty() {
-            match next(&mut socket).await.expect("echo and error before the end") {
+            match next(&mut socket)
+                .await
+                .expect("echo and error before the end")
+            {
                 (0, data) => echoed.extend(data),
                 (3, data) => refused.push_str(&String::from_utf8_lossy(&data)),
                 other => panic!("unexpected message {other:?}"),
@@ -695,7 +700,11 @@ mod tests {
         let le = b64(&port.to_le_bytes());
         assert_eq!(
             texts,
-            vec![format!("0{le}"), format!("1{le}"), format!("0{}", b64(b"hello"))]
+            vec![
+                format!("0{le}"),
+                format!("1{le}"),
+                format!("0{}", b64(b"hello"))
+            ]
         );
     }
 
@@ -751,7 +760,11 @@ mod tests {
             Ok(PROTOCOLS[0])
         );
         assert_eq!(negotiate(&header(&[])), Ok(NO_SUBPROTOCOL));
-        for refused in ["portforward.k8s.io", "channel.k8s.io", "SPDY/3.1+portforward.k8s.io"] {
+        for refused in [
+            "portforward.k8s.io",
+            "channel.k8s.io",
+            "SPDY/3.1+portforward.k8s.io",
+        ] {
             assert!(negotiate(&header(&[refused])).is_err(), "{refused}");
         }
     }
