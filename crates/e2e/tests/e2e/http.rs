@@ -465,9 +465,9 @@ async fn port_forward_straight_to_the_kubelet_over_websocket() {
         assert_eq!(chosen, "v4.channel.k8s.io");
         let request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
         // Fails only if the kubelet already closed (a refused connection): tried again below.
-        let _ = socket
-            .send(Message::binary([&[0u8][..], request].concat()))
-            .await;
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(request);
+        let _ = socket.send(Message::binary(frame)).await;
         let (mut data, mut error) = (Vec::new(), Vec::new());
         let mut prefixes = Vec::new();
         let read = async {
