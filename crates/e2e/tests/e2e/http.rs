@@ -3,7 +3,9 @@
 //! gets a clear conflict, httpGet/tcpSocket probes flip Ready and restart the container,
 //! deleting a pod drains its in-flight requests and an idle pod stops at once, and real
 //! `kubectl port-forward` through the API server (WebSocket tunnel and SPDY) carries 100
-//! sequential and 20 concurrent requests. Each test uses its own ports on the shared node.
+//! sequential and 20 concurrent requests, and port-forward over WebSocket straight to the
+//! kubelet carries a request. Each test uses its own ports on the shared node (the direct
+//! WebSocket one has a node of its own, whose kubelet port it knows).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,6 +27,11 @@ const LONG: Duration = Duration::from_secs(120);
 /// A pod running the http component on `port`, with `POD_NAME` from the Downward API;
 /// `extra` is merged into the container.
 fn http_pod(name: &str, port: u16, grace: i64, extra: Value) -> Value {
+    http_pod_on(shared_node(KRUSTLET), name, port, grace, extra)
+}
+
+/// [`http_pod`] on the node named `node`.
+fn http_pod_on(node: &str, name: &str, port: u16, grace: i64, extra: Value) -> Value {
     let mut container = json!({
         "name": "web",
         "image": workloads::http_component(),
@@ -47,7 +54,7 @@ fn http_pod(name: &str, port: u16, grace: i64, extra: Value) -> Value {
             "metadata": {"name": name},
             "spec": {"terminationGracePeriodSeconds": grace, "containers": [container]}
         }),
-        shared_node(KRUSTLET),
+        node,
     )
 }
 
@@ -419,4 +426,101 @@ async fn kubectl_port_forward_over_the_websocket_tunnel() {
 #[tokio::test]
 async fn kubectl_port_forward_over_spdy() {
     port_forward_carries_sequential_and_concurrent_requests("false").await;
+}
+
+/// Port-forward over WebSocket straight to the kubelet (upstream
+/// `pkg/kubelet/cri/streaming/portforward/websocket.go`), with the API server's kubelet
+/// client certificate: the port prefix on the data and error channels, then an HTTP request
+/// on the data channel and its response back on it; the kubelet closes the WebSocket once the
+/// pod closed the connection (`Connection: close`).
+#[tokio::test]
+async fn port_forward_straight_to_the_kubelet_over_websocket() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let node = krustlet_e2e::KrustletNode::start(KRUSTLET, "pf-ws", &[]).expect("start node");
+    node.wait_ready("True", Duration::from_secs(90))
+        .await
+        .expect("node Ready");
+    let ns = TestNamespace::new("http-pf-ws").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let port = free_port();
+    create(&pods, http_pod_on(node.name(), "web", port, 2, json!({})))
+        .await
+        .expect("create");
+    wait_for(&pods, "web", LONG, "running", running)
+        .await
+        .expect("running");
+    // Waits for the issued serving certificate, which the cluster CA verifies.
+    krustlet_e2e::kubelet_api::kubelet_get(&node, "/pods").await;
+
+    let path = format!("/portForward/{}/web?port={port}", ns.name());
+    // The component may still be binding its port: a refused connection is reported on the
+    // error channel and the kubelet closes; try again until a response comes back.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (mut socket, chosen) = crate::websocket::open(&node, &path, "v4.channel.k8s.io")
+            .await
+            .expect("upgrade");
+        assert_eq!(chosen, "v4.channel.k8s.io");
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        // Fails only if the kubelet already closed (a refused connection): tried again below.
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(request);
+        let _ = socket.send(Message::binary(frame)).await;
+        let (mut data, mut error) = (Vec::new(), Vec::new());
+        let mut prefixes = Vec::new();
+        let read = async {
+            while let Some(message) = socket.next().await {
+                match message {
+                    Ok(Message::Binary(bytes)) => match bytes.split_first() {
+                        // The first message on each channel is the port, little-endian.
+                        Some((&channel, rest)) if prefixes.len() < 2 => {
+                            prefixes.push((channel, rest.to_vec()));
+                        }
+                        Some((0, rest)) => data.extend_from_slice(rest),
+                        Some((1, rest)) => error.extend_from_slice(rest),
+                        other => panic!("unexpected message {other:?}"),
+                    },
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                assert!(data.len() < 1 << 20, "runaway response");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), read)
+            .await
+            .expect("the kubelet closes the WebSocket once the pod closed the connection");
+        let le = port.to_le_bytes().to_vec();
+        assert_eq!(prefixes, vec![(0, le.clone()), (1, le)]);
+        let response = String::from_utf8_lossy(&data).into_owned();
+        let error = String::from_utf8_lossy(&error).into_owned();
+        if response.is_empty() && Instant::now() < deadline {
+            assert!(error.contains("error forwarding port"), "{error}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        assert!(
+            response.starts_with("HTTP/1.1 200"),
+            "response: {response:?}, error channel: {error:?}"
+        );
+        // The body may come chunked: its text is in there either way.
+        assert!(response.contains("hello from web\n"), "{response:?}");
+        assert!(error.is_empty(), "{error}");
+        break;
+    }
+    // Without the port parameter: 400 before any upgrade.
+    let refused = crate::websocket::open(
+        &node,
+        &format!("/portForward/{}/web", ns.name()),
+        "v4.channel.k8s.io",
+    )
+    .await
+    .err();
+    assert_eq!(refused, Some(400));
+    assert!(
+        node.log().lines().all(|l| !l.contains("panicked")),
+        "the kubelet panicked:\n{}",
+        node.log()
+    );
 }

@@ -19,12 +19,16 @@ use crate::KRUSTLET;
 
 const LONG: Duration = Duration::from_secs(120);
 
-type Socket =
+pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 /// Opens `path` on `node`'s kubelet as a WebSocket offering `subprotocol`; returns the socket
 /// and the subprotocol the kubelet chose, or the refusal's status code.
-async fn open(node: &KrustletNode, path: &str, subprotocol: &str) -> Result<(Socket, String), u16> {
+pub(crate) async fn open(
+    node: &KrustletNode,
+    path: &str,
+    subprotocol: &str,
+) -> Result<(Socket, String), u16> {
     let connector =
         tokio_rustls::TlsConnector::from(Arc::new(tls_config(Some(apiserver_identity()))));
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", node.port()))

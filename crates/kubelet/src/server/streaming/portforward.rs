@@ -1,6 +1,10 @@
 //! `/portForward/{namespace}/{pod}[/{uid}]`: `kubectl port-forward` (upstream
 //! `Server.getPortForward`, `portforward.ServePortForward` and its SPDY handler
-//! `pkg/kubelet/cri/streaming/portforward/httpstream.go`).
+//! `pkg/kubelet/cri/streaming/portforward/httpstream.go`), over SPDY/3.1 or, for clients
+//! that talk to the kubelet directly, WebSocket (`Upgrade: websocket`, with the ports in
+//! `?port=...`; see [`super::portforward_websocket`]). Both go through the same checks
+//! (path, pod on this node, session cap) and the same authorization (`nodes/proxy`, in the
+//! router's middleware), and reach the pod through the same pod network.
 //!
 //! Protocol `portforward.k8s.io` over SPDY/3.1: for every connection it forwards, the client
 //! opens two streams with headers `streamType` (`error`, then `data`), `port` and `requestID`.
@@ -11,7 +15,8 @@
 //! session, so kubectl's default and `KUBECTL_PORT_FORWARD_WEBSOCKETS=false` both end here.
 //!
 //! # Bounds
-//! At most [`MAX_SESSIONS`] port-forward sessions per node (429 beyond); per session the
+//! At most [`MAX_SESSIONS`] port-forward sessions per node, SPDY and WebSocket together (429
+//! beyond); per SPDY session the
 //! SPDY session's stream bound (two streams per open connection); a request whose second
 //! stream does not come within [`STREAM_CREATION_TIMEOUT`] is dropped with a message.
 
@@ -19,7 +24,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::StatusCode;
@@ -29,11 +35,13 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::exec::status_response;
+use super::portforward_websocket as ws;
 use super::remotecommand::{
     ACCEPTED_HEADER, PROTOCOL_HEADER, STREAM_CREATION_TIMEOUT, is_spdy_upgrade,
 };
 use super::session::{Session, Stream};
 use super::spdy::header;
+use super::websocket::is_websocket_upgrade;
 use crate::network::PodNetwork;
 use crate::server::AppState;
 
@@ -79,18 +87,21 @@ fn parse_path(path: &str) -> Option<Target> {
 
 /// Whether the client offers `portforward.k8s.io` (or no version at all: old clients).
 fn protocol_ok(headers: &http::HeaderMap) -> bool {
-    let offered: Vec<&str> = headers
-        .get_all(PROTOCOL_HEADER)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    offered.is_empty() || offered.contains(&PROTOCOL)
+    let offered = super::remotecommand::offered(headers, PROTOCOL_HEADER);
+    offered.is_empty() || offered.iter().any(|o| o == PROTOCOL)
 }
 
-/// Serves `/portForward/...`: checks the request, answers 101 and forwards over SPDY.
+/// The 429 for a port-forward beyond [`MAX_SESSIONS`].
+fn busy() -> Response {
+    status_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TooManyRequests",
+        &format!("{MAX_SESSIONS} port-forward sessions are open on this node; try again later"),
+    )
+}
+
+/// Serves `/portForward/...`: checks the request, answers the upgrade and forwards over
+/// SPDY/3.1 or WebSocket.
 pub async fn port_forward(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
     let Some(target) = parse_path(request.uri().path()) else {
         return status_response(
@@ -98,6 +109,17 @@ pub async fn port_forward(State(state): State<Arc<AppState>>, mut request: Reque
             "NotFound",
             "path must be /portForward/{namespace}/{pod}[/{uid}]",
         );
+    };
+    // Upstream `Server.getPortForward`: a WebSocket request's ports are read first (400).
+    let websocket_ports = if is_websocket_upgrade(request.headers()) {
+        match ws::ports(request.uri().query()) {
+            Ok(ports) => Some(ports),
+            Err(message) => {
+                return status_response(StatusCode::BAD_REQUEST, "BadRequest", &message);
+            }
+        }
+    } else {
+        None
     };
     let pod = state.view.pods.list().into_iter().find(|p| {
         p.metadata.namespace.as_deref() == Some(target.namespace.as_str())
@@ -117,13 +139,17 @@ pub async fn port_forward(State(state): State<Arc<AppState>>, mut request: Reque
             ),
         );
     };
+    let label = format!("{}/{}", target.namespace, target.pod);
+    if let Some(ports) = websocket_ports {
+        return websocket(state.as_ref(), request, ports, label, uid).await;
+    }
     let headers = request.headers();
     if !is_spdy_upgrade(headers) {
         return status_response(
             StatusCode::BAD_REQUEST,
             "BadRequest",
-            "this kubelet serves port-forward over SPDY/3.1 only; reach it through the API \
-             server, which tunnels kubectl's WebSocket",
+            "unable to upgrade: port-forward needs an upgrade to SPDY/3.1 (Connection: Upgrade, \
+             Upgrade: SPDY/3.1) or to WebSocket (Upgrade: websocket, ?port=...)",
         );
     }
     if !protocol_ok(headers) {
@@ -140,11 +166,7 @@ pub async fn port_forward(State(state): State<Arc<AppState>>, mut request: Reque
         return response;
     }
     let Ok(permit) = SESSIONS.try_acquire() else {
-        return status_response(
-            StatusCode::TOO_MANY_REQUESTS,
-            "TooManyRequests",
-            &format!("{MAX_SESSIONS} port-forward sessions are open on this node; try again later"),
-        );
+        return busy();
     };
     let Some(upgrade) = request
         .extensions_mut()
@@ -157,7 +179,6 @@ pub async fn port_forward(State(state): State<Arc<AppState>>, mut request: Reque
         );
     };
     let network = state.view.network.pod(&uid);
-    let label = format!("{}/{}", target.namespace, target.pod);
     tracing::info!(pod = %label, %uid, "port-forward");
     tokio::spawn(async move {
         let _permit = permit;
@@ -178,6 +199,38 @@ pub async fn port_forward(State(state): State<Arc<AppState>>, mut request: Reque
         ],
     )
         .into_response()
+}
+
+/// The WebSocket leg of [`port_forward`], once path, ports and pod are checked: the
+/// subprotocol (403), the session cap shared with SPDY (429), then the upgrade.
+async fn websocket(
+    state: &AppState,
+    request: Request,
+    ports: Vec<u16>,
+    label: String,
+    uid: String,
+) -> Response {
+    let protocol = match ws::negotiate(request.headers()) {
+        Ok(protocol) => protocol,
+        Err(message) => return status_response(StatusCode::FORBIDDEN, "Forbidden", &message),
+    };
+    let Ok(permit) = SESSIONS.try_acquire() else {
+        return busy();
+    };
+    let (mut parts, _body) = request.into_parts();
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            return status_response(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("not a usable WebSocket upgrade: {}", rejection.body_text()),
+            );
+        }
+    };
+    let network = state.view.network.pod(&uid);
+    tracing::info!(pod = %label, %uid, ?ports, subprotocol = protocol.name, "port-forward over WebSocket");
+    ws::upgrade(upgrade, protocol, ports, network, label, uid, permit)
 }
 
 /// One request's streams, as they arrive.

@@ -104,7 +104,7 @@ pub fn is_websocket_upgrade(headers: &http::HeaderMap) -> bool {
 /// # Errors
 /// [`ProtocolError::NoCommonVersion`] when it offers only unknown ones.
 pub fn negotiate(headers: &http::HeaderMap) -> Result<WsProtocol, ProtocolError> {
-    let offered = super::remotecommand::offered(headers, http::header::SEC_WEBSOCKET_PROTOCOL);
+    let offered = offered(headers);
     if offered.is_empty() {
         return Ok(WsProtocol {
             name: "",
@@ -116,6 +116,12 @@ pub fn negotiate(headers: &http::HeaderMap) -> Result<WsProtocol, ProtocolError>
         .iter()
         .find_map(|o| PROTOCOLS.iter().find(|p| p.name == o.as_str()).copied())
         .ok_or(ProtocolError::NoCommonVersion { client: offered })
+}
+
+/// The subprotocols the client offers (`Sec-WebSocket-Protocol`, repeated or
+/// comma-separated), in its order.
+pub fn offered(headers: &http::HeaderMap) -> Vec<String> {
+    super::remotecommand::offered(headers, http::header::SEC_WEBSOCKET_PROTOCOL)
 }
 
 /// One message carrying `data` on `channel`.
@@ -188,6 +194,15 @@ pub struct ChannelWriter {
 }
 
 impl ChannelWriter {
+    /// A writer of `channel` into the queue `out` toward the socket.
+    pub fn new(channel: u8, base64: bool, out: mpsc::Sender<Message>) -> Self {
+        Self {
+            channel,
+            base64,
+            out,
+        }
+    }
+
     /// Sends `data` (in messages of at most 32 KiB).
     ///
     /// # Errors
@@ -316,7 +331,7 @@ impl Connection {
 }
 
 /// Writes queued messages until every writer is gone, then closes the socket.
-async fn write_messages(
+pub async fn write_messages(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     mut messages: mpsc::Receiver<Message>,
 ) {
