@@ -1315,6 +1315,38 @@ mod tests {
     }
 
     #[test]
+    fn cni_directories_default_as_the_kubelet_and_take_cni_path_lists() {
+        let defaults = Flags {
+            node_name: Some("n".into()),
+            data_dir: Some("/data".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("resolve");
+        assert_eq!(defaults.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
+        assert_eq!(defaults.cni_bin_dirs, [PathBuf::from("/opt/cni/bin")]);
+        assert_eq!(defaults.cni_cache_dir, PathBuf::from("/data/cni"));
+        let listed = Flags {
+            node_name: Some("n".into()),
+            cni_bin_dir: Some(vec!["/a:/b".into(), "/c".into()]),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("resolve");
+        assert_eq!(
+            listed.cni_bin_dirs,
+            [PathBuf::from("/a"), PathBuf::from("/b"), PathBuf::from("/c")]
+        );
+        let empty = Flags {
+            node_name: Some("n".into()),
+            cni_bin_dir: Some(vec![":".into()]),
+            ..Default::default()
+        };
+        let error = empty.resolve().expect_err("no directory").to_string();
+        assert!(error.contains("--cni-bin-dir"), "{error}");
+    }
+
+    #[test]
     fn size_and_compile_limits_have_defaults_and_refuse_zero() {
         let defaults = Flags {
             node_name: Some("n".into()),

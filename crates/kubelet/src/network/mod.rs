@@ -285,8 +285,9 @@ pub struct PortMapping {
     pub container_port: u16,
     /// `tcp`, `udp` or `sctp`.
     pub protocol: String,
-    /// The node address to map on; empty: all.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// The node address to map on; empty: all (`hostIP`, as the `portmap` plugin's
+    /// `PortMapEntry` spells it).
+    #[serde(default, rename = "hostIP", skip_serializing_if = "String::is_empty")]
     pub host_ip: String,
 }
 

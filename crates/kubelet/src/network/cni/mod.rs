@@ -4,9 +4,9 @@
 //!
 //! ```text
 //! setup(pod)   hostNetwork ─────────────────────────────▶ the node's network
-//!              no config in --cni-conf-dir ─────────────▶ the node's network (Ready says so)
 //!              record on disk (a restarted kubelet) ────▶ CHECK ─ ok ─▶ resume it
 //!                                                           └ fails ─▶ DEL, then as new
+//!              no config in --cni-conf-dir ─────────────▶ the node's network (Ready says so)
 //!              new: netns <data-dir>/netns/<uid> ─▶ record ─▶ ADD loopback (lo), ADD network
 //!                   (eth0) ─▶ record with results ─▶ pod IPs; a failed ADD is DELeted
 //!                   (spec: "a delete must still be executed even if the add fails")
@@ -309,12 +309,8 @@ impl CniNetwork {
         if sandbox.host_network {
             return Ok(self.register(uid, self.node.clone()));
         }
-        let Some(list) = self.load_config()? else {
-            tracing::info!(pod = %format!("{}/{}", sandbox.namespace, sandbox.name), %uid, conf_dir = %self.settings.conf_dir.display(), "no CNI configuration: the pod shares the node's network");
-            return Ok(self.register(uid, self.node.clone()));
-        };
-        validate_container_id(uid)?;
-        // A sandbox from before a restart of Krustlet: resumed if it is still whole.
+        // A sandbox from before a restart of Krustlet: resumed if it is still whole, with the
+        // configuration it was added with (whatever --cni-conf-dir holds now).
         match self.records.read(uid) {
             Ok(Some(record)) => match self.resume(&record).await {
                 Ok(pod) => return Ok(self.register(uid, pod)),
@@ -329,6 +325,11 @@ impl CniNetwork {
                 self.records.remove(uid);
             }
         }
+        let Some(list) = self.load_config()? else {
+            tracing::info!(pod = %format!("{}/{}", sandbox.namespace, sandbox.name), %uid, conf_dir = %self.settings.conf_dir.display(), "no CNI configuration: the pod shares the node's network");
+            return Ok(self.register(uid, self.node.clone()));
+        };
+        validate_container_id(uid)?;
         // A namespace without a record (a crash between the two): nothing was ADDed to it.
         netns::remove(&self.netns_path(uid))?;
         let pod = self.add(sandbox, list).await?;
