@@ -689,7 +689,11 @@ fn cni_bin_dirs(flag: Option<Vec<PathBuf>>) -> Result<Vec<PathBuf>, ConfigError>
     };
     let dirs: Vec<PathBuf> = values
         .iter()
-        .flat_map(|v| v.to_str().map(|s| s.split(':').map(PathBuf::from).collect::<Vec<_>>()).unwrap_or_else(|| vec![v.clone()]))
+        .flat_map(|v| {
+            v.to_str()
+                .map(|s| s.split(':').map(PathBuf::from).collect::<Vec<_>>())
+                .unwrap_or_else(|| vec![v.clone()])
+        })
         .filter(|d| !d.as_os_str().is_empty())
         .collect();
     if dirs.is_empty() {
@@ -1335,7 +1339,11 @@ mod tests {
         .expect("resolve");
         assert_eq!(
             listed.cni_bin_dirs,
-            [PathBuf::from("/a"), PathBuf::from("/b"), PathBuf::from("/c")]
+            [
+                PathBuf::from("/a"),
+                PathBuf::from("/b"),
+                PathBuf::from("/c")
+            ]
         );
         let empty = Flags {
             node_name: Some("n".into()),

@@ -386,8 +386,8 @@ mod tests {
         assert_eq!(env[1].1, "s3cret");
 
         objects.secrets.insert("creds".into(), None);
-        let error = resolve(&pod, container, &IP, &NODE, &objects, Vec::new())
-            .expect_err("missing secret");
+        let error =
+            resolve(&pod, container, &IP, &NODE, &objects, Vec::new()).expect_err("missing secret");
         assert_eq!(error.to_string(), "secret \"creds\" not found");
         objects.secrets.insert("creds".into(), data(&[]));
         let error =

@@ -423,7 +423,10 @@ impl PodNetwork for NodeNetwork {
 /// The node's pod networking as configured: [`cni::CniNetwork`] over the node's network (it
 /// falls back to it while there is no CNI configuration).
 pub fn from_config(config: &crate::config::KubeletConfig) -> Arc<dyn Network> {
-    cni::CniNetwork::new(cni::CniSettings::of(config), NodeNetwork::new(config.node_ip))
+    cni::CniNetwork::new(
+        cni::CniSettings::of(config),
+        NodeNetwork::new(config.node_ip),
+    )
 }
 
 /// The wildcard address of the family a pod's listeners use: IPv6 (dual-stack) when the pod

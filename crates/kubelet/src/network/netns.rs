@@ -287,7 +287,9 @@ mod tests {
         let ns = NetNs::create(&path).expect("create");
         assert_eq!(ns.path(), path);
         // Another namespace than ours, and the same one when opened again.
-        let ours = std::fs::metadata("/proc/self/ns/net").expect("own ns").ino();
+        let ours = std::fs::metadata("/proc/self/ns/net")
+            .expect("own ns")
+            .ino();
         let theirs = std::fs::metadata(&path).expect("pod ns").ino();
         assert_ne!(ours, theirs);
         let inside = ns
@@ -312,7 +314,10 @@ mod tests {
             &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
             std::time::Duration::from_secs(2),
         );
-        assert!(from_host.is_err(), "the pod's port is reachable from the host");
+        assert!(
+            from_host.is_err(),
+            "the pod's port is reachable from the host"
+        );
         assert!(matches!(
             NetNs::create(&path),
             Err(NetnsError::CreateFile { .. })

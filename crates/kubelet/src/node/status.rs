@@ -15,11 +15,11 @@ use tokio::time::Instant;
 
 use crate::config::KubeletConfig;
 use crate::events::EventPublisher;
+use crate::network::NetworkCondition;
 use crate::node::allocatable::NodeResources;
 use crate::node::conditions::{Measurements, Readiness, SharedPressure, conditions};
 use crate::node::events::NodeEvents;
 use crate::node::host::{Filesystem, HostInfo, Memory, Pids};
-use crate::network::NetworkCondition;
 use crate::node::registration::{WASM_ARCH, initial_node, register};
 
 /// The version this kubelet reports: the Kubernetes API release it implements, tagged with ours.

@@ -112,7 +112,11 @@ pub fn conf_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
         })
         .collect();
     // Go's sort.Strings: byte order of the whole path.
-    files.sort_by(|a, b| a.as_os_str().as_encoded_bytes().cmp(b.as_os_str().as_encoded_bytes()));
+    files.sort_by(|a, b| {
+        a.as_os_str()
+            .as_encoded_bytes()
+            .cmp(b.as_os_str().as_encoded_bytes())
+    });
     Ok(files)
 }
 
@@ -138,12 +142,11 @@ pub fn load(dir: &Path) -> Result<Option<NetworkConfigList>, ConfigError> {
                 .into_iter()
                 .filter(|p| p.extension().is_some_and(|e| e == "conf"))
             {
-                let plugin = parse_plugin(&read(&file)?).map_err(|message| {
-                    ConfigError::Invalid {
+                let plugin =
+                    parse_plugin(&read(&file)?).map_err(|message| ConfigError::Invalid {
                         path: file.clone(),
                         message,
-                    }
-                })?;
+                    })?;
                 list.plugins.push(plugin);
             }
         }
@@ -312,7 +315,11 @@ fn validate_name(name: &str) -> Result<(), String> {
 /// A version `a.b.c` as numbers.
 pub fn parse_version(version: &str) -> Option<(u32, u32, u32)> {
     let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
-    let v = (parts.next()??, parts.next()??, parts.next().unwrap_or(Some(0))?);
+    let v = (
+        parts.next()??,
+        parts.next()??,
+        parts.next().unwrap_or(Some(0))?,
+    );
     parts.next().is_none().then_some(v)
 }
 
@@ -459,7 +466,10 @@ mod tests {
     #[test]
     fn the_lexically_first_file_is_the_network_and_a_conf_is_wrapped() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(load(&dir.path().join("missing")).expect("missing dir"), None);
+        assert_eq!(
+            load(&dir.path().join("missing")).expect("missing dir"),
+            None
+        );
         assert_eq!(load(dir.path()).expect("empty dir"), None);
         // Other extensions and directories are not configurations.
         write(dir.path(), "00-notes.txt", "not json");
@@ -514,15 +524,28 @@ mod tests {
         write(&dir.path().join("agg"), "a.conf", r#"{"type":"firewall"}"#);
         let list = load(dir.path()).expect("load").expect("a network");
         assert_eq!(list.cni_version, "1.1.0", "the highest supported");
-        let types: Vec<&str> = list.plugins.iter().map(|p| p.plugin_type.as_str()).collect();
+        let types: Vec<&str> = list
+            .plugins
+            .iter()
+            .map(|p| p.plugin_type.as_str())
+            .collect();
         assert_eq!(types, ["bridge", "firewall", "tuning"]);
         // Too new, no name, a path as type: each says what is wrong.
         for (json, says) in [
             (r#"{"cniVersion":"2.0.0","name":"n","type":"x"}"#, "newer"),
             (r#"{"cniVersion":"1.0.0","type":"x"}"#, "no \"name\""),
-            (r#"{"cniVersion":"1.0.0","name":"n","type":"../x"}"#, "plain executable"),
-            (r#"{"cniVersion":"1.0.0","name":"-n","type":"x"}"#, "must start"),
-            (r#"{"cniVersion":"1.0.0","name":"n","plugins":[]}"#, "configuration list"),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"../x"}"#,
+                "plain executable",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"-n","type":"x"}"#,
+                "must start",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","plugins":[]}"#,
+                "configuration list",
+            ),
         ] {
             let error = parse_conf(json.as_bytes()).expect_err(json);
             assert!(error.contains(says), "{json}: {error}");

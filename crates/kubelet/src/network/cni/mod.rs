@@ -405,7 +405,11 @@ impl CniNetwork {
     }
 
     /// ADD for attachment `index` of `record` (section 3 "Adding an attachment").
-    async fn add_attachment(&self, record: &SandboxRecord, index: usize) -> Result<Value, CniError> {
+    async fn add_attachment(
+        &self,
+        record: &SandboxRecord,
+        index: usize,
+    ) -> Result<Value, CniError> {
         let attachment = &record.attachments[index];
         let list = NetworkConfigList::from_json(&attachment.config)?;
         let params = Attachment {
@@ -420,7 +424,13 @@ impl CniNetwork {
             let described = plugin.describe(&list.name);
             result = Some(
                 self.exec
-                    .exec(Command::Add, &plugin.plugin_type, &described, &request, &params)
+                    .exec(
+                        Command::Add,
+                        &plugin.plugin_type,
+                        &described,
+                        &request,
+                        &params,
+                    )
                     .await?,
             );
         }
@@ -453,8 +463,11 @@ impl CniNetwork {
             };
             // Section 3 "Checking an attachment": every plugin, in order, with the ADD result.
             for plugin in &list.plugins {
-                let request =
-                    plugin.request(&list, attachment.result.as_ref(), &attachment.capability_args);
+                let request = plugin.request(
+                    &list,
+                    attachment.result.as_ref(),
+                    &attachment.capability_args,
+                );
                 self.exec
                     .exec(
                         Command::Check,
@@ -608,7 +621,10 @@ impl Drop for PodLock<'_> {
         drop(self.guard.take());
         let mut locks = self.network.locks.lock().unwrap_or_else(|e| e.into_inner());
         // Only the map holds it: nobody waits.
-        if locks.get(&self.uid).is_some_and(|l| Arc::strong_count(l) == 1) {
+        if locks
+            .get(&self.uid)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
             locks.remove(&self.uid);
         }
     }
@@ -796,8 +812,12 @@ impl PodNetwork for CniPod {
             })
             .await;
             match dialed {
-                Ok(Ok(Ok(stream))) => tokio::net::TcpStream::from_std(stream)
-                    .map_err(|source| NetworkError::Connect { addr: inside, source }),
+                Ok(Ok(Ok(stream))) => tokio::net::TcpStream::from_std(stream).map_err(|source| {
+                    NetworkError::Connect {
+                        addr: inside,
+                        source,
+                    }
+                }),
                 // Refused or silent inside: that is the answer.
                 Ok(Ok(Err(source)))
                     if matches!(
@@ -805,7 +825,10 @@ impl PodNetwork for CniPod {
                         std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut
                     ) =>
                 {
-                    Err(NetworkError::Connect { addr: inside, source })
+                    Err(NetworkError::Connect {
+                        addr: inside,
+                        source,
+                    })
                 }
                 // No loopback in the pod (no loopback plugin): through the pod IP instead.
                 _ => super::connect(outside, timeout).await,

@@ -208,7 +208,8 @@ impl PluginExec {
             .id()
             .and_then(|id| i32::try_from(id).ok())
             .map(nix::unistd::Pid::from_raw);
-        let (mut input, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        let (mut input, stdout, stderr) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take());
         let limit = self.max_output;
         let work = async {
             let write = async move {
@@ -328,7 +329,11 @@ fn plugin_error(plugin: &str, command: Command, output: &Output) -> CniError {
         } else {
             (
                 0,
-                format!("netplugin failed: {:?}: {}", stderr.trim_end(), output.status),
+                format!(
+                    "netplugin failed: {:?}: {}",
+                    stderr.trim_end(),
+                    output.status
+                ),
                 String::new(),
             )
         }

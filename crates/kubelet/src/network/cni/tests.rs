@@ -168,7 +168,13 @@ async fn plugins_get_the_cni_environment_and_the_pods_identity() {
     let request = list.plugins[0].request(&list, None, &Default::default());
     let result = fake
         .exec()
-        .exec(Command::Add, "first", "type=\"first\"", &request, &attachment)
+        .exec(
+            Command::Add,
+            "first",
+            "type=\"first\"",
+            &request,
+            &attachment,
+        )
         .await
         .expect("add");
     assert_eq!(
@@ -218,7 +224,13 @@ async fn error_results_name_the_plugin_and_its_message() {
     let exec = fake.exec();
     let describe = |t: &str| format!("type={t:?} name=\"podnet\"");
     let error = exec
-        .exec(Command::Add, "bad", &describe("bad"), &json!({}), &attachment)
+        .exec(
+            Command::Add,
+            "bad",
+            &describe("bad"),
+            &json!({}),
+            &attachment,
+        )
         .await
         .expect_err("error result");
     assert!(
@@ -235,7 +247,13 @@ async fn error_results_name_the_plugin_and_its_message() {
     );
     // Without an error result, stderr and the exit status say what happened.
     let error = exec
-        .exec(Command::Del, "quiet", &describe("quiet"), &json!({}), &attachment)
+        .exec(
+            Command::Del,
+            "quiet",
+            &describe("quiet"),
+            &json!({}),
+            &attachment,
+        )
         .await
         .expect_err("stderr");
     let message = error.to_string();
@@ -243,19 +261,40 @@ async fn error_results_name_the_plugin_and_its_message() {
     assert!(message.contains("no address left"), "{message}");
     assert!(message.contains("exit status: 2"), "{message}");
     let error = exec
-        .exec(Command::Add, "garbled", &describe("garbled"), &json!({}), &attachment)
+        .exec(
+            Command::Add,
+            "garbled",
+            &describe("garbled"),
+            &json!({}),
+            &attachment,
+        )
         .await
         .expect_err("no result");
     assert!(matches!(error, CniError::BadResult { .. }), "{error:?}");
     // DEL's output is not a result and is not read.
-    exec.exec(Command::Del, "garbled", &describe("garbled"), &json!({}), &attachment)
-        .await
-        .expect("del succeeds");
+    exec.exec(
+        Command::Del,
+        "garbled",
+        &describe("garbled"),
+        &json!({}),
+        &attachment,
+    )
+    .await
+    .expect("del succeeds");
     let error = exec
-        .exec(Command::Add, "absent", &describe("absent"), &json!({}), &attachment)
+        .exec(
+            Command::Add,
+            "absent",
+            &describe("absent"),
+            &json!({}),
+            &attachment,
+        )
         .await
         .expect_err("not found");
-    assert!(matches!(error, CniError::PluginNotFound { .. }), "{error:?}");
+    assert!(
+        matches!(error, CniError::PluginNotFound { .. }),
+        "{error:?}"
+    );
     assert!(error.to_string().contains("--cni-bin-dir"), "{error}");
 }
 
@@ -269,12 +308,7 @@ async fn a_plugin_past_its_time_is_killed_with_its_children() {
         &format!("sleep 60 & echo $! > {}; wait", pidfile.display()),
         0,
     );
-    fake.plugin(
-        "chatty",
-        "{}",
-        "head -c 3000000 /dev/zero | tr '\\0' x",
-        0,
-    );
+    fake.plugin("chatty", "{}", "head -c 3000000 /dev/zero | tr '\\0' x", 0);
     let mut exec = fake.exec();
     exec.timeout = Duration::from_millis(500);
     exec.max_output = 4096;
@@ -287,7 +321,13 @@ async fn a_plugin_past_its_time_is_killed_with_its_children() {
     };
     let started = Instant::now();
     let error = exec
-        .exec(Command::Add, "slow", "type=\"slow\"", &json!({}), &attachment)
+        .exec(
+            Command::Add,
+            "slow",
+            "type=\"slow\"",
+            &json!({}),
+            &attachment,
+        )
         .await
         .expect_err("timeout");
     assert!(matches!(error, CniError::Timeout { .. }), "{error:?}");
@@ -311,24 +351,42 @@ async fn a_plugin_past_its_time_is_killed_with_its_children() {
     assert!(gone(), "the plugin's child {pid} still runs");
     exec.timeout = Duration::from_secs(20);
     let error = exec
-        .exec(Command::Add, "chatty", "type=\"chatty\"", &json!({}), &attachment)
+        .exec(
+            Command::Add,
+            "chatty",
+            "type=\"chatty\"",
+            &json!({}),
+            &attachment,
+        )
         .await
         .expect_err("too much output");
-    assert!(matches!(error, CniError::OutputTooLarge { limit: 4096, .. }), "{error:?}");
+    assert!(
+        matches!(error, CniError::OutputTooLarge { limit: 4096, .. }),
+        "{error:?}"
+    );
 }
 
 #[test]
 fn the_pods_ips_come_from_its_interfaces_ipv4_first() {
     let result: Value = serde_json::from_str(FIRST_RESULT).expect("json");
-    assert_eq!(plugin::result_ips(&result), ["10.1.0.5".parse::<IpAddr>().expect("ip")]);
+    assert_eq!(
+        plugin::result_ips(&result),
+        ["10.1.0.5".parse::<IpAddr>().expect("ip")]
+    );
     let dual = json!({"ips": [{"address": "fd00::5/64"}, {"address": "10.1.0.5/24"}, {"address": "fd00::6/64"}, {"address": "10.1.0.6/24"}]});
     let ips = plugin::pod_ips(&plugin::result_ips(&dual));
     assert_eq!(
         ips,
-        ["10.1.0.5".parse::<IpAddr>().expect("v4"), "fd00::5".parse().expect("v6")]
+        [
+            "10.1.0.5".parse::<IpAddr>().expect("v4"),
+            "fd00::5".parse().expect("v6")
+        ]
     );
     let legacy = json!({"cniVersion": "0.2.0", "ip4": {"ip": "10.2.0.3/16"}});
-    assert_eq!(plugin::result_ips(&legacy), ["10.2.0.3".parse::<IpAddr>().expect("ip")]);
+    assert_eq!(
+        plugin::result_ips(&legacy),
+        ["10.2.0.3".parse::<IpAddr>().expect("ip")]
+    );
     assert!(plugin::pod_ips(&[]).is_empty());
     assert_eq!(loopback_list().to_json()["plugins"][0]["type"], "loopback");
 }
@@ -341,7 +399,10 @@ async fn without_a_configuration_pods_share_the_node_network() {
         panic!("expected the node fallback");
     };
     assert!(note.contains("cni config uninitialized"), "{note}");
-    let pod = network.setup(&sandbox("u-plain")).await.expect("node network");
+    let pod = network
+        .setup(&sandbox("u-plain"))
+        .await
+        .expect("node network");
     assert_eq!(pod.ip(), IpAddr::from([127, 0, 0, 1]));
     assert_eq!(pod.host_ports(), HostPorts::NodeNetwork);
     assert!(network.pod("u-plain").is_some());
@@ -357,7 +418,10 @@ async fn without_a_configuration_pods_share_the_node_network() {
         Ok(_) => panic!("setup with a broken configuration"),
         Err(error) => error,
     };
-    assert!(error.to_string().contains("cni config load failed"), "{error}");
+    assert!(
+        error.to_string().contains("cni config load failed"),
+        "{error}"
+    );
     let host = SandboxSpec {
         host_network: true,
         ..sandbox("u-host")
@@ -398,7 +462,10 @@ async fn add_chains_results_and_del_reverses_with_the_recorded_configuration() {
     // prevResult chaining and capability arguments (spec section 3).
     let first_in = fake.stdin("first", "ADD");
     assert!(first_in.get("prevResult").is_none());
-    assert!(first_in.get("runtimeConfig").is_none(), "first declares no capability");
+    assert!(
+        first_in.get("runtimeConfig").is_none(),
+        "first declares no capability"
+    );
     let second_in = fake.stdin("second", "ADD");
     assert_eq!(
         second_in["prevResult"],
@@ -410,7 +477,8 @@ async fn add_chains_results_and_del_reverses_with_the_recorded_configuration() {
     );
     assert!(second_in.get("capabilities").is_none());
     assert!(
-        fake.env("loopback", "ADD").contains(&"CNI_IFNAME=lo".to_string()),
+        fake.env("loopback", "ADD")
+            .contains(&"CNI_IFNAME=lo".to_string()),
         "loopback gets lo"
     );
     assert!(
@@ -430,7 +498,10 @@ async fn add_chains_results_and_del_reverses_with_the_recorded_configuration() {
         &SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_secs(2),
     );
-    assert!(from_host.is_err(), "the pod's port answers on the host's loopback");
+    assert!(
+        from_host.is_err(),
+        "the pod's port answers on the host's loopback"
+    );
     let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
     let (accepted, forwarded) = tokio::join!(
         listener.accept(),
@@ -438,8 +509,13 @@ async fn add_chains_results_and_del_reverses_with_the_recorded_configuration() {
     );
     accepted.expect("accepted inside the pod");
     forwarded.expect("forwarded into the pod");
-    let taken = pod.listen_tcp(port).expect_err("the port is taken in the pod");
-    assert!(matches!(taken, NetworkError::PodPortInUse { .. }), "{taken}");
+    let taken = pod
+        .listen_tcp(port)
+        .expect_err("the port is taken in the pod");
+    assert!(
+        matches!(taken, NetworkError::PodPortInUse { .. }),
+        "{taken}"
+    );
     assert_eq!(taken.reason(), "PortInUse");
     // `enter` runs code inside: the pod's namespace, not ours.
     let inside = crate::network::enter(&*pod, || {
@@ -476,7 +552,10 @@ async fn add_chains_results_and_del_reverses_with_the_recorded_configuration() {
     assert!(!netns_path.exists(), "the namespace is removed");
     assert!(network.pod(uid).is_none());
     assert!(network.records.list().is_empty(), "the record is removed");
-    network.teardown(uid).await.expect("a second teardown is fine");
+    network
+        .teardown(uid)
+        .await
+        .expect("a second teardown is fine");
 }
 
 /// A failed ADD is DELeted (spec: a delete must follow a failed add) and leaves nothing.
@@ -522,7 +601,10 @@ async fn a_failed_add_is_deleted_and_names_the_plugin() {
         message.contains("plugin type=\"bad\" name=\"broken\" failed (add): Invalid Configuration"),
         "{message}"
     );
-    assert_eq!(fake.calls(), ["first ADD", "bad ADD", "bad DEL", "first DEL"]);
+    assert_eq!(
+        fake.calls(),
+        ["first ADD", "bad ADD", "bad DEL", "first DEL"]
+    );
     assert!(!fake.root.join("netns/u-fails").exists());
     assert_eq!(network.records.list(), ["u-single"]);
     assert!(network.pod("u-fails").is_none());
@@ -602,7 +684,10 @@ async fn a_failed_del_is_retried_by_reconcile() {
     let error = network.teardown("u-stuck").await.expect_err("DEL fails");
     assert!(error.to_string().contains("failed (delete)"), "{error}");
     assert!(network.pod("u-stuck").is_none(), "the pod lets go of it");
-    assert!(fake.root.join("netns/u-stuck").exists(), "kept for the retry");
+    assert!(
+        fake.root.join("netns/u-stuck").exists(),
+        "kept for the retry"
+    );
     assert!(network.reconcile(&HashSet::new()).await.is_empty());
     std::fs::remove_file(&flag).expect("unflag");
     assert_eq!(network.reconcile(&HashSet::new()).await, ["u-stuck"]);
@@ -625,7 +710,14 @@ fn sandbox_specs_carry_host_ports_of_app_containers() {
     }))
     .expect("pod");
     let spec = SandboxSpec::of(&pod);
-    assert_eq!((spec.uid.as_str(), spec.namespace.as_str(), spec.name.as_str()), ("u1", "ns", "web"));
+    assert_eq!(
+        (
+            spec.uid.as_str(),
+            spec.namespace.as_str(),
+            spec.name.as_str()
+        ),
+        ("u1", "ns", "web")
+    );
     assert!(!spec.host_network);
     assert_eq!(
         serde_json::to_value(&spec.port_mappings).expect("json"),

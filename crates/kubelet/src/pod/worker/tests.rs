@@ -645,7 +645,11 @@ async fn a_sandbox_that_fails_keeps_the_pod_pending_and_is_retried_then_torn_dow
     let h = start_on(pod(spec.clone(), None), &fake, network.clone());
     let pending = h.wait("Pending", |s| phase(s) == "Pending").await;
     assert_eq!(pending.pod_ip, None, "no IP before the sandbox exists");
-    assert_eq!(h.fake.starts_of("app"), 0, "no container before the sandbox");
+    assert_eq!(
+        h.fake.starts_of("app"),
+        0,
+        "no container before the sandbox"
+    );
     let started = tokio::time::Instant::now();
     let s = h.wait("Running", |s| running(s, "app")).await;
     // Retried after 1 s, 2 s, 4 s (back-off), then set up.
