@@ -607,8 +607,15 @@ mod tests {
         accepted.expect("accept");
         connected.expect("connect");
         drop(listener);
+        // A port bound and never listened on is refused for sure: a dropped listener can
+        // live on for a moment in a child another test forks (until it execs).
+        let closed = tokio::net::TcpSocket::new_v4().expect("socket");
+        closed
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind");
+        let closed_port = closed.local_addr().expect("addr").port();
         let refused = pod
-            .connect_tcp(port, Duration::from_secs(5))
+            .connect_tcp(closed_port, Duration::from_secs(5))
             .await
             .expect_err("nobody listens");
         assert!(matches!(refused, NetworkError::Connect { .. }), "{refused}");

@@ -304,12 +304,16 @@ mod tests {
             ours,
             "the caller's thread stays where it was"
         );
-        // A listener made inside is not on the host's loopback.
-        let listener = ns
-            .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        // A port held on the host (bound, never listening) is free inside, and a listener made
+        // inside is not on the host's loopback.
+        let held = tokio::net::TcpSocket::new_v4().expect("socket");
+        held.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind on the host");
+        let port = held.local_addr().expect("addr").port();
+        let _listener = ns
+            .run(|| std::net::TcpListener::bind(("127.0.0.1", port)))
             .expect("enter")
             .expect("bind inside");
-        let port = listener.local_addr().expect("addr").port();
         let from_host = std::net::TcpStream::connect_timeout(
             &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
             std::time::Duration::from_secs(2),

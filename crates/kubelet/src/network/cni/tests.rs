@@ -492,8 +492,13 @@ async fn add_chains_results_and_del_reverses_with_the_recorded_configuration() {
 
     // A listener for the pod is inside its namespace: not on the host's loopback, and
     // reachable from the kubelet through the namespace (port-forward, as containerd does).
-    let listener = pod.listen_tcp(0).expect("listen in the pod");
-    let port = listener.local_addr().expect("addr").port();
+    // The port is held (bound, not listening) on the host: the pod listens on it all the
+    // same, and the host's loopback refuses it.
+    let held = tokio::net::TcpSocket::new_v4().expect("socket");
+    held.bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind on the host");
+    let port = held.local_addr().expect("addr").port();
+    let listener = pod.listen_tcp(port).expect("listen in the pod");
     let from_host = std::net::TcpStream::connect_timeout(
         &SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_secs(2),
