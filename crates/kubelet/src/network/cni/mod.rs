@@ -538,6 +538,11 @@ impl CniNetwork {
     /// Tears the pod's network down; the caller holds the pod's lock.
     async fn teardown_locked(&self, uid: &str) -> Result<(), NetworkError> {
         self.unregister(uid);
+        if validate_container_id(uid).is_err() {
+            // Setup never made files for it (it validates first), and the UID must not name
+            // a path on disk.
+            return Ok(());
+        }
         match self.records.read(uid) {
             Ok(Some(record)) => self.delete(&record).await.map_err(NetworkError::from),
             Ok(None) => {
