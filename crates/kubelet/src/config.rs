@@ -356,6 +356,34 @@ pub struct Flags {
     #[arg(long, env = "KRUSTLET_IMAGE_POLICY_FILE", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_policy_file: Option<PathBuf>,
+
+    /// Directory of CNI network configurations (`*.conflist`, `*.conf`, `*.json`), as the
+    /// kubelet and containerd read it: the lexically first file is the pod network, and each
+    /// pod gets a network namespace and its IPs from it. Without a configuration pods share
+    /// the node's network and the node's Ready condition says so; with an invalid one the node
+    /// is NotReady. [default: /etc/cni/net.d]
+    #[arg(long, env = "KRUSTLET_CNI_CONF_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cni_conf_dir: Option<PathBuf>,
+
+    /// Directories searched in order for CNI plugin executables (`CNI_PATH`), comma- or
+    /// colon-separated. [default: /opt/cni/bin]
+    #[arg(
+        long,
+        env = "KRUSTLET_CNI_BIN_DIR",
+        value_name = "DIR,...",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cni_bin_dir: Option<Vec<PathBuf>>,
+
+    /// Where each pod's CNI configuration and ADD result are kept (`sandboxes/<uid>.json`), so
+    /// its network is deleted with what it was added with, also after a crash; libcni keeps
+    /// the same in /var/lib/cni. Pod network namespaces are `<data-dir>/netns/<uid>`.
+    /// [default: <data-dir>/cni]
+    #[arg(long, env = "KRUSTLET_CNI_CACHE_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cni_cache_dir: Option<PathBuf>,
 }
 
 /// Errors in the configuration; each names the setting and what is allowed.
@@ -472,6 +500,12 @@ pub struct KubeletConfig {
     pub manifests: Option<PathBuf>,
     /// The image signature policy file, if any.
     pub image_policy_file: Option<PathBuf>,
+    /// CNI network configurations.
+    pub cni_conf_dir: PathBuf,
+    /// CNI plugin directories, in search order.
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// CNI sandbox records.
+    pub cni_cache_dir: PathBuf,
 }
 
 impl Flags {
@@ -586,6 +620,11 @@ impl Flags {
             },
             manifests: self.manifests,
             image_policy_file: self.image_policy_file,
+            cni_conf_dir: self
+                .cni_conf_dir
+                .unwrap_or_else(|| PathBuf::from("/etc/cni/net.d")),
+            cni_bin_dirs: cni_bin_dirs(self.cni_bin_dir)?,
+            cni_cache_dir: self.cni_cache_dir.unwrap_or_else(|| data_dir.join("cni")),
             data_dir,
         };
         for (flag, bytes) in [
@@ -641,6 +680,29 @@ impl Flags {
         }
         Ok(config)
     }
+}
+
+/// `--cni-bin-dir`: each value may itself be a `:`-separated list, as `CNI_PATH` is.
+fn cni_bin_dirs(flag: Option<Vec<PathBuf>>) -> Result<Vec<PathBuf>, ConfigError> {
+    let Some(values) = flag else {
+        return Ok(vec![PathBuf::from("/opt/cni/bin")]);
+    };
+    let dirs: Vec<PathBuf> = values
+        .iter()
+        .flat_map(|v| {
+            v.to_str()
+                .map(|s| s.split(':').map(PathBuf::from).collect::<Vec<_>>())
+                .unwrap_or_else(|| vec![v.clone()])
+        })
+        .filter(|d| !d.as_os_str().is_empty())
+        .collect();
+    if dirs.is_empty() {
+        return Err(ConfigError::Invalid {
+            flag: "cni-bin-dir",
+            message: "names no directory (a list such as /opt/cni/bin,/usr/lib/cni)".into(),
+        });
+    }
+    Ok(dirs)
 }
 
 /// How the runtime compiles programs (`--compile-concurrency`, `--compile-cache-memory`).
@@ -1254,6 +1316,42 @@ mod tests {
         };
         let error = tiny.resolve().expect_err("too small").to_string();
         assert!(error.contains("--container-log-max-size"), "{error}");
+    }
+
+    #[test]
+    fn cni_directories_default_as_the_kubelet_and_take_cni_path_lists() {
+        let defaults = Flags {
+            node_name: Some("n".into()),
+            data_dir: Some("/data".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("resolve");
+        assert_eq!(defaults.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
+        assert_eq!(defaults.cni_bin_dirs, [PathBuf::from("/opt/cni/bin")]);
+        assert_eq!(defaults.cni_cache_dir, PathBuf::from("/data/cni"));
+        let listed = Flags {
+            node_name: Some("n".into()),
+            cni_bin_dir: Some(vec!["/a:/b".into(), "/c".into()]),
+            ..Default::default()
+        }
+        .resolve()
+        .expect("resolve");
+        assert_eq!(
+            listed.cni_bin_dirs,
+            [
+                PathBuf::from("/a"),
+                PathBuf::from("/b"),
+                PathBuf::from("/c")
+            ]
+        );
+        let empty = Flags {
+            node_name: Some("n".into()),
+            cni_bin_dir: Some(vec![":".into()]),
+            ..Default::default()
+        };
+        let error = empty.resolve().expect_err("no directory").to_string();
+        assert!(error.contains("--cni-bin-dir"), "{error}");
     }
 
     #[test]

@@ -177,11 +177,15 @@ impl Kubelet {
         let allocatable = NodeResources::allocatable(&config, &capacity);
         let memory_bound = NodeResources::pods_memory_bound(&config, &capacity);
         let evictions = Evictions::default();
+        // The pod network, shared by the workers (sandboxes), the runners (listeners, probes),
+        // the API (port-forward), node status (Ready) and the orphan cleanup (reconcile).
+        let network = crate::network::from_config(&config);
         let inputs = StatusInputs {
             host,
             runtime_version: self.runtime.version(),
             images: images_rx,
             pressure: evictions.shared_pressure(),
+            network: network.clone(),
         };
         let events = EventPublisher::connected(clients.clone(), &config.node_name);
         let mut reporter = StatusReporter::new(
@@ -251,9 +255,6 @@ impl Kubelet {
         metrics.register(&mut registry);
         self.runtime.register_metrics(&mut registry);
         let exec_targets = crate::container::exec_targets::ExecTargets::default();
-        // The pod network, shared by the runners (listeners, probes) and the API (port-forward).
-        let network: Arc<dyn crate::network::Network> =
-            crate::network::NodeNetwork::new(config.node_ip);
         let ctx = WorkerContext {
             services: NodeServices {
                 runtime: self.runtime.clone(),
@@ -292,6 +293,7 @@ impl Kubelet {
                     pods: config.data_path("pods"),
                     logs: config.pod_logs_dir.clone(),
                 },
+                network.clone(),
                 crate::pod::orphans::ORPHAN_CLEANUP_PERIOD,
                 stop.clone(),
             ),

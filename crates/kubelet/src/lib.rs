@@ -10,7 +10,8 @@
 //! - [`pod`]: the pod watch, workers, status manager, phase, events.
 //! - [`container`]: argv, env, and the runner of one container through its restarts.
 //! - [`image`]: pulling wasm from OCI registries into a verified store.
-//! - [`network`]: the pod network seam: a pod's IP, its listeners, the way to its ports.
+//! - [`network`]: pod networking: the seam (a pod's IP, its listeners, the way to its ports),
+//!   the node's network, and CNI sandboxes (network namespaces, CNI ADD/CHECK/DEL).
 //! - [`runtime`]: the [`runtime::Runtime`] trait runtimes implement.
 //! - [`log`]: CRI-format container logs, rotated and rate-bounded.
 //! - [`stats`]: live usage of running containers and the node; the stats summary.

@@ -6,8 +6,18 @@ use k8s_openapi::api::core::v1::{Container, Pod, ResourceFieldSelector};
 use crate::node::allocatable::NodeResources;
 use crate::quantity;
 
-/// Resolves a `fieldRef` path against the pod (and the node's IP for status fields).
-pub fn field_value(pod: &Pod, path: &str, node_ip: &str) -> Option<String> {
+/// The addresses `status.*IP(s)` fields read.
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses<'a> {
+    /// The node's IP (`status.hostIP`, `status.hostIPs`).
+    pub host_ip: &'a str,
+    /// The pod's IPs, primary first (`status.podIP`, `status.podIPs`): the node's on the
+    /// node's network, its own with CNI.
+    pub pod_ips: &'a [String],
+}
+
+/// Resolves a `fieldRef` path against the pod (and its addresses for status fields).
+pub fn field_value(pod: &Pod, path: &str, addresses: &Addresses<'_>) -> Option<String> {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
     let map_key = |prefix: &str| {
@@ -26,10 +36,10 @@ pub fn field_value(pod: &Pod, path: &str, node_ip: &str) -> Option<String> {
         "spec.serviceAccountName" => spec
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_default(),
-        // The pod shares the node's network: its IPs are the node's.
-        "status.hostIP" | "status.hostIPs" | "status.podIP" | "status.podIPs" => {
-            node_ip.to_string()
-        }
+        "status.hostIP" | "status.hostIPs" => addresses.host_ip.to_string(),
+        "status.podIP" => addresses.pod_ips.first().cloned().unwrap_or_default(),
+        // A list, comma-separated, as upstream's `podIPs` for the Downward API.
+        "status.podIPs" => addresses.pod_ips.join(","),
         _ => {
             if let Some(key) = map_key("metadata.labels['") {
                 meta.labels
@@ -132,6 +142,25 @@ pub fn resource_value(
 mod tests {
     use super::*;
 
+    const ADDRESSES: Addresses<'static> = Addresses {
+        host_ip: "1.2.3.4",
+        pod_ips: &[],
+    };
+
+    #[test]
+    fn status_addresses_are_the_node_and_the_pod_ips() {
+        let pod = Pod::default();
+        let pod_ips = ["10.1.0.7".to_string(), "fd00::7".to_string()];
+        let addresses = Addresses {
+            host_ip: "1.2.3.4",
+            pod_ips: &pod_ips,
+        };
+        let get = |path| field_value(&pod, path, &addresses);
+        assert_eq!(get("status.hostIP").as_deref(), Some("1.2.3.4"));
+        assert_eq!(get("status.podIP").as_deref(), Some("10.1.0.7"));
+        assert_eq!(get("status.podIPs").as_deref(), Some("10.1.0.7,fd00::7"));
+    }
+
     #[test]
     fn whole_label_and_annotation_maps_are_formatted_as_upstream() {
         let pod: Pod = serde_json::from_value(serde_json::json!({
@@ -139,11 +168,11 @@ mod tests {
         }))
         .expect("pod");
         assert_eq!(
-            field_value(&pod, "metadata.labels", "1.2.3.4").as_deref(),
+            field_value(&pod, "metadata.labels", &ADDRESSES).as_deref(),
             Some("app=\"x\"\ntier=\"demo\"")
         );
         assert_eq!(
-            field_value(&pod, "metadata.annotations", "1.2.3.4").as_deref(),
+            field_value(&pod, "metadata.annotations", &ADDRESSES).as_deref(),
             Some("note=\"say \\\"hi\\\"\"")
         );
     }

@@ -10,7 +10,7 @@ use kube::api::Api;
 
 use crate::container::argv::expand;
 use crate::container::config_watch::{Kind, ObjectRef};
-use crate::container::downward::{field_value, resource_value};
+use crate::container::downward::{Addresses, field_value, resource_value};
 use crate::node::allocatable::NodeResources;
 use crate::pod::api::{ApiLink, NoApiServer};
 
@@ -185,7 +185,7 @@ fn key_value(
 pub fn resolve(
     pod: &Pod,
     container: &Container,
-    node_ip: &str,
+    addresses: &Addresses<'_>,
     allocatable: &NodeResources,
     objects: &EnvObjects,
     base: Vec<(String, String)>,
@@ -261,7 +261,7 @@ pub fn resolve(
                         None => continue,
                     }
                 } else if let Some(field) = &from.field_ref {
-                    field_value(pod, &field.field_path, node_ip).ok_or_else(|| {
+                    field_value(pod, &field.field_path, addresses).ok_or_else(|| {
                         EnvError::UnsupportedField {
                             name: var.name.clone(),
                             field_path: field.field_path.clone(),
@@ -300,6 +300,11 @@ mod tests {
         pods: 110,
     };
 
+    const IP: Addresses<'static> = Addresses {
+        host_ip: "ip",
+        pod_ips: &[],
+    };
+
     #[test]
     fn values_expand_earlier_entries_and_field_refs_resolve() {
         let pod: Pod = serde_json::from_value(serde_json::json!({
@@ -317,10 +322,15 @@ mod tests {
         }))
         .expect("pod");
         let container = &pod.spec.as_ref().expect("spec").containers[0];
+        let pod_ips = ["10.0.0.5".to_string()];
+        let addresses = Addresses {
+            host_ip: "10.0.0.1",
+            pod_ips: &pod_ips,
+        };
         let env = resolve(
             &pod,
             container,
-            "10.0.0.5",
+            &addresses,
             &NODE,
             &EnvObjects::default(),
             Vec::new(),
@@ -369,19 +379,19 @@ mod tests {
             .secrets
             .insert("creds".into(), data(&[("password", "s3cret")]));
         objects.secrets.insert("absent".into(), None);
-        let env = resolve(&pod, container, "ip", &NODE, &objects, Vec::new()).expect("env");
+        let env = resolve(&pod, container, &IP, &NODE, &objects, Vec::new()).expect("env");
         let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["CFG_greeting", "PASSWORD", "GREETING"]);
         assert_eq!(env[2].1, "hello world");
         assert_eq!(env[1].1, "s3cret");
 
         objects.secrets.insert("creds".into(), None);
-        let error = resolve(&pod, container, "ip", &NODE, &objects, Vec::new())
-            .expect_err("missing secret");
+        let error =
+            resolve(&pod, container, &IP, &NODE, &objects, Vec::new()).expect_err("missing secret");
         assert_eq!(error.to_string(), "secret \"creds\" not found");
         objects.secrets.insert("creds".into(), data(&[]));
         let error =
-            resolve(&pod, container, "ip", &NODE, &objects, Vec::new()).expect_err("missing key");
+            resolve(&pod, container, &IP, &NODE, &objects, Vec::new()).expect_err("missing key");
         assert_eq!(
             error.to_string(),
             "couldn't find key password in Secret ns/creds"

@@ -4,7 +4,7 @@
 //! - `exec`: the command runs as one more instance of the container's program, through the
 //!   same path as `kubectl exec`. Exit 0 is success; any other exit, a trap or the timeout is a
 //!   failure.
-//! - `httpGet`: a GET to the pod's address (through the pod network seam, `network.rs`) on the
+//! - `httpGet`: a GET to the pod's address (from the node, through `network::PodNetwork`) on the
 //!   probe's port (a number or a named `containerPort`), with its path and headers and
 //!   `User-Agent: kube-probe/1.35`; a status from 200 to 399 is success (`probe/http`). HTTPS
 //!   and a `host` other than the pod's are not supported: the probe fails saying so.

@@ -46,7 +46,7 @@ pub struct NodeServices {
     pub node_name: String,
     /// The node's labels, as registered.
     pub node_labels: BTreeMap<String, String>,
-    /// The node's IP (also the pod's).
+    /// The node's IP (`status.hostIP`; also the pod's on the node's network).
     pub node_ip: String,
     /// The API server (for the ConfigMaps and Secrets containers refer to), if any.
     pub api: ApiLink,
@@ -66,7 +66,7 @@ pub struct NodeServices {
     pub service_env: ServiceEnv,
     /// Running containers, for exec.
     pub exec: ExecTargets,
-    /// The pod network (today the node's: see `network.rs`).
+    /// The pod network (`network/`): the node's, or CNI sandboxes.
     pub network: Arc<dyn crate::network::Network>,
 }
 
@@ -417,10 +417,10 @@ impl Runner {
             let _probing = (!probes.is_empty()).then(|| {
                 let target = ProbeTarget {
                     exec: exec_registration.target(),
-                    network: self
-                        .services
-                        .network
-                        .pod(self.pod.metadata.uid.as_deref().unwrap_or_default()),
+                    network: crate::network::pod_or_unavailable(
+                        &*self.services.network,
+                        self.pod.metadata.uid.as_deref().unwrap_or_default(),
+                    ),
                 };
                 let recorder = probe::ProbeRecorder {
                     metrics: self.services.metrics.probes.clone(),
@@ -760,10 +760,16 @@ impl Runner {
                 )
             })?;
         let base = self.base_env().await?;
+        let uid = self.pod.metadata.uid.as_deref().unwrap_or_default();
+        let pod_network = crate::network::pod_or_unavailable(&*self.services.network, uid);
+        let pod_ips: Vec<String> = pod_network.ips().iter().map(ToString::to_string).collect();
         let env = env::resolve(
             &self.pod,
             c,
-            &self.services.node_ip,
+            &crate::container::downward::Addresses {
+                host_ip: &self.services.node_ip,
+                pod_ips: &pod_ips,
+            },
             &self.services.allocatable,
             &objects,
             base,
@@ -882,7 +888,7 @@ impl Runner {
             log,
             ports: ContainerPorts {
                 tcp: crate::network::tcp_ports(c),
-                network: Some(self.services.network.pod(uid)),
+                network: Some(pod_network),
             },
             http: crate::network::http_limits(&self.pod)
                 .map_err(|message| (CONFIG_ERROR, message))?,

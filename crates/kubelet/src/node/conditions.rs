@@ -82,6 +82,9 @@ impl SharedPressure {
 pub enum Readiness {
     /// Ready.
     Ready,
+    /// Ready, with something users should know in the Ready message (pods share the node's
+    /// network for want of a CNI configuration).
+    ReadyWithNote(String),
     /// Not ready, with the message users see in `kubectl describe node`.
     NotReady(String),
 }
@@ -99,6 +102,11 @@ pub fn conditions(
             "True",
             "KubeletReady",
             "kubelet is posting ready status".to_string(),
+        ),
+        Readiness::ReadyWithNote(note) => (
+            "True",
+            "KubeletReady",
+            format!("kubelet is posting ready status; {note}"),
         ),
         Readiness::NotReady(message) => ("False", "KubeletNotReady", message.clone()),
     };

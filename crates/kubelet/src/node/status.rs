@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::config::KubeletConfig;
 use crate::events::EventPublisher;
+use crate::network::NetworkCondition;
 use crate::node::allocatable::NodeResources;
 use crate::node::conditions::{Measurements, Readiness, SharedPressure, conditions};
 use crate::node::events::NodeEvents;
@@ -35,6 +36,8 @@ pub struct StatusInputs {
     pub images: watch::Receiver<Vec<ContainerImage>>,
     /// The pressure conditions, as the eviction manager decides them.
     pub pressure: SharedPressure,
+    /// The pod network, whose condition goes into Ready.
+    pub network: std::sync::Arc<dyn crate::network::Network>,
 }
 
 /// Measures the host now.
@@ -59,10 +62,11 @@ pub fn node_status(
     let allocatable = NodeResources::allocatable(config, &capacity);
     let host = &inputs.host;
     let pressure = inputs.pressure.get();
+    let readiness = with_network(readiness, &inputs.network.condition());
     NodeStatus {
         capacity: Some(capacity.to_list()),
         allocatable: Some(allocatable.to_list()),
-        conditions: Some(conditions(readiness, pressure, previous, now)),
+        conditions: Some(conditions(&readiness, pressure, previous, now)),
         addresses: Some(vec![
             NodeAddress {
                 type_: "InternalIP".into(),
@@ -97,6 +101,26 @@ pub fn node_status(
         },
         runtime_handlers: Some(crate::pod::runtime_class::node_handlers()),
         ..Default::default()
+    }
+}
+
+/// The node's readiness with its pod network's condition: a CNI configuration that cannot be
+/// used makes the node NotReady with upstream's message (`container runtime network not
+/// ready: NetworkReady=false reason:NetworkPluginNotReady message:...`, from the kubelet's
+/// runtime state); pods on the node's network for want of one are noted in the Ready message.
+pub fn with_network(readiness: &Readiness, network: &NetworkCondition) -> Readiness {
+    match (readiness, network) {
+        (Readiness::NotReady(_), _) | (_, NetworkCondition::Ready) => readiness.clone(),
+        (Readiness::Ready, NetworkCondition::NodeFallback(note)) => {
+            Readiness::ReadyWithNote(note.clone())
+        }
+        (Readiness::ReadyWithNote(note), NetworkCondition::NodeFallback(more)) => {
+            Readiness::ReadyWithNote(format!("{note}; {more}"))
+        }
+        (_, NetworkCondition::NotReady(why)) => Readiness::NotReady(format!(
+            "container runtime network not ready: NetworkReady=false \
+             reason:NetworkPluginNotReady message:{why}"
+        )),
     }
 }
 

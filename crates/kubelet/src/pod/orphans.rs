@@ -7,6 +7,11 @@
 //! A directory is an orphan when its pod UID is neither bound to this node in the API nor
 //! known to a pod worker. The directories are listed before the workers are asked, so a pod
 //! that starts meanwhile (its worker is known before it creates anything) is never taken.
+//!
+//! The same round reconciles the pod network ([`Network::reconcile`]): CNI sandboxes of pods
+//! that are gone (deleted while Krustlet was down, or whose DEL failed) are DELeted and their
+//! namespaces removed, so no address stays allocated. The network protects pods it set up
+//! itself, so a pod that starts after the list is never taken either.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -17,6 +22,7 @@ use kube::api::{Api, ListParams};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::network::Network;
 use crate::pod::known::KnownPods;
 
 /// How often orphans are looked for after the first round at start.
@@ -105,13 +111,15 @@ async fn bound_uids(client: kube::Client, node_name: &str) -> Result<HashSet<Str
         .collect())
 }
 
-/// Removes orphaned pod directories now and every `period` until `stop`. A round whose API
-/// list fails removes nothing: a pod that merely could not be seen keeps its files.
+/// Removes orphaned pod directories and pod networks now and every `period` until `stop`. A
+/// round whose API list fails removes nothing: a pod that merely could not be seen keeps its
+/// files and its network.
 pub async fn run(
     clients: watch::Receiver<kube::Client>,
     node_name: String,
     known: KnownPods,
     dirs: OrphanDirs,
+    network: std::sync::Arc<dyn Network>,
     period: Duration,
     stop: CancellationToken,
 ) {
@@ -128,6 +136,8 @@ pub async fn run(
                 OrphanDirs::remove_unclaimed(found, |uid| {
                     bound.contains(uid) || running.contains(uid)
                 });
+                let live: HashSet<String> = bound.union(&running).cloned().collect();
+                network.reconcile(&live).await;
             }
             Err(error) => {
                 tracing::debug!(%error, "listing this node's pods for orphan cleanup failed")

@@ -4,13 +4,12 @@
 
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 
+use crate::network::HostPorts;
+
 /// What of the pod itself this node does not honour.
 pub fn pod_fields(spec: &PodSpec) -> Vec<&'static str> {
     let mut found = Vec::new();
     let on = |flag: Option<bool>| flag.unwrap_or(false);
-    if on(spec.host_network) {
-        found.push("hostNetwork (pods have no network namespace of their own yet)");
-    }
     if on(spec.host_pid) || on(spec.host_ipc) || on(spec.share_process_namespace) {
         found
             .push("hostPID/hostIPC/shareProcessNamespace (wasm guests have no processes to share)");
@@ -42,8 +41,9 @@ pub fn pod_fields(spec: &PodSpec) -> Vec<&'static str> {
     found
 }
 
-/// What of a container this node does not honour.
-pub fn container_fields(c: &Container) -> Vec<&'static str> {
+/// What of a container this node does not honour; `host_ports` says how the pod's network
+/// treats `hostPort`s.
+pub fn container_fields(c: &Container, host_ports: HostPorts) -> Vec<&'static str> {
     let mut found = Vec::new();
     let grpc = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
         p.as_ref().is_some_and(|p| p.grpc.is_some())
@@ -79,11 +79,23 @@ pub fn container_fields(c: &Container) -> Vec<&'static str> {
     {
         found.push("UDP and SCTP ports (only TCP containerPorts are served)");
     }
-    if ports
-        .clone()
-        .any(|p| p.host_port.is_some_and(|h| h != 0 && h != p.container_port))
-    {
-        found.push("hostPort other than containerPort (pods share the node's network: the containerPort is the node's port)");
+    let host_port =
+        |p: &k8s_openapi::api::core::v1::ContainerPort| p.host_port.is_some_and(|h| h != 0);
+    match host_ports {
+        HostPorts::NodeNetwork => {
+            if ports
+                .clone()
+                .any(|p| host_port(p) && p.host_port != Some(p.container_port))
+            {
+                found.push("hostPort other than containerPort (the pod shares the node's network: the containerPort is the node's port)");
+            }
+        }
+        HostPorts::Unmapped => {
+            if ports.clone().any(host_port) {
+                found.push("hostPort (no plugin of the node's CNI network has the portMappings capability, e.g. portmap)");
+            }
+        }
+        HostPorts::Mapped => {}
     }
     if c.volume_devices.as_ref().is_some_and(|d| !d.is_empty()) {
         found.push("volumeDevices (no block devices for wasm guests)");
@@ -106,16 +118,30 @@ mod tests {
         }))
         .expect("spec");
         let pod = pod_fields(&spec);
-        assert_eq!(pod.len(), 3, "{pod:?}");
+        // hostNetwork is honoured: the pod uses the node's network.
+        assert_eq!(pod.len(), 2, "{pod:?}");
         // A TCP containerPort is served (an HTTP component), and stdin and tty are honoured
         // (`kubectl attach -i`): neither is named; only `privileged` is.
-        let container = container_fields(&spec.containers[0]);
-        assert_eq!(container.len(), 1, "{container:?}");
+        let container = container_fields(&spec.containers[0], HostPorts::NodeNetwork);
+        assert_eq!(
+            container,
+            ["privileged mode (wasm has no privileges to grant)"]
+        );
+        let host_port: Container = serde_json::from_value(serde_json::json!({
+            "name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]
+        }))
+        .expect("container");
+        assert_eq!(
+            container_fields(&host_port, HostPorts::NodeNetwork).len(),
+            1
+        );
+        assert_eq!(container_fields(&host_port, HostPorts::Unmapped).len(), 1);
+        assert!(container_fields(&host_port, HostPorts::Mapped).is_empty());
         let plain: PodSpec = serde_json::from_value(serde_json::json!({
             "containers": [{"name": "c", "image": "x"}]
         }))
         .expect("spec");
         assert!(pod_fields(&plain).is_empty());
-        assert!(container_fields(&plain.containers[0]).is_empty());
+        assert!(container_fields(&plain.containers[0], HostPorts::Unmapped).is_empty());
     }
 }

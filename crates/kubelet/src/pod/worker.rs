@@ -24,6 +24,7 @@ use crate::container::runner::{Kind, NodeServices, Runner};
 use crate::container::{config_watch, resize};
 use crate::eviction::{Eviction, Evictions};
 use crate::log::pod_log_dir;
+use crate::network::{PodNetwork, SandboxSpec};
 use crate::pod::admission::Rejection;
 use crate::pod::api::ApiLink;
 use crate::pod::lifecycle::{self, Action, Cause, InitKind, Input, PodState, StopStep};
@@ -39,6 +40,11 @@ use crate::volume;
 const VOLUME_RETRY: Duration = Duration::from_secs(3);
 /// How often a running pod's volumes are refreshed (the kubelet's sync period is about a minute).
 const VOLUME_RESYNC: Duration = Duration::from_secs(30);
+/// The first retry of a sandbox (pod network) that could not be created; it doubles up to
+/// [`SANDBOX_RETRY_MAX`], upstream's pod worker back-off period (`backOffPeriod`, 10 s).
+const SANDBOX_RETRY: Duration = Duration::from_secs(1);
+/// The longest wait between sandbox attempts.
+const SANDBOX_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// What the kubelet wants for a pod.
 #[derive(Debug, Clone)]
@@ -75,7 +81,7 @@ pub struct WorkerContext {
 
 /// How setup ended.
 enum Setup {
-    /// Volumes are ready.
+    /// Volumes and the pod's network are ready.
     Ready,
     /// The desired state changed to one that stops the pod first.
     Superseded,
@@ -146,6 +152,12 @@ struct Worker {
     failure: Option<Cause>,
     /// Ephemeral containers already started (or found done): each runs at most once.
     ephemeral_seen: HashSet<String>,
+    /// The pod's network, once its sandbox is set up; `None` again after teardown.
+    network: Option<Arc<dyn PodNetwork>>,
+    /// The pod's IPs as last known (`status.podIPs`): from the network once set up, kept
+    /// after teardown as upstream keeps them on a terminated pod; before that, the pod's
+    /// previous status (a restarted Krustlet).
+    pod_ips: Vec<String>,
 }
 
 impl Worker {
@@ -197,6 +209,14 @@ impl Worker {
             queue: VecDeque::new(),
             failure: None,
             ephemeral_seen: HashSet::new(),
+            network: None,
+            pod_ips: previous
+                .pod_ips
+                .iter()
+                .flatten()
+                .map(|ip| ip.ip.clone())
+                .filter(|ip| !ip.is_empty())
+                .collect(),
         }
     }
 
@@ -767,32 +787,64 @@ impl Worker {
         }
     }
 
-    /// Sets up the pod's volumes, retrying with `FailedMount` events until they are ready;
-    /// [`Setup::Superseded`] if the pod is deleted, removed or the node stops meanwhile (the
-    /// new desired state is then applied, so the deletion is never lost).
+    /// Sets up the pod's volumes, then its sandbox (the pod network: `network::Network::setup`,
+    /// a CNI ADD into a new network namespace), retrying with `FailedMount` or
+    /// `FailedCreatePodSandBox` events until both are ready (a sandbox with back-off: 1 s
+    /// doubling to 10 s); [`Setup::Superseded`] if the pod is deleted, removed or the node
+    /// stops meanwhile (the new desired state is then applied, so the deletion is never lost).
+    /// Upstream also mounts volumes before `RunPodSandbox`.
     async fn setup(&mut self, desired: &mut watch::Receiver<Desired>) -> Setup {
         let spec = self.pod.spec.clone().unwrap_or_default();
-        let prepared = loop {
+        let mut sandbox_retry = SANDBOX_RETRY;
+        let (prepared, network) = loop {
             let attempt = async {
                 if let Err(error) = runtime_class::check(&self.ctx.services.api, &self.pod).await {
                     return Err((
                         "FailedCreatePodSandBox",
                         format!("Failed to create pod sandbox: {error}"),
                         None,
+                        false,
                     ));
                 }
-                volume::prepare(
+                let prepared = volume::prepare(
                     &self.ctx.services.api,
                     &self.pod,
                     &self.pod_dir(),
                     self.ctx.services.node_facts(),
                 )
                 .await
-                .map_err(|error| ("FailedMount", error.to_string(), error.object()))
+                .map_err(|error| ("FailedMount", error.to_string(), error.object(), false))?;
+                let network = self
+                    .ctx
+                    .services
+                    .network
+                    .setup(&SandboxSpec::of(&self.pod))
+                    .await
+                    .map_err(|error| {
+                        (
+                            "FailedCreatePodSandBox",
+                            format!(
+                                "Failed to create pod sandbox: failed to set up the pod's network: {error}"
+                            ),
+                            None,
+                            true,
+                        )
+                    })?;
+                Ok((prepared, network))
             };
             match attempt.await {
-                Ok(prepared) => break prepared,
-                Err((reason, message, object)) => {
+                Ok(ready) => break ready,
+                Err((reason, message, object, sandbox)) => {
+                    let wait = if sandbox {
+                        let wait = sandbox_retry;
+                        sandbox_retry = (sandbox_retry * 2).min(SANDBOX_RETRY_MAX);
+                        wait
+                    } else {
+                        VOLUME_RETRY
+                    };
+                    if sandbox {
+                        tracing::warn!(pod = %self.key, %message, retry_in = ?wait, "pod sandbox not created");
+                    }
                     self.ctx
                         .services
                         .events
@@ -807,7 +859,7 @@ impl Worker {
                             (Some(reference), Some(client)) => {
                                 config_watch::changed(&client, &namespace, &[reference]).await
                             }
-                            _ => tokio::time::sleep(VOLUME_RETRY).await,
+                            _ => tokio::time::sleep(wait).await,
                         }
                     };
                     tokio::select! {
@@ -833,6 +885,9 @@ impl Worker {
             )).await;
         }
         self.volumes = Arc::new(prepared.mounts);
+        self.pod_ips = network.ips().iter().map(ToString::to_string).collect();
+        let host_ports = network.host_ports();
+        self.network = Some(network);
         let pod_fields = unsupported::pod_fields(&spec);
         if !pod_fields.is_empty() {
             let note = format!(
@@ -851,7 +906,7 @@ impl Worker {
             .flatten()
             .chain(&spec.containers)
         {
-            let unsupported = unsupported::container_fields(c);
+            let unsupported = unsupported::container_fields(c, host_ports);
             if !unsupported.is_empty() {
                 let note = format!(
                     "container {:?} asks for what a WebAssembly node cannot honour: {}",
@@ -1057,14 +1112,14 @@ impl Worker {
             });
         }
         let ip = self.ctx.services.node_ip.clone();
-        // The pod's IP comes from the pod network (today the node's own).
-        let pod_ip = self
-            .ctx
-            .services
-            .network
-            .pod(self.pod.metadata.uid.as_deref().unwrap_or_default())
-            .ip()
-            .to_string();
+        // The pod's IPs come from its network (the node's own on the node's network); none
+        // until its sandbox is set up.
+        let pod_ip = self.pod_ips.first().cloned();
+        let pod_ips: Vec<PodIP> = self
+            .pod_ips
+            .iter()
+            .map(|ip| PodIP { ip: ip.clone() })
+            .collect();
         // A pod that fails for a reason (eviction, deadline, rejection, shutdown) carries it
         // from its first Failed status on, so nobody sees it Failed without one.
         let (reason, message) = match cause.and_then(Cause::status_reason) {
@@ -1076,8 +1131,8 @@ impl Worker {
             conditions: Some(conditions),
             host_ip: Some(ip.clone()),
             host_ips: Some(vec![HostIP { ip }]),
-            pod_ip: Some(pod_ip.clone()),
-            pod_ips: Some(vec![PodIP { ip: pod_ip }]),
+            pod_ip,
+            pod_ips: (!pod_ips.is_empty()).then_some(pod_ips),
             start_time: Some(self.start_time.clone()),
             qos_class: Some(phase::qos_class(&self.pod).into()),
             init_container_statuses: (!inits.is_empty()).then_some(init_statuses),
@@ -1107,6 +1162,9 @@ impl Worker {
         let PodState::Terminated { cause } = self.state.clone() else {
             return;
         };
+        // Every container has stopped: the sandbox goes (upstream's `KillPodSandbox` in
+        // `killPodWithSyncResult`), before the pod is deleted, so its address is free again.
+        self.teardown_network().await;
         if cause == Cause::Removed {
             self.ctx.status.forget(&self.key);
             self.cleanup(true);
@@ -1119,6 +1177,25 @@ impl Worker {
             self.cleanup(true);
         } else if cause.ends_worker() {
             self.cleanup(false);
+        }
+    }
+
+    /// Tears the pod's network down. A failure is logged and reported (`FailedKillPod`, as
+    /// upstream) but does not hold the pod: the network's record stays on disk and the orphan
+    /// cleanup retries the DEL once the pod is gone (`network::Network::reconcile`).
+    async fn teardown_network(&mut self) {
+        self.network = None;
+        if let Err(error) = self.ctx.services.network.teardown(&self.key.uid).await {
+            tracing::warn!(pod = %self.key, %error, "tearing down the pod's network failed; retried once the pod is gone");
+            let message = format!(
+                "error killing pod: failed to \"KillPodSandbox\" for {:?}: {error}",
+                self.key.uid
+            );
+            self.ctx
+                .services
+                .events
+                .warning(&self.pod, None, "FailedKillPod", message)
+                .await;
         }
     }
 

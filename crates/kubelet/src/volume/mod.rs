@@ -28,7 +28,7 @@ use k8s_openapi::api::core::v1::{
 use kube::api::{Api, PostParams};
 
 use crate::container::config_watch::{Kind, ObjectRef};
-use crate::container::downward::{field_value, resource_value};
+use crate::container::downward::{Addresses, field_value, resource_value};
 use crate::node::allocatable::NodeResources;
 use crate::pod::api::{ApiLink, NoApiServer};
 
@@ -403,7 +403,16 @@ async fn files_for(
             Source::Downward(items) => {
                 for item in items {
                     let value = if let Some(field) = &item.field_ref {
-                        field_value(pod, &field.field_path, node.ip).unwrap_or_default()
+                        field_value(
+                            pod,
+                            &field.field_path,
+                            // Volumes may name metadata only (API validation): no pod IPs.
+                            &Addresses {
+                                host_ip: node.ip,
+                                pod_ips: &[],
+                            },
+                        )
+                        .unwrap_or_default()
                     } else if let Some(reference) = &item.resource_field_ref {
                         let first = pod.spec.as_ref().and_then(|s| s.containers.first());
                         let Some(container) = first else { continue };

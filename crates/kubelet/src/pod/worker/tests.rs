@@ -66,6 +66,15 @@ fn c(name: &str) -> serde_json::Value {
 }
 
 fn start(pod: Pod, fake: &FakeRuntime) -> Harness {
+    start_on(
+        pod,
+        fake,
+        crate::network::NodeNetwork::new(std::net::IpAddr::from([127, 0, 0, 1])),
+    )
+}
+
+/// Starts a worker whose pods get their network from `network`.
+fn start_on(pod: Pod, fake: &FakeRuntime, network: Arc<dyn crate::network::Network>) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let images = ImageStore::new(
         dir.path().join("images"),
@@ -103,7 +112,7 @@ fn start(pod: Pod, fake: &FakeRuntime) -> Harness {
             memory_bound: 1 << 30,
             service_env: ServiceEnv::none(),
             exec: Default::default(),
-            network: crate::network::NodeNetwork::new(std::net::IpAddr::from([127, 0, 0, 1])),
+            network,
         },
         status: status.clone(),
         dirs: PodDirs {
@@ -564,4 +573,117 @@ async fn an_ephemeral_container_runs_once_apart_from_the_phase_and_is_never_rest
     assert_eq!(h.fake.starts_of("app"), 1);
     let debugger = ephemeral(&h.status(), "debugger").cloned().expect("status");
     assert_eq!(debugger.restart_count, 0);
+}
+
+/// A pod network whose sandbox fails `failures` times (as a CNI ADD error would), then gives
+/// the pod 10.9.0.7; it records setups and teardowns.
+#[derive(Debug)]
+struct FlakyNetwork {
+    failures: std::sync::Mutex<u32>,
+    setups: std::sync::atomic::AtomicU32,
+    teardowns: std::sync::Mutex<Vec<String>>,
+}
+
+impl crate::network::Network for FlakyNetwork {
+    fn pod(&self, _uid: &str) -> Option<Arc<dyn crate::network::PodNetwork>> {
+        Some(crate::network::NodeNetwork::new([10, 9, 0, 7].into()))
+    }
+
+    fn setup<'a>(
+        &'a self,
+        sandbox: &'a crate::network::SandboxSpec,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<Arc<dyn crate::network::PodNetwork>, crate::network::NetworkError>,
+    > {
+        use std::sync::atomic::Ordering;
+        self.setups.fetch_add(1, Ordering::SeqCst);
+        let mut failures = self.failures.lock().expect("lock");
+        let result: Result<Arc<dyn crate::network::PodNetwork>, _> = if *failures > 0 {
+            *failures -= 1;
+            Err(crate::network::NetworkError::NoNetwork {
+                uid: sandbox.uid.clone(),
+            })
+        } else {
+            Ok(crate::network::NodeNetwork::new([10, 9, 0, 7].into()))
+        };
+        Box::pin(async move { result })
+    }
+
+    fn teardown<'a>(
+        &'a self,
+        uid: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<(), crate::network::NetworkError>> {
+        self.teardowns.lock().expect("lock").push(uid.to_string());
+        Box::pin(async { Ok(()) })
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        _live: &'a std::collections::HashSet<String>,
+    ) -> futures::future::BoxFuture<'a, Vec<String>> {
+        Box::pin(async { Vec::new() })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sandbox_that_fails_keeps_the_pod_pending_and_is_retried_then_torn_down() {
+    let fake = FakeRuntime::default();
+    fake.script(
+        "app",
+        [Step::Exit {
+            after: Duration::from_secs(30),
+            code: 0,
+        }],
+    );
+    let network = Arc::new(FlakyNetwork {
+        failures: std::sync::Mutex::new(3),
+        setups: Default::default(),
+        teardowns: Default::default(),
+    });
+    let spec = serde_json::json!({"restartPolicy": "Never", "containers": [c("app")]});
+    let h = start_on(pod(spec.clone(), None), &fake, network.clone());
+    let pending = h.wait("Pending", |s| phase(s) == "Pending").await;
+    assert_eq!(pending.pod_ip, None, "no IP before the sandbox exists");
+    assert_eq!(
+        h.fake.starts_of("app"),
+        0,
+        "no container before the sandbox"
+    );
+    let started = tokio::time::Instant::now();
+    let s = h.wait("Running", |s| running(s, "app")).await;
+    // Retried after 1 s, 2 s, 4 s (back-off), then set up.
+    assert_eq!(network.setups.load(std::sync::atomic::Ordering::SeqCst), 4);
+    assert!(
+        started.elapsed() >= Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.pod_ip.as_deref(), Some("10.9.0.7"));
+    assert_eq!(
+        s.pod_ips
+            .iter()
+            .flatten()
+            .map(|ip| ip.ip.as_str())
+            .collect::<Vec<_>>(),
+        ["10.9.0.7"]
+    );
+    assert_eq!(s.host_ip.as_deref(), Some("127.0.0.1"));
+    assert!(network.teardowns.lock().expect("lock").is_empty());
+    // The pod ends: its sandbox goes, its status keeps the IP (as upstream's).
+    let done = h.wait("Succeeded", |s| phase(s) == "Succeeded").await;
+    assert_eq!(done.pod_ip.as_deref(), Some("10.9.0.7"));
+    for _ in 0..100 {
+        if !network.teardowns.lock().expect("lock").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        *network.teardowns.lock().expect("lock"),
+        ["0123456789abcdef"],
+        "the sandbox goes when the pod ends"
+    );
+    h.update(deleted(pod(spec, None)));
+    h.ended().await;
 }

@@ -9,7 +9,9 @@
 //! Protocol `portforward.k8s.io` over SPDY/3.1: for every connection it forwards, the client
 //! opens two streams with headers `streamType` (`error`, then `data`), `port` and `requestID`.
 //! Once both of a request's streams are there, the kubelet connects to the pod's port through
-//! the pod network (`network.rs`: today the node's address) and copies bytes both ways; a
+//! the pod network (`network::PodNetwork::forward_tcp`: the node's address on the node's
+//! network; with CNI, `localhost:port` inside the pod's namespace, as containerd's
+//! `PortForward` dials) and copies bytes both ways; a
 //! connection that fails is reported on the error stream ("error forwarding port 8080 to pod
 //! ..."), which `kubectl` prints. The API server tunnels kubectl's WebSocket into this SPDY
 //! session, so kubectl's default and `KUBECTL_PORT_FORWARD_WEBSOCKETS=false` both end here.
@@ -178,7 +180,7 @@ pub async fn port_forward(State(state): State<Arc<AppState>>, mut request: Reque
             "this connection cannot be upgraded; port-forward needs HTTP/1.1",
         );
     };
-    let network = state.view.network.pod(&uid);
+    let network = crate::network::pod_or_unavailable(&*state.view.network, &uid);
     tracing::info!(pod = %label, %uid, "port-forward");
     tokio::spawn(async move {
         let _permit = permit;
@@ -228,7 +230,7 @@ async fn websocket(
             );
         }
     };
-    let network = state.view.network.pod(&uid);
+    let network = crate::network::pod_or_unavailable(&*state.view.network, &uid);
     tracing::info!(pod = %label, %uid, ?ports, subprotocol = protocol.name, "port-forward over WebSocket");
     ws::upgrade(upgrade, protocol, ports, network, label, uid, permit)
 }
@@ -329,7 +331,7 @@ async fn forward(
         .to_string();
     let connected = match port_header.parse::<u16>() {
         Ok(port) if port != 0 => network
-            .connect_tcp(port, CONNECT_TIMEOUT)
+            .forward_tcp(port, CONNECT_TIMEOUT)
             .await
             .map_err(|e| (port.to_string(), e.to_string())),
         _ => Err((port_header.clone(), format!("invalid port {port_header:?}"))),

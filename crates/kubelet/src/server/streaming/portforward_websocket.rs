@@ -23,7 +23,7 @@
 //!   little-endian in one message on each of a port's channels, data then error, port by
 //!   port.
 //! - **Connections**: one TCP connection per port, opened at the start through the pod's
-//!   network ([`PodNetwork::connect_tcp`], as the SPDY path connects) and kept for the life of
+//!   network ([`PodNetwork::forward_tcp`], as the SPDY path connects) and kept for the life of
 //!   the WebSocket (`websocketStreamHandler.run`). The client's data on the data channel goes
 //!   to it and the pod's bytes come back on the data channel. A connection that cannot be
 //!   made, or that fails, writes `error forwarding port P to pod NS/NAME, uid UID: WHY` on the
@@ -315,7 +315,7 @@ async fn forward(
             let _ = error.write(Bytes::from(message)).await;
         }
     };
-    let conn = match network.connect_tcp(port, CONNECT_TIMEOUT).await {
+    let conn = match network.forward_tcp(port, CONNECT_TIMEOUT).await {
         Ok(conn) => conn,
         Err(why) => {
             report(why.to_string()).await;
