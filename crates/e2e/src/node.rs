@@ -133,6 +133,14 @@ impl KrustletNode {
             "--log=info,kubelet=debug".into(),
             TEST_EVICTION_HARD.into(),
         ];
+        // The host's /etc/cni/net.d is not the test's: a node gets pod networking only when
+        // its test gives it a CNI configuration of its own.
+        if !self.extra_args.iter().any(|a| a.starts_with("--cni-conf-dir")) {
+            args.push(format!(
+                "--cni-conf-dir={}",
+                self.data_dir.path().join("no-cni-config").display()
+            ));
+        }
         args.extend(self.extra_args.iter().cloned());
         args
     }

@@ -263,25 +263,25 @@ pub fn list(dir: &Path) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
+/// Fails a test that creates network namespaces when it does not run as root, naming the
+/// prerequisite (tests never skip).
+#[cfg(test)]
+pub(crate) fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "prerequisite missing: this test creates network namespaces, which needs root \
+         (CAP_SYS_ADMIN); run the suite as root, as .ci/run does"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    /// Namespaces need root; the tests say so and pass without it.
-    fn root() -> bool {
-        let root = nix::unistd::geteuid().is_root();
-        if !root {
-            eprintln!("skipped: creating network namespaces needs root");
-        }
-        root
-    }
-
     #[test]
     fn a_namespace_is_its_own_network_and_goes_away() {
-        if !root() {
-            return;
-        }
+        require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("netns").join("pod-uid-1");
         let ns = NetNs::create(&path).expect("create");

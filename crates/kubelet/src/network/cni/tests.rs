@@ -1,6 +1,6 @@
 //! CNI tests with fake plugins: small shell scripts in a temporary bin dir that record their
 //! command, `CNI_*` environment and stdin, and print a canned result. Tests that create
-//! network namespaces need root and are skipped (with a note) without it.
+//! network namespaces need root and fail, naming it, without it.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -139,13 +139,6 @@ fn sandbox(uid: &str) -> SandboxSpec {
     }
 }
 
-fn root() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!("skipped: creating network namespaces needs root");
-    }
-    root
-}
 
 /// The network of the fake node: `first` assigns the address, `second` is chained and
 /// declares `portMappings`.
@@ -436,9 +429,7 @@ async fn without_a_configuration_pods_share_the_node_network() {
 /// ADD result, even after the configuration on disk changed.
 #[tokio::test]
 async fn add_chains_results_and_del_reverses_with_the_recorded_configuration() {
-    if !root() {
-        return;
-    }
+    crate::network::netns::require_root();
     let fake = Fake::new();
     fake.loopback();
     fake.plugin("first", FIRST_RESULT, "", 0);
@@ -566,9 +557,7 @@ async fn add_chains_results_and_del_reverses_with_the_recorded_configuration() {
 /// A failed ADD is DELeted (spec: a delete must follow a failed add) and leaves nothing.
 #[tokio::test]
 async fn a_failed_add_is_deleted_and_names_the_plugin() {
-    if !root() {
-        return;
-    }
+    crate::network::netns::require_root();
     let fake = Fake::new();
     fake.plugin("first", FIRST_RESULT, "", 0);
     fake.plugin(
@@ -620,9 +609,7 @@ async fn a_failed_add_is_deleted_and_names_the_plugin() {
 /// are gone and keeps live ones, which setup then resumes (CHECK, no new ADD).
 #[tokio::test]
 async fn reconcile_deletes_stale_sandboxes_and_setup_resumes_live_ones() {
-    if !root() {
-        return;
-    }
+    crate::network::netns::require_root();
     let fake = Fake::new();
     fake.plugin("first", FIRST_RESULT, "", 0);
     fake.plugin("second", SECOND_RESULT, "", 0);
@@ -665,9 +652,7 @@ async fn reconcile_deletes_stale_sandboxes_and_setup_resumes_live_ones() {
 /// A DEL that fails keeps the sandbox for a later round, which succeeds once the plugin does.
 #[tokio::test]
 async fn a_failed_del_is_retried_by_reconcile() {
-    if !root() {
-        return;
-    }
+    crate::network::netns::require_root();
     let fake = Fake::new();
     let flag = fake.root.join("fail-del");
     fake.plugin(
