@@ -2,8 +2,9 @@
 //! loopback and link-local addresses: `proxyutil.IsProxyableIP`) reaches the node.
 //!
 //! Each address is the root-side end of a veth pair whose other end lives in a network
-//! namespace the harness creates (`krustlet-e2e-<pid>-<n>`); the pair is on the benchmarking
-//! range 198.18.0.0/15 (RFC 2544), which is never routed off the machine. Traffic to the root
+//! namespace the harness creates (`krustlet-e2e-<pid>-<n>`); the pair is on 198.18.0.0/16,
+//! half of the benchmarking range 198.18.0.0/15 (RFC 2544), which is never routed off the
+//! machine (test hosts, [`crate::testhost`], use the other half). Traffic to the root
 //! end is local delivery: nothing leaves the machine. Dropping a [`NodeAddress`] deletes the
 //! namespace (and with it the pair); [`remove_leftovers`] deletes namespaces of harness
 //! processes that no longer run.
@@ -48,7 +49,7 @@ impl NodeAddress {
     /// Creates a namespace and veth pair and returns the root end's address.
     ///
     /// # Errors
-    /// When `ip` is missing or not permitted, or no /30 is free in 198.18.0.0/15.
+    /// When `ip` is missing or not permitted, or no /30 is free in 198.18.0.0/16.
     pub fn create() -> anyhow::Result<Self> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -58,15 +59,15 @@ impl NodeAddress {
         let veth = format!("kre{:x}", (pid << 8) ^ n);
         let veth = &veth[..veth.len().min(15)];
         let in_use = addresses_in_use()?;
-        // 2^15 subnets of 4 addresses; start at one derived from pid and counter, skip used ones.
-        let start = (pid.wrapping_mul(131) ^ n.wrapping_mul(7919)) % (1 << 15);
-        let subnet = (0..(1u32 << 15))
-            .map(|i| (start + i) % (1 << 15))
+        // 2^14 subnets of 4 addresses; start at one derived from pid and counter, skip used ones.
+        let start = (pid.wrapping_mul(131) ^ n.wrapping_mul(7919)) % (1 << 14);
+        let subnet = (0..(1u32 << 14))
+            .map(|i| (start + i) % (1 << 14))
             .find(|s| {
                 let host = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + s * 4 + 1);
                 !in_use.contains(&format!(" {host}/"))
             })
-            .context("no free /30 in 198.18.0.0/15 for a node address")?;
+            .context("no free /30 in 198.18.0.0/16 for a node address")?;
         let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + subnet * 4;
         let (root, peer) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
         let address = Self {
@@ -121,6 +122,8 @@ pub fn remove_leftovers() {
             .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
         if !alive {
             let _ = ip(&["netns", "del", name]);
+            // A test host's resolv.conf for `ip netns exec` (crate::testhost).
+            let _ = std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(name));
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod node;
 pub mod pods;
 pub mod registry;
 pub mod standalone;
+pub mod testhost;
 pub mod workloads;
 
 pub use cluster::{ClusterInfo, cluster};

@@ -12,7 +12,8 @@ use kube::api::Api;
 use tempfile::TempDir;
 
 use crate::address::NodeAddress;
-use crate::cluster::{client, cluster};
+use crate::cluster::{bin_dir, client, cluster};
+use crate::testhost::TestHost;
 
 /// The hard eviction thresholds test nodes run with: the tests share the machine's disk with
 /// builds, and a nearly full disk must not taint every test node with disk-pressure (tests
@@ -30,6 +31,8 @@ pub struct KrustletNode {
     env: Vec<(String, String)>,
     /// A non-loopback address the node binds, if it has one (else 127.0.0.1).
     address: Option<NodeAddress>,
+    /// The test host the node runs in, if it is networked ([`KrustletNode::start_networked`]).
+    host: Option<TestHost>,
     child: Option<Child>,
 }
 
@@ -88,6 +91,59 @@ impl KrustletNode {
         Self::start_full(binary, prefix, extra_args, env, None)
     }
 
+    /// [`KrustletNode::start`] in a [`TestHost`] of its own, as a node of a real cluster with
+    /// pod networking: the CNI reference plugins (bridge `cni0`, host-local IPAM over the podCIDR
+    /// the controller-manager gave the node, portmap), kube-proxy beside it, and the cluster
+    /// DNS. Returns once the node is Ready with its CNI configuration in place.
+    ///
+    /// # Errors
+    /// When the host cannot be made (root is needed), the node gets no podCIDR, or it does
+    /// not become Ready.
+    pub async fn start_networked(
+        binary: &str,
+        prefix: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let host = TestHost::create()?;
+        let mut node = Self::new(binary, prefix, extra_args, &[], None, Some(host))?;
+        node.spawn()?;
+        let pod_cidr = node.wait_pod_cidr(Duration::from_secs(60)).await?;
+        // The bridge network, as a CNI DaemonSet would install it once the node has its range.
+        let conf_dir = node.cni_conf_dir();
+        std::fs::create_dir_all(&conf_dir)?;
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "krustlet-e2e",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": "cni0",
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "hairpinMode": true,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": pod_cidr}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": node.data_dir().join("ipam"),
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": true}},
+            ],
+        });
+        std::fs::write(
+            conf_dir.join("10-krustlet-e2e.conflist"),
+            serde_json::to_vec_pretty(&conflist)?,
+        )?;
+        let name = node.name.clone();
+        let log = node.data_dir().join("kube-proxy.log");
+        let host = node.host.as_mut().context("networked node without host")?;
+        host.route_pods(&pod_cidr)?;
+        host.start_kube_proxy(&name, &log)?;
+        node.wait_network_ready(Duration::from_secs(60)).await?;
+        Ok(node)
+    }
+
     fn start_full(
         binary: &str,
         prefix: &str,
@@ -95,13 +151,26 @@ impl KrustletNode {
         env: &[(&str, &str)],
         address: Option<NodeAddress>,
     ) -> anyhow::Result<Self> {
+        let mut node = Self::new(binary, prefix, extra_args, env, address, None)?;
+        node.spawn()?;
+        Ok(node)
+    }
+
+    fn new(
+        binary: &str,
+        prefix: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        address: Option<NodeAddress>,
+        host: Option<TestHost>,
+    ) -> anyhow::Result<Self> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "{prefix}-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let mut node = Self {
+        Ok(Self {
             name,
             binary: binary.into(),
             data_dir: tempfile::Builder::new().prefix("krustlet-e2e-").tempdir()?,
@@ -112,10 +181,67 @@ impl KrustletNode {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             address,
+            host,
             child: None,
-        };
-        node.spawn()?;
-        Ok(node)
+        })
+    }
+
+    /// Where a networked node's CNI configuration lives.
+    fn cni_conf_dir(&self) -> PathBuf {
+        self.data_dir.path().join("net.d")
+    }
+
+    /// Waits for the controller-manager to give the node its podCIDR.
+    async fn wait_pod_cidr(&self, timeout: Duration) -> anyhow::Result<String> {
+        let nodes: Api<Node> = Api::all(client().await?);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(cidr) = nodes
+                .get_opt(&self.name)
+                .await?
+                .and_then(|n| n.spec?.pod_cidr)
+            {
+                return Ok(cidr);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {} got no podCIDR within {timeout:?} (is the controller-manager \
+                     allocating node CIDRs?); log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits until the node is Ready and no longer says that pods share its network.
+    async fn wait_network_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let nodes: Api<Node> = Api::all(client().await?);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ready = nodes.get_opt(&self.name).await?.and_then(|n| {
+                n.status?
+                    .conditions?
+                    .into_iter()
+                    .find(|c| c.type_ == "Ready")
+            });
+            if let Some(ready) = &ready
+                && ready.status == "True"
+                && !ready.message.as_deref().unwrap_or("").contains("cni config")
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {} not Ready with its CNI network within {timeout:?} (last: {ready:?}); \
+                     log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// The arguments every test node runs with.
@@ -133,9 +259,12 @@ impl KrustletNode {
             "--log=info,kubelet=debug".into(),
             TEST_EVICTION_HARD.into(),
         ];
-        // The host's /etc/cni/net.d is not the test's: a node gets pod networking only when
-        // its test gives it a CNI configuration of its own.
-        if !self.extra_args.iter().any(|a| a.starts_with("--cni-conf-dir")) {
+        if self.host.is_some() {
+            args.push(format!("--cni-conf-dir={}", self.cni_conf_dir().display()));
+            args.push(format!("--cni-bin-dir={}", bin_dir().join("cni").display()));
+        } else if !self.extra_args.iter().any(|a| a.starts_with("--cni-conf-dir")) {
+            // The host's /etc/cni/net.d is not the test's: a node gets pod networking only
+            // when its test gives it a CNI configuration of its own.
             args.push(format!(
                 "--cni-conf-dir={}",
                 self.data_dir.path().join("no-cni-config").display()
@@ -157,7 +286,10 @@ impl KrustletNode {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        lifeline(&mut command);
+        match &self.host {
+            Some(host) => host.enter(&mut command)?,
+            None => lifeline(&mut command),
+        }
         self.child = Some(
             command
                 .spawn()
@@ -193,9 +325,17 @@ impl KrustletNode {
 
     /// The address the node binds and reports as its InternalIP.
     pub fn ip(&self) -> std::net::IpAddr {
+        if let Some(host) = &self.host {
+            return host.ip().into();
+        }
         self.address
             .as_ref()
             .map_or([127, 0, 0, 1].into(), |a| a.ip().into())
+    }
+
+    /// The test host of a networked node.
+    pub fn host(&self) -> Option<&TestHost> {
+        self.host.as_ref()
     }
 
     /// The kubelet API port.
@@ -333,6 +473,14 @@ impl Drop for KrustletNode {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // Pods' namespaces are bind mounts in the data dir: unmount them before it goes.
+        for entry in std::fs::read_dir(self.data_dir.path().join("netns"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH);
         }
         let info = cluster();
         let _ = Command::new(&info.kubectl)

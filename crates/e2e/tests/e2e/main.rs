@@ -14,6 +14,7 @@ mod image_security;
 mod images;
 mod lifecycle;
 mod monitoring;
+mod network;
 mod newcomer;
 mod node;
 mod node_events;

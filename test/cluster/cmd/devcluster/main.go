@@ -335,6 +335,10 @@ func (c *cluster) start(ctx context.Context, registryBin, metricsServerBin strin
 		"--root-ca-file="+caFile, "--service-account-private-key-file="+saKey,
 		"--use-service-account-credentials=true", "--controllers=*,bootstrapsigner,tokencleaner",
 		"--node-monitor-grace-period="+nodeGrace.String(), "--node-monitor-period=2s",
+		// Node podCIDRs for CNI (the e2e test hosts' and ./dev's bridge networks), as kubeadm's
+		// --pod-network-cidr sets them.
+		"--allocate-node-cidrs=true", "--cluster-cidr=10.244.0.0/16", "--node-cidr-mask-size=24",
+		"--service-cluster-ip-range=10.0.0.0/24",
 		"--concurrent-deployment-syncs=10", "--profiling=false", "--v=1"); err != nil {
 		return nil, err
 	}
