@@ -228,7 +228,11 @@ impl KrustletNode {
             });
             if let Some(ready) = &ready
                 && ready.status == "True"
-                && !ready.message.as_deref().unwrap_or("").contains("cni config")
+                && !ready
+                    .message
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("cni config")
             {
                 return Ok(());
             }
@@ -262,7 +266,11 @@ impl KrustletNode {
         if self.host.is_some() {
             args.push(format!("--cni-conf-dir={}", self.cni_conf_dir().display()));
             args.push(format!("--cni-bin-dir={}", bin_dir().join("cni").display()));
-        } else if !self.extra_args.iter().any(|a| a.starts_with("--cni-conf-dir")) {
+        } else if !self
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--cni-conf-dir"))
+        {
             // The host's /etc/cni/net.d is not the test's: a node gets pod networking only
             // when its test gives it a CNI configuration of its own.
             args.push(format!(

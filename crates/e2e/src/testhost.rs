@@ -242,7 +242,13 @@ impl Lan {
         ip(&[&n[..], &["link", "add", "lan0", "type", "bridge"]].concat())?;
         ip(&[
             &n[..],
-            &["addr", "add", &format!("{}/24", lan.router()), "dev", "lan0"],
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", lan.router()),
+                "dev",
+                "lan0",
+            ],
         ]
         .concat())?;
         ip(&[&n[..], &["link", "set", "lan0", "up"]].concat())?;
@@ -435,7 +441,9 @@ impl TestHost {
         std::fs::create_dir_all(&host.resolv_dir)?;
         std::fs::write(
             host.resolv_dir.join("resolv.conf"),
-            format!("nameserver {CLUSTER_DNS}\nsearch svc.cluster.local cluster.local\noptions ndots:5\n"),
+            format!(
+                "nameserver {CLUSTER_DNS}\nsearch svc.cluster.local cluster.local\noptions ndots:5\n"
+            ),
         )?;
         Ok(host)
     }

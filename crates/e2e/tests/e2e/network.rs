@@ -240,3 +240,316 @@ async fn three_http_replicas_get_pod_ips_and_answer_by_pod_ip_cluster_ip_and_dns
         assert_eq!(seen, want, "replicas answering at {base}");
     }
 }
+
+/// A pod of `labels` running the http component on :8080 on `node`; `extra` is merged into
+/// its container (probes, env).
+fn web_pod(name: &str, node: &str, labels: serde_json::Value, extra: serde_json::Value) -> Pod {
+    let mut container = json!({
+        "name": "web",
+        "image": workloads::http_component(),
+        "ports": [{"containerPort": 8080}],
+        "env": [{"name": "POD_NAME", "value": name}]
+    });
+    if let (Some(into), serde_json::Value::Object(from)) = (container.as_object_mut(), extra) {
+        into.extend(from);
+    }
+    serde_json::from_value(for_node(
+        json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"terminationGracePeriodSeconds": 2, "containers": [container]}
+        }),
+        node,
+    ))
+    .expect("pod")
+}
+
+#[tokio::test]
+async fn a_failing_readiness_probe_takes_a_pod_out_of_its_service_and_liveness_restarts_it() {
+    let ns = TestNamespace::new("net-probe").await.expect("namespace");
+    let server = KrustletNode::start_networked(KRUSTLET, "net-prb", &[])
+        .await
+        .expect("networked node");
+    let client = KrustletNode::start_networked(KRUSTLET, "net-prc", &[])
+        .await
+        .expect("networked client node");
+    let client_host = client.host().expect("test host");
+    let pods = ns.api::<Pod>();
+    let probe = json!({"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1});
+    pods.create(
+        &PostParams::default(),
+        &web_pod(
+            "steady",
+            server.name(),
+            json!({"app": "backend"}),
+            json!({"readinessProbe": probe}),
+        ),
+    )
+    .await
+    .expect("create steady");
+    // Healthy for 25 s from now, then /healthz fails: readiness drops it at the first
+    // failure, liveness restarts it after three.
+    let fail_after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 25;
+    let mut liveness = probe.clone();
+    liveness["failureThreshold"] = json!(3);
+    let mut readiness = probe.clone();
+    readiness["failureThreshold"] = json!(1);
+    pods.create(
+        &PostParams::default(),
+        &web_pod(
+            "flaky",
+            server.name(),
+            json!({"app": "backend"}),
+            json!({
+                "env": [{"name": "POD_NAME", "value": "flaky"},
+                        {"name": "HEALTHZ_FAIL_AFTER", "value": fail_after.to_string()}],
+                "readinessProbe": readiness,
+                "livenessProbe": liveness
+            }),
+        ),
+    )
+    .await
+    .expect("create flaky");
+    ns.api::<Service>()
+        .create(&PostParams::default(), &service("backend"))
+        .await
+        .expect("create service");
+    let ready = ready_pods(&ns, "backend", 2).await;
+    let ip_of = |name: &str| {
+        ready
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, ip)| ip.to_string())
+            .expect("pod ip")
+    };
+    let both: BTreeSet<String> = [ip_of("steady"), ip_of("flaky")].into();
+    let deadline = Instant::now() + LONG;
+    while endpoint_addresses(ns.name(), "backend") != both {
+        assert!(
+            Instant::now() < deadline,
+            "both pods never in the EndpointSlice"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Once flaky's /healthz fails, only steady is behind the Service.
+    let steady: BTreeSet<String> = [ip_of("steady")].into();
+    let deadline = Instant::now() + LONG;
+    while endpoint_addresses(ns.name(), "backend") != steady {
+        assert!(
+            Instant::now() < deadline,
+            "flaky never left the EndpointSlice: {:?}",
+            endpoint_addresses(ns.name(), "backend")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let service = format!("http://backend.{}.svc.cluster.local/", ns.name());
+    for _ in 0..10 {
+        assert_eq!(
+            curl_from(client_host, &service, LONG).await,
+            "hello from steady\n"
+        );
+    }
+
+    // Liveness restarts it, with the kubelet's events.
+    let restarted = krustlet_e2e::pods::wait_for(&pods, "flaky", LONG, "a restart", |p| {
+        krustlet_e2e::pods::container_status(p, "web").is_some_and(|c| c.restart_count >= 1)
+    })
+    .await;
+    restarted.expect("flaky restarted by its liveness probe");
+    let events = kubectl(&[
+        "get",
+        "events",
+        "-n",
+        ns.name(),
+        "--field-selector",
+        "involvedObject.name=flaky",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+    ])
+    .expect("events");
+    assert!(events.contains("Unhealthy"), "{events}");
+    assert!(events.contains("Killing"), "{events}");
+}
+
+/// What a node's pods hold on its host: pod namespaces, veths, and host-local allocations.
+#[derive(Debug, Default, PartialEq)]
+struct Held {
+    namespaces: Vec<String>,
+    veths: Vec<String>,
+    addresses: Vec<String>,
+}
+
+fn held(node: &KrustletNode) -> Held {
+    let names = |dir: std::path::PathBuf| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let host = node.host().expect("test host");
+    let links = std::process::Command::new("ip")
+        .args(["-n", host.netns(), "-o", "link", "show", "type", "veth"])
+        .output()
+        .expect("ip link");
+    let veths = String::from_utf8_lossy(&links.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_string())
+        .filter(|name| name != "eth0")
+        .collect();
+    Held {
+        namespaces: names(node.data_dir().join("netns")),
+        veths,
+        // host-local keeps one file per allocated address, beside its lock and cursor files.
+        addresses: names(node.data_dir().join("ipam/krustlet-e2e"))
+            .into_iter()
+            .filter(|n| n.parse::<Ipv4Addr>().is_ok())
+            .collect(),
+    }
+}
+
+fn sleeper(name: &str, node: &str) -> Pod {
+    serde_json::from_value(for_node(
+        json!({
+            "metadata": {"name": name, "labels": {"app": "sleeper"}},
+            "spec": {
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "c", "image": workloads::multitool(),
+                                "args": ["sleep", "3600"]}]
+            }
+        }),
+        node,
+    ))
+    .expect("pod")
+}
+
+/// Waits until the node's pods hold exactly `count` of each resource.
+async fn wait_held(node: &KrustletNode, count: usize) -> Held {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let now = held(node);
+        if now.namespaces.len() == count && now.veths.len() == count && now.addresses.len() == count
+        {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "want {count} of each, the host holds {now:#?}; log:\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn networked_pods_leave_no_namespace_veth_or_address_behind_even_after_kill_9() {
+    let ns = TestNamespace::new("net-leak").await.expect("namespace");
+    let mut node = KrustletNode::start_networked(KRUSTLET, "net-leak", &["--max-pods=150"])
+        .await
+        .expect("networked node");
+    let pods = ns.api::<Pod>();
+
+    // 100 pods, each with its own address, and all gone without a trace once deleted.
+    for i in 0..100 {
+        pods.create(
+            &PostParams::default(),
+            &sleeper(&format!("s{i}"), node.name()),
+        )
+        .await
+        .expect("create");
+    }
+    let running = wait_running(&ns, "sleeper", 100).await;
+    let ips: BTreeSet<&str> = running.iter().map(|(_, ip)| ip.as_str()).collect();
+    assert_eq!(ips.len(), 100, "pod IPs not distinct");
+    wait_held(&node, 100).await;
+    kubectl(&[
+        "delete",
+        "pods",
+        "--all",
+        "-n",
+        ns.name(),
+        "--wait=true",
+        "--timeout=120s",
+    ])
+    .expect("delete 100 pods");
+    assert_eq!(wait_held(&node, 0).await, Held::default());
+
+    // kill -9 with ten pods up; five are force-deleted while the node is down. The restarted
+    // node keeps the five (their addresses included) and frees the rest.
+    for i in 0..10 {
+        pods.create(
+            &PostParams::default(),
+            &sleeper(&format!("k{i}"), node.name()),
+        )
+        .await
+        .expect("create");
+    }
+    wait_running(&ns, "sleeper", 10).await;
+    wait_held(&node, 10).await;
+    node.signal(nix::sys::signal::Signal::SIGKILL)
+        .expect("kill -9");
+    node.wait_exit(Duration::from_secs(30))
+        .await
+        .expect("killed");
+    for i in 0..5 {
+        kubectl(&[
+            "delete",
+            "pod",
+            &format!("k{i}"),
+            "-n",
+            ns.name(),
+            "--grace-period=0",
+            "--force",
+        ])
+        .expect("force delete");
+    }
+    node.restart().expect("restart");
+    wait_held(&node, 5).await;
+    wait_running(&ns, "sleeper", 5).await;
+    kubectl(&[
+        "delete",
+        "pods",
+        "--all",
+        "-n",
+        ns.name(),
+        "--wait=true",
+        "--timeout=120s",
+    ])
+    .expect("delete the rest");
+    assert_eq!(wait_held(&node, 0).await, Held::default());
+}
+
+/// Waits until `want` pods labelled `app` run with a pod IP: (name, IP).
+async fn wait_running(ns: &TestNamespace, app: &str, want: usize) -> Vec<(String, String)> {
+    let pods = ns.api::<Pod>();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("app={app}")))
+            .await
+            .expect("list pods");
+        let running: Vec<(String, String)> = list
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .filter_map(|p| Some((p.metadata.name.clone()?, p.status.as_ref()?.pod_ip.clone()?)))
+            .collect();
+        if running.len() == want && list.items.len() == want {
+            return running;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {want} pods running",
+            running.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -139,7 +139,6 @@ fn sandbox(uid: &str) -> SandboxSpec {
     }
 }
 
-
 /// The network of the fake node: `first` assigns the address, `second` is chained and
 /// declares `portMappings`.
 const CHAINED: &str = r#"{"cniVersion":"1.0.0","name":"podnet","plugins":[{"type":"first","ipam":{"type":"host-local"}},{"type":"second","capabilities":{"portMappings":true}}]}"#;
