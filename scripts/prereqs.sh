@@ -7,8 +7,9 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 : "${KRUSTLET_CACHE:=$HOME/.cache/krustlet}"
 
-# Debian packages: the wasm C toolchain, the OCI registry and iptables (the CNI portmap plugin's).
-apt_packages=(clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 docker-registry iptables)
+# Debian packages: the wasm C toolchain, the OCI registry, iptables (the CNI portmap plugin's and
+# kube-proxy's), iproute2 (test hosts' namespaces and veths) and curl (clients in test hosts).
+apt_packages=(clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 docker-registry iptables iproute2 curl)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
