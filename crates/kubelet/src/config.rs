@@ -384,6 +384,19 @@ pub struct Flags {
     #[arg(long, env = "KRUSTLET_CNI_CACHE_DIR", value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cni_cache_dir: Option<PathBuf>,
+
+    /// Addresses (CIDRs, comma-separated) that guests' own sockets may never reach, whatever a
+    /// pod grants in its `krustlet.dev/allowed-outbound` annotation. An empty value denies
+    /// nothing beyond what pods do not grant. [default: 169.254.169.254/32,fd00:ec2::254/128,
+    /// the cloud metadata services]
+    #[arg(
+        long,
+        env = "KRUSTLET_WASM_OUTBOUND_DENY",
+        value_name = "CIDR,...",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wasm_outbound_deny: Option<Vec<String>>,
 }
 
 /// Errors in the configuration; each names the setting and what is allowed.
@@ -506,6 +519,8 @@ pub struct KubeletConfig {
     pub cni_bin_dirs: Vec<PathBuf>,
     /// CNI sandbox records.
     pub cni_cache_dir: PathBuf,
+    /// What guests' own sockets may never reach (`--wasm-outbound-deny`).
+    pub wasm_outbound_deny: Vec<crate::network::outbound::Cidr>,
 }
 
 impl Flags {
@@ -625,6 +640,7 @@ impl Flags {
                 .unwrap_or_else(|| PathBuf::from("/etc/cni/net.d")),
             cni_bin_dirs: cni_bin_dirs(self.cni_bin_dir)?,
             cni_cache_dir: self.cni_cache_dir.unwrap_or_else(|| data_dir.join("cni")),
+            wasm_outbound_deny: outbound_deny(self.wasm_outbound_deny)?,
             data_dir,
         };
         for (flag, bytes) in [
@@ -683,6 +699,27 @@ impl Flags {
 }
 
 /// `--cni-bin-dir`: each value may itself be a `:`-separated list, as `CNI_PATH` is.
+/// `--wasm-outbound-deny`: its CIDRs, the metadata services when it is not given, nothing when
+/// it is given empty.
+fn outbound_deny(
+    flag: Option<Vec<String>>,
+) -> Result<Vec<crate::network::outbound::Cidr>, ConfigError> {
+    let Some(values) = flag else {
+        return Ok(crate::network::outbound::default_node_deny());
+    };
+    values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse().map_err(|message| ConfigError::Invalid {
+                flag: "wasm-outbound-deny",
+                message,
+            })
+        })
+        .collect()
+}
+
 fn cni_bin_dirs(flag: Option<Vec<PathBuf>>) -> Result<Vec<PathBuf>, ConfigError> {
     let Some(values) = flag else {
         return Ok(vec![PathBuf::from("/opt/cni/bin")]);
@@ -1352,6 +1389,37 @@ mod tests {
         };
         let error = empty.resolve().expect_err("no directory").to_string();
         assert!(error.contains("--cni-bin-dir"), "{error}");
+    }
+
+    #[test]
+    fn the_outbound_deny_list_defaults_to_the_metadata_services() {
+        let resolve = |deny: Option<Vec<String>>| {
+            Flags {
+                node_name: Some("n".into()),
+                wasm_outbound_deny: deny,
+                ..Default::default()
+            }
+            .resolve()
+        };
+        let defaults = resolve(None).expect("resolve").wasm_outbound_deny;
+        assert_eq!(
+            defaults.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["169.254.169.254/32", "fd00:ec2::254/128"]
+        );
+        assert!(
+            resolve(Some(vec![String::new()]))
+                .expect("empty")
+                .wasm_outbound_deny
+                .is_empty()
+        );
+        let listed = resolve(Some(vec!["10.0.0.0/8".into(), " 192.0.2.1".into()]))
+            .expect("listed")
+            .wasm_outbound_deny;
+        assert_eq!(listed.len(), 2);
+        let error = resolve(Some(vec!["10.0.0.0/40".into()]))
+            .expect_err("bad cidr")
+            .to_string();
+        assert!(error.contains("wasm-outbound-deny"), "{error}");
     }
 
     #[test]

@@ -273,6 +273,7 @@ impl Kubelet {
                 service_env: ServiceEnv::watch(clients.clone(), stop.clone()),
                 exec: exec_targets.clone(),
                 network: network.clone(),
+                outbound_deny: config.wasm_outbound_deny.clone().into(),
             },
             status: status.clone(),
             dirs: PodDirs {

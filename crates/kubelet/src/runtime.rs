@@ -139,6 +139,9 @@ pub struct ContainerSpec {
     pub log: CriLogWriter,
     /// The declared ports, opened for a program that serves.
     pub ports: ContainerPorts,
+    /// What the program's own sockets (`wasi:sockets`) get: the pod's namespace and outbound
+    /// grants; `None` (tests) gives them nothing.
+    pub guest_network: Option<crate::network::outbound::GuestNetwork>,
     /// Request limits for a program that serves HTTP.
     pub http: HttpLimits,
     /// Its stdin, when the container asks for one (`stdin: true`; `kubectl attach -i` feeds

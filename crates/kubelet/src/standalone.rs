@@ -99,6 +99,7 @@ pub async fn run(
             service_env: ServiceEnv::none(),
             exec: Default::default(),
             network: crate::network::NodeNetwork::new(config.node_ip),
+            outbound_deny: config.wasm_outbound_deny.clone().into(),
         },
         status,
         // No eviction manager here: static pods are never evicted (as upstream's critical

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kubelet::log::writer::{CriLogWriter, Stream};
+use kubelet::network::netns::{InNamespace, NetNs};
+use kubelet::network::outbound::{GuestNetwork, Protocol, Use};
 use kubelet::runtime::{ExecIo, Limits, Usage};
 
 use wasmtime::Store;
@@ -71,6 +73,8 @@ pub struct RunSpec {
     pub limits: Limits,
     /// Kept current with the run's memory and CPU use.
     pub usage: Arc<Usage>,
+    /// What the guest's own sockets (`wasi:sockets`, components only) get; `None`: no sockets.
+    pub network: Option<GuestNetwork>,
 }
 
 /// A run's stdio.
@@ -116,6 +120,9 @@ pub enum RunError {
         #[source]
         source: wasmtime::Error,
     },
+    /// The pod's network namespace cannot be used for the guest's sockets.
+    #[error("{0}")]
+    Network(String),
     /// The program imports something this runtime does not provide, or does not export an
     /// entry point (`_start` for modules, `wasi:cli/run` for components).
     #[error("cannot instantiate the program: {0:#}")]
@@ -159,7 +166,26 @@ impl WasmEngine {
             Stdio::Log(log) | Stdio::Attached { log, .. } => Some(log.clone()),
             Stdio::Streams(_) => None,
         };
-        let outcome = cpu::metered(clock.clone(), self.run_metered(program, spec, clock)).await;
+        // A component's sockets are made on the thread that polls it: poll it inside the pod's
+        // namespace (a module has no way to make sockets).
+        let namespace = match (&spec.network, program) {
+            (Some(network), Program::Component(_)) => match &network.namespace {
+                Some(path) => Some(Arc::new(NetNs::open(path).map_err(|e| {
+                    RunError::Network(format!("cannot open the pod's network namespace: {e}"))
+                })?)),
+                None => None,
+            },
+            _ => None,
+        };
+        let run = cpu::metered(clock.clone(), self.run_metered(program, spec, clock));
+        let outcome = match namespace {
+            Some(namespace) => InNamespace::new(namespace, run).await.unwrap_or_else(|e| {
+                Err(RunError::Network(format!(
+                    "cannot enter the pod's network namespace: {e}"
+                )))
+            }),
+            None => run.await,
+        };
         if let Some(log) = log {
             let _ = log.finish();
         }
@@ -204,6 +230,9 @@ impl WasmEngine {
             }
         }
         preopen(&mut builder, &spec.mounts)?;
+        if let Some(network) = spec.network {
+            grant_sockets(&mut builder, network);
+        }
         // The runtime publishes a run's limits before it starts; a bare run (tests, benches)
         // publishes its own here. Either way they are read live from then on.
         if spec.usage.limits.get() == Limits::default() {
@@ -302,6 +331,34 @@ fn memory_limit_of(error: &wasmtime::Error) -> MemoryLimitExceeded {
         })
 }
 
+/// Gives the guest TCP and UDP sockets, every address they use checked by the pod's outbound
+/// policy (a denied connection is the WASI `access-denied` error, and an event). Name lookups
+/// stay off: the node's resolver is not the pod's DNS (docs/pod-spec.md).
+fn grant_sockets(builder: &mut WasiCtxBuilder, network: GuestNetwork) {
+    use wasmtime_wasi::sockets::SocketAddrUse;
+    builder
+        .allow_tcp(true)
+        .allow_udp(true)
+        .allow_ip_name_lookup(false);
+    builder.socket_addr_check(move |addr, use_| {
+        let what = match use_ {
+            // An explicit bind before listening is checked at listen; an implicit one before
+            // a connect uses the wildcard address.
+            SocketAddrUse::TcpBind | SocketAddrUse::TcpAccept => Use::Accept,
+            SocketAddrUse::TcpListen => Use::Listen(Protocol::Tcp),
+            SocketAddrUse::TcpConnect => Use::Connect(Protocol::Tcp),
+            // A UDP socket bound to a port receives from anyone: it is a listener; port 0 is
+            // the implicit bind before sending. Receiving is like accepting.
+            SocketAddrUse::UdpBind if addr.port() == 0 => Use::Accept,
+            SocketAddrUse::UdpBind => Use::Listen(Protocol::Udp),
+            SocketAddrUse::UdpReceive => Use::Accept,
+            SocketAddrUse::UdpSend => Use::Connect(Protocol::Udp),
+        };
+        let allowed = network.check(addr, what);
+        Box::pin(async move { allowed })
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -336,6 +393,7 @@ mod tests {
             stdio: Stdio::Log(CriLogWriter::create(&path).expect("log")),
             limits,
             usage: Arc::default(),
+            network: None,
         };
         let exit = engine.run(&program, spec).await.expect("run");
         let text = std::fs::read_to_string(path).expect("log");
@@ -500,6 +558,7 @@ mod tests {
             ),
             limits: Limits::default(),
             usage: Arc::default(),
+            network: None,
         };
         let run = engine.run(&program, spec);
         let timed_out = tokio::time::timeout(std::time::Duration::from_millis(300), run).await;
@@ -530,6 +589,7 @@ mod tests {
             },
             limits: Limits::default(),
             usage: Arc::default(),
+            network: None,
         };
         let exit = engine.run(&program, spec).await.expect("run");
         assert_eq!(exit, Exit::Code(0));

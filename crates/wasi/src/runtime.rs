@@ -164,6 +164,7 @@ impl Runtime for WasiRuntime {
                 },
                 limits: spec.limits,
                 usage: usage.clone(),
+                network: spec.guest_network,
             };
             Ok(self.launch(program, run, usage))
         }
@@ -192,6 +193,8 @@ impl Runtime for WasiRuntime {
                 stdio: Stdio::Streams(spec.io),
                 limits: spec.limits,
                 usage: usage.clone(),
+                // An exec'd instance gets no sockets of its own (docs/pod-spec.md).
+                network: None,
             };
             Ok(self.launch(program, run, usage))
         }
@@ -345,6 +348,7 @@ mod tests {
                 ))),
             },
             http: kubelet::runtime::HttpLimits::default(),
+            guest_network: None,
             stdin: None,
             tty: false,
         }

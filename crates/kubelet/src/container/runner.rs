@@ -23,6 +23,7 @@ use crate::log::rotation::{LogPolicy, prune_old_runs};
 use crate::log::writer::CriLogWriter;
 use crate::log::{container_log_path, links, mark_run_finished};
 use crate::metrics::{ContainerTypeLabel, KubeletMetrics};
+use crate::network::outbound::{DenialReporter, GuestNetwork, OutboundPolicy};
 use crate::node::allocatable::NodeResources;
 use crate::pod::api::ApiLink;
 use crate::pod::backoff::Backoff;
@@ -68,6 +69,8 @@ pub struct NodeServices {
     pub exec: ExecTargets,
     /// The pod network (`network/`): the node's, or CNI sandboxes.
     pub network: Arc<dyn crate::network::Network>,
+    /// What guests' own sockets may never reach (`--wasm-outbound-deny`).
+    pub outbound_deny: Arc<[crate::network::outbound::Cidr]>,
 }
 
 impl NodeServices {
@@ -97,6 +100,9 @@ pub enum Kind {
 
 /// The waiting reason for an environment that cannot be built yet.
 const CONFIG_ERROR: &str = "CreateContainerConfigError";
+/// The Warning event for a guest's connection that its pod does not grant (one per
+/// destination).
+const OUTBOUND_DENIED: &str = "OutboundDenied";
 /// Chunks of attached input buffered before the client waits for the program to read.
 const STDIN_QUEUE: usize = 16;
 /// How long a container start waits for the first list of Services.
@@ -886,6 +892,22 @@ impl Runner {
             mounts,
             limits,
             log,
+            guest_network: Some(GuestNetwork {
+                namespace: pod_network.namespace(),
+                policy: Arc::new(
+                    OutboundPolicy::for_pod(
+                        self.pod.metadata.annotations.as_ref(),
+                        &self.services.outbound_deny,
+                        pod_network.namespace().is_some(),
+                    )
+                    .map_err(|message| (CONFIG_ERROR, message))?,
+                ),
+                denials: DenialReporter::new(self.services.events.warnings(
+                    &self.pod,
+                    self.field(),
+                    OUTBOUND_DENIED,
+                )),
+            }),
             ports: ContainerPorts {
                 tcp: crate::network::tcp_ports(c),
                 network: Some(pod_network),

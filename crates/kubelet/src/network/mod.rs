@@ -27,6 +27,7 @@
 
 pub mod cni;
 pub mod netns;
+pub mod outbound;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};

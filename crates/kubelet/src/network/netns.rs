@@ -11,7 +11,10 @@
 //!
 //! Code runs inside a namespace on a thread of its own ([`NetNs::run`]): `setns` changes only
 //! the calling thread, and that thread ends with the work, so no other task ever runs in the
-//! pod's namespace by accident. Sockets created there keep the namespace.
+//! pod's namespace by accident. Sockets created there keep the namespace. A guest's own
+//! sockets are created by wasmtime-wasi on whichever thread polls the guest, so a guest with
+//! `wasi:sockets` is polled through [`InNamespace`], which enters the pod's namespace for
+//! each poll and returns to the kubelet's before the poll ends.
 //!
 //! # Caveats
 //! - Creating and entering namespaces needs `CAP_SYS_ADMIN` (Krustlet running as root).
@@ -21,6 +24,11 @@
 use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 
 use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
@@ -221,6 +229,69 @@ impl NetNs {
     }
 }
 
+/// The network namespace the kubelet itself runs in (its main thread's), which polling
+/// threads return to after [`InNamespace`] entered a pod's.
+fn home() -> Result<&'static File, NetnsError> {
+    static HOME: OnceLock<Result<File, String>> = OnceLock::new();
+    HOME.get_or_init(|| File::open("/proc/self/ns/net").map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| NetnsError::Open {
+            path: PathBuf::from("/proc/self/ns/net"),
+            source: std::io::Error::other(e.clone()),
+        })
+}
+
+/// A future that runs inside a network namespace: each poll enters the namespace on the
+/// polling thread and returns to the kubelet's before it yields, so every socket the future
+/// creates while polled (a guest's `wasi:sockets`, which wasmtime-wasi creates on the calling
+/// thread) belongs to the namespace, and no other task on the thread ever runs inside it.
+/// A socket keeps its namespace for life, so later polls elsewhere use it safely.
+pub struct InNamespace<F> {
+    namespace: Arc<NetNs>,
+    inner: Pin<Box<F>>,
+}
+
+impl<F: Future> InNamespace<F> {
+    /// Polls `inner` inside `namespace`.
+    pub fn new(namespace: Arc<NetNs>, inner: F) -> Self {
+        Self {
+            namespace,
+            inner: Box::pin(inner),
+        }
+    }
+}
+
+impl<F: Future> Future for InNamespace<F> {
+    type Output = Result<F::Output, NetnsError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let home = match home() {
+            Ok(home) => home,
+            Err(error) => return Poll::Ready(Err(error)),
+        };
+        if let Err(source) = nix::sched::setns(&self.namespace.file, CloneFlags::CLONE_NEWNET) {
+            return Poll::Ready(Err(NetnsError::Enter {
+                path: self.namespace.path.clone(),
+                source,
+            }));
+        }
+        /// Returns the thread to the kubelet's namespace however the poll ends (a panic too).
+        struct Return(&'static File);
+        impl Drop for Return {
+            fn drop(&mut self) {
+                if let Err(error) = nix::sched::setns(self.0, CloneFlags::CLONE_NEWNET) {
+                    // A worker thread stuck in a pod's namespace would give the next task's
+                    // sockets to that pod: stop rather than go on (the supervisor restarts us).
+                    tracing::error!(%error, "cannot return a thread to the kubelet's network namespace; aborting");
+                    std::process::abort();
+                }
+            }
+        }
+        let _return = Return(home);
+        self.inner.as_mut().poll(cx).map(Ok)
+    }
+}
+
 /// Unmounts and removes the namespace file at `path` (`ip netns delete`); a file that is gone
 /// or no longer mounted is fine. The namespace itself ends once nothing else holds it (a
 /// socket or a thread inside keeps it alive until they end).
@@ -345,5 +416,46 @@ mod tests {
         ));
         remove(&path).expect("a stale file goes");
         assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn a_future_in_a_namespace_makes_its_sockets_there_and_the_thread_returns() {
+        require_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ns = Arc::new(NetNs::create(&dir.path().join("pod")).expect("create"));
+        let inode = |path: &str| std::fs::metadata(path).expect("ns").ino();
+        let pod = std::fs::metadata(ns.path()).expect("ns file").ino();
+        let kubelet = inode("/proc/self/ns/net");
+        assert_ne!(pod, kubelet);
+        // A new namespace's loopback is down; a child started from inside is inside too.
+        let up = ns
+            .run(|| {
+                std::process::Command::new("ip")
+                    .args(["link", "set", "lo", "up"])
+                    .status()
+            })
+            .expect("run")
+            .expect("prerequisite missing: the `ip` command (iproute2)");
+        assert!(up.success());
+        let (inside, listener) = InNamespace::new(ns.clone(), async {
+            tokio::task::yield_now().await;
+            let inside = inode("/proc/thread-self/ns/net");
+            (
+                inside,
+                std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
+            )
+        })
+        .await
+        .expect("entered");
+        assert_eq!(inside, pod);
+        // Back home, and the listener is the pod's: the kubelet's loopback does not reach it.
+        assert_eq!(inode("/proc/thread-self/ns/net"), kubelet);
+        let port = listener.local_addr().expect("addr").port();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+        let reached = ns
+            .run(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+            .expect("run");
+        assert!(reached);
+        remove(ns.path()).expect("remove");
     }
 }

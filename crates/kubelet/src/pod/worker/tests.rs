@@ -113,6 +113,7 @@ fn start_on(pod: Pod, fake: &FakeRuntime, network: Arc<dyn crate::network::Netwo
             service_env: ServiceEnv::none(),
             exec: Default::default(),
             network,
+            outbound_deny: crate::network::outbound::default_node_deny().into(),
         },
         status: status.clone(),
         dirs: PodDirs {
