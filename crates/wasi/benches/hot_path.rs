@@ -38,6 +38,7 @@ fn hot_path(c: &mut Criterion) {
                 stdio: Stdio::Log(log.clone()),
                 limits: Limits::default(),
                 usage: Arc::new(Usage::default()),
+                network: None,
             };
             runtime.block_on(engine.run(&program, spec)).expect("run")
         })

@@ -553,3 +553,257 @@ async fn wait_running(ns: &TestNamespace, app: &str, want: usize) -> Vec<(String
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Serves inside `host` until `deadline`: a TCP server on `tcp_port` answering each connection
+/// with an HTTP response naming `who`, and a UDP echo on `udp_port`. Bounded in time; the
+/// thread ends by itself.
+fn serve_in(host: &TestHost, who: &'static str, tcp_port: u16, udp_port: u16, deadline: Instant) {
+    use std::io::{Read, Write};
+    let ns = kubelet::network::netns::NetNs::open(&host.netns_path()).expect("host namespace");
+    let (tcp, udp) = ns
+        .run(|| {
+            let tcp = std::net::TcpListener::bind(("0.0.0.0", tcp_port)).expect("tcp bind");
+            let udp = std::net::UdpSocket::bind(("0.0.0.0", udp_port)).expect("udp bind");
+            (tcp, udp)
+        })
+        .expect("enter host");
+    tcp.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        while Instant::now() < deadline {
+            match tcp.accept() {
+                Ok((mut conn, _)) => {
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut buf = [0u8; 1024];
+                    let _ = conn.read(&mut buf);
+                    let body = format!("hello from {who}\n");
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    });
+    udp.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while Instant::now() < deadline {
+            if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(&buf[..n], from);
+            }
+        }
+    });
+}
+
+/// A pod of one `sockets` container per `(name, args)`, never restarted.
+fn sockets_pod(
+    name: &str,
+    node: &str,
+    grants: Option<&str>,
+    containers: &[(&str, &[&str])],
+) -> Pod {
+    let containers: Vec<serde_json::Value> = containers
+        .iter()
+        .map(|(c, args)| json!({"name": c, "image": workloads::sockets_component(), "args": args}))
+        .collect();
+    let mut pod = json!({
+        "metadata": {"name": name},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+                 "containers": containers}
+    });
+    if let Some(grants) = grants {
+        pod["metadata"]["annotations"] = json!({"krustlet.dev/allowed-outbound": grants});
+    }
+    serde_json::from_value(for_node(pod, node)).expect("pod")
+}
+
+/// `kubectl logs` of a container, once the pod has ended.
+async fn ended_logs(ns: &TestNamespace, pod: &str, container: &str) -> String {
+    krustlet_e2e::pods::wait_for(&ns.api::<Pod>(), pod, LONG, "the end", |p| {
+        matches!(krustlet_e2e::pods::phase(p), "Succeeded" | "Failed")
+    })
+    .await
+    .expect("pod ended");
+    kubectl(&["logs", "-n", ns.name(), pod, "-c", container]).expect("logs")
+}
+
+#[tokio::test]
+async fn a_wasi_sockets_component_serves_tcp_and_udp_echo_on_its_pod_ip() {
+    use std::io::{Read, Write};
+    let ns = TestNamespace::new("net-echo").await.expect("namespace");
+    let node = KrustletNode::start_networked(KRUSTLET, "net-echo", &[])
+        .await
+        .expect("networked node");
+    let client = TestHost::create().expect("client host");
+    let pods = ns.api::<Pod>();
+    pods.create(
+        &PostParams::default(),
+        &sockets_pod(
+            "echo",
+            node.name(),
+            None,
+            &[
+                ("tcp", &["tcp-echo", "7000"]),
+                ("udp", &["udp-echo", "7001"]),
+            ],
+        ),
+    )
+    .await
+    .expect("create");
+    let pod = krustlet_e2e::pods::wait_for(&pods, "echo", LONG, "running with an IP", |p| {
+        krustlet_e2e::pods::phase(p) == "Running"
+            && p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some()
+    })
+    .await
+    .expect("running");
+    let ip: Ipv4Addr = pod
+        .status
+        .and_then(|s| s.pod_ip)
+        .and_then(|ip| ip.parse().ok())
+        .expect("pod ip");
+    let deadline = Instant::now() + LONG;
+    for container in ["tcp", "udp"] {
+        while !kubectl(&["logs", "-n", ns.name(), "echo", "-c", container])
+            .unwrap_or_default()
+            .contains("listening")
+        {
+            assert!(Instant::now() < deadline, "{container} echo never listened");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    // From another host, as any client on the cluster network.
+    let ns_file = kubelet::network::netns::NetNs::open(&client.netns_path()).expect("client ns");
+    let (tcp_reply, udp_reply) = ns_file
+        .run(|| {
+            let mut conn =
+                std::net::TcpStream::connect_timeout(&(ip, 7000).into(), Duration::from_secs(10))
+                    .expect("connect to the echo server");
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            conn.write_all(b"hello over tcp\n").expect("send");
+            conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            let mut tcp_reply = String::new();
+            conn.read_to_string(&mut tcp_reply).expect("echo");
+            let udp = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+            udp.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            let mut buf = [0u8; 1500];
+            let mut udp_reply = String::new();
+            // UDP may lose a datagram: a few tries, bounded.
+            for _ in 0..5 {
+                udp.send_to(b"hello over udp", (ip, 7001)).expect("send");
+                if let Ok((n, _)) = udp.recv_from(&mut buf) {
+                    udp_reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    break;
+                }
+            }
+            (tcp_reply, udp_reply)
+        })
+        .expect("client");
+    assert_eq!(tcp_reply, "hello over tcp\n");
+    assert_eq!(udp_reply, "hello over udp");
+    let log = kubectl(&["logs", "-n", ns.name(), "echo", "-c", "tcp"]).expect("logs");
+    assert!(log.contains(&format!("accepted {}", client.ip())), "{log}");
+}
+
+#[tokio::test]
+async fn outbound_connections_need_a_grant_and_the_node_deny_list_wins() {
+    let ns = TestNamespace::new("net-grant").await.expect("namespace");
+    let allowed = TestHost::create().expect("host");
+    let forbidden = TestHost::create().expect("host");
+    let deny = format!(
+        "--wasm-outbound-deny=169.254.169.254/32,{}/32",
+        forbidden.ip()
+    );
+    let node = KrustletNode::start_networked(KRUSTLET, "net-grant", &[&deny])
+        .await
+        .expect("networked node");
+    let until = Instant::now() + Duration::from_secs(300);
+    serve_in(&allowed, "allowed", 8080, 7001, until);
+    serve_in(&forbidden, "forbidden", 8080, 7001, until);
+    let pods = ns.api::<Pod>();
+    let (a, f) = (allowed.ip().to_string(), forbidden.ip().to_string());
+    let get = "GET / HTTP/1.0\r\n\r\n";
+    let to_allowed = ["tcp-send", a.as_str(), "8080", get];
+    let to_forbidden = ["tcp-send", f.as_str(), "8080", get];
+    let udp_to_allowed = ["udp-send", a.as_str(), "7001", "ping over udp"];
+    let create = |pod: Pod| {
+        let pods = pods.clone();
+        async move {
+            pods.create(&PostParams::default(), &pod)
+                .await
+                .expect("create")
+        }
+    };
+    // No grant: refused in the guest, with one event naming the destination.
+    create(sockets_pod(
+        "ungranted",
+        node.name(),
+        None,
+        &[("c", &to_allowed)],
+    ))
+    .await;
+    // Granted: the HTTP server answers, and UDP goes there and back.
+    let grants = format!("tcp://{a}/32:8080, udp://{a}:7001");
+    create(sockets_pod(
+        "granted",
+        node.name(),
+        Some(&grants),
+        &[("http", &to_allowed), ("udp", &udp_to_allowed)],
+    ))
+    .await;
+    // Everything granted, but the node denies that host.
+    create(sockets_pod(
+        "node-denied",
+        node.name(),
+        Some("*"),
+        &[("c", &to_forbidden)],
+    ))
+    .await;
+
+    let log = ended_logs(&ns, "ungranted", "c").await;
+    assert!(
+        log.contains(&format!("tcp-send {a}:8080: connect: access-denied")),
+        "{log}"
+    );
+    let events = ns.api::<k8s_openapi::api::core::v1::Event>();
+    krustlet_e2e::pods::wait_for_event(
+        &events,
+        "OutboundDenied",
+        &format!("outbound tcp connection to {a}:8080 denied: the pod does not grant it"),
+        LONG,
+    )
+    .await
+    .expect("OutboundDenied event");
+
+    let log = ended_logs(&ns, "granted", "http").await;
+    assert!(log.contains("HTTP/1.0 200 OK"), "{log}");
+    assert!(log.contains("hello from allowed"), "{log}");
+    let log = ended_logs(&ns, "granted", "udp").await;
+    assert!(log.contains("ping over udp"), "{log}");
+
+    let log = ended_logs(&ns, "node-denied", "c").await;
+    assert!(log.contains("connect: access-denied"), "{log}");
+    krustlet_e2e::pods::wait_for_event(
+        &events,
+        "OutboundDenied",
+        &format!("to {f}:8080 denied by the node's --wasm-outbound-deny {f}/32"),
+        LONG,
+    )
+    .await
+    .expect("node deny event");
+    // One event per destination, however often the guest tries.
+    let reasons = krustlet_e2e::pods::event_reasons(&events, "ungranted")
+        .await
+        .expect("events");
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "OutboundDenied").count(),
+        1,
+        "{reasons:?}"
+    );
+}
