@@ -107,39 +107,11 @@ impl KrustletNode {
         let host = TestHost::create()?;
         let mut node = Self::new(binary, prefix, extra_args, &[], None, Some(host))?;
         node.spawn()?;
-        let pod_cidr = node.wait_pod_cidr(Duration::from_secs(60)).await?;
-        // The bridge network, as a CNI DaemonSet would install it once the node has its range.
-        let conf_dir = node.cni_conf_dir();
-        std::fs::create_dir_all(&conf_dir)?;
-        let conflist = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": "krustlet-e2e",
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": "cni0",
-                    "isGateway": true,
-                    "ipMasq": false,
-                    "hairpinMode": true,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{"subnet": pod_cidr}]],
-                        "routes": [{"dst": "0.0.0.0/0"}],
-                        "dataDir": node.data_dir().join("ipam"),
-                    },
-                },
-                {"type": "portmap", "capabilities": {"portMappings": true}},
-            ],
-        });
-        std::fs::write(
-            conf_dir.join("10-krustlet-e2e.conflist"),
-            serde_json::to_vec_pretty(&conflist)?,
-        )?;
         let name = node.name.clone();
-        let log = node.data_dir().join("kube-proxy.log");
+        let conf_dir = node.cni_conf_dir();
+        let data_dir = node.data_dir().to_path_buf();
         let host = node.host.as_mut().context("networked node without host")?;
-        host.route_pods(&pod_cidr)?;
-        host.start_kube_proxy(&name, &log)?;
+        host.attach_node(&name, &conf_dir, &data_dir).await?;
         node.wait_network_ready(Duration::from_secs(60)).await?;
         Ok(node)
     }
@@ -189,30 +161,6 @@ impl KrustletNode {
     /// Where a networked node's CNI configuration lives.
     fn cni_conf_dir(&self) -> PathBuf {
         self.data_dir.path().join("net.d")
-    }
-
-    /// Waits for the controller-manager to give the node its podCIDR.
-    async fn wait_pod_cidr(&self, timeout: Duration) -> anyhow::Result<String> {
-        let nodes: Api<Node> = Api::all(client().await?);
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(cidr) = nodes
-                .get_opt(&self.name)
-                .await?
-                .and_then(|n| n.spec?.pod_cidr)
-            {
-                return Ok(cidr);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "node {} got no podCIDR within {timeout:?} (is the controller-manager \
-                     allocating node CIDRs?); log:\n{}",
-                    self.name,
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
     }
 
     /// Waits until the node is Ready and no longer says that pods share its network.

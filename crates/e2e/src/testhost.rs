@@ -344,6 +344,11 @@ ports:
         Ok(Some(child))
     }
 
+    /// The lan's namespace.
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
     /// The router's address (and CoreDNS's).
     pub fn router(&self) -> Ipv4Addr {
         Ipv4Addr::new(198, 19, self.subnet, 254)
@@ -489,6 +494,52 @@ impl TestHost {
         Ok(())
     }
 
+    /// Makes the host the network of Krustlet node `node` (already started inside it), as a
+    /// CNI DaemonSet and the node's kube-proxy would: waits for the podCIDR the
+    /// controller-manager allocates, writes a bridge/host-local/portmap conflist over it into
+    /// `conf_dir` (the node's `--cni-conf-dir`; IPAM state in `state_dir/ipam`), routes the
+    /// podCIDR to this host on the router, and starts kube-proxy (log in
+    /// `state_dir/kube-proxy.log`).
+    ///
+    /// # Errors
+    /// When the node gets no podCIDR within a minute, or a step fails.
+    pub async fn attach_node(
+        &mut self,
+        node: &str,
+        conf_dir: &Path,
+        state_dir: &Path,
+    ) -> anyhow::Result<String> {
+        let pod_cidr = wait_pod_cidr(node, std::time::Duration::from_secs(60)).await?;
+        std::fs::create_dir_all(conf_dir)?;
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "krustlet-e2e",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": "cni0",
+                    "isGateway": true,
+                    "ipMasq": false,
+                    "hairpinMode": true,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": pod_cidr}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": state_dir.join("ipam"),
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": true}},
+            ],
+        });
+        std::fs::write(
+            conf_dir.join("10-krustlet-e2e.conflist"),
+            serde_json::to_vec_pretty(&conflist)?,
+        )?;
+        self.route_pods(&pod_cidr)?;
+        self.start_kube_proxy(node, &state_dir.join("kube-proxy.log"))?;
+        Ok(pod_cidr)
+    }
+
     /// Starts kube-proxy (iptables mode) for `node` inside the host, with its output in `log`.
     ///
     /// # Errors
@@ -529,6 +580,28 @@ impl TestHost {
                 .with_context(|| format!("starting {}", binary.display()))?,
         );
         Ok(())
+    }
+}
+
+/// Waits for the controller-manager to give node `node` its podCIDR.
+///
+/// # Errors
+/// When it has none after `timeout`.
+pub async fn wait_pod_cidr(node: &str, timeout: std::time::Duration) -> anyhow::Result<String> {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> =
+        kube::Api::all(crate::cluster::client().await?);
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(cidr) = nodes.get_opt(node).await?.and_then(|n| n.spec?.pod_cidr) {
+            return Ok(cidr);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "node {node} got no podCIDR within {timeout:?} (is the controller-manager \
+                 allocating node CIDRs, and is the node registered?)"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
 
