@@ -8,6 +8,10 @@ fn main() -> std::process::ExitCode {
             krustlet_test_workloads::multitool_component(),
         ),
         ("http-component", krustlet_test_workloads::http_component()),
+        (
+            "sockets-component",
+            krustlet_test_workloads::sockets_component(),
+        ),
     ];
     for (name, result) in built {
         match result {
