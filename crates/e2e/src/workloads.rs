@@ -60,3 +60,12 @@ pub fn http_component() -> String {
         std::fs::read(path).expect("read http component")
     })
 }
+
+/// The `wasi:sockets` component (see `test/workloads/sockets.c`): TCP/UDP echo servers and
+/// clients, as an image reference.
+pub fn sockets_component() -> String {
+    publish("sockets-component", || {
+        let path = krustlet_test_workloads::sockets_component().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::read(path).expect("read sockets component")
+    })
+}

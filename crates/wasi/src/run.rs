@@ -351,7 +351,7 @@ fn grant_sockets(builder: &mut WasiCtxBuilder, network: GuestNetwork) {
             // the implicit bind before sending. Receiving is like accepting.
             SocketAddrUse::UdpBind if addr.port() == 0 => Use::Accept,
             SocketAddrUse::UdpBind => Use::Listen(Protocol::Udp),
-            SocketAddrUse::UdpReceive => Use::Accept,
+            SocketAddrUse::UdpReceive => Use::Receive,
             SocketAddrUse::UdpSend => Use::Connect(Protocol::Udp),
         };
         let allowed = network.check(addr, what);

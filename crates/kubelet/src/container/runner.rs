@@ -892,22 +892,20 @@ impl Runner {
             mounts,
             limits,
             log,
-            guest_network: Some(GuestNetwork {
-                namespace: pod_network.namespace(),
-                policy: Arc::new(
-                    OutboundPolicy::for_pod(
-                        self.pod.metadata.annotations.as_ref(),
-                        &self.services.outbound_deny,
-                        pod_network.namespace().is_some(),
-                    )
-                    .map_err(|message| (CONFIG_ERROR, message))?,
-                ),
-                denials: DenialReporter::new(self.services.events.warnings(
+            guest_network: Some(GuestNetwork::new(
+                pod_network.namespace(),
+                OutboundPolicy::for_pod(
+                    self.pod.metadata.annotations.as_ref(),
+                    &self.services.outbound_deny,
+                    pod_network.namespace().is_some(),
+                )
+                .map_err(|message| (CONFIG_ERROR, message))?,
+                DenialReporter::new(self.services.events.warnings(
                     &self.pod,
                     self.field(),
                     OUTBOUND_DENIED,
                 )),
-            }),
+            )),
             ports: ContainerPorts {
                 tcp: crate::network::tcp_ports(c),
                 network: Some(pod_network),

@@ -54,6 +54,11 @@ pub enum Use {
     Listen(Protocol),
     /// Accepts a connection from a peer.
     Accept,
+    /// Receives a datagram from a peer (who may then be answered: [`Use::Reply`]).
+    Receive,
+    /// Sends a datagram back to a peer it came from, as a stateful firewall lets a reply
+    /// through; only the node's deny list applies.
+    Reply,
     /// Connects or sends to a remote address.
     Connect(Protocol),
 }
@@ -264,7 +269,11 @@ impl OutboundPolicy {
     /// Whether the pod's guests may use `addr` for `what`.
     pub fn check(&self, addr: SocketAddr, what: Use) -> Verdict {
         match what {
-            Use::Accept => Ok(()),
+            Use::Accept | Use::Receive => Ok(()),
+            Use::Reply => match self.node_deny.iter().find(|c| c.contains(addr.ip())) {
+                Some(cidr) => Err(Denial::NodeDenied(*cidr)),
+                None => Ok(()),
+            },
             Use::Listen(_) if self.own_namespace => Ok(()),
             Use::Listen(_) => Err(Denial::NodeListen),
             Use::Connect(protocol) => {
@@ -364,6 +373,29 @@ pub fn denial_message(protocol: Protocol, addr: SocketAddr, why: &Denial) -> Str
     }
 }
 
+/// UDP peers a run remembers having heard from (for [`Use::Reply`]); the oldest are forgotten.
+pub const MAX_UDP_PEERS: usize = 4096;
+
+/// The UDP peers a guest has received from, most recent last, bounded by [`MAX_UDP_PEERS`].
+#[derive(Debug, Default)]
+struct Peers {
+    set: HashSet<SocketAddr>,
+    order: std::collections::VecDeque<SocketAddr>,
+}
+
+impl Peers {
+    fn remember(&mut self, addr: SocketAddr) {
+        if self.set.insert(addr) {
+            self.order.push_back(addr);
+            if self.order.len() > MAX_UDP_PEERS
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.set.remove(&oldest);
+            }
+        }
+    }
+}
+
 /// What a guest's own sockets get: the pod's namespace (if it has one), its policy and where
 /// denials go.
 #[derive(Clone)]
@@ -374,17 +406,46 @@ pub struct GuestNetwork {
     pub policy: Arc<OutboundPolicy>,
     /// Where denials are reported.
     pub denials: DenialReporter,
+    /// UDP peers heard from, which may be answered.
+    peers: Arc<Mutex<Peers>>,
 }
 
 impl GuestNetwork {
-    /// Checks `addr` for `what`, reporting a denied connection.
+    /// A guest network in `namespace` under `policy`, reporting to `denials`.
+    pub fn new(
+        namespace: Option<std::path::PathBuf>,
+        policy: OutboundPolicy,
+        denials: DenialReporter,
+    ) -> Self {
+        Self {
+            namespace,
+            policy: Arc::new(policy),
+            denials,
+            peers: Arc::default(),
+        }
+    }
+
+    /// Checks `addr` for `what`, reporting a denied connection. A datagram received from a
+    /// peer makes a datagram to it a reply.
     pub fn check(&self, addr: SocketAddr, what: Use) -> bool {
+        let what = {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            match what {
+                Use::Receive => {
+                    peers.remember(addr);
+                    what
+                }
+                Use::Connect(Protocol::Udp) if peers.set.contains(&addr) => Use::Reply,
+                _ => what,
+            }
+        };
         match self.policy.check(addr, what) {
             Ok(()) => true,
             Err(why) => {
                 let protocol = match what {
                     Use::Listen(p) | Use::Connect(p) => p,
                     Use::Accept => Protocol::Tcp,
+                    Use::Receive | Use::Reply => Protocol::Udp,
                 };
                 self.denials.denied(protocol, addr, &why);
                 false
@@ -522,6 +583,34 @@ mod tests {
             assert!(error.contains(GRANTS_ANNOTATION), "{error}");
             assert!(error.contains(says), "{value}: {error}");
         }
+    }
+
+    #[test]
+    fn a_udp_peer_heard_from_may_be_answered_unless_the_node_denies_it() {
+        let guest = GuestNetwork::new(
+            None,
+            OutboundPolicy::for_pod(None, &default_node_deny(), true).expect("policy"),
+            DenialReporter::silent(),
+        );
+        let client = addr("10.244.1.9:40000");
+        let udp = Use::Connect(Protocol::Udp);
+        assert!(!guest.check(client, udp), "not granted before it was heard");
+        assert!(guest.check(client, Use::Receive));
+        assert!(guest.check(client, udp), "a reply");
+        assert!(
+            !guest.check(client, Use::Connect(Protocol::Tcp)),
+            "TCP is no reply"
+        );
+        let metadata = addr("169.254.169.254:53");
+        assert!(guest.check(metadata, Use::Receive));
+        assert!(!guest.check(metadata, udp), "the deny list wins");
+        // The memory is bounded: the first peer is forgotten after MAX_UDP_PEERS others.
+        for i in 0..MAX_UDP_PEERS {
+            let port = u16::try_from(i % 60000).expect("port") + 1;
+            let ip = [10, 1, (i / 60000) as u8, 1];
+            assert!(guest.check(SocketAddr::new(ip.into(), port), Use::Receive));
+        }
+        assert!(!guest.check(client, udp));
     }
 
     #[test]
