@@ -441,6 +441,12 @@ impl TestHost {
             &["route", "add", "default", "via", &lan.router().to_string()],
         ]
         .concat())?;
+        // kube-proxy needs bridged traffic to pass iptables (a pod reaching a Service whose
+        // endpoint is on the same bridge), as kubeadm's preflight checks.
+        sysctl(&netns, "net.bridge.bridge-nf-call-iptables", "1").context(
+            "prerequisite missing: br_netfilter (`modprobe br_netfilter`), which kube-proxy \
+             needs for pods reaching Services on their own node",
+        )?;
         host.relays = forward_loopback(&netns, &forwarded_ports()?)?;
         // `ip netns exec` mounts /etc/netns/<name>/resolv.conf over /etc/resolv.conf.
         std::fs::create_dir_all(&host.resolv_dir)?;

@@ -807,3 +807,88 @@ async fn outbound_connections_need_a_grant_and_the_node_deny_list_wins() {
         "{reasons:?}"
     );
 }
+
+#[tokio::test]
+async fn pods_on_two_nodes_reach_each_other_by_pod_ip_and_through_a_service() {
+    let ns = TestNamespace::new("net-two").await.expect("namespace");
+    let a = KrustletNode::start_networked(KRUSTLET, "net-two-a", &[])
+        .await
+        .expect("node a");
+    let b = KrustletNode::start_networked(KRUSTLET, "net-two-b", &[])
+        .await
+        .expect("node b");
+    let pods = ns.api::<Pod>();
+    // An echo server on each node, labelled for a Service.
+    for (name, node) in [("echo-a", a.name()), ("echo-b", b.name())] {
+        let mut pod = sockets_pod(name, node, None, &[("tcp", &["tcp-echo", "7000"])]);
+        pod.metadata.labels = Some([("app".to_string(), "echo".to_string())].into());
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("create echo");
+    }
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "echo"},
+        "spec": {"selector": {"app": "echo"}, "ports": [{"port": 7000, "protocol": "TCP"}]}
+    }))
+    .expect("service");
+    ns.api::<Service>()
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("create service");
+    let ip_of = |p: &Pod| p.status.as_ref().and_then(|s| s.pod_ip.clone());
+    let mut ips = Vec::new();
+    for name in ["echo-a", "echo-b"] {
+        let pod = krustlet_e2e::pods::wait_for(&pods, name, LONG, "running", |p| {
+            krustlet_e2e::pods::phase(p) == "Running" && ip_of(p).is_some()
+        })
+        .await
+        .expect("running");
+        ips.push(ip_of(&pod).expect("ip"));
+    }
+    let cluster_ip = kubectl(&[
+        "get",
+        "service",
+        "echo",
+        "-n",
+        ns.name(),
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])
+    .expect("clusterIP");
+    // Each node's client reaches the other node's pod by its IP, and a pod behind the
+    // Service's ClusterIP (kube-proxy in the client's node), granted by CIDR.
+    let grants = "tcp://10.244.0.0/16:7000, tcp://10.0.0.0/24:7000";
+    let cases = [
+        ("a-to-b", a.name(), ips[1].clone()),
+        ("b-to-a", b.name(), ips[0].clone()),
+        ("a-to-service", a.name(), cluster_ip.clone()),
+        ("b-to-service", b.name(), cluster_ip.clone()),
+    ];
+    for (name, node, target) in &cases {
+        let message = format!("hello from {name}\n");
+        // Retried: the echo may not listen yet, kube-proxy may not have the Service yet.
+        let args = [
+            "tcp-send",
+            target.as_str(),
+            "7000",
+            message.as_str(),
+            "--repeat",
+            "20",
+            "--interval-ms",
+            "500",
+        ];
+        pods.create(
+            &PostParams::default(),
+            &sockets_pod(name, node, Some(grants), &[("c", &args)]),
+        )
+        .await
+        .expect("create client");
+    }
+    for (name, _, target) in &cases {
+        let log = ended_logs(&ns, name, "c").await;
+        assert!(
+            log.contains(&format!("hello from {name}\n")),
+            "{name} got no echo from {target}: {log}"
+        );
+    }
+}
