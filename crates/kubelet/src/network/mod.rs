@@ -26,8 +26,10 @@
 //!   orphan cleanup) once the pod is neither bound to this node nor run by a worker.
 
 pub mod cni;
+pub mod dns;
 pub mod netns;
 pub mod outbound;
+pub mod resolver;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
