@@ -397,6 +397,32 @@ pub struct Flags {
     )]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wasm_outbound_deny: Option<Vec<String>>,
+
+    /// The cluster DNS Service's addresses (comma-separated), the nameservers of `ClusterFirst`
+    /// pods' name lookups, as the kubelet's flag. Without it such pods get the node's resolver
+    /// and a `MissingClusterDNS` Warning.
+    #[arg(
+        long,
+        env = "KRUSTLET_CLUSTER_DNS",
+        value_name = "IP,...",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_dns: Option<Vec<std::net::IpAddr>>,
+
+    /// The cluster's DNS domain (`cluster.local`): `ClusterFirst` pods search
+    /// `<ns>.svc.<domain>`, `svc.<domain>` and `<domain>`, as the kubelet's flag. [default: no
+    /// cluster search domains]
+    #[arg(long, env = "KRUSTLET_CLUSTER_DOMAIN", value_name = "DOMAIN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_domain: Option<String>,
+
+    /// The resolver configuration that `Default` pods (and `ClusterFirst` ones without
+    /// `--cluster-dns`) inherit, as the kubelet's flag; empty: lookups go to the node's
+    /// loopback. [default: /etc/resolv.conf]
+    #[arg(long, env = "KRUSTLET_RESOLV_CONF", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// Errors in the configuration; each names the setting and what is allowed.
@@ -521,6 +547,8 @@ pub struct KubeletConfig {
     pub cni_cache_dir: PathBuf,
     /// What guests' own sockets may never reach (`--wasm-outbound-deny`).
     pub wasm_outbound_deny: Vec<crate::network::outbound::Cidr>,
+    /// Pods' DNS (`--cluster-dns`, `--cluster-domain`, `--resolv-conf`).
+    pub dns: crate::network::dns::DnsSettings,
 }
 
 impl Flags {
@@ -641,6 +669,19 @@ impl Flags {
             cni_bin_dirs: cni_bin_dirs(self.cni_bin_dir)?,
             cni_cache_dir: self.cni_cache_dir.unwrap_or_else(|| data_dir.join("cni")),
             wasm_outbound_deny: outbound_deny(self.wasm_outbound_deny)?,
+            dns: crate::network::dns::DnsSettings {
+                cluster_dns: self.cluster_dns.unwrap_or_default(),
+                cluster_domain: self
+                    .cluster_domain
+                    .unwrap_or_default()
+                    .trim_end_matches('.')
+                    .to_string(),
+                resolv_conf: match self.resolv_conf {
+                    None => Some(PathBuf::from("/etc/resolv.conf")),
+                    Some(path) if path.as_os_str().is_empty() => None,
+                    Some(path) => Some(path),
+                },
+            },
             data_dir,
         };
         for (flag, bytes) in [

@@ -274,6 +274,7 @@ impl Kubelet {
                 exec: exec_targets.clone(),
                 network: network.clone(),
                 outbound_deny: config.wasm_outbound_deny.clone().into(),
+                dns: Arc::new(config.dns.clone()),
             },
             status: status.clone(),
             dirs: PodDirs {

@@ -100,6 +100,7 @@ pub async fn run(
             exec: Default::default(),
             network: crate::network::NodeNetwork::new(config.node_ip),
             outbound_deny: config.wasm_outbound_deny.clone().into(),
+            dns: Arc::new(config.dns.clone()),
         },
         status,
         // No eviction manager here: static pods are never evicted (as upstream's critical

@@ -71,6 +71,8 @@ pub struct NodeServices {
     pub network: Arc<dyn crate::network::Network>,
     /// What guests' own sockets may never reach (`--wasm-outbound-deny`).
     pub outbound_deny: Arc<[crate::network::outbound::Cidr]>,
+    /// Pods' DNS (`--cluster-dns`, `--cluster-domain`, `--resolv-conf`).
+    pub dns: Arc<crate::network::dns::DnsSettings>,
 }
 
 impl NodeServices {
@@ -231,6 +233,30 @@ impl Runner {
             .events
             .normal(&self.pod, self.field(), reason, note)
             .await
+    }
+
+    /// The pod's DNS configuration for its guests' name lookups (upstream `GetPodDNS`), with
+    /// its Warnings (`MissingClusterDNS`, `DNSConfigForming`) for the pod, published when a
+    /// guest first looks a name up (a program without sockets never needs them).
+    async fn pod_dns(&self) -> crate::network::outbound::GuestDns {
+        let settings = &self.services.dns;
+        let host = match &settings.resolv_conf {
+            Some(path) => Some(match tokio::fs::read_to_string(path).await {
+                Ok(text) => crate::network::dns::parse_resolv_conf(&text),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "cannot read --resolv-conf; pods inherit no resolver from the node");
+                    crate::network::dns::PodDns::default()
+                }
+            }),
+            None => None,
+        };
+        let (dns, notes) = crate::network::dns::for_pod(&self.pod, settings, host.as_ref());
+        let warn = self.services.events.warnings(&self.pod, None);
+        crate::network::outbound::GuestDns::new(dns, move || {
+            for note in notes {
+                warn(note.reason(), note.message());
+            }
+        })
     }
 
     async fn warning(&self, reason: &str, note: String) {
@@ -900,11 +926,11 @@ impl Runner {
                     pod_network.namespace().is_some(),
                 )
                 .map_err(|message| (CONFIG_ERROR, message))?,
-                DenialReporter::new(self.services.events.warnings(
-                    &self.pod,
-                    self.field(),
-                    OUTBOUND_DENIED,
-                )),
+                DenialReporter::new({
+                    let warn = self.services.events.warnings(&self.pod, self.field());
+                    move |note| warn(OUTBOUND_DENIED, note)
+                }),
+                Some(self.pod_dns().await),
             )),
             ports: ContainerPorts {
                 tcp: crate::network::tcp_ports(c),

@@ -9,9 +9,11 @@
 //! - `HOST[:PORT]` alone: both protocols.
 //!
 //! `HOST` is an IPv4 or IPv6 address (IPv6 in brackets with a port), a CIDR (`10.0.0.0/8`,
-//! `[fd00::/8]:443`) or `*` (any address); `PORT` is a number or `*` (any port; also when it is
-//! left out, except after `http`/`https`). Host names are refused for now: they need the
-//! pod's DNS resolution, which guests do not have yet (docs/pod-spec.md).
+//! `[fd00::/8]:443`), `*` (any address), a host name (`web.shop.svc.cluster.local`) or
+//! `*.DOMAIN` (any name under it); `PORT` is a number or `*` (any port; also when it is left
+//! out, except after `http`/`https`). A name covers the addresses the guest resolved it to
+//! through its pod DNS ([`super::resolver`]), as asked or as found on the search list, so
+//! connecting to an address first needs a lookup of a granted name.
 //!
 //! Traffic that never leaves the pod is not outbound: in a pod's own network namespace its
 //! loopback is its own, and listening and accepting are always allowed there. On the node's
@@ -126,23 +128,62 @@ impl std::fmt::Display for Cidr {
     }
 }
 
+/// The hosts a grant covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Hosts {
+    /// `*`: any address.
+    Any,
+    /// An address or range.
+    Cidr(Cidr),
+    /// A name (lowercase, no trailing dot): the addresses the guest resolved it to.
+    Name(String),
+    /// `*.SUFFIX`: the addresses of any name under `.SUFFIX` the guest resolved.
+    Under(String),
+}
+
+impl Hosts {
+    fn covers(&self, ip: IpAddr, names: &[String]) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Cidr(cidr) => cidr.contains(ip),
+            Self::Name(name) => names.iter().any(|n| n == name),
+            Self::Under(suffix) => names.iter().any(|n| n.ends_with(suffix.as_str())),
+        }
+    }
+}
+
 /// One granted destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Grant {
     /// `None`: both protocols.
     protocol: Option<Protocol>,
-    /// `None`: any address.
-    hosts: Option<Cidr>,
+    hosts: Hosts,
     /// `None`: any port.
     port: Option<u16>,
 }
 
 impl Grant {
-    fn allows(&self, protocol: Protocol, addr: SocketAddr) -> bool {
+    fn allows(&self, protocol: Protocol, addr: SocketAddr, names: &[String]) -> bool {
         self.protocol.is_none_or(|p| p == protocol)
-            && self.hosts.is_none_or(|h| h.contains(addr.ip()))
+            && self.hosts.covers(addr.ip().to_canonical(), names)
             && self.port.is_none_or(|p| p == addr.port())
     }
+}
+
+/// A host name as grants spell it: letters, digits, `-` and dots, lowercased, without a
+/// trailing dot.
+fn host_name(host: &str) -> Option<String> {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    valid.then_some(host)
 }
 
 fn parse_grant(entry: &str) -> Result<Grant, String> {
@@ -183,16 +224,27 @@ fn parse_grant(entry: &str) -> Result<Grant, String> {
         }
     };
     let hosts = match host {
-        "*" => None,
+        "*" => Hosts::Any,
         "" => return Err(format!("{entry:?}: no host")),
-        host if host.parse::<Cidr>().is_ok() => host.parse().ok(),
-        host if host.chars().any(|c| c.is_ascii_alphabetic()) => {
-            return Err(format!(
-                "{entry:?}: host names are not supported yet (guests have no pod DNS); grant \
-                 the address or CIDR, e.g. tcp://10.0.0.0/8:80"
-            ));
-        }
-        host => return Err(host.parse::<Cidr>().err().unwrap_or_default()),
+        host => match host.parse::<Cidr>() {
+            Ok(cidr) => Hosts::Cidr(cidr),
+            // Digits, dots and slashes only: a bad address, not a name.
+            Err(bad)
+                if host
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == '.' || c == '/') =>
+            {
+                return Err(bad);
+            }
+            Err(_) => match host.strip_prefix("*.").map(host_name) {
+                Some(Some(suffix)) => Hosts::Under(format!(".{suffix}")),
+                Some(None) => return Err(format!("{entry:?}: {host:?} is not a host name")),
+                None => Hosts::Name(
+                    host_name(host)
+                        .ok_or_else(|| format!("{entry:?}: {host:?} is not a host name"))?,
+                ),
+            },
+        },
     };
     let port = match port {
         None => default_port,
@@ -266,8 +318,9 @@ impl OutboundPolicy {
         })
     }
 
-    /// Whether the pod's guests may use `addr` for `what`.
-    pub fn check(&self, addr: SocketAddr, what: Use) -> Verdict {
+    /// Whether the pod's guests may use `addr` for `what`; `names` are the names the guest
+    /// resolved to `addr`'s address (for grants by name).
+    pub fn check(&self, addr: SocketAddr, what: Use, names: &[String]) -> Verdict {
         match what {
             Use::Accept | Use::Receive => Ok(()),
             Use::Reply => match self.node_deny.iter().find(|c| c.contains(addr.ip())) {
@@ -288,7 +341,7 @@ impl OutboundPolicy {
                 if let Some(cidr) = self.node_deny.iter().find(|c| c.contains(ip)) {
                     return Err(Denial::NodeDenied(*cidr));
                 }
-                if self.grants.iter().any(|g| g.allows(protocol, addr)) {
+                if self.grants.iter().any(|g| g.allows(protocol, addr, names)) {
                     Ok(())
                 } else {
                     Err(Denial::NotGranted)
@@ -376,6 +429,34 @@ pub fn denial_message(protocol: Protocol, addr: SocketAddr, why: &Denial) -> Str
 /// UDP peers a run remembers having heard from (for [`Use::Reply`]); the oldest are forgotten.
 pub const MAX_UDP_PEERS: usize = 4096;
 
+/// Addresses a run remembers the resolved names of (for grants by name); the oldest are
+/// forgotten, and a connection to them then needs a new lookup.
+pub const MAX_RESOLVED_ADDRESSES: usize = 4096;
+
+/// The names the guest resolved, by address, bounded by [`MAX_RESOLVED_ADDRESSES`].
+#[derive(Debug, Default)]
+struct Names {
+    by_ip: std::collections::HashMap<IpAddr, Vec<String>>,
+    order: std::collections::VecDeque<IpAddr>,
+}
+
+impl Names {
+    fn remember(&mut self, ip: IpAddr, name: &str) {
+        let names = self.by_ip.entry(ip).or_insert_with(|| {
+            self.order.push_back(ip);
+            Vec::new()
+        });
+        if !names.iter().any(|n| n == name) && names.len() < 8 {
+            names.push(name.to_string());
+        }
+        if self.order.len() > MAX_RESOLVED_ADDRESSES
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.by_ip.remove(&oldest);
+        }
+    }
+}
+
 /// The UDP peers a guest has received from, most recent last, bounded by [`MAX_UDP_PEERS`].
 #[derive(Debug, Default)]
 struct Peers {
@@ -396,6 +477,41 @@ impl Peers {
     }
 }
 
+/// A guest's DNS: the pod's configuration, and what to tell the pod about it (once, at the
+/// first lookup).
+#[derive(Clone)]
+pub struct GuestDns {
+    /// The resolver configuration.
+    pub config: super::dns::PodDns,
+    notes: Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>,
+}
+
+impl GuestDns {
+    /// `config`, with `notes` to run at the first lookup.
+    pub fn new(config: super::dns::PodDns, notes: impl FnOnce() + Send + 'static) -> Self {
+        Self {
+            config,
+            notes: Arc::new(Mutex::new(Some(Box::new(notes)))),
+        }
+    }
+
+    /// Called at each lookup: publishes the notes the first time.
+    pub fn used(&self) {
+        let notes = self.notes.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(notes) = notes {
+            notes();
+        }
+    }
+}
+
+impl std::fmt::Debug for GuestDns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestDns")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a guest's own sockets get: the pod's namespace (if it has one), its policy and where
 /// denials go.
 #[derive(Clone)]
@@ -406,8 +522,12 @@ pub struct GuestNetwork {
     pub policy: Arc<OutboundPolicy>,
     /// Where denials are reported.
     pub denials: DenialReporter,
+    /// The pod's DNS configuration, for the guest's name lookups; `None`: none.
+    pub dns: Option<GuestDns>,
     /// UDP peers heard from, which may be answered.
     peers: Arc<Mutex<Peers>>,
+    /// Names the guest resolved, for grants by name.
+    names: Arc<Mutex<Names>>,
 }
 
 impl GuestNetwork {
@@ -416,12 +536,28 @@ impl GuestNetwork {
         namespace: Option<std::path::PathBuf>,
         policy: OutboundPolicy,
         denials: DenialReporter,
+        dns: Option<GuestDns>,
     ) -> Self {
         Self {
             namespace,
             policy: Arc::new(policy),
             denials,
+            dns,
             peers: Arc::default(),
+            names: Arc::default(),
+        }
+    }
+
+    /// Remembers that the guest resolved `names` (as asked, and as found) to `ips`.
+    pub fn resolved(&self, names: &[&str], ips: &[IpAddr]) {
+        let mut known = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        for ip in ips {
+            for name in names {
+                known.remember(
+                    ip.to_canonical(),
+                    &name.trim_end_matches('.').to_ascii_lowercase(),
+                );
+            }
         }
     }
 
@@ -439,7 +575,15 @@ impl GuestNetwork {
                 _ => what,
             }
         };
-        match self.policy.check(addr, what) {
+        let names = self
+            .names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_ip
+            .get(&addr.ip().to_canonical())
+            .cloned()
+            .unwrap_or_default();
+        match self.policy.check(addr, what, &names) {
             Ok(()) => true,
             Err(why) => {
                 let protocol = match what {
@@ -482,19 +626,19 @@ mod tests {
     fn nothing_is_granted_by_default() {
         let none = OutboundPolicy::for_pod(None, &default_node_deny(), true).expect("policy");
         assert_eq!(
-            none.check(addr("10.0.0.1:80"), Use::Connect(Protocol::Tcp)),
+            none.check(addr("10.0.0.1:80"), Use::Connect(Protocol::Tcp), &[]),
             Err(Denial::NotGranted)
         );
         // The pod's own loopback and listening in its own namespace are not outbound.
         assert_eq!(
-            none.check(addr("127.0.0.1:80"), Use::Connect(Protocol::Tcp)),
+            none.check(addr("127.0.0.1:80"), Use::Connect(Protocol::Tcp), &[]),
             Ok(())
         );
         assert_eq!(
-            none.check(addr("0.0.0.0:7"), Use::Listen(Protocol::Udp)),
+            none.check(addr("0.0.0.0:7"), Use::Listen(Protocol::Udp), &[]),
             Ok(())
         );
-        assert_eq!(none.check(addr("10.1.1.1:5"), Use::Accept), Ok(()));
+        assert_eq!(none.check(addr("10.1.1.1:5"), Use::Accept, &[]), Ok(()));
     }
 
     #[test]
@@ -505,31 +649,64 @@ mod tests {
         );
         let tcp = Use::Connect(Protocol::Tcp);
         let udp = Use::Connect(Protocol::Udp);
-        assert_eq!(p.check(addr("10.244.3.4:8080"), tcp), Ok(()));
+        assert_eq!(p.check(addr("10.244.3.4:8080"), tcp, &[]), Ok(()));
         assert_eq!(
-            p.check(addr("10.244.3.4:8081"), tcp),
+            p.check(addr("10.244.3.4:8081"), tcp, &[]),
             Err(Denial::NotGranted)
         );
         assert_eq!(
-            p.check(addr("10.244.3.4:8080"), udp),
+            p.check(addr("10.244.3.4:8080"), udp, &[]),
             Err(Denial::NotGranted)
         );
-        assert_eq!(p.check(addr("10.0.0.10:53"), udp), Ok(()));
-        assert_eq!(p.check(addr("10.0.0.10:53"), tcp), Err(Denial::NotGranted));
-        assert_eq!(p.check(addr("[fd00::1]:443"), tcp), Ok(()));
-        assert_eq!(p.check(addr("[fd00::1]:80"), tcp), Err(Denial::NotGranted));
+        assert_eq!(p.check(addr("10.0.0.10:53"), udp, &[]), Ok(()));
+        assert_eq!(
+            p.check(addr("10.0.0.10:53"), tcp, &[]),
+            Err(Denial::NotGranted)
+        );
+        assert_eq!(p.check(addr("[fd00::1]:443"), tcp, &[]), Ok(()));
+        assert_eq!(
+            p.check(addr("[fd00::1]:80"), tcp, &[]),
+            Err(Denial::NotGranted)
+        );
         // No scheme and no port: both protocols, any port.
-        assert_eq!(p.check(addr("192.168.1.5:1"), udp), Ok(()));
-        assert_eq!(p.check(addr("192.168.1.5:65535"), tcp), Ok(()));
+        assert_eq!(p.check(addr("192.168.1.5:1"), udp, &[]), Ok(()));
+        assert_eq!(p.check(addr("192.168.1.5:65535"), tcp, &[]), Ok(()));
         // An IPv4-mapped IPv6 address is its IPv4 one.
-        assert_eq!(p.check(addr("[::ffff:10.244.0.9]:8080"), tcp), Ok(()));
+        assert_eq!(p.check(addr("[::ffff:10.244.0.9]:8080"), tcp, &[]), Ok(()));
+    }
+
+    #[test]
+    fn grants_by_name_cover_the_addresses_the_guest_resolved_them_to() {
+        let guest = GuestNetwork::new(
+            None,
+            policy(
+                "tcp://web.shop.svc.cluster.local:80, https://*.example.com",
+                true,
+            ),
+            DenialReporter::silent(),
+            None,
+        );
+        let web = addr("10.0.0.7:80");
+        let tcp = Use::Connect(Protocol::Tcp);
+        assert!(!guest.check(web, tcp), "not resolved yet");
+        guest.resolved(&["web", "web.shop.svc.cluster.local."], &[web.ip()]);
+        assert!(guest.check(web, tcp));
+        assert!(!guest.check(addr("10.0.0.7:81"), tcp), "another port");
+        let api = addr("[2001:db8::5]:443");
+        guest.resolved(&["API.Example.com"], &[api.ip()]);
+        assert!(guest.check(api, tcp));
+        guest.resolved(&["example.com"], &[addr("192.0.2.9:443").ip()]);
+        assert!(
+            !guest.check(addr("192.0.2.9:443"), tcp),
+            "*.example.com is not example.com"
+        );
     }
 
     #[test]
     fn the_node_deny_list_wins_over_any_grant() {
         let p = policy("*, tcp://169.254.169.254:80", true);
         assert_eq!(
-            p.check(addr("169.254.169.254:80"), Use::Connect(Protocol::Tcp)),
+            p.check(addr("169.254.169.254:80"), Use::Connect(Protocol::Tcp), &[]),
             Err(Denial::NodeDenied(
                 "169.254.169.254/32".parse().expect("cidr")
             ))
@@ -537,14 +714,15 @@ mod tests {
         assert_eq!(
             p.check(
                 addr("[::ffff:169.254.169.254]:80"),
-                Use::Connect(Protocol::Tcp)
+                Use::Connect(Protocol::Tcp),
+                &[]
             ),
             Err(Denial::NodeDenied(
                 "169.254.169.254/32".parse().expect("cidr")
             ))
         );
         assert_eq!(
-            p.check(addr("8.8.8.8:53"), Use::Connect(Protocol::Udp)),
+            p.check(addr("8.8.8.8:53"), Use::Connect(Protocol::Udp), &[]),
             Ok(())
         );
     }
@@ -553,15 +731,15 @@ mod tests {
     fn on_the_node_network_loopback_and_listening_are_refused() {
         let p = policy("*", false);
         assert_eq!(
-            p.check(addr("127.0.0.1:10250"), Use::Connect(Protocol::Tcp)),
+            p.check(addr("127.0.0.1:10250"), Use::Connect(Protocol::Tcp), &[]),
             Err(Denial::NodeLoopback)
         );
         assert_eq!(
-            p.check(addr("[::1]:10250"), Use::Connect(Protocol::Tcp)),
+            p.check(addr("[::1]:10250"), Use::Connect(Protocol::Tcp), &[]),
             Err(Denial::NodeLoopback)
         );
         assert_eq!(
-            p.check(addr("0.0.0.0:8080"), Use::Listen(Protocol::Tcp)),
+            p.check(addr("0.0.0.0:8080"), Use::Listen(Protocol::Tcp), &[]),
             Err(Denial::NodeListen)
         );
     }
@@ -571,7 +749,9 @@ mod tests {
         let annotations = |v: &str| BTreeMap::from([(GRANTS_ANNOTATION.to_string(), v.into())]);
         for (value, says) in [
             ("ftp://1.2.3.4:21", "unknown scheme"),
-            ("tcp://example.com:80", "host names are not supported yet"),
+            ("tcp://exa$mple.com:80", "is not a host name"),
+            ("tcp://*.:80", "is not a host name"),
+            ("tcp://10.0.0.300:80", "is not an IP address"),
             ("tcp://10.0.0.0/33:80", "prefix length"),
             ("tcp://10.0.0.1:0", "not 1-65535"),
             ("tcp://10.0.0.1:http", "not 1-65535"),
@@ -591,6 +771,7 @@ mod tests {
             None,
             OutboundPolicy::for_pod(None, &default_node_deny(), true).expect("policy"),
             DenialReporter::silent(),
+            None,
         );
         let client = addr("10.244.1.9:40000");
         let udp = Use::Connect(Protocol::Udp);

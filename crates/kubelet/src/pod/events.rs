@@ -31,20 +31,19 @@ impl PodEvents {
         self.publish(pod, field_path, EventType::Warning, reason, note)
     }
 
-    /// A reporter of Warning events of `reason` about `pod` (or a container of it), for code
-    /// that reports from outside the worker, such as a guest's denied connections.
+    /// A reporter of Warning events (reason, note) about `pod` (or a container of it), for
+    /// code that reports from outside the worker, such as a guest's denied connections.
     pub fn warnings(
         &self,
         pod: &Pod,
         field_path: Option<String>,
-        reason: &'static str,
-    ) -> impl Fn(String) + Send + Sync + 'static {
+    ) -> impl Fn(&'static str, String) + Send + Sync + 'static {
         let reference = ObjectReference {
             field_path,
             ..pod.object_ref(&())
         };
         let publisher = self.publisher.clone();
-        move |note| publisher.publish(EventType::Warning, reason, note, reference.clone())
+        move |reason, note| publisher.publish(EventType::Warning, reason, note, reference.clone())
     }
 
     fn publish(

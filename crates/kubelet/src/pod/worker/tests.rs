@@ -114,6 +114,7 @@ fn start_on(pod: Pod, fake: &FakeRuntime, network: Arc<dyn crate::network::Netwo
             exec: Default::default(),
             network,
             outbound_deny: crate::network::outbound::default_node_deny().into(),
+            dns: Arc::default(),
         },
         status: status.clone(),
         dirs: PodDirs {
