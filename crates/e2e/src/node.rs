@@ -214,6 +214,8 @@ impl KrustletNode {
         if self.host.is_some() {
             args.push(format!("--cni-conf-dir={}", self.cni_conf_dir().display()));
             args.push(format!("--cni-bin-dir={}", bin_dir().join("cni").display()));
+            args.push(format!("--cluster-dns={}", crate::testhost::CLUSTER_DNS));
+            args.push("--cluster-domain=cluster.local".into());
         } else if !self
             .extra_args
             .iter()

@@ -23,6 +23,7 @@ pub mod log;
 pub mod memory;
 pub mod metrics;
 pub mod module;
+pub mod name_lookup;
 pub mod pool;
 pub mod run;
 pub mod runtime;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use kubelet::log::writer::{CriLogWriter, Stream};
 use kubelet::network::netns::{InNamespace, NetNs};
 use kubelet::network::outbound::{GuestNetwork, Protocol, Use};
+use kubelet::network::resolver::Resolver;
 use kubelet::runtime::{ExecIo, Limits, Usage};
 
 use wasmtime::Store;
@@ -22,6 +23,7 @@ use crate::exec_io::{ChannelIn, ChannelOut};
 use crate::log::CriStream;
 use crate::memory::{MemoryLimitExceeded, MemoryLimiter, is_memory_limit};
 use crate::module::Program;
+use crate::name_lookup::{self, HasNameLookups, NameLookups};
 
 /// A host directory made visible to the guest (a volume mount).
 #[derive(Debug, Clone)]
@@ -135,11 +137,23 @@ struct ModuleState {
     limiter: MemoryLimiter,
 }
 
-/// Store state for components: the WASI context, its resource table and the memory limiter.
+/// Store state for components: the WASI context, its resource table, the memory limiter and
+/// the guest's name lookups (if it has a pod network).
 struct ComponentState {
     ctx: WasiCtx,
     table: ResourceTable,
     limiter: MemoryLimiter,
+    lookups: Option<NameLookups>,
+}
+
+impl HasNameLookups for ComponentState {
+    fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
+    fn lookups(&self) -> Option<&NameLookups> {
+        self.lookups.as_ref()
+    }
 }
 
 impl WasiView for ComponentState {
@@ -177,7 +191,18 @@ impl WasmEngine {
             },
             _ => None,
         };
-        let run = cpu::metered(clock.clone(), self.run_metered(program, spec, clock));
+        // Name lookups follow the pod's DNS, from inside its namespace.
+        let lookups = match (&spec.network, program) {
+            (Some(network), Program::Component(_)) => network.dns.as_ref().map(|dns| NameLookups {
+                resolver: Resolver::new(dns.config.clone(), namespace.clone()),
+                guest: network.clone(),
+            }),
+            _ => None,
+        };
+        let run = cpu::metered(
+            clock.clone(),
+            self.run_metered(program, spec, lookups, clock),
+        );
         let outcome = match namespace {
             Some(namespace) => InNamespace::new(namespace, run).await.unwrap_or_else(|e| {
                 Err(RunError::Network(format!(
@@ -201,6 +226,7 @@ impl WasmEngine {
         &self,
         program: &Program,
         spec: RunSpec,
+        lookups: Option<NameLookups>,
         clock: Arc<CpuClock>,
     ) -> Result<Exit, RunError> {
         let mut builder = WasiCtxBuilder::new();
@@ -263,10 +289,12 @@ impl WasmEngine {
                 start.call_async(&mut store, ()).await
             }
             Program::Component(component) => {
+                let shadow_lookups = lookups.is_some();
                 let state = ComponentState {
                     ctx: builder.build(),
                     table: ResourceTable::new(),
                     limiter,
+                    lookups,
                 };
                 let mut store = Store::new(self.engine(), state);
                 store.limiter(|state| &mut state.limiter);
@@ -275,6 +303,9 @@ impl WasmEngine {
                 let mut linker = wasmtime::component::Linker::new(self.engine());
                 wasmtime_wasi::p2::add_to_linker_async(&mut linker)
                     .map_err(RunError::Instantiate)?;
+                if shadow_lookups {
+                    name_lookup::add_to_linker(&mut linker).map_err(RunError::Instantiate)?;
+                }
                 let command = Command::instantiate_async(&mut store, component, &linker)
                     .await
                     .map_err(RunError::Instantiate)?;

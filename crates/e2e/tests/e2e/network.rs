@@ -809,7 +809,7 @@ async fn outbound_connections_need_a_grant_and_the_node_deny_list_wins() {
 }
 
 #[tokio::test]
-async fn pods_on_two_nodes_reach_each_other_by_pod_ip_and_through_a_service() {
+async fn pods_on_two_nodes_reach_each_other_by_pod_ip_and_by_service_ip_and_name() {
     let ns = TestNamespace::new("net-two").await.expect("namespace");
     let a = KrustletNode::start_networked(KRUSTLET, "net-two-a", &[])
         .await
@@ -857,12 +857,23 @@ async fn pods_on_two_nodes_reach_each_other_by_pod_ip_and_through_a_service() {
     .expect("clusterIP");
     // Each node's client reaches the other node's pod by its IP, and a pod behind the
     // Service's ClusterIP (kube-proxy in the client's node), granted by CIDR.
-    let grants = "tcp://10.244.0.0/16:7000, tcp://10.0.0.0/24:7000";
+    // By name, the guest looks the Service up through the cluster DNS (its pod's
+    // ClusterFirst search list), and the grant names the Service.
+    let grants = format!(
+        "tcp://10.244.0.0/16:7000, tcp://10.0.0.0/24:7000, tcp://echo.{}.svc.cluster.local:7000",
+        ns.name()
+    );
     let cases = [
         ("a-to-b", a.name(), ips[1].clone()),
         ("b-to-a", b.name(), ips[0].clone()),
         ("a-to-service", a.name(), cluster_ip.clone()),
         ("b-to-service", b.name(), cluster_ip.clone()),
+        ("a-by-name", a.name(), "echo".to_string()),
+        (
+            "b-by-fqdn",
+            b.name(),
+            format!("echo.{}.svc.cluster.local", ns.name()),
+        ),
     ];
     for (name, node, target) in &cases {
         let message = format!("hello from {name}\n");
@@ -879,7 +890,7 @@ async fn pods_on_two_nodes_reach_each_other_by_pod_ip_and_through_a_service() {
         ];
         pods.create(
             &PostParams::default(),
-            &sockets_pod(name, node, Some(grants), &[("c", &args)]),
+            &sockets_pod(name, node, Some(&grants), &[("c", &args)]),
         )
         .await
         .expect("create client");

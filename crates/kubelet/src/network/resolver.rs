@@ -41,6 +41,15 @@ pub enum LookupError {
     },
 }
 
+/// A name that resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The candidate that answered (fully qualified, no trailing dot), or the literal.
+    pub name: String,
+    /// Its addresses, IPv4 first.
+    pub addresses: Vec<IpAddr>,
+}
+
 /// What one query got.
 enum Answer {
     Addresses(Vec<IpAddr>),
@@ -82,9 +91,12 @@ impl Resolver {
     ///
     /// # Errors
     /// [`LookupError`].
-    pub async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, LookupError> {
+    pub async fn lookup(&self, name: &str) -> Result<Resolved, LookupError> {
         if let Ok(ip) = name.trim_start_matches('[').trim_end_matches(']').parse() {
-            return Ok(vec![ip]);
+            return Ok(Resolved {
+                name: name.to_string(),
+                addresses: vec![ip],
+            });
         }
         let candidates = self
             .dns
@@ -132,7 +144,7 @@ fn lookup_blocking(
     candidates: &[Name],
     name: &str,
     port: u16,
-) -> Result<Vec<IpAddr>, LookupError> {
+) -> Result<Resolved, LookupError> {
     if dns.nameservers.is_empty() {
         return Err(LookupError::TemporaryFailure {
             name: name.into(),
@@ -157,7 +169,10 @@ fn lookup_blocking(
             }
         }
         if !found.is_empty() {
-            return Ok(found);
+            return Ok(Resolved {
+                name: candidate.to_ascii().trim_end_matches('.').to_string(),
+                addresses: found,
+            });
         }
     }
     match (answered, last_error) {
@@ -351,7 +366,7 @@ mod tests {
         }
     }
 
-    fn resolve(server: &FakeServer, dns: &PodDns, name: &str) -> Result<Vec<IpAddr>, LookupError> {
+    fn resolve(server: &FakeServer, dns: &PodDns, name: &str) -> Result<Resolved, LookupError> {
         let candidates: Vec<Name> = dns
             .candidates(name)
             .iter()
@@ -367,8 +382,9 @@ mod tests {
             vec![IpAddr::from([10, 0, 0, 7]), "fd00::7".parse().expect("v6")],
         )]));
         let found = resolve(&server, &dns(&["ndots:5"]), "web").expect("resolves");
+        assert_eq!(found.name, "web.svc.cluster.local");
         assert_eq!(
-            found,
+            found.addresses,
             [IpAddr::from([10, 0, 0, 7]), "fd00::7".parse().expect("v6")]
         );
         let asked = server.asked.lock().expect("lock").clone();
@@ -395,11 +411,11 @@ mod tests {
     async fn literals_need_no_server_and_no_nameserver_is_a_temporary_failure() {
         let resolver = Resolver::new(PodDns::default(), None);
         assert_eq!(
-            resolver.lookup("10.1.2.3").await,
+            resolver.lookup("10.1.2.3").await.map(|r| r.addresses),
             Ok(vec![IpAddr::from([10, 1, 2, 3])])
         );
         assert_eq!(
-            resolver.lookup("[::1]").await,
+            resolver.lookup("[::1]").await.map(|r| r.addresses),
             Ok(vec!["::1".parse().expect("v6")])
         );
         assert!(matches!(
