@@ -4,6 +4,8 @@
 //   GET  /             200 "hello from <POD_NAME>" (the POD_NAME environment variable)
 //   GET  /healthz      200 "ok", or 500 "unhealthy" once the wall clock reaches the unix
 //                      time in HEALTHZ_FAIL_AFTER (unset: always healthy)
+//   POST /grpc.health.v1.Health/Check
+//                      the gRPC health check (HTTP/2): SERVING, or NOT_SERVING as /healthz fails
 //   GET  /sleep?ms=N   waits N milliseconds (at most 10 minutes), then 200 "slept N ms"
 //   POST /echo         200 with the request body
 //   GET  /alloc?mb=N   allocates and touches N MiB, then 200 (memory limit tests)
@@ -121,19 +123,23 @@ static uint8_t *read_body(wasi_http_types_borrow_incoming_request_t request, siz
     return buf;
 }
 
-// Sends `status` with a text body: the response first, then the body in chunks.
-static void respond(wasi_http_types_own_response_outparam_t out, uint16_t status,
-                    const uint8_t *body, size_t len) {
-    wasi_http_types_own_fields_t headers = wasi_http_types_constructor_fields();
-    http_workload_string_t name;
-    http_workload_string_set(&name, "content-type");
-    http_workload_list_u8_t value = {
-        .ptr = (uint8_t *)"text/plain; charset=utf-8",
-        .len = strlen("text/plain; charset=utf-8"),
-    };
+// Appends the field `name: value` to `fields`.
+static void add_field(wasi_http_types_own_fields_t fields, const char *name, const char *value) {
+    http_workload_string_t field_name;
+    http_workload_string_set(&field_name, name);
+    wasi_http_types_field_value_t field_value = {.ptr = (uint8_t *)value, .len = strlen(value)};
     wasi_http_types_header_error_t header_error;
-    wasi_http_types_method_fields_append(wasi_http_types_borrow_fields(headers), &name, &value,
-                                         &header_error);
+    wasi_http_types_method_fields_append(wasi_http_types_borrow_fields(fields), &field_name,
+                                         &field_value, &header_error);
+}
+
+// Sends `status` with a body of `content_type`: the response first, then the body in chunks,
+// then the trailer `trailer_name: trailer_value` if there is one (gRPC's status).
+static void respond_with(wasi_http_types_own_response_outparam_t out, uint16_t status,
+                         const char *content_type, const uint8_t *body, size_t len,
+                         const char *trailer_name, const char *trailer_value) {
+    wasi_http_types_own_fields_t headers = wasi_http_types_constructor_fields();
+    add_field(headers, "content-type", content_type);
     wasi_http_types_own_outgoing_response_t response =
         wasi_http_types_constructor_outgoing_response(headers);
     wasi_http_types_method_outgoing_response_set_status_code(
@@ -167,9 +173,35 @@ static void respond(wasi_http_types_own_response_outparam_t out, uint16_t status
         wasi_io_streams_output_stream_drop_own(stream);
     }
     wasi_http_types_error_code_t finish_error;
-    if (!wasi_http_types_static_outgoing_body_finish(outgoing, NULL, &finish_error)) {
+    wasi_http_types_own_trailers_t trailers;
+    if (trailer_name) {
+        trailers = wasi_http_types_constructor_fields();
+        add_field(trailers, trailer_name, trailer_value);
+    }
+    if (!wasi_http_types_static_outgoing_body_finish(outgoing, trailer_name ? &trailers : NULL,
+                                                     &finish_error)) {
         wasi_http_types_error_code_free(&finish_error);
     }
+}
+
+// Sends `status` with a text body.
+static void respond(wasi_http_types_own_response_outparam_t out, uint16_t status,
+                    const uint8_t *body, size_t len) {
+    respond_with(out, status, "text/plain; charset=utf-8", body, len, NULL, NULL);
+}
+
+// Whether /healthz and the gRPC health check say healthy: until the wall clock reaches
+// HEALTHZ_FAIL_AFTER (unix seconds), if it is set.
+static bool healthy(void) {
+    char *after = env_get("HEALTHZ_FAIL_AFTER");
+    bool ok = true;
+    if (after) {
+        wasi_clocks_wall_clock_datetime_t now;
+        wasi_clocks_wall_clock_now(&now);
+        ok = now.seconds < strtoull(after, NULL, 10);
+        free(after);
+    }
+    return ok;
 }
 
 static void respond_text(wasi_http_types_own_response_outparam_t out, uint16_t status,
@@ -213,15 +245,15 @@ void exports_wasi_http_incoming_handler_handle(
         respond_text(response_out, 200, text);
     } else if (route_is(path, "/healthz")) {
         wasi_http_types_incoming_request_drop_own(request);
-        char *after = env_get("HEALTHZ_FAIL_AFTER");
-        bool healthy = true;
-        if (after) {
-            wasi_clocks_wall_clock_datetime_t now;
-            wasi_clocks_wall_clock_now(&now);
-            healthy = now.seconds < strtoull(after, NULL, 10);
-            free(after);
-        }
-        respond_text(response_out, healthy ? 200 : 500, healthy ? "ok\n" : "unhealthy\n");
+        bool ok = healthy();
+        respond_text(response_out, ok ? 200 : 500, ok ? "ok\n" : "unhealthy\n");
+    } else if (route_is(path, "/grpc.health.v1.Health/Check")) {
+        // The gRPC health protocol (grpc probes, over HTTP/2): a framed HealthCheckResponse
+        // {status = SERVING (1) or NOT_SERVING (2)} and the trailer grpc-status: 0.
+        wasi_http_types_incoming_request_drop_own(request);
+        uint8_t message[7] = {0, 0, 0, 0, 2, 0x08, healthy() ? 1 : 2};
+        respond_with(response_out, 200, "application/grpc", message, sizeof message,
+                     "grpc-status", "0");
     } else if (route_is(path, "/sleep")) {
         wasi_http_types_incoming_request_drop_own(request);
         unsigned long ms = query_number(path, "ms", 1000);

@@ -30,7 +30,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::StatusCode;
-use hyper::server::conn::http1;
+
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
 use kubelet::log::writer::{CriLogWriter, Stream};
 use kubelet::network::{MAX_REQUEST_BODY_ANNOTATION, REQUEST_TIMEOUT_ANNOTATION};
 use kubelet::runtime::{HttpLimits, Usage};
@@ -478,9 +480,10 @@ async fn connection(
         let (server, in_flight) = (service_server.clone(), service_in_flight.clone());
         async move { Ok::<_, Infallible>(server.handle(request, in_flight).await) }
     });
-    let conn = http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), service);
+    // HTTP/1.1, and HTTP/2 with prior knowledge (h2c: gRPC clients, grpc probes).
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,

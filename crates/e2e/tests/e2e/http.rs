@@ -1,7 +1,8 @@
 //! HTTP components (`wasi:http/incoming-handler`) on the node's network (no CNI yet): a pod
 //! answers on `podIP:containerPort` (its IP is the node's), a second pod on the same port
 //! gets a clear conflict, httpGet/tcpSocket probes flip Ready and restart the container,
-//! deleting a pod drains its in-flight requests and an idle pod stops at once, and real
+//! grpc probes speak the gRPC health protocol to it over HTTP/2, deleting a pod drains its
+//! in-flight requests and an idle pod stops at once, and real
 //! `kubectl port-forward` through the API server (WebSocket tunnel and SPDY) carries 100
 //! sequential and 20 concurrent requests, and port-forward over WebSocket straight to the
 //! kubelet carries a request. Each test uses its own ports on the shared node (the direct
@@ -236,6 +237,46 @@ async fn http_probes_flip_ready_and_a_failing_liveness_probe_restarts() {
         &ns,
         "Killing",
         "Container web failed liveness probe, will be restarted",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn grpc_probes_make_a_pod_ready_and_restart_it_once_it_reports_not_serving() {
+    let ns = TestNamespace::new("grpc-probe").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let now = jiff::Timestamp::now().as_second();
+    // The component answers the gRPC health check (over HTTP/2) SERVING for 30 s, then
+    // NOT_SERVING: Ready through the grpc readiness probe, then restarted by the liveness one.
+    let port = free_port();
+    create(
+        &pods,
+        http_pod(
+            "grpc",
+            port,
+            2,
+            json!({
+                "env": [{"name": "HEALTHZ_FAIL_AFTER", "value": (now + 30).to_string()}],
+                "readinessProbe": {"grpc": {"port": port}, "periodSeconds": 1},
+                "livenessProbe": {"grpc": {"port": port, "service": "web"},
+                                  "periodSeconds": 1, "failureThreshold": 2}
+            }),
+        ),
+    )
+    .await
+    .expect("create");
+    wait_for(&pods, "grpc", LONG, "ready", ready)
+        .await
+        .expect("ready through its grpc probe");
+    wait_for(&pods, "grpc", LONG, "restarted", |p| {
+        container_status(p, "web").is_some_and(|c| c.restart_count >= 1)
+    })
+    .await
+    .expect("restarted by its grpc liveness probe");
+    wait_event(
+        &ns,
+        "Unhealthy",
+        "Liveness probe failed: service unhealthy (responded with \"NOT_SERVING\")",
     )
     .await;
 }

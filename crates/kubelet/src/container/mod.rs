@@ -7,6 +7,7 @@ pub mod downward;
 pub mod env;
 pub mod ephemeral;
 pub mod exec_targets;
+pub mod grpc_probe;
 pub mod probe;
 pub mod resize;
 pub mod runner;

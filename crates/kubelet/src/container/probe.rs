@@ -9,7 +9,9 @@
 //!   `User-Agent: kube-probe/1.35`; a status from 200 to 399 is success (`probe/http`). HTTPS
 //!   and a `host` other than the pod's are not supported: the probe fails saying so.
 //! - `tcpSocket`: success when the port accepts a connection within the timeout (`probe/tcp`).
-//! - `grpc`: not supported yet: the probe fails with a message saying so.
+//! - `grpc`: the gRPC health protocol's `Check` over HTTP/2 to the pod's address on the
+//!   probe's port with its `service`; `SERVING` is success (`probe/grpc`, see
+//!   [`super::grpc_probe`]).
 //!
 //! Semantics as upstream's `worker.go`: nothing runs before `initialDelaySeconds`; each probe
 //! runs every `periodSeconds` with `timeoutSeconds`; `successThreshold`/`failureThreshold`
@@ -99,8 +101,13 @@ pub enum Handler {
         /// The resolved port.
         port: Result<u16, String>,
     },
-    /// `grpc` (not supported yet).
-    Grpc,
+    /// `grpc`.
+    Grpc {
+        /// The port.
+        port: Result<u16, String>,
+        /// The service asked about (empty: the server as a whole).
+        service: String,
+    },
 }
 
 /// One probe with upstream's defaults filled in.
@@ -169,8 +176,12 @@ impl ProbeSpec {
             Handler::TcpSocket {
                 port: resolve_port(&tcp.port, container),
             }
-        } else if probe.grpc.is_some() {
-            Handler::Grpc
+        } else if let Some(grpc) = &probe.grpc {
+            Handler::Grpc {
+                port: u16::try_from(grpc.port)
+                    .map_err(|_| format!("invalid port number: {}", grpc.port)),
+                service: grpc.service.clone().unwrap_or_default(),
+            }
         } else {
             return None;
         };
@@ -351,8 +362,9 @@ pub async fn once(probe: &ProbeSpec, target: &ProbeTarget, id: String) -> Result
             )
             .await
         }
-        Handler::Grpc => {
-            Err("grpc probes are not supported yet; use httpGet, tcpSocket or exec".into())
+        Handler::Grpc { port, service } => {
+            super::grpc_probe::grpc_once(&*target.network, *port.as_ref()?, service, probe.timeout)
+                .await
         }
     }
 }
@@ -594,7 +606,13 @@ mod tests {
         }))
         .expect("container");
         let probes = ProbeSpec::all_of(&c);
-        assert_eq!(probes[0].handler, Handler::Grpc);
+        assert_eq!(
+            probes[0].handler,
+            Handler::Grpc {
+                port: Ok(9000),
+                service: String::new()
+            }
+        );
         match &probes[1].handler {
             Handler::TcpSocket { port: Err(message) } => {
                 assert!(message.contains("nope"), "{message}")

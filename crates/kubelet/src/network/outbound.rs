@@ -477,13 +477,16 @@ impl Peers {
     }
 }
 
+/// What to do once, later (publish notes).
+type Once = Box<dyn FnOnce() + Send>;
+
 /// A guest's DNS: the pod's configuration, and what to tell the pod about it (once, at the
 /// first lookup).
 #[derive(Clone)]
 pub struct GuestDns {
     /// The resolver configuration.
     pub config: super::dns::PodDns,
-    notes: Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>,
+    notes: Arc<Mutex<Option<Once>>>,
 }
 
 impl GuestDns {

@@ -45,12 +45,6 @@ pub fn pod_fields(spec: &PodSpec) -> Vec<&'static str> {
 /// treats `hostPort`s.
 pub fn container_fields(c: &Container, host_ports: HostPorts) -> Vec<&'static str> {
     let mut found = Vec::new();
-    let grpc = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
-        p.as_ref().is_some_and(|p| p.grpc.is_some())
-    };
-    if grpc(&c.liveness_probe) || grpc(&c.readiness_probe) || grpc(&c.startup_probe) {
-        found.push("grpc probes (not supported yet: they fail; exec, httpGet and tcpSocket run)");
-    }
     if let Some(sc) = &c.security_context {
         if sc.privileged.unwrap_or(false) {
             found.push("privileged mode (wasm has no privileges to grant)");
