@@ -25,14 +25,17 @@ pub struct NodeAddress {
     ip: Ipv4Addr,
 }
 
-fn ip(args: &[&str]) -> anyhow::Result<String> {
+/// Runs `ip ARGS...` (iproute2) and returns its output; the harness's namespaces and veths
+/// (here and in [`crate::testhost`]) are made with it.
+pub(crate) fn ip(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("ip")
         .args(args)
         .output()
         .context("prerequisite missing: the `ip` command (iproute2)")?;
     if !out.status.success() {
         bail!(
-            "ip {} failed: {} (node addresses need root or CAP_NET_ADMIN)",
+            "ip {} failed: {} (the test harness's network namespaces need root: CAP_NET_ADMIN \
+             and CAP_SYS_ADMIN)",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );

@@ -34,6 +34,7 @@ use std::sync::{Mutex, OnceLock};
 use anyhow::{Context, bail};
 use kubelet::network::netns::NetNs;
 
+use crate::address::ip;
 use crate::cluster::{bin_dir, cluster};
 
 /// The prefix of every namespace the harness creates ([`crate::address::remove_leftovers`]
@@ -45,21 +46,6 @@ pub const CLUSTER_DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
 
 /// The range the controller-manager allocates node podCIDRs from (`--cluster-cidr`).
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
-
-fn ip(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("prerequisite missing: the `ip` command (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {} failed: {} (test hosts need root or CAP_NET_ADMIN and CAP_SYS_ADMIN)",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// Sets a sysctl inside a namespace (`/proc/sys/net` is per namespace).
 fn sysctl(netns: &str, key: &str, value: &str) -> anyhow::Result<()> {

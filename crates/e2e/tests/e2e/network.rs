@@ -113,24 +113,27 @@ fn service(name: &str) -> Service {
     .expect("service")
 }
 
-/// The deployment's pods once `want` of them are Ready: name -> pod IP.
-async fn ready_pods(ns: &TestNamespace, app: &str, want: usize) -> Vec<(String, Ipv4Addr)> {
+/// Waits up to `timeout` until exactly `want` pods are labelled `app` and `want` of them are
+/// `what` (`holds`) with a pod IP: (name, IP).
+async fn pods_that(
+    ns: &TestNamespace,
+    app: &str,
+    want: usize,
+    timeout: Duration,
+    what: &str,
+    holds: impl Fn(&Pod) -> bool,
+) -> Vec<(String, Ipv4Addr)> {
     let pods = ns.api::<Pod>();
-    let deadline = Instant::now() + LONG;
+    let deadline = Instant::now() + timeout;
     loop {
         let list = pods
             .list(&ListParams::default().labels(&format!("app={app}")))
             .await
             .expect("list pods");
-        let ready: Vec<(String, Ipv4Addr)> = list
+        let found: Vec<(String, Ipv4Addr)> = list
             .items
             .iter()
-            .filter(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
+            .filter(|p| holds(p))
             .filter_map(|p| {
                 Some((
                     p.metadata.name.clone()?,
@@ -138,12 +141,12 @@ async fn ready_pods(ns: &TestNamespace, app: &str, want: usize) -> Vec<(String, 
                 ))
             })
             .collect();
-        if ready.len() == want {
-            return ready;
+        if found.len() == want && list.items.len() == want {
+            return found;
         }
         assert!(
             Instant::now() < deadline,
-            "{want} ready pods of {app} not there within {LONG:?}: {:#?}",
+            "{want} {what} pods of {app} not there within {timeout:?}: {:#?}",
             list.items
                 .iter()
                 .map(|p| (&p.metadata.name, &p.status))
@@ -153,15 +156,40 @@ async fn ready_pods(ns: &TestNamespace, app: &str, want: usize) -> Vec<(String, 
     }
 }
 
+/// The deployment's pods once `want` of them are Ready: name -> pod IP.
+async fn ready_pods(ns: &TestNamespace, app: &str, want: usize) -> Vec<(String, Ipv4Addr)> {
+    pods_that(ns, app, want, LONG, "ready", |p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    })
+    .await
+}
+
+/// Waits until `want` pods labelled `app` run with a pod IP: (name, IP).
+async fn wait_running(ns: &TestNamespace, app: &str, want: usize) -> Vec<(String, Ipv4Addr)> {
+    pods_that(ns, app, want, Duration::from_secs(300), "running", |p| {
+        krustlet_e2e::pods::phase(p) == "Running"
+    })
+    .await
+}
+
+/// Two networked nodes, each in a test host of its own: `(server, client)`.
+async fn two_networked_nodes(prefix: &str) -> (KrustletNode, KrustletNode) {
+    let server = KrustletNode::start_networked(KRUSTLET, &format!("{prefix}-a"), &[])
+        .await
+        .expect("networked node");
+    let client = KrustletNode::start_networked(KRUSTLET, &format!("{prefix}-b"), &[])
+        .await
+        .expect("second networked node");
+    (server, client)
+}
+
 #[tokio::test]
 async fn three_http_replicas_get_pod_ips_and_answer_by_pod_ip_cluster_ip_and_dns_name() {
     let ns = TestNamespace::new("net-web").await.expect("namespace");
-    let server = KrustletNode::start_networked(KRUSTLET, "net-srv", &[])
-        .await
-        .expect("networked node");
-    let client = KrustletNode::start_networked(KRUSTLET, "net-cli", &[])
-        .await
-        .expect("networked client node");
+    let (server, client) = two_networked_nodes("net-web").await;
     let client_host = client.host().expect("test host");
     let pod_cidr = kubectl(&[
         "get",
@@ -266,12 +294,7 @@ fn web_pod(name: &str, node: &str, labels: serde_json::Value, extra: serde_json:
 #[tokio::test]
 async fn a_failing_readiness_probe_takes_a_pod_out_of_its_service_and_liveness_restarts_it() {
     let ns = TestNamespace::new("net-probe").await.expect("namespace");
-    let server = KrustletNode::start_networked(KRUSTLET, "net-prb", &[])
-        .await
-        .expect("networked node");
-    let client = KrustletNode::start_networked(KRUSTLET, "net-prc", &[])
-        .await
-        .expect("networked client node");
+    let (server, client) = two_networked_nodes("net-probe").await;
     let client_host = client.host().expect("test host");
     let pods = ns.api::<Pod>();
     let probe = json!({"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1});
@@ -467,7 +490,7 @@ async fn networked_pods_leave_no_namespace_veth_or_address_behind_even_after_kil
         .expect("create");
     }
     let running = wait_running(&ns, "sleeper", 100).await;
-    let ips: BTreeSet<&str> = running.iter().map(|(_, ip)| ip.as_str()).collect();
+    let ips: BTreeSet<Ipv4Addr> = running.iter().map(|(_, ip)| *ip).collect();
     assert_eq!(ips.len(), 100, "pod IPs not distinct");
     wait_held(&node, 100).await;
     kubectl(&[
@@ -525,33 +548,6 @@ async fn networked_pods_leave_no_namespace_veth_or_address_behind_even_after_kil
     ])
     .expect("delete the rest");
     assert_eq!(wait_held(&node, 0).await, Held::default());
-}
-
-/// Waits until `want` pods labelled `app` run with a pod IP: (name, IP).
-async fn wait_running(ns: &TestNamespace, app: &str, want: usize) -> Vec<(String, String)> {
-    let pods = ns.api::<Pod>();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let list = pods
-            .list(&ListParams::default().labels(&format!("app={app}")))
-            .await
-            .expect("list pods");
-        let running: Vec<(String, String)> = list
-            .items
-            .iter()
-            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-            .filter_map(|p| Some((p.metadata.name.clone()?, p.status.as_ref()?.pod_ip.clone()?)))
-            .collect();
-        if running.len() == want && list.items.len() == want {
-            return running;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {want} pods running",
-            running.len()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 /// Serves inside `host` until `deadline`: a TCP server on `tcp_port` answering each connection
@@ -811,12 +807,7 @@ async fn outbound_connections_need_a_grant_and_the_node_deny_list_wins() {
 #[tokio::test]
 async fn pods_on_two_nodes_reach_each_other_by_pod_ip_and_by_service_ip_and_name() {
     let ns = TestNamespace::new("net-two").await.expect("namespace");
-    let a = KrustletNode::start_networked(KRUSTLET, "net-two-a", &[])
-        .await
-        .expect("node a");
-    let b = KrustletNode::start_networked(KRUSTLET, "net-two-b", &[])
-        .await
-        .expect("node b");
+    let (a, b) = two_networked_nodes("net-two").await;
     let pods = ns.api::<Pod>();
     // An echo server on each node, labelled for a Service.
     for (name, node) in [("echo-a", a.name()), ("echo-b", b.name())] {

@@ -314,6 +314,36 @@ fn remember<T>(cache: &Cache<T>, key: String, value: T, ttl: Duration) {
     cache.insert(key, (value, now + ttl));
 }
 
+/// Reads one HTTP/1.1 request from `tcp`: its head, and as much body as it announces; `None`
+/// when the peer closes first. For the tests' fake API servers.
+#[cfg(test)]
+pub(crate) async fn read_test_request(tcp: &mut tokio::net::TcpStream) -> Option<(String, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut request = Vec::new();
+    let mut buffer = [0; 8192];
+    loop {
+        let n = tcp.read(&mut buffer).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        request.extend_from_slice(&buffer[..n]);
+        let text = String::from_utf8_lossy(&request).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if request.len() >= end + 4 + length {
+                return Some((text[..end].to_string(), text[end + 4..].to_string()));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,7 +420,7 @@ mod tests {
 
     /// A fake API server that rejects every TokenReview; returns its URL and the count.
     async fn rejecting_api_server() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let reviews = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -401,31 +431,8 @@ mod tests {
             while let Ok((mut tcp, _)) = listener.accept().await {
                 let counter = counter.clone();
                 tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buffer = [0; 8192];
-                    // The head, then as much body as it announces.
-                    loop {
-                        let Ok(n) = tcp.read(&mut buffer).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        request.extend_from_slice(&buffer[..n]);
-                        let text = String::from_utf8_lossy(&request).to_string();
-                        if let Some(end) = text.find("\r\n\r\n") {
-                            let length = text[..end]
-                                .lines()
-                                .find_map(|l| {
-                                    l.to_ascii_lowercase()
-                                        .strip_prefix("content-length:")
-                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                                })
-                                .unwrap_or(0);
-                            if request.len() >= end + 4 + length {
-                                break;
-                            }
-                        }
+                    if read_test_request(&mut tcp).await.is_none() {
+                        return;
                     }
                     // Slow enough that concurrent requests overlap.
                     tokio::time::sleep(Duration::from_millis(100)).await;

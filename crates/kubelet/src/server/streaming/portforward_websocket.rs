@@ -384,30 +384,9 @@ mod tests {
             while let Ok((mut tcp, _)) = listener.accept().await {
                 let seen = seen.clone();
                 tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buffer = [0; 8192];
-                    let (head, body) = loop {
-                        let Ok(n) = tcp.read(&mut buffer).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        request.extend_from_slice(&buffer[..n]);
-                        let text = String::from_utf8_lossy(&request).to_string();
-                        if let Some(end) = text.find("\r\n\r\n") {
-                            let length = text[..end]
-                                .lines()
-                                .find_map(|l| {
-                                    l.to_ascii_lowercase()
-                                        .strip_prefix("content-length:")
-                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                                })
-                                .unwrap_or(0);
-                            if request.len() >= end + 4 + length {
-                                break (text[..end].to_string(), text[end + 4..].to_string());
-                            }
-                        }
+                    let Some((head, body)) = crate::server::auth::read_test_request(&mut tcp).await
+                    else {
+                        return;
                     };
                     let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
                     let answer = if head.contains("tokenreviews") {
