@@ -894,3 +894,49 @@ async fn pods_on_two_nodes_reach_each_other_by_pod_ip_and_by_service_ip_and_name
         );
     }
 }
+
+#[tokio::test]
+async fn on_the_node_network_a_guest_can_neither_listen_nor_reach_the_node_whatever_it_grants() {
+    let ns = TestNamespace::new("net-node").await.expect("namespace");
+    // No CNI: the pod shares the node's network (and its non-loopback address).
+    let node = KrustletNode::start_addressed(KRUSTLET, "net-node", &[]).expect("node");
+    node.wait_ready("True", LONG).await.expect("ready");
+    let node_ip = node.ip().to_string();
+    let port = node.port().to_string();
+    ns.api::<Pod>()
+        .create(
+            &PostParams::default(),
+            &sockets_pod(
+                "hostile",
+                node.name(),
+                Some("*"),
+                &[
+                    (
+                        "loopback",
+                        &["tcp-send", "127.0.0.1", &port, "GET / HTTP/1.0\r\n\r\n"],
+                    ),
+                    (
+                        "node",
+                        &["tcp-send", &node_ip, &port, "GET / HTTP/1.0\r\n\r\n"],
+                    ),
+                    ("listen", &["tcp-echo", "7000"]),
+                ],
+            ),
+        )
+        .await
+        .expect("create");
+    for container in ["loopback", "node", "listen"] {
+        let log = ended_logs(&ns, "hostile", container).await;
+        assert!(log.contains("access-denied"), "{container}: {log}");
+    }
+    let events = ns.api::<k8s_openapi::api::core::v1::Event>();
+    for text in [
+        format!("connection to 127.0.0.1:{port} denied: the pod shares the node's network"),
+        format!("connection to {node_ip}:{port} denied: the pod shares the node's network"),
+        "listening on tcp 0.0.0.0:7000 denied".to_string(),
+    ] {
+        krustlet_e2e::pods::wait_for_event(&events, "OutboundDenied", &text, LONG)
+            .await
+            .expect("an OutboundDenied event");
+    }
+}

@@ -122,6 +122,24 @@ async fn events(ns: &TestNamespace, pod: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Waits up to a minute for an event about `pod` with `reason` whose message has `text`
+/// (events are published in the background, after the status says so); panics with the
+/// events there are.
+async fn wait_event(ns: &TestNamespace, pod: &str, reason: &str, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = events(ns, pod).await;
+        if events.iter().any(|(r, m)| r == reason && m.contains(text)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pod}: no {reason} event with {text:?}: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Waits for `name` to be refused by the policy; returns the waiting message.
 async fn refused(ns: &TestNamespace, name: &str) -> String {
     let pods = ns.api::<Pod>();
@@ -247,13 +265,7 @@ async fn only_images_signed_by_a_trusted_key_run_and_a_policy_edit_reports_runni
             message.contains(expect) && message.contains("signed-apps"),
             "{name}: {message}"
         );
-        let events = events(&ns, name).await;
-        assert!(
-            events
-                .iter()
-                .any(|(r, m)| r == "SignatureVerificationFailed" && m.contains("signed-apps")),
-            "{name}: {events:?}"
-        );
+        wait_event(&ns, name, "SignatureVerificationFailed", "signed-apps").await;
     }
     assert_eq!(
         compiles(&node).await,
@@ -626,13 +638,7 @@ async fn keyless_signatures_run_only_for_the_trusted_identity_issuer_ca_and_log(
             message.contains(expect) && message.contains("keyless-apps"),
             "{name}: {message}"
         );
-        let events = events(&ns, name).await;
-        assert!(
-            events
-                .iter()
-                .any(|(r, m)| r == "SignatureVerificationFailed" && m.contains(expect)),
-            "{name}: {events:?}"
-        );
+        wait_event(&ns, name, "SignatureVerificationFailed", expect).await;
     }
 
     // `krustlet verify` names the identity; real cosign agrees the signature is valid for it.

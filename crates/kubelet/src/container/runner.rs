@@ -925,7 +925,8 @@ impl Runner {
                     &self.services.outbound_deny,
                     pod_network.namespace().is_some(),
                 )
-                .map_err(|message| (CONFIG_ERROR, message))?,
+                .map_err(|message| (CONFIG_ERROR, message))?
+                .with_node_addresses(self.services.node_ip.parse()),
                 DenialReporter::new({
                     let warn = self.services.events.warnings(&self.pod, self.field());
                     move |note| warn(OUTBOUND_DENIED, note)

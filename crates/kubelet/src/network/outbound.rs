@@ -286,6 +286,7 @@ pub struct OutboundPolicy {
     grants: Vec<Grant>,
     node_deny: Vec<Cidr>,
     own_namespace: bool,
+    node_ips: Vec<IpAddr>,
 }
 
 impl OutboundPolicy {
@@ -315,7 +316,15 @@ impl OutboundPolicy {
             grants,
             node_deny: node_deny.to_vec(),
             own_namespace,
+            node_ips: Vec::new(),
         })
+    }
+
+    /// The node's own addresses: on the node's network they are the node's services, as
+    /// loopback is, and refused whatever the pod grants.
+    pub fn with_node_addresses(mut self, ips: impl IntoIterator<Item = IpAddr>) -> Self {
+        self.node_ips = ips.into_iter().map(|ip| ip.to_canonical()).collect();
+        self
     }
 
     /// Whether the pod's guests may use `addr` for `what`; `names` are the names the guest
@@ -331,7 +340,7 @@ impl OutboundPolicy {
             Use::Listen(_) => Err(Denial::NodeListen),
             Use::Connect(protocol) => {
                 let ip = addr.ip().to_canonical();
-                if ip.is_loopback() {
+                if ip.is_loopback() || (!self.own_namespace && self.node_ips.contains(&ip)) {
                     return if self.own_namespace {
                         Ok(())
                     } else {
@@ -417,7 +426,8 @@ pub fn denial_message(protocol: Protocol, addr: SocketAddr, why: &Denial) -> Str
         ),
         Denial::NodeLoopback => format!(
             "outbound {protocol} connection to {addr} denied: the pod shares the node's \
-             network (no CNI), where loopback is the node's own"
+             network (no CNI), where loopback and the node's own addresses are the node's own \
+             services"
         ),
         Denial::NodeListen => format!(
             "listening on {protocol} {addr} denied: the pod shares the node's network (no \
@@ -731,8 +741,18 @@ mod tests {
     }
 
     #[test]
-    fn on_the_node_network_loopback_and_listening_are_refused() {
-        let p = policy("*", false);
+    fn on_the_node_network_loopback_the_node_and_listening_are_refused() {
+        let p = policy("*", false).with_node_addresses(["10.1.0.5".parse().expect("ip")]);
+        assert_eq!(
+            p.check(addr("10.1.0.5:10250"), Use::Connect(Protocol::Tcp), &[]),
+            Err(Denial::NodeLoopback)
+        );
+        // With its own namespace the node is just another host.
+        let own = policy("*", true).with_node_addresses(["10.1.0.5".parse().expect("ip")]);
+        assert_eq!(
+            own.check(addr("10.1.0.5:53"), Use::Connect(Protocol::Udp), &[]),
+            Ok(())
+        );
         assert_eq!(
             p.check(addr("127.0.0.1:10250"), Use::Connect(Protocol::Tcp), &[]),
             Err(Denial::NodeLoopback)
