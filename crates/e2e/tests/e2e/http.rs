@@ -1,6 +1,7 @@
 //! HTTP components (`wasi:http/incoming-handler`) on the node's network (no CNI yet): a pod
 //! answers on `podIP:containerPort` (its IP is the node's), a second pod on the same port
-//! gets a clear conflict, httpGet/tcpSocket probes flip Ready and restart the container,
+//! gets a clear conflict, httpGet/tcpSocket probes flip Ready and restart the container (a
+//! startup probe holding both back until it passes),
 //! grpc probes speak the gRPC health protocol to it over HTTP/2, deleting a pod drains its
 //! in-flight requests and an idle pod stops at once, and real
 //! `kubectl port-forward` through the API server (WebSocket tunnel and SPDY) carries 100
@@ -564,4 +565,66 @@ async fn port_forward_straight_to_the_kubelet_over_websocket() {
         "the kubelet panicked:\n{}",
         node.log()
     );
+}
+
+#[tokio::test]
+async fn a_startup_probe_holds_back_readiness_and_liveness_until_it_succeeds() {
+    let ns = TestNamespace::new("http-startup").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let port = free_port();
+    // The startup probe passes only after its initial delay; until then the container is not
+    // started, readiness does not run (not Ready) and liveness does not run (no restart),
+    // although /healthz always fails. Then liveness restarts it.
+    create(
+        &pods,
+        http_pod(
+            "slow",
+            port,
+            2,
+            json!({
+                "env": [{"name": "HEALTHZ_FAIL_AFTER", "value": "0"}],
+                "startupProbe": {"httpGet": {"path": "/", "port": port},
+                                 "initialDelaySeconds": 15, "periodSeconds": 1},
+                "readinessProbe": {"httpGet": {"path": "/", "port": port}, "periodSeconds": 1},
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": port},
+                                  "periodSeconds": 1, "failureThreshold": 1}
+            }),
+        ),
+    )
+    .await
+    .expect("create");
+    let running_pod = wait_for(&pods, "slow", LONG, "running", running)
+        .await
+        .expect("running");
+    let started_at = container_status(&running_pod, "web")
+        .and_then(|s| s.state.as_ref()?.running.as_ref()?.started_at.clone())
+        .expect("startedAt")
+        .0;
+    // Watch it for the startup probe's delay (less a margin): never started, ready or restarted.
+    loop {
+        let elapsed = jiff::Timestamp::now().duration_since(started_at);
+        if elapsed > jiff::SignedDuration::from_secs(12) {
+            break;
+        }
+        let pod = pods.get("slow").await.expect("get");
+        let web = container_status(&pod, "web").expect("status").clone();
+        assert_eq!(
+            web.started,
+            Some(false),
+            "started during the startup delay: {web:?}"
+        );
+        assert!(!web.ready, "ready during the startup delay: {web:?}");
+        assert_eq!(
+            web.restart_count, 0,
+            "restarted during the startup delay: {web:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Then it starts, and liveness (which always fails) restarts it.
+    wait_for(&pods, "slow", LONG, "restarted by liveness", |p| {
+        container_status(p, "web").is_some_and(|c| c.restart_count >= 1)
+    })
+    .await
+    .expect("restarted once started");
+    wait_event(&ns, "Unhealthy", "Liveness probe failed").await;
 }
