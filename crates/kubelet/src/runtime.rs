@@ -187,6 +187,8 @@ pub struct ExecSpec {
     pub limits: Limits,
     /// Its stdio.
     pub io: ExecIo,
+    /// What its own sockets get: the container's guest network (`None`: no sockets).
+    pub guest_network: Option<crate::network::outbound::GuestNetwork>,
 }
 
 /// How a container run ended.

@@ -193,8 +193,8 @@ impl Runtime for WasiRuntime {
                 stdio: Stdio::Streams(spec.io),
                 limits: spec.limits,
                 usage: usage.clone(),
-                // An exec'd instance gets no sockets of its own (docs/pod-spec.md).
-                network: None,
+                // The container's sockets: same namespace, grants and DNS.
+                network: spec.guest_network,
             };
             Ok(self.launch(program, run, usage))
         }

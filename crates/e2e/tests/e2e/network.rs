@@ -705,6 +705,24 @@ async fn a_wasi_sockets_component_serves_tcp_and_udp_echo_on_its_pod_ip() {
     assert_eq!(udp_reply, "hello over udp");
     let log = kubectl(&["logs", "-n", ns.name(), "echo", "-c", "tcp"]).expect("logs");
     assert!(log.contains(&format!("accepted {}", client.ip())), "{log}");
+    // `kubectl exec` runs another instance with the container's sockets: inside the pod's
+    // namespace, where the pod's loopback is its own (no grant needed).
+    let out = kubectl(&[
+        "exec",
+        "-n",
+        ns.name(),
+        "echo",
+        "-c",
+        "udp",
+        "--",
+        "sockets",
+        "tcp-send",
+        "127.0.0.1",
+        "7000",
+        "hello from exec\n",
+    ])
+    .expect("kubectl exec tcp-send");
+    assert_eq!(out, "hello from exec\n");
 }
 
 #[tokio::test]

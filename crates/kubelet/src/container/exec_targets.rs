@@ -76,6 +76,8 @@ pub struct ExecTarget {
     pub stopped: CancellationToken,
     /// The run's stdin, when the container has one (`stdin: true`).
     pub input: Option<AttachInput>,
+    /// The container's guest network, which exec'd instances share.
+    pub guest_network: Option<crate::network::outbound::GuestNetwork>,
 }
 
 impl ExecTarget {
@@ -90,6 +92,7 @@ impl ExecTarget {
             mounts: self.mounts.clone(),
             limits: self.limits,
             io,
+            guest_network: self.guest_network.clone(),
         }
     }
 }
@@ -187,6 +190,7 @@ mod tests {
             runtime: Arc::new(crate::runtime::fake::FakeRuntime::default()),
             stopped: CancellationToken::new(),
             input: None,
+            guest_network: None,
         };
         let first = targets.register("ns", "pod", "c", target());
         let stopped = first.target.stopped.clone();

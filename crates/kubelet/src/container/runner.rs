@@ -885,7 +885,24 @@ impl Runner {
         } else {
             (None, None)
         };
+        // The program's own sockets; exec'd instances share them (grants, names, denials).
+        let guest_network = GuestNetwork::new(
+            pod_network.namespace(),
+            OutboundPolicy::for_pod(
+                self.pod.metadata.annotations.as_ref(),
+                &self.services.outbound_deny,
+                pod_network.namespace().is_some(),
+            )
+            .map_err(|message| (CONFIG_ERROR, message))?
+            .with_node_addresses(self.services.node_ip.parse()),
+            DenialReporter::new({
+                let warn = self.services.events.warnings(&self.pod, self.field());
+                move |note| warn(OUTBOUND_DENIED, note)
+            }),
+            Some(self.pod_dns().await),
+        );
         let exec_target = ExecTarget {
+            guest_network: Some(guest_network.clone()),
             input,
             pod_uid: uid.to_string(),
             program: program.clone(),
@@ -918,21 +935,7 @@ impl Runner {
             mounts,
             limits,
             log,
-            guest_network: Some(GuestNetwork::new(
-                pod_network.namespace(),
-                OutboundPolicy::for_pod(
-                    self.pod.metadata.annotations.as_ref(),
-                    &self.services.outbound_deny,
-                    pod_network.namespace().is_some(),
-                )
-                .map_err(|message| (CONFIG_ERROR, message))?
-                .with_node_addresses(self.services.node_ip.parse()),
-                DenialReporter::new({
-                    let warn = self.services.events.warnings(&self.pod, self.field());
-                    move |note| warn(OUTBOUND_DENIED, note)
-                }),
-                Some(self.pod_dns().await),
-            )),
+            guest_network: Some(guest_network),
             ports: ContainerPorts {
                 tcp: crate::network::tcp_ports(c),
                 network: Some(pod_network),

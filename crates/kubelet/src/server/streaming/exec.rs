@@ -626,6 +626,7 @@ mod tests {
             runtime: Arc::new(crate::runtime::fake::FakeRuntime::default()),
             stopped: tokio_util::sync::CancellationToken::new(),
             input: None,
+            guest_network: None,
         })
     }
 
