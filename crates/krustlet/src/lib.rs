@@ -29,7 +29,12 @@ pub fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Every runtime thread starts in the kubelet's network namespace (see `return_home`).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(kubelet::network::netns::return_home)
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("krustlet: cannot start the async runtime: {error}");

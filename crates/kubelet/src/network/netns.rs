@@ -241,6 +241,18 @@ fn home() -> Result<&'static File, NetnsError> {
         })
 }
 
+/// Moves the calling thread to the kubelet's network namespace. The async runtime runs it at
+/// the start of each of its threads: a thread inherits the namespace of the thread that
+/// spawns it, and tokio may spawn a blocking-pool thread from a worker that is polling an
+/// [`InNamespace`] future, which would otherwise stay in that pod's namespace for every later
+/// blocking task (the kubelet's own name lookups among them). Without `CAP_SYS_ADMIN` nothing
+/// ever enters a pod's namespace, and this does nothing.
+pub fn return_home() {
+    if let Ok(home) = home() {
+        let _ = nix::sched::setns(home, CloneFlags::CLONE_NEWNET);
+    }
+}
+
 /// A future that runs inside a network namespace: each poll enters the namespace on the
 /// polling thread and returns to the kubelet's before it yields, so every socket the future
 /// creates while polled (a guest's `wasi:sockets`, which wasmtime-wasi creates on the calling
@@ -456,6 +468,29 @@ mod tests {
             .run(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
             .expect("run");
         assert!(reached);
+        remove(ns.path()).expect("remove");
+    }
+
+    #[test]
+    fn a_thread_born_inside_a_namespace_returns_home() {
+        require_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ns = NetNs::create(&dir.path().join("pod")).expect("create");
+        let inode = |path: &str| std::fs::metadata(path).expect("ns").ino();
+        let kubelet = inode("/proc/self/ns/net");
+        let (born, after) = ns
+            .run(|| {
+                std::thread::spawn(move || {
+                    let born = inode("/proc/thread-self/ns/net");
+                    return_home();
+                    (born, inode("/proc/thread-self/ns/net"))
+                })
+                .join()
+                .expect("thread")
+            })
+            .expect("run");
+        assert_ne!(born, kubelet, "a child thread inherits the namespace");
+        assert_eq!(after, kubelet);
         remove(ns.path()).expect("remove");
     }
 }
