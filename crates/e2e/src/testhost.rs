@@ -134,21 +134,21 @@ fn forward_loopback(netns: &str, ports: &[u16]) -> anyhow::Result<Vec<tokio::tas
         .collect()
 }
 
-/// Makes a child die with the thread that spawned it, as [`crate::node`] does for nodes.
+/// Makes a child start inside `netns` and die with the thread that spawned it (the node
+/// harness's [`crate::node::lifeline`]).
 #[allow(unsafe_code)]
 fn enter_and_lifeline(command: &mut Command, netns: &str) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let file = std::fs::File::open(netns_path(netns))
         .with_context(|| format!("opening network namespace {netns}"))?;
-    // SAFETY: setns and prctl are async-signal-safe; the closure owns the file it reads.
+    // SAFETY: setns is async-signal-safe; the closure owns the file it reads.
     unsafe {
         command.pre_exec(move || {
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)?;
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                 .map_err(std::io::Error::from)
         });
     }
+    crate::node::lifeline(command);
     Ok(())
 }
 

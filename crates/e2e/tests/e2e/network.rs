@@ -20,18 +20,6 @@ use crate::KRUSTLET;
 
 const LONG: Duration = Duration::from_secs(120);
 
-/// Whether `ip` is in `cidr` (`a.b.c.d/n`).
-fn in_cidr(ip: Ipv4Addr, cidr: &str) -> bool {
-    let Some((net, bits)) = cidr.split_once('/') else {
-        return false;
-    };
-    let (Ok(net), Ok(bits)) = (net.parse::<Ipv4Addr>(), bits.parse::<u32>()) else {
-        return false;
-    };
-    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
-    u32::from(ip) & mask == u32::from(net) & mask
-}
-
 /// `curl -sS` of `url` from inside `host`, retried until it answers 2xx or `timeout` passes
 /// (kube-proxy and CoreDNS pick up new Services within a few seconds); the body.
 async fn curl_from(host: &TestHost, url: &str, timeout: Duration) -> String {
@@ -216,7 +204,12 @@ async fn three_http_replicas_get_pod_ips_and_answer_by_pod_ip_cluster_ip_and_dns
     let ips: BTreeSet<Ipv4Addr> = pods.iter().map(|(_, ip)| *ip).collect();
     assert_eq!(ips.len(), 3, "pod IPs not distinct: {pods:?}");
     for ip in &ips {
-        assert!(in_cidr(*ip, &pod_cidr), "{ip} not in {pod_cidr}");
+        assert!(
+            pod_cidr
+                .parse::<kubelet::network::outbound::Cidr>()
+                .is_ok_and(|cidr| cidr.contains((*ip).into())),
+            "{ip} not in {pod_cidr}"
+        );
         assert_ne!(std::net::IpAddr::from(*ip), server.ip());
     }
 

@@ -128,10 +128,7 @@ async fn attempt(
     service: &str,
     timeout: Duration,
 ) -> Result<(), String> {
-    let addr = match network.ip() {
-        std::net::IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-        std::net::IpAddr::V4(v4) => format!("{v4}:{port}"),
-    };
+    let addr = std::net::SocketAddr::new(network.ip(), port).to_string();
     let connect_error =
         |e: String| format!("timeout: failed to connect service {addr:?} within {timeout:?}: {e}");
     let stream = network

@@ -278,10 +278,7 @@ async fn http_attempt(
     let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let host = match network.ip() {
-        std::net::IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-        std::net::IpAddr::V4(v4) => format!("{v4}:{port}"),
-    };
+    let host = std::net::SocketAddr::new(network.ip(), port).to_string();
     let mut request = http::Request::get(path)
         .header(http::header::HOST, host)
         .header(http::header::USER_AGENT, "kube-probe/1.35")
