@@ -3,7 +3,7 @@
 //! test fails when the checked-in file differs.
 
 use clap::{Arg, ArgAction, Args, Command, CommandFactory};
-use kubelet::config::Flags;
+use kubelet::config::{CONFIG_KEY_EXCEPTIONS, Flags};
 
 use crate::cli::Cli;
 
@@ -101,7 +101,10 @@ fn table(out: &mut String, args: &[&Arg], keys: bool) {
         let key = match arg.get_long() {
             // `--config` names the file itself.
             Some("config") | None => String::new(),
-            Some(long) => format!("`{}`", camel(long)),
+            Some(long) => match CONFIG_KEY_EXCEPTIONS.iter().find(|(flag, _)| *flag == long) {
+                Some((_, key)) => format!("`{key}`"),
+                None => format!("`{}`", camel(long)),
+            },
         };
         if keys {
             out.push_str(&format!(
@@ -148,7 +151,8 @@ pub fn configuration_reference() -> String {
     out.push_str(
         "Settings come from, highest precedence first: command-line flags, `KRUSTLET_*` \
          environment variables, the YAML file given by `--config` (its keys are the flag names \
-         in camelCase, as in the *config key* column), and the defaults shown. A list flag \
+         in camelCase but for the kubelet's own `kubeAPIQPS` and `kubeAPIBurst`, as in the \
+         *config key* column), and the defaults shown. A list flag \
          takes comma-separated values; in the config file it is a YAML list.\n\n\
          Example config file: [`deploy/systemd/krustlet.yaml`](../deploy/systemd/krustlet.yaml).\n\n",
     );
@@ -244,6 +248,7 @@ mod tests {
             assert!(reference.contains(&format!("--{long}")), "--{long} missing");
         }
         assert!(reference.contains("`maxPods`"));
+        assert!(reference.contains("`kubeAPIQPS`"), "the kubelet's own key");
         assert!(reference.contains("`KRUSTLET_MAX_PODS`"));
         assert!(reference.contains("`110`"));
     }

@@ -2,7 +2,8 @@
 //! YAML config file, merged into one [`KubeletConfig`].
 //!
 //! Precedence, highest first: flags, environment variables, the config file (`--config`),
-//! built-in defaults. The config file uses the flags' names in camelCase (`maxPods: 50`).
+//! built-in defaults. The config file uses the flags' names in camelCase (`maxPods: 50`), but for
+//! the kubelet's own spellings in [`CONFIG_KEY_EXCEPTIONS`] (`kubeAPIQPS`).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::quantity;
+
+/// Flags whose config-file key is not their name in camelCase, with their key: the kubelet's
+/// own `KubeletConfiguration` spelling.
+pub const CONFIG_KEY_EXCEPTIONS: &[(&str, &str)] = &[
+    ("kube-api-qps", "kubeAPIQPS"),
+    ("kube-api-burst", "kubeAPIBurst"),
+];
 
 /// Flags shared by every mode that runs pods; each also reads `KRUSTLET_<NAME>` and the config
 /// file key of the same name in camelCase.
@@ -164,6 +172,23 @@ pub struct Flags {
           value_parser = clap::value_parser!(u32).range(4..=3600))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_lease_duration_seconds: Option<u32>,
+
+    /// Requests per second the node's API client may make on average, as the kubelet's
+    /// --kube-api-qps; beyond that a request waits for its turn. 0 means client-go's own
+    /// default, 5 (rest.RESTClientFor's DefaultQPS, what the kubelet gets for 0). Lease, node
+    /// status and events share it (the kubelet exempts them). [default: 50]
+    #[arg(long, env = "KRUSTLET_KUBE_API_QPS", value_name = "QPS",
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    #[serde(rename = "kubeAPIQPS", skip_serializing_if = "Option::is_none")]
+    pub kube_api_qps: Option<u32>,
+
+    /// Most requests the node's API client may make at once before --kube-api-qps paces it, as
+    /// the kubelet's --kube-api-burst; at least 1 when --kube-api-qps is above 0 (with a QPS of
+    /// 0, 0 means client-go's DefaultBurst, 10). [default: 100]
+    #[arg(long, env = "KRUSTLET_KUBE_API_BURST", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    #[serde(rename = "kubeAPIBurst", skip_serializing_if = "Option::is_none")]
+    pub kube_api_burst: Option<u32>,
 
     /// Thresholds that raise MemoryPressure, DiskPressure and PIDPressure, as the kubelet's
     /// --eviction-hard: memory.available<100Mi,nodefs.available<10%,pid.available<5%.
@@ -503,6 +528,8 @@ pub struct KubeletConfig {
     pub node_status_report_frequency: Duration,
     /// Node lease duration in seconds.
     pub node_lease_duration_seconds: u32,
+    /// The node's API client rate limit.
+    pub kube_api_limit: crate::bootstrap::rate_limit::RateLimit,
     /// Hard pressure thresholds.
     pub eviction_hard: Vec<Threshold>,
     /// Soft pressure thresholds, each with its grace period.
@@ -623,6 +650,14 @@ impl Flags {
                 .node_status_report_frequency
                 .unwrap_or(Duration::from_secs(300)),
             node_lease_duration_seconds: self.node_lease_duration_seconds.unwrap_or(40),
+            kube_api_limit: crate::bootstrap::rate_limit::RateLimit::from_kubelet_flags(
+                self.kube_api_qps.unwrap_or(50),
+                self.kube_api_burst.unwrap_or(100),
+            )
+            .map_err(|message| ConfigError::Invalid {
+                flag: "kube-api-burst",
+                message,
+            })?,
             eviction_hard: self.eviction_hard.unwrap_or_else(Threshold::defaults),
             eviction_soft: soft_thresholds(
                 self.eviction_soft.unwrap_or_default(),
@@ -1279,6 +1314,41 @@ mod tests {
         assert_eq!(t.quantity.of(1000), 100);
         assert!("cpu.available<1".parse::<Threshold>().is_err());
         assert_eq!(Threshold::defaults().len(), 3);
+    }
+
+    #[test]
+    fn kube_api_limits_use_the_kubelets_keys_and_defaults() {
+        use crate::bootstrap::rate_limit::RateLimit;
+        let resolve = |flags: Flags| flags.resolve().expect("config").kube_api_limit;
+        let named = || Flags {
+            node_name: Some("n".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(named()),
+            RateLimit {
+                qps: 50,
+                burst: 100
+            },
+            "the kubelet's defaults"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, "kubeAPIQPS: 5\nkubeAPIBurst: 10\n").expect("write");
+        let flags = Flags {
+            config: Some(file),
+            ..named()
+        }
+        .merge_config_file()
+        .expect("the kubelet's KubeletConfiguration keys");
+        assert_eq!(resolve(flags), RateLimit { qps: 5, burst: 10 });
+        let refused = Flags {
+            kube_api_qps: Some(5),
+            kube_api_burst: Some(0),
+            ..named()
+        }
+        .resolve();
+        assert!(refused.is_err(), "a burst of 0 with a QPS above 0");
     }
 
     #[test]

@@ -528,3 +528,40 @@ async fn pods_deleted_while_the_node_was_down_are_cleaned_up_on_return() {
         .expect("cleaned up");
     eprintln!("pod deleted while away was gone {took:?} after restart");
 }
+
+#[tokio::test]
+async fn a_node_with_a_tight_api_rate_limit_still_runs_pods() {
+    use krustlet_e2e::pods::{create, for_node, wait_for_phase};
+    // Far below the default 50/100: registration, lease, status and pod status all share it.
+    let node = KrustletNode::start(
+        KRUSTLET,
+        "qps",
+        &["--kube-api-qps=5", "--kube-api-burst=10"],
+    )
+    .expect("start");
+    node.wait_ready("True", Duration::from_secs(90))
+        .await
+        .expect("Ready");
+    let ns = krustlet_e2e::TestNamespace::new("qps")
+        .await
+        .expect("namespace");
+    let pods = ns.api::<k8s_openapi::api::core::v1::Pod>();
+    create(
+        &pods,
+        for_node(
+            serde_json::json!({
+                "metadata": {"name": "hello"},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "main", "image": krustlet_e2e::workloads::multitool(), "args": ["hello"]}]
+                }
+            }),
+            node.name(),
+        ),
+    )
+    .await
+    .expect("create");
+    wait_for_phase(&pods, "hello", "Succeeded", Duration::from_secs(120))
+        .await
+        .expect("Succeeded under --kube-api-qps=5");
+}

@@ -10,6 +10,7 @@
 pub mod certs;
 pub mod clients;
 pub mod csr;
+pub mod rate_limit;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::KubeletConfig;
 use certs::{CertBundle, CertError};
 use csr::{CLIENT_SIGNER, CsrError, NodeCsr, SERVING_SIGNER, wait_for_certificate};
+use rate_limit::RateLimit;
 
 /// How long to wait for a client certificate during bootstrap before giving up.
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(300);
@@ -79,8 +81,12 @@ pub struct CertificateExpired {
     pub after: Duration,
 }
 
-/// Loads a kubeconfig file into a client.
-pub async fn load_client(path: &Path) -> Result<kube::Client, BootstrapError> {
+/// Loads a kubeconfig file into a client, rate-limited by `limit` if given (the node's
+/// client: `--kube-api-qps`, `--kube-api-burst`).
+pub async fn load_client(
+    path: &Path,
+    limit: Option<RateLimit>,
+) -> Result<kube::Client, BootstrapError> {
     let error = |message: String| BootstrapError::Kubeconfig {
         path: path.into(),
         message,
@@ -89,7 +95,12 @@ pub async fn load_client(path: &Path) -> Result<kube::Client, BootstrapError> {
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .map_err(|e| error(e.to_string()))?;
-    kube::Client::try_from(config).map_err(|e| error(e.to_string()))
+    let Some(limit) = limit else {
+        return kube::Client::try_from(config).map_err(|e| error(e.to_string()));
+    };
+    let builder =
+        kube::client::ClientBuilder::try_from(config).map_err(|e| error(e.to_string()))?;
+    Ok(builder.with_layer(&limit.layer()).build())
 }
 
 /// Returns a client with the node's own credentials, bootstrapping them if needed:
@@ -101,7 +112,7 @@ pub async fn node_client(config: &KubeletConfig) -> Result<kube::Client, Bootstr
         let expired =
             CertBundle::load(&cert_path)?.is_some_and(|b| !b.is_valid_at(SystemTime::now()));
         if !(expired && config.bootstrap_kubeconfig.is_some()) {
-            return load_client(&config.kubeconfig).await;
+            return load_client(&config.kubeconfig, Some(config.kube_api_limit)).await;
         }
         tracing::warn!(cert = %cert_path.display(), "client certificate expired; bootstrapping again");
     }
@@ -110,7 +121,7 @@ pub async fn node_client(config: &KubeletConfig) -> Result<kube::Client, Bootstr
             path: config.kubeconfig.clone(),
         });
     };
-    let bootstrap_client = load_client(bootstrap).await?;
+    let bootstrap_client = load_client(bootstrap, None).await?;
     tracing::info!(node = %config.node_name, "requesting a client certificate (TLS bootstrap)");
     let bundle = request(
         &bootstrap_client,
@@ -123,7 +134,7 @@ pub async fn node_client(config: &KubeletConfig) -> Result<kube::Client, Bootstr
     bundle.store(&cert_path)?;
     write_node_kubeconfig(bootstrap, &config.kubeconfig, &cert_path)?;
     tracing::info!(kubeconfig = %config.kubeconfig.display(), "client certificate issued");
-    load_client(&config.kubeconfig).await
+    load_client(&config.kubeconfig, Some(config.kube_api_limit)).await
 }
 
 async fn request(
@@ -254,7 +265,7 @@ pub async fn rotate_client_certificate(
             .await
             .map_err(BootstrapError::from)?;
             new.store(&path)?;
-            load_client(&config.kubeconfig).await
+            load_client(&config.kubeconfig, Some(config.kube_api_limit)).await
         };
         let rotated = tokio::select! {
             _ = shutdown.cancelled() => return,
