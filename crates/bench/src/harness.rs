@@ -1,7 +1,9 @@
-//! What every scenario needs: nodes of this binary, a namespace, pod manifests, and a watch
-//! that records when each pod was first seen Running and Succeeded.
+//! What every scenario needs: nodes of every kind (Krustlet, and the peers of `--against`), a
+//! namespace, pod manifests, and a watch that records when each pod was first seen Running and
+//! Succeeded.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,39 +16,260 @@ use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 
 use crate::RUN_AS_NODE;
+use crate::floor::FloorNode;
+use crate::hollow::HollowNode;
+
+/// A kind of node a scenario runs on (`--against` names the peers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Kind {
+    /// A Krustlet node: this binary, re-run as `krustlet`.
+    Krustlet,
+    /// kubemark's hollow node: upstream's kubelet with a fake runtime ([`crate::hollow`]).
+    Hollow,
+    /// The floor: a client that only patches pod status ([`crate::floor`]).
+    Floor,
+}
+
+impl Kind {
+    /// The kind's name in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Krustlet => "krustlet",
+            Self::Hollow => "hollow",
+            Self::Floor => "floor",
+        }
+    }
+
+    /// Whether pods on this kind ever complete: the hollow node's fake runtime starts every
+    /// container Running and never ends one (`FakeRuntimeService.StartContainer`).
+    pub fn completes(self) -> bool {
+        !matches!(self, Self::Hollow)
+    }
+
+    /// The phase that ends a pod's run on this kind: Succeeded, or Running where pods never
+    /// complete.
+    pub fn done_phase(self) -> &'static str {
+        if self.completes() {
+            "Succeeded"
+        } else {
+            "Running"
+        }
+    }
+
+    /// Whether `seen` reached [`Self::done_phase`].
+    pub fn done(self, seen: &Seen) -> bool {
+        if self.completes() {
+            seen.succeeded.is_some()
+        } else {
+            seen.running.is_some()
+        }
+    }
+}
+
+/// A running node of any [`Kind`]; stopped, and its Node object deleted, on drop.
+pub enum BenchNode {
+    /// A Krustlet node (boxed: it is much larger than the others).
+    Krustlet(Box<KrustletNode>),
+    /// A hollow node.
+    Hollow(HollowNode),
+    /// A floor node.
+    Floor(FloorNode),
+}
+
+impl BenchNode {
+    /// Starts a node of `kind` with room for `max_pods` pods (a Krustlet node with
+    /// `krustlet_args` too) and waits until pods can land on it (Ready, and no taints but the
+    /// wasm ones that every kind registers with).
+    ///
+    /// # Errors
+    /// When the node cannot be started (for the hollow node, when kubemark is missing) or does
+    /// not become schedulable.
+    pub async fn start(
+        kind: Kind,
+        prefix: &str,
+        max_pods: usize,
+        krustlet_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let node = match kind {
+            Kind::Krustlet => {
+                let exe = std::env::current_exe().context("locating this binary")?;
+                let exe = exe.to_str().context("binary path is not UTF-8")?;
+                let max_pods = format!("--max-pods={max_pods}");
+                let args: Vec<&str> = std::iter::once(max_pods.as_str())
+                    .chain(krustlet_args.iter().copied())
+                    .collect();
+                Self::Krustlet(Box::new(KrustletNode::start_with_env(
+                    exe,
+                    prefix,
+                    &args,
+                    &[(RUN_AS_NODE, "1")],
+                )?))
+            }
+            Kind::Hollow => Self::Hollow(HollowNode::start(&unique_name(prefix), max_pods)?),
+            Kind::Floor => {
+                let client = krustlet_e2e::cluster::client().await?;
+                Self::Floor(FloorNode::start(client, &unique_name(prefix), max_pods).await?)
+            }
+        };
+        node.wait_schedulable(Duration::from_secs(120)).await?;
+        Ok(node)
+    }
+
+    /// The node's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::Krustlet(_) => Kind::Krustlet,
+            Self::Hollow(_) => Kind::Hollow,
+            Self::Floor(_) => Kind::Floor,
+        }
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Krustlet(node) => node.name(),
+            Self::Hollow(node) => node.name(),
+            Self::Floor(node) => node.name(),
+        }
+    }
+
+    /// The Krustlet node, for what only it has (data dir, restarts).
+    ///
+    /// # Errors
+    /// When the node is of another kind.
+    pub fn krustlet_mut(&mut self) -> anyhow::Result<&mut KrustletNode> {
+        match self {
+            Self::Krustlet(node) => Ok(node),
+            other => bail!("a {} node is not a Krustlet node", other.kind().name()),
+        }
+    }
+
+    /// The node's own process, if it has one (the floor runs inside the benchmark).
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Krustlet(node) => node.pid(),
+            Self::Hollow(node) => Some(node.pid()),
+            Self::Floor(_) => None,
+        }
+    }
+
+    /// `kubelet_pod_start_duration_seconds` (sum, count), where the node has it.
+    pub async fn pod_start_metric(&self) -> Option<(f64, f64)> {
+        match self {
+            Self::Krustlet(node) => Some(pod_start_metric(node).await),
+            Self::Hollow(node) => Some(node.pod_start_metric().await),
+            Self::Floor(_) => None,
+        }
+    }
+
+    /// Fails when the node stopped acting on its pods (the floor's tasks; a process that
+    /// exited).
+    pub fn health(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Floor(node) => Ok(node.health()?),
+            Self::Krustlet(_) | Self::Hollow(_) => Ok(()),
+        }
+    }
+
+    /// The node's log, for failure messages (the floor has none).
+    pub fn log(&self) -> String {
+        match self {
+            Self::Krustlet(node) => node.log(),
+            Self::Hollow(node) => node.log(),
+            Self::Floor(_) => String::new(),
+        }
+    }
+
+    async fn wait_schedulable(&self, timeout: Duration) -> anyhow::Result<()> {
+        wait_schedulable(self.name(), timeout, || {
+            format!("{} node; log:\n{}", self.kind().name(), self.log())
+        })
+        .await
+    }
+}
+
+/// Waits until Node `name` is Ready and carries no taints but the wasm ones (the not-ready
+/// taint goes a moment after Ready); `context` describes the node for the error.
+async fn wait_schedulable(
+    name: &str,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(krustlet_e2e::cluster::client().await?);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(current) = nodes.get_opt(name).await? {
+            let ready = krustlet_e2e::node::ready_status(&current).as_deref() == Some("True");
+            let extra_taints = current
+                .spec
+                .and_then(|s| s.taints)
+                .unwrap_or_default()
+                .iter()
+                .any(|t| t.key != "kubernetes.io/arch");
+            if ready && !extra_taints {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "node {name} not Ready without extra taints within {timeout:?}: {}",
+                context()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+impl Drop for BenchNode {
+    fn drop(&mut self) {
+        // A Krustlet or hollow node deletes its Node object itself.
+        if let Self::Floor(node) = self {
+            delete_node(node.name());
+        }
+    }
+}
+
+/// `<prefix>-<pid>-<n>`, unique in this process and across processes, as Krustlet nodes are.
+fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-p{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Deletes a Node object without waiting (drop cannot await; kubectl as the e2e harness does).
+pub fn delete_node(name: &str) {
+    let info = krustlet_e2e::cluster();
+    let _ = std::process::Command::new(&info.kubectl)
+        .arg("--kubeconfig")
+        .arg(&info.kubeconfig)
+        .args(["delete", "node", name, "--wait=false", "--ignore-not-found"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
 
 /// Starts a Krustlet node (this binary, as `krustlet`) and waits until pods can land on it.
 pub async fn start_node(prefix: &str, extra_args: &[&str]) -> anyhow::Result<KrustletNode> {
     let exe = std::env::current_exe().context("locating this binary")?;
     let exe = exe.to_str().context("binary path is not UTF-8")?;
     let node = KrustletNode::start_with_env(exe, prefix, extra_args, &[(RUN_AS_NODE, "1")])?;
-    node.wait_ready("True", Duration::from_secs(120)).await?;
-    // The not-ready taint goes a moment after Ready.
-    let nodes: Api<Node> = Api::all(krustlet_e2e::cluster::client().await?);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let current = nodes.get(node.name()).await?;
-        let extra_taints = current
-            .spec
-            .and_then(|s| s.taints)
-            .unwrap_or_default()
-            .iter()
-            .any(|t| t.key != "kubernetes.io/arch");
-        if !extra_taints {
-            return Ok(node);
-        }
-        if Instant::now() > deadline {
-            bail!("node {} kept taints besides the wasm ones", node.name());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_schedulable(node.name(), Duration::from_secs(120), || {
+        format!("log:\n{}", node.log())
+    })
+    .await?;
+    Ok(node)
 }
 
 /// A node, a namespace with a pod watch, and the multitool image already pulled and compiled
-/// on the node (one warm-up pod ran): where every cached-image scenario starts.
+/// on the node (one warm-up pod ran): where every cached-image scenario starts. Peers get the
+/// same manifests (the hollow node's fake image service takes any image name; the floor reads
+/// none).
 pub struct Warm {
     /// The node.
-    pub node: KrustletNode,
+    pub node: BenchNode,
     /// The namespace (deleted on drop).
     pub ns: krustlet_e2e::TestNamespace,
     /// Pods in the namespace.
@@ -58,24 +281,26 @@ pub struct Warm {
 }
 
 impl Warm {
-    /// Starts a node with `extra_args` and runs the warm-up pod.
-    pub async fn start(prefix: &str, extra_args: &[&str]) -> anyhow::Result<Self> {
-        let node = start_node(prefix, extra_args).await?;
+    /// Starts a node of `kind` with room for `max_pods` pods (a Krustlet node with
+    /// `krustlet_args` too) and runs the warm-up pod to its kind's end ([`Kind::done_phase`]).
+    pub async fn start(
+        kind: Kind,
+        prefix: &str,
+        max_pods: usize,
+        krustlet_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let node = BenchNode::start(kind, prefix, max_pods, krustlet_args).await?;
         let ns = krustlet_e2e::TestNamespace::new(prefix).await?;
         let api = ns.api::<Pod>();
         let observer = Observer::start(api.clone());
         let image = krustlet_e2e::workloads::multitool();
-        create(
-            &api,
-            &pod("warmup", node.name(), &image, &["hello"], "Never")?,
-        )
-        .await?;
+        create(&api, &bench_pod("warmup", node.name(), &image, Work::Exit)?).await?;
         observer
             .wait_all(
                 &["warmup".to_string()],
                 Duration::from_secs(180),
-                "Succeeded",
-                |s| s.succeeded.is_some(),
+                kind.done_phase(),
+                |s| kind.done(s),
             )
             .await?;
         Ok(Self {
@@ -86,6 +311,36 @@ impl Warm {
             image,
         })
     }
+}
+
+/// What a benchmark pod's program does.
+#[derive(Debug, Clone, Copy)]
+pub enum Work {
+    /// Prints and exits 0 (`hello`).
+    Exit,
+    /// Sleeps this many seconds, then exits 0.
+    Sleep(u64),
+    /// Sleeps for good (until deleted).
+    Forever,
+}
+
+/// A multitool pod on `node` doing `work`, restart policy Never, annotated with how long it
+/// runs for the floor node ([`crate::floor::RUNS_FOR_MS`]).
+pub fn bench_pod(name: &str, node: &str, image: &str, work: Work) -> anyhow::Result<Pod> {
+    let (args, runs_for_ms): (Vec<String>, Option<u64>) = match work {
+        Work::Exit => (vec!["hello".into()], Some(0)),
+        Work::Sleep(s) => (vec!["sleep".into(), s.to_string()], Some(s * 1000)),
+        Work::Forever => (vec!["sleep".into(), "100000".into()], None),
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut pod = pod(name, node, image, &args, "Never")?;
+    if let Some(ms) = runs_for_ms {
+        pod.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(crate::floor::RUNS_FOR_MS.to_string(), ms.to_string());
+    }
+    Ok(pod)
 }
 
 /// A multitool pod on `node` running `args`.
@@ -185,13 +440,13 @@ impl Observer {
             .unwrap_or_default()
     }
 
-    /// Pods seen Succeeded.
-    pub fn succeeded_names(&self) -> Vec<String> {
+    /// Pods seen done on a node of `kind` ([`Kind::done`]).
+    pub fn done_names(&self, kind: Kind) -> Vec<String> {
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|(_, s)| s.succeeded.is_some())
+            .filter(|(_, s)| kind.done(s))
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -268,6 +523,12 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 /// `kubelet_pod_start_duration_seconds` (sum, count) from the node's `/metrics`.
 pub async fn pod_start_metric(node: &KrustletNode) -> (f64, f64) {
     let text = krustlet_e2e::kubelet_api::kubelet_get(node, "/metrics").await;
+    pod_start_from_metrics(&text)
+}
+
+/// `kubelet_pod_start_duration_seconds` (sum, count) from a Prometheus text exposition; zeros
+/// when absent.
+pub fn pod_start_from_metrics(text: &str) -> (f64, f64) {
     let value = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
@@ -279,4 +540,42 @@ pub async fn pod_start_metric(node: &KrustletNode) -> (f64, f64) {
         value("kubelet_pod_start_duration_seconds_sum"),
         value("kubelet_pod_start_duration_seconds_count"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_start_metric_reads_sum_and_count() {
+        let text = "# HELP x\nkubelet_pod_start_duration_seconds_sum 1.5\n\
+                    kubelet_pod_start_duration_seconds_count{} 3\n";
+        assert_eq!(pod_start_from_metrics(text), (1.5, 3.0));
+        assert_eq!(pod_start_from_metrics(""), (0.0, 0.0));
+    }
+
+    #[test]
+    fn only_the_hollow_node_never_completes() {
+        let seen = Seen {
+            running: Some(Instant::now()),
+            ..Default::default()
+        };
+        assert!(Kind::Hollow.done(&seen));
+        assert!(!Kind::Krustlet.done(&seen));
+        assert!(!Kind::Floor.done(&seen));
+    }
+
+    #[test]
+    fn bench_pods_tell_the_floor_how_long_they_run() {
+        let runs_for = |work| {
+            bench_pod("p", "n", "img", work)
+                .expect("pod")
+                .metadata
+                .annotations
+                .and_then(|a| a.get(crate::floor::RUNS_FOR_MS).cloned())
+        };
+        assert_eq!(runs_for(Work::Exit).as_deref(), Some("0"));
+        assert_eq!(runs_for(Work::Sleep(1)).as_deref(), Some("1000"));
+        assert_eq!(runs_for(Work::Forever), None);
+    }
 }

@@ -1,9 +1,9 @@
 //! `krustlet-bench`: benchmarks against the real control plane (see `BENCHMARKS.md`).
 //!
 //! ```text
-//! cargo run -p krustlet-bench --release -- startup [--pods 100]
-//! cargo run -p krustlet-bench --release -- density [--pods 1000]
-//! cargo run -p krustlet-bench --release -- churn [--rate 300 --seconds 60]
+//! cargo run -p krustlet-bench --release -- startup [--pods 100] [--against hollow,floor]
+//! cargo run -p krustlet-bench --release -- density [--pods 1000] [--against hollow,floor]
+//! cargo run -p krustlet-bench --release -- churn [--rate 300 --seconds 60] [--against hollow,floor]
 //! cargo run -p krustlet-bench --release -- cold
 //! cargo run -p krustlet-bench -- rotation [--minutes 25]   # certificates of 600 s
 //! cargo run -p krustlet-bench --release -- smoke      # every scenario, tiny
@@ -11,8 +11,15 @@
 //! Each starts the test cluster (the real control plane and registry on loopback, as the e2e
 //! tests do) and Krustlet nodes (this very binary, re-run as `krustlet`), prints a table and
 //! writes `bench-results/<scenario>.json` with machine information.
+//!
+//! `--against hollow,floor` runs the scenario on the peers too, one after another after
+//! Krustlet in the same run on the same control plane: kubemark's hollow node (the upstream
+//! kubelet with a fake runtime, [`hollow`]) and the floor node (a client that only patches pod
+//! status, [`floor`]); the table sets each figure side by side with Krustlet's ratio to each.
 
+mod floor;
 mod harness;
+mod hollow;
 mod report;
 mod scenario;
 

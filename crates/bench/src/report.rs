@@ -1,9 +1,12 @@
 //! Results: latency percentiles, a printed table and a JSON file with machine information.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
+
+use crate::harness::Kind;
 
 /// Percentiles of a set of latencies, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -114,6 +117,157 @@ pub fn write_json(path: &Path, scenario: &str, result: &impl Serialize) -> anyho
     Ok(())
 }
 
+/// One figure of a result, comparable across node kinds.
+#[derive(Debug, Clone, Copy)]
+pub struct Figure {
+    /// What it is, e.g. `create → Running p50`.
+    pub name: &'static str,
+    /// Its unit, e.g. `ms`.
+    pub unit: &'static str,
+    /// The value, if the kind has it (the floor has no process of its own to measure).
+    pub value: Option<f64>,
+}
+
+impl Figure {
+    /// A figure every kind has.
+    pub fn of(name: &'static str, unit: &'static str, value: f64) -> Self {
+        Self {
+            name,
+            unit,
+            value: Some(value),
+        }
+    }
+}
+
+/// A result whose figures can be set side by side with another kind's.
+pub trait Figures {
+    /// The figures, in the order the table prints them; every kind lists the same names.
+    fn figures(&self) -> Vec<Figure>;
+}
+
+/// One figure for every kind, and Krustlet's value over each peer's.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComparedFigure {
+    /// The figure's name.
+    pub name: &'static str,
+    /// Its unit.
+    pub unit: &'static str,
+    /// Each kind's value (`null` where a kind has none).
+    pub values: BTreeMap<&'static str, Option<f64>>,
+    /// `krustlet/<peer>`: Krustlet's value over the peer's (`null` where either is missing or
+    /// the peer's is zero).
+    pub ratios: BTreeMap<String, Option<f64>>,
+}
+
+/// One scenario's results on every kind of node, run one after another in the same run on the
+/// same control plane.
+#[derive(Debug, Serialize)]
+pub struct Compared<T> {
+    /// Each kind's whole result.
+    pub kinds: BTreeMap<&'static str, T>,
+    /// The figures side by side, with ratios.
+    pub figures: Vec<ComparedFigure>,
+    /// The kinds in the order they ran (Krustlet first).
+    pub order: Vec<&'static str>,
+}
+
+impl<T: Figures> Compared<T> {
+    /// Sets `results` side by side; ratios are Krustlet's over each other kind's.
+    pub fn new(results: Vec<(Kind, T)>) -> Self {
+        let order: Vec<&'static str> = results.iter().map(|(k, _)| k.name()).collect();
+        let mut figures: Vec<ComparedFigure> = Vec::new();
+        for (kind, result) in &results {
+            for figure in result.figures() {
+                let index = match figures.iter().position(|f| f.name == figure.name) {
+                    Some(index) => index,
+                    None => {
+                        figures.push(ComparedFigure {
+                            name: figure.name,
+                            unit: figure.unit,
+                            values: BTreeMap::new(),
+                            ratios: BTreeMap::new(),
+                        });
+                        figures.len() - 1
+                    }
+                };
+                figures[index].values.insert(kind.name(), figure.value);
+            }
+        }
+        let krustlet = Kind::Krustlet.name();
+        for figure in &mut figures {
+            let ours = figure.values.get(krustlet).copied().flatten();
+            for peer in order.iter().filter(|k| **k != krustlet) {
+                let theirs = figure.values.get(peer).copied().flatten();
+                let ratio = match (ours, theirs) {
+                    (Some(ours), Some(theirs)) if theirs != 0.0 => Some(ours / theirs),
+                    _ => None,
+                };
+                figure.ratios.insert(format!("{krustlet}/{peer}"), ratio);
+            }
+        }
+        Self {
+            kinds: results.into_iter().map(|(k, r)| (k.name(), r)).collect(),
+            figures,
+            order,
+        }
+    }
+
+    /// Prints the figures as a table: one column per kind, then one per ratio.
+    pub fn print(&self, title: &str) {
+        let ratio_names: Vec<String> = self
+            .figures
+            .first()
+            .map(|f| f.ratios.keys().cloned().collect())
+            .unwrap_or_default();
+        let mut header = vec![String::new()];
+        header.extend(self.order.iter().map(|k| k.to_string()));
+        header.extend(ratio_names.iter().cloned());
+        let mut rows = vec![header];
+        for figure in &self.figures {
+            let mut row = vec![format!("{} ({})", figure.name, figure.unit)];
+            row.extend(self.order.iter().map(|k| {
+                figure
+                    .values
+                    .get(k)
+                    .copied()
+                    .flatten()
+                    .map_or("n/a".to_string(), |v| format!("{v:.1}"))
+            }));
+            row.extend(ratio_names.iter().map(|r| {
+                figure
+                    .ratios
+                    .get(r)
+                    .copied()
+                    .flatten()
+                    .map_or("n/a".to_string(), |v| format!("{v:.2}x"))
+            }));
+            rows.push(row);
+        }
+        let columns = rows.first().map_or(0, Vec::len);
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        println!("\n{title}");
+        println!("{}", "-".repeat(title.chars().count()));
+        for row in &rows {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(i, (cell, width))| {
+                    let pad = width.saturating_sub(cell.chars().count());
+                    if i == 0 {
+                        format!("{cell}{}", " ".repeat(pad))
+                    } else {
+                        format!("{}{cell}", " ".repeat(pad))
+                    }
+                })
+                .collect();
+            println!("{}", cells.join("  "));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +281,37 @@ mod tests {
             (50.0, 90.0, 99.0, 100.0)
         );
         assert_eq!(Latency::of(&[]).count, 0);
+    }
+
+    struct Fixed(f64, Option<f64>);
+
+    impl Figures for Fixed {
+        fn figures(&self) -> Vec<Figure> {
+            vec![
+                Figure::of("p50", "ms", self.0),
+                Figure {
+                    name: "rss",
+                    unit: "KiB",
+                    value: self.1,
+                },
+            ]
+        }
+    }
+
+    #[test]
+    fn ratios_are_krustlet_over_each_peer() {
+        let compared = Compared::new(vec![
+            (Kind::Krustlet, Fixed(30.0, Some(100.0))),
+            (Kind::Hollow, Fixed(60.0, Some(50.0))),
+            (Kind::Floor, Fixed(10.0, None)),
+        ]);
+        assert_eq!(compared.order, ["krustlet", "hollow", "floor"]);
+        let p50 = &compared.figures[0];
+        assert_eq!(p50.ratios["krustlet/hollow"], Some(0.5));
+        assert_eq!(p50.ratios["krustlet/floor"], Some(3.0));
+        let rss = &compared.figures[1];
+        assert_eq!(rss.ratios["krustlet/hollow"], Some(2.0));
+        assert_eq!(rss.ratios["krustlet/floor"], None, "the floor has no RSS");
+        assert_eq!(rss.values["floor"], None);
     }
 }

@@ -1,5 +1,6 @@
 //! The benchmark harness cannot rot: every scenario runs with tiny numbers against the real
-//! control plane, as part of the test suite.
+//! control plane, as part of the test suite; startup, density and churn also on both peers (a
+//! kubemark hollow node and the floor). A missing kubemark fails the test, naming it.
 
 use std::process::Command;
 
@@ -17,20 +18,41 @@ fn every_scenario_runs_small() {
         output.status.success(),
         "krustlet-bench smoke failed:\n{stdout}\n{stderr}"
     );
-    for table in ["startup:", "density:", "churn:", "cold start:"] {
+    for table in [
+        "startup:",
+        "density:",
+        "churn:",
+        "cold start:",
+        "startup: Krustlet against hollow, floor",
+        "density: Krustlet against hollow, floor",
+        "churn: Krustlet against hollow, floor",
+    ] {
         assert!(stdout.contains(table), "no {table} table in\n{stdout}");
     }
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).expect("JSON written")).expect("JSON");
-    assert_eq!(
-        json["result"]["startup"]["to_running"]["count"], 3,
-        "{json}"
-    );
-    assert_eq!(json["result"]["density"]["pods"], 5, "{json}");
-    assert!(
-        json["result"]["churn"]["completed"].as_u64().unwrap_or(0) > 0,
-        "{json}"
-    );
+    let result = &json["result"];
+    for kind in ["krustlet", "hollow", "floor"] {
+        assert_eq!(
+            result["startup"]["kinds"][kind]["to_running"]["count"], 3,
+            "{kind}: {json}"
+        );
+        assert_eq!(
+            result["density"]["kinds"][kind]["pods"], 5,
+            "{kind}: {json}"
+        );
+        assert!(
+            result["churn"]["kinds"][kind]["completed"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0,
+            "{kind}: {json}"
+        );
+    }
+    let ratio = &result["startup"]["figures"][0]["ratios"];
+    for peer in ["krustlet/hollow", "krustlet/floor"] {
+        assert!(ratio[peer].as_f64().unwrap_or(0.0) > 0.0, "{peer}: {json}");
+    }
     assert!(
         json["result"]["cold"]["first_ms"].as_f64().unwrap_or(0.0) > 0.0,
         "{json}"

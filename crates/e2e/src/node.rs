@@ -459,7 +459,7 @@ impl Drop for KrustletNode {
 
 /// Makes the child die with the test process, even when that is killed outright.
 #[allow(unsafe_code)]
-pub(crate) fn lifeline(command: &mut Command) {
+pub fn lifeline(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
     unsafe {

@@ -1,4 +1,5 @@
-//! Density: ramp to N long-running pods on one node.
+//! Density: ramp to N long-running pods on one node of any kind. Memory and CPU are the node
+//! process's; the floor runs inside the benchmark and has none of its own to measure.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,8 +11,9 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
 use serde::Serialize;
 
-use crate::harness::{Warm, cpu_seconds, create, pod, rss_bytes};
-use crate::report::print_table;
+use super::{node_label, on_kind};
+use crate::harness::{Kind, Warm, Work, bench_pod, cpu_seconds, create, rss_bytes};
+use crate::report::{Figure, Figures, print_table};
 
 /// Creates in flight at once during the ramp.
 const CONCURRENCY: usize = 50;
@@ -35,21 +37,54 @@ pub struct Density {
     pub ready_throughout: bool,
     /// The longest gap between lease renewals seen (renewed every 10 s when healthy).
     pub max_lease_gap_seconds: f64,
+    /// Whether the memory and CPU figures are the node's own (the floor has no process).
+    pub has_process: bool,
 }
 
-/// Runs the scenario.
-pub async fn run(pods: usize) -> anyhow::Result<Density> {
-    let max_pods = format!("--max-pods={}", pods + 10);
+impl Figures for Density {
+    fn figures(&self) -> Vec<Figure> {
+        let own = |value: f64| self.has_process.then_some(value);
+        vec![
+            Figure::of("create → all Running", "s", self.seconds_to_all_running),
+            Figure::of(
+                "pods/s during the fill",
+                "pods/s",
+                self.pods as f64 / self.seconds_to_all_running.max(1e-3),
+            ),
+            Figure {
+                name: "RSS per pod",
+                unit: "KiB",
+                value: own(self.rss_per_pod_bytes as f64 / 1024.0),
+            },
+            Figure {
+                name: "RSS full",
+                unit: "MiB",
+                value: own(mib(self.rss_full_bytes)),
+            },
+            Figure {
+                name: "CPU at rest",
+                unit: "millicores",
+                value: own(self.cpu_cores_at_rest * 1000.0),
+            },
+            Figure::of("longest lease renewal gap", "s", self.max_lease_gap_seconds),
+        ]
+    }
+}
+
+/// Runs the scenario on a node of `kind`.
+pub async fn run(pods: usize, kind: Kind) -> anyhow::Result<Density> {
     let Warm {
         node,
         ns,
         api,
         observer,
         image,
-    } = Warm::start("bench-density", &[&max_pods]).await?;
-    let pid = node.pid().unwrap_or_default();
+    } = Warm::start(kind, "bench-density", pods + 10, &[]).await?;
+    let pid = node.pid();
+    let rss = |pid: Option<u32>| pid.map_or(0, rss_bytes);
+    let cpu = |pid: Option<u32>| pid.map_or(0.0, cpu_seconds);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_idle = rss_bytes(pid);
+    let rss_idle = rss(pid);
 
     // Watch the node's health while the pods ramp up.
     let healthy = Arc::new(AtomicBool::new(true));
@@ -66,7 +101,7 @@ pub async fn run(pods: usize) -> anyhow::Result<Density> {
     futures::stream::iter(
         names
             .iter()
-            .map(|n| pod(n, node.name(), &image, &["sleep", "100000"], "Never")),
+            .map(|n| bench_pod(n, node.name(), &image, Work::Forever)),
     )
     .map(|manifest| {
         let api = api.clone();
@@ -82,12 +117,13 @@ pub async fn run(pods: usize) -> anyhow::Result<Density> {
     let to_all_running = started.elapsed();
 
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let rss_full = rss_bytes(pid);
-    let cpu_before = cpu_seconds(pid);
+    let rss_full = rss(pid);
+    let cpu_before = cpu(pid);
     let window = Instant::now();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let cpu_at_rest = (cpu_seconds(pid) - cpu_before) / window.elapsed().as_secs_f64();
+    let cpu_at_rest = (cpu(pid) - cpu_before) / window.elapsed().as_secs_f64();
     monitor.abort();
+    node.health()?;
 
     let result = Density {
         pods,
@@ -98,16 +134,17 @@ pub async fn run(pods: usize) -> anyhow::Result<Density> {
         cpu_cores_at_rest: cpu_at_rest,
         ready_throughout: healthy.load(Ordering::Relaxed),
         max_lease_gap_seconds: max_gap_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        has_process: pid.is_some(),
     };
     print_table(
-        &format!("density: {pods} sleeping pods on one node"),
+        &format!("density: {pods} sleeping pods on one node{}", on_kind(kind)),
         &[
             (
                 "create → all Running".into(),
                 format!("{:.1} s", result.seconds_to_all_running),
             ),
             (
-                "Krustlet RSS idle / full".into(),
+                format!("{} RSS idle / full", node_label(kind)),
                 format!("{:.1} MiB / {:.1} MiB", mib(rss_idle), mib(rss_full)),
             ),
             (

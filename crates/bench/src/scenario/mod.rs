@@ -6,9 +6,13 @@ mod density;
 mod rotation;
 mod startup;
 
+use std::future::Future;
 use std::path::PathBuf;
 
-use crate::report::write_json;
+use serde::Serialize;
+
+use crate::harness::Kind;
+use crate::report::{Compared, Figures, write_json};
 
 /// What to measure.
 #[derive(Debug, clap::Subcommand)]
@@ -18,12 +22,18 @@ pub enum Scenario {
         /// How many pods.
         #[arg(long, default_value_t = 100)]
         pods: usize,
+        /// Peers to run the same scenario on, after Krustlet, in the same run.
+        #[command(flatten)]
+        against: Against,
     },
     /// Ramp to N long-running pods on one node: RSS and CPU per pod, node health throughout.
     Density {
         /// How many pods.
         #[arg(long, default_value_t = 1000)]
         pods: usize,
+        /// Peers to run the same scenario on, after Krustlet, in the same run.
+        #[command(flatten)]
+        against: Against,
     },
     /// Sustained create → complete → delete at a target rate.
     Churn {
@@ -33,6 +43,9 @@ pub enum Scenario {
         /// For how long.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Peers to run the same scenario on, after Krustlet, in the same run.
+        #[command(flatten)]
+        against: Against,
     },
     /// First pod of a new image (pull + compile) vs. cached, and after a Krustlet restart.
     Cold,
@@ -43,8 +56,99 @@ pub enum Scenario {
         #[arg(long, default_value_t = 25)]
         minutes: u64,
     },
-    /// Every scenario with tiny numbers, so the harness cannot rot (run by the test suite).
+    /// Every scenario with tiny numbers, so the harness cannot rot (run by the test suite);
+    /// startup, density and churn also on both peers (a hollow node and the floor).
     Smoke,
+}
+
+/// The peers a scenario is compared with.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Against {
+    /// Also run the scenario on these node kinds, one after another after Krustlet, on the
+    /// same control plane, and print each figure for every kind with Krustlet's ratio to each:
+    /// `hollow` (kubemark's hollow node: the upstream kubelet with a fake runtime; needs
+    /// `.bin/kubemark` from `test/cluster/build.sh`) and `floor` (a client that only patches
+    /// pod status: the control plane's own limit).
+    #[arg(long, value_delimiter = ',', value_name = "hollow,floor")]
+    against: Vec<Kind>,
+}
+
+impl Against {
+    /// Krustlet, then each named peer once, in the order given.
+    fn kinds(&self) -> Vec<Kind> {
+        let mut kinds = vec![Kind::Krustlet];
+        for kind in &self.against {
+            if !kinds.contains(kind) {
+                kinds.push(*kind);
+            }
+        }
+        kinds
+    }
+}
+
+/// Runs `scenario` on each of `kinds` in turn (each node stopped before the next starts, so
+/// they do not share the machine) and sets the results side by side.
+async fn compare<T, F, Fut>(title: &str, kinds: &[Kind], scenario: F) -> anyhow::Result<Compared<T>>
+where
+    T: Figures,
+    F: Fn(Kind) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut results = Vec::new();
+    for kind in kinds {
+        let result = scenario(*kind)
+            .await
+            .map_err(|error| error.context(format!("{title} on the {} node", kind.name())))?;
+        results.push((*kind, result));
+    }
+    let compared = Compared::new(results);
+    compared.print(&format!("{title}: Krustlet against {}", peers(kinds)));
+    Ok(compared)
+}
+
+fn peers(kinds: &[Kind]) -> String {
+    kinds
+        .iter()
+        .filter(|k| **k != Kind::Krustlet)
+        .map(|k| k.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Writes Krustlet's result alone (the output without `--against`) or the comparison.
+async fn run_against<T, F, Fut>(
+    name: &str,
+    path: PathBuf,
+    against: &Against,
+    scenario: F,
+) -> anyhow::Result<()>
+where
+    T: Figures + Serialize,
+    F: Fn(Kind) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let kinds = against.kinds();
+    if kinds.len() == 1 {
+        return write_json(&path, name, &scenario(Kind::Krustlet).await?);
+    }
+    write_json(&path, name, &compare(name, &kinds, scenario).await?)
+}
+
+/// ` (on the <kind> node)` for peers; nothing for Krustlet, whose tables read as before.
+fn on_kind(kind: Kind) -> String {
+    match kind {
+        Kind::Krustlet => String::new(),
+        other => format!(" (on the {} node)", other.name()),
+    }
+}
+
+/// How a table names the node: `Krustlet`, or the peer.
+fn node_label(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Krustlet => "Krustlet",
+        Kind::Hollow => "the hollow node",
+        Kind::Floor => "the floor node",
+    }
 }
 
 /// Runs `scenario` and writes its JSON to `out` (default `bench-results/<name>.json`).
@@ -54,14 +158,27 @@ pub async fn run(scenario: Scenario, out: Option<PathBuf>) -> anyhow::Result<()>
             .unwrap_or_else(|| PathBuf::from(format!("bench-results/{name}.json")))
     };
     match scenario {
-        Scenario::Startup { pods } => {
-            write_json(&path("startup"), "startup", &startup::run(pods).await?)
+        Scenario::Startup { pods, against } => {
+            run_against("startup", path("startup"), &against, |kind| {
+                startup::run(pods, kind)
+            })
+            .await
         }
-        Scenario::Density { pods } => {
-            write_json(&path("density"), "density", &density::run(pods).await?)
+        Scenario::Density { pods, against } => {
+            run_against("density", path("density"), &against, |kind| {
+                density::run(pods, kind)
+            })
+            .await
         }
-        Scenario::Churn { rate, seconds } => {
-            write_json(&path("churn"), "churn", &churn::run(rate, seconds).await?)
+        Scenario::Churn {
+            rate,
+            seconds,
+            against,
+        } => {
+            run_against("churn", path("churn"), &against, |kind| {
+                churn::run(rate, seconds, kind)
+            })
+            .await
         }
         Scenario::Cold => write_json(&path("cold"), "cold", &cold::run().await?),
         Scenario::Rotation { minutes } => write_json(
@@ -70,10 +187,11 @@ pub async fn run(scenario: Scenario, out: Option<PathBuf>) -> anyhow::Result<()>
             &rotation::run(minutes).await?,
         ),
         Scenario::Smoke => {
+            let kinds = [Kind::Krustlet, Kind::Hollow, Kind::Floor];
             let result = serde_json::json!({
-                "startup": startup::run(3).await?,
-                "density": density::run(5).await?,
-                "churn": churn::run(5, 3).await?,
+                "startup": compare("startup", &kinds, |kind| startup::run(3, kind)).await?,
+                "density": compare("density", &kinds, |kind| density::run(5, kind)).await?,
+                "churn": compare("churn", &kinds, |kind| churn::run(5, 3, kind)).await?,
                 "cold": cold::run().await?,
             });
             write_json(&path("smoke"), "smoke", &result)

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
 use serde::Serialize;
 
-use crate::harness::{Warm, create, pod};
+use crate::harness::{Kind, Warm, create, pod};
 use crate::report::{Latency, latency_cell, print_table};
 
 /// The certificate lifetime the node asks for.
@@ -45,8 +45,12 @@ pub struct Rotation {
 /// Runs the scenario for `minutes`.
 pub async fn run(minutes: u64) -> anyhow::Result<Rotation> {
     let expiration = format!("--csr-expiration-seconds={EXPIRATION_SECONDS}");
-    let mut warm = Warm::start("bench-rotation", &[&expiration]).await?;
-    let cert_path = warm.node.data_dir().join("pki/kubelet-client-current.pem");
+    let mut warm = Warm::start(Kind::Krustlet, "bench-rotation", 110, &[&expiration]).await?;
+    let cert_path = warm
+        .node
+        .krustlet_mut()?
+        .data_dir()
+        .join("pki/kubelet-client-current.pem");
     let started = Instant::now();
     let start_wall = SystemTime::now();
     let mut certificates: Vec<SystemTime> = Vec::new();
@@ -90,7 +94,13 @@ pub async fn run(minutes: u64) -> anyhow::Result<Rotation> {
             }
         }
         cycle += 1;
-        if warm.node.wait_exit(Duration::from_millis(1)).await.is_ok() {
+        if warm
+            .node
+            .krustlet_mut()?
+            .wait_exit(Duration::from_millis(1))
+            .await
+            .is_ok()
+        {
             failures.push(format!(
                 "{}s: the node process exited",
                 started.elapsed().as_secs()

@@ -1,12 +1,13 @@
-//! Startup: N pods created in a burst with the image already cached.
+//! Startup: N pods created in a burst with the image already cached, on a node of any kind.
 
 use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
 use serde::Serialize;
 
-use crate::harness::{Warm, create, pod, pod_start_metric};
-use crate::report::{Latency, latency_cell, print_table};
+use super::{node_label, on_kind};
+use crate::harness::{Kind, Warm, Work, bench_pod, create};
+use crate::report::{Figure, Figures, Latency, latency_cell, print_table};
 
 /// The startup result.
 #[derive(Debug, Serialize)]
@@ -15,30 +16,51 @@ pub struct Startup {
     pub pods: usize,
     /// Create returned → Running observed through a watch.
     pub to_running: Latency,
-    /// Create returned → Succeeded observed (each pod sleeps 1 s).
+    /// Create returned → Succeeded observed (each pod sleeps 1 s); empty on a kind whose pods
+    /// never complete (the hollow node).
     pub to_succeeded: Latency,
     /// Pods per second from the burst's start to the last Running.
     pub pods_per_second: f64,
-    /// Krustlet's own mean `kubelet_pod_start_duration_seconds` (pod seen → containers started).
+    /// The node's own mean `kubelet_pod_start_duration_seconds` (pod seen → containers
+    /// started); 0 where the node has no such metric (the floor).
     pub kubelet_mean_ms: f64,
 }
 
-/// Runs the scenario.
-pub async fn run(pods: usize) -> anyhow::Result<Startup> {
-    let max_pods = format!("--max-pods={}", pods + 10);
+impl Figures for Startup {
+    fn figures(&self) -> Vec<Figure> {
+        vec![
+            Figure::of("create → Running p50", "ms", self.to_running.p50_ms),
+            Figure::of("create → Running p99", "ms", self.to_running.p99_ms),
+            Figure {
+                name: "create → Succeeded p50 (sleep 1)",
+                unit: "ms",
+                value: (self.to_succeeded.count > 0).then_some(self.to_succeeded.p50_ms),
+            },
+            Figure::of("throughput", "pods/s", self.pods_per_second),
+            Figure {
+                name: "node's own share (mean)",
+                unit: "ms",
+                value: (self.kubelet_mean_ms > 0.0).then_some(self.kubelet_mean_ms),
+            },
+        ]
+    }
+}
+
+/// Runs the scenario on a node of `kind`.
+pub async fn run(pods: usize, kind: Kind) -> anyhow::Result<Startup> {
     let Warm {
         node,
         ns: _ns,
         api,
         observer,
         image,
-    } = Warm::start("bench-startup", &[&max_pods]).await?;
-    let (sum_before, count_before) = pod_start_metric(&node).await;
+    } = Warm::start(kind, "bench-startup", pods + 10, &[]).await?;
+    let (sum_before, count_before) = node.pod_start_metric().await.unwrap_or_default();
 
     let names: Vec<String> = (0..pods).map(|i| format!("start-{i}")).collect();
     let manifests = names
         .iter()
-        .map(|n| pod(n, node.name(), &image, &["sleep", "1"], "Never"))
+        .map(|n| bench_pod(n, node.name(), &image, Work::Sleep(1)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let burst = Instant::now();
     let created = try_join_all(manifests.iter().map(|p| create(&api, p))).await?;
@@ -46,9 +68,12 @@ pub async fn run(pods: usize) -> anyhow::Result<Startup> {
     observer
         .wait_all(&names, timeout, "Running", |s| s.running.is_some())
         .await?;
-    observer
-        .wait_all(&names, timeout, "Succeeded", |s| s.succeeded.is_some())
-        .await?;
+    if kind.completes() {
+        observer
+            .wait_all(&names, timeout, "Succeeded", |s| s.succeeded.is_some())
+            .await?;
+    }
+    node.health()?;
 
     let (mut running, mut succeeded, mut last_running) = (Vec::new(), Vec::new(), burst);
     for (name, created) in names.iter().zip(&created) {
@@ -61,7 +86,7 @@ pub async fn run(pods: usize) -> anyhow::Result<Startup> {
             succeeded.push(t.saturating_duration_since(*created));
         }
     }
-    let (sum_after, count_after) = pod_start_metric(&node).await;
+    let (sum_after, count_after) = node.pod_start_metric().await.unwrap_or_default();
     let started = count_after - count_before;
     let result = Startup {
         pods,
@@ -75,7 +100,10 @@ pub async fn run(pods: usize) -> anyhow::Result<Startup> {
         },
     };
     print_table(
-        &format!("startup: {pods} pods in a burst, image cached"),
+        &format!(
+            "startup: {pods} pods in a burst, image cached{}",
+            on_kind(kind)
+        ),
         &[
             ("create → Running".into(), latency_cell(&result.to_running)),
             (
@@ -87,7 +115,7 @@ pub async fn run(pods: usize) -> anyhow::Result<Startup> {
                 format!("{:.1} pods/s", result.pods_per_second),
             ),
             (
-                "Krustlet's share (mean)".into(),
+                format!("{}'s share (mean)", node_label(kind)),
                 format!("{:.1} ms", result.kubelet_mean_ms),
             ),
         ],
