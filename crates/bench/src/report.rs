@@ -126,15 +126,31 @@ pub struct Figure {
     pub unit: &'static str,
     /// The value, if the kind has it (the floor has no process of its own to measure).
     pub value: Option<f64>,
+    /// Whether more is better (a rate); otherwise less is (a time, memory).
+    pub higher_is_better: bool,
 }
 
 impl Figure {
-    /// A figure every kind has.
+    /// A figure every kind has, where less is better.
     pub fn of(name: &'static str, unit: &'static str, value: f64) -> Self {
+        Self::maybe(name, unit, Some(value))
+    }
+
+    /// A figure some kinds lack, where less is better.
+    pub fn maybe(name: &'static str, unit: &'static str, value: Option<f64>) -> Self {
         Self {
             name,
             unit,
-            value: Some(value),
+            value,
+            higher_is_better: false,
+        }
+    }
+
+    /// A rate every kind has: more is better.
+    pub fn rate(name: &'static str, unit: &'static str, value: f64) -> Self {
+        Self {
+            higher_is_better: true,
+            ..Self::of(name, unit, value)
         }
     }
 }
@@ -152,6 +168,8 @@ pub struct ComparedFigure {
     pub name: &'static str,
     /// Its unit.
     pub unit: &'static str,
+    /// Whether more is better (then a ratio above 1 favours Krustlet); otherwise less is.
+    pub higher_is_better: bool,
     /// Each kind's value (`null` where a kind has none).
     pub values: BTreeMap<&'static str, Option<f64>>,
     /// `krustlet/<peer>`: Krustlet's value over the peer's (`null` where either is missing or
@@ -184,6 +202,7 @@ impl<T: Figures> Compared<T> {
                         figures.push(ComparedFigure {
                             name: figure.name,
                             unit: figure.unit,
+                            higher_is_better: figure.higher_is_better,
                             values: BTreeMap::new(),
                             ratios: BTreeMap::new(),
                         });
@@ -224,7 +243,12 @@ impl<T: Figures> Compared<T> {
         header.extend(ratio_names.iter().cloned());
         let mut rows = vec![header];
         for figure in &self.figures {
-            let mut row = vec![format!("{} ({})", figure.name, figure.unit)];
+            let better = if figure.higher_is_better {
+                "more is better"
+            } else {
+                "less is better"
+            };
+            let mut row = vec![format!("{} ({}, {better})", figure.name, figure.unit)];
             row.extend(self.order.iter().map(|k| {
                 figure
                     .values
@@ -289,11 +313,7 @@ mod tests {
         fn figures(&self) -> Vec<Figure> {
             vec![
                 Figure::of("p50", "ms", self.0),
-                Figure {
-                    name: "rss",
-                    unit: "KiB",
-                    value: self.1,
-                },
+                Figure::maybe("rss", "KiB", self.1),
             ]
         }
     }

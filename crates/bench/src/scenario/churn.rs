@@ -44,8 +44,8 @@ pub struct Churn {
 impl Figures for Churn {
     fn figures(&self) -> Vec<Figure> {
         vec![
-            Figure::of("completed in the window", "pods/s", self.sustained_rate),
-            Figure::of("completed overall", "pods/s", self.achieved_rate),
+            Figure::rate("completed in the window", "pods/s", self.sustained_rate),
+            Figure::rate("completed overall", "pods/s", self.achieved_rate),
             Figure::of("create → done p50", "ms", self.to_succeeded.p50_ms),
             Figure::of("create → done p99", "ms", self.to_succeeded.p99_ms),
         ]

@@ -46,26 +46,22 @@ impl Figures for Density {
         let own = |value: f64| self.has_process.then_some(value);
         vec![
             Figure::of("create → all Running", "s", self.seconds_to_all_running),
-            Figure::of(
+            Figure::rate(
                 "pods/s during the fill",
                 "pods/s",
                 self.pods as f64 / self.seconds_to_all_running.max(1e-3),
             ),
-            Figure {
-                name: "RSS per pod",
-                unit: "KiB",
-                value: own(self.rss_per_pod_bytes as f64 / 1024.0),
-            },
-            Figure {
-                name: "RSS full",
-                unit: "MiB",
-                value: own(mib(self.rss_full_bytes)),
-            },
-            Figure {
-                name: "CPU at rest",
-                unit: "millicores",
-                value: own(self.cpu_cores_at_rest * 1000.0),
-            },
+            Figure::maybe(
+                "RSS per pod",
+                "KiB",
+                own(self.rss_per_pod_bytes as f64 / 1024.0),
+            ),
+            Figure::maybe("RSS full", "MiB", own(mib(self.rss_full_bytes))),
+            Figure::maybe(
+                "CPU at rest",
+                "millicores",
+                own(self.cpu_cores_at_rest * 1000.0),
+            ),
             Figure::of("longest lease renewal gap", "s", self.max_lease_gap_seconds),
         ]
     }

@@ -31,17 +31,17 @@ impl Figures for Startup {
         vec![
             Figure::of("create → Running p50", "ms", self.to_running.p50_ms),
             Figure::of("create → Running p99", "ms", self.to_running.p99_ms),
-            Figure {
-                name: "create → Succeeded p50 (sleep 1)",
-                unit: "ms",
-                value: (self.to_succeeded.count > 0).then_some(self.to_succeeded.p50_ms),
-            },
-            Figure::of("throughput", "pods/s", self.pods_per_second),
-            Figure {
-                name: "node's own share (mean)",
-                unit: "ms",
-                value: (self.kubelet_mean_ms > 0.0).then_some(self.kubelet_mean_ms),
-            },
+            Figure::maybe(
+                "create → Succeeded p50 (sleep 1)",
+                "ms",
+                (self.to_succeeded.count > 0).then_some(self.to_succeeded.p50_ms),
+            ),
+            Figure::rate("throughput", "pods/s", self.pods_per_second),
+            Figure::maybe(
+                "node's own share (mean)",
+                "ms",
+                (self.kubelet_mean_ms > 0.0).then_some(self.kubelet_mean_ms),
+            ),
         ]
     }
 }
