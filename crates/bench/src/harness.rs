@@ -1,9 +1,7 @@
-//! What every scenario needs: nodes of every kind (Krustlet, and the peers of `--against`), a
-//! namespace, pod manifests, and a watch that records when each pod was first seen Running and
-//! Succeeded.
+//! What every scenario needs: a node of any kind ([`crate::node`]), a namespace, pod manifests,
+//! and a watch that records when each pod was first seen Running and Succeeded.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,181 +14,11 @@ use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 
 use crate::RUN_AS_NODE;
-use crate::floor::FloorNode;
-use crate::hollow::HollowNode;
-
-/// A kind of node a scenario runs on (`--against` names the peers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
-pub enum Kind {
-    /// A Krustlet node: this binary, re-run as `krustlet`.
-    Krustlet,
-    /// kubemark's hollow node: upstream's kubelet with a fake runtime ([`crate::hollow`]).
-    Hollow,
-    /// The floor: a client that only patches pod status ([`crate::floor`]).
-    Floor,
-}
-
-impl Kind {
-    /// The kind's name in tables and JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Krustlet => "krustlet",
-            Self::Hollow => "hollow",
-            Self::Floor => "floor",
-        }
-    }
-
-    /// Whether pods on this kind ever complete: the hollow node's fake runtime starts every
-    /// container Running and never ends one (`FakeRuntimeService.StartContainer`).
-    pub fn completes(self) -> bool {
-        !matches!(self, Self::Hollow)
-    }
-
-    /// The phase that ends a pod's run on this kind: Succeeded, or Running where pods never
-    /// complete.
-    pub fn done_phase(self) -> &'static str {
-        if self.completes() {
-            "Succeeded"
-        } else {
-            "Running"
-        }
-    }
-
-    /// Whether `seen` reached [`Self::done_phase`].
-    pub fn done(self, seen: &Seen) -> bool {
-        if self.completes() {
-            seen.succeeded.is_some()
-        } else {
-            seen.running.is_some()
-        }
-    }
-}
-
-/// A running node of any [`Kind`]; stopped, and its Node object deleted, on drop.
-pub enum BenchNode {
-    /// A Krustlet node (boxed: it is much larger than the others).
-    Krustlet(Box<KrustletNode>),
-    /// A hollow node.
-    Hollow(HollowNode),
-    /// A floor node.
-    Floor(FloorNode),
-}
-
-impl BenchNode {
-    /// Starts a node of `kind` with room for `max_pods` pods (a Krustlet node with
-    /// `krustlet_args` too) and waits until pods can land on it (Ready, and no taints but the
-    /// wasm ones that every kind registers with).
-    ///
-    /// # Errors
-    /// When the node cannot be started (for the hollow node, when kubemark is missing) or does
-    /// not become schedulable.
-    pub async fn start(
-        kind: Kind,
-        prefix: &str,
-        max_pods: usize,
-        krustlet_args: &[&str],
-    ) -> anyhow::Result<Self> {
-        let node = match kind {
-            Kind::Krustlet => {
-                let exe = std::env::current_exe().context("locating this binary")?;
-                let exe = exe.to_str().context("binary path is not UTF-8")?;
-                let max_pods = format!("--max-pods={max_pods}");
-                let args: Vec<&str> = std::iter::once(max_pods.as_str())
-                    .chain(krustlet_args.iter().copied())
-                    .collect();
-                Self::Krustlet(Box::new(KrustletNode::start_with_env(
-                    exe,
-                    prefix,
-                    &args,
-                    &[(RUN_AS_NODE, "1")],
-                )?))
-            }
-            Kind::Hollow => Self::Hollow(HollowNode::start(&unique_name(prefix), max_pods)?),
-            Kind::Floor => {
-                let client = krustlet_e2e::cluster::client().await?;
-                Self::Floor(FloorNode::start(client, &unique_name(prefix), max_pods).await?)
-            }
-        };
-        node.wait_schedulable(Duration::from_secs(120)).await?;
-        Ok(node)
-    }
-
-    /// The node's kind.
-    pub fn kind(&self) -> Kind {
-        match self {
-            Self::Krustlet(_) => Kind::Krustlet,
-            Self::Hollow(_) => Kind::Hollow,
-            Self::Floor(_) => Kind::Floor,
-        }
-    }
-
-    /// The node's name.
-    pub fn name(&self) -> &str {
-        match self {
-            Self::Krustlet(node) => node.name(),
-            Self::Hollow(node) => node.name(),
-            Self::Floor(node) => node.name(),
-        }
-    }
-
-    /// The Krustlet node, for what only it has (data dir, restarts).
-    ///
-    /// # Errors
-    /// When the node is of another kind.
-    pub fn krustlet_mut(&mut self) -> anyhow::Result<&mut KrustletNode> {
-        match self {
-            Self::Krustlet(node) => Ok(node),
-            other => bail!("a {} node is not a Krustlet node", other.kind().name()),
-        }
-    }
-
-    /// The node's own process, if it has one (the floor runs inside the benchmark).
-    pub fn pid(&self) -> Option<u32> {
-        match self {
-            Self::Krustlet(node) => node.pid(),
-            Self::Hollow(node) => Some(node.pid()),
-            Self::Floor(_) => None,
-        }
-    }
-
-    /// `kubelet_pod_start_duration_seconds` (sum, count), where the node has it.
-    pub async fn pod_start_metric(&self) -> Option<(f64, f64)> {
-        match self {
-            Self::Krustlet(node) => Some(pod_start_metric(node).await),
-            Self::Hollow(node) => Some(node.pod_start_metric().await),
-            Self::Floor(_) => None,
-        }
-    }
-
-    /// Fails when the node stopped acting on its pods (the floor's tasks; a process that
-    /// exited).
-    pub fn health(&self) -> anyhow::Result<()> {
-        match self {
-            Self::Floor(node) => Ok(node.health()?),
-            Self::Krustlet(_) | Self::Hollow(_) => Ok(()),
-        }
-    }
-
-    /// The node's log, for failure messages (the floor has none).
-    pub fn log(&self) -> String {
-        match self {
-            Self::Krustlet(node) => node.log(),
-            Self::Hollow(node) => node.log(),
-            Self::Floor(_) => String::new(),
-        }
-    }
-
-    async fn wait_schedulable(&self, timeout: Duration) -> anyhow::Result<()> {
-        wait_schedulable(self.name(), timeout, || {
-            format!("{} node; log:\n{}", self.kind().name(), self.log())
-        })
-        .await
-    }
-}
+pub use crate::node::{BenchNode, Kind};
 
 /// Waits until Node `name` is Ready and carries no taints but the wasm ones (the not-ready
 /// taint goes a moment after Ready); `context` describes the node for the error.
-async fn wait_schedulable(
+pub async fn wait_schedulable(
     name: &str,
     timeout: Duration,
     context: impl Fn() -> String,
@@ -218,25 +46,6 @@ async fn wait_schedulable(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-impl Drop for BenchNode {
-    fn drop(&mut self) {
-        // A Krustlet or hollow node deletes its Node object itself.
-        if let Self::Floor(node) = self {
-            delete_node(node.name());
-        }
-    }
-}
-
-/// `<prefix>-<pid>-<n>`, unique in this process and across processes, as Krustlet nodes are.
-fn unique_name(prefix: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-p{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// Deletes a Node object without waiting (drop cannot await; kubectl as the e2e harness does).

@@ -20,6 +20,7 @@
 mod floor;
 mod harness;
 mod hollow;
+mod node;
 mod report;
 mod scenario;
 
