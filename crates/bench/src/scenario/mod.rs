@@ -94,6 +94,10 @@ where
     F: Fn(Kind) -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
+    // A missing prerequisite fails the run before any node starts, naming it.
+    if kinds.contains(&Kind::Hollow) {
+        crate::hollow::kubemark()?;
+    }
     let mut results = Vec::new();
     for kind in kinds {
         let result = scenario(*kind)
