@@ -3,6 +3,7 @@
 mod churn;
 mod cold;
 mod density;
+mod http;
 mod rotation;
 mod startup;
 
@@ -36,6 +37,23 @@ pub enum Scenario {
     },
     /// First pod of a new image (pull + compile) vs. cached, and after a Krustlet restart.
     Cold,
+    /// One http component pod under concurrent keep-alive load, next to `wasmtime serve` of
+    /// the same component.
+    Http {
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// The measured window.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// The `wasmtime` CLI to compare with [default: $KRUSTLET_CACHE/wasmtime-cli/bin/wasmtime,
+        /// else on PATH].
+        #[arg(long)]
+        wasmtime: Option<PathBuf>,
+        /// Measure Krustlet alone.
+        #[arg(long)]
+        no_wasmtime: bool,
+    },
     /// Certificates of 600 s: pods keep starting and being deleted across client certificate
     /// rotations (takes `minutes` of wall time, mostly idle; not part of `smoke`).
     Rotation {
@@ -64,6 +82,24 @@ pub async fn run(scenario: Scenario, out: Option<PathBuf>) -> anyhow::Result<()>
             write_json(&path("churn"), "churn", &churn::run(rate, seconds).await?)
         }
         Scenario::Cold => write_json(&path("cold"), "cold", &cold::run().await?),
+        Scenario::Http {
+            connections,
+            seconds,
+            wasmtime,
+            no_wasmtime,
+        } => {
+            // Found before the cluster starts, so a missing CLI fails at once.
+            let wasmtime = if no_wasmtime {
+                None
+            } else {
+                Some(http::find_wasmtime(wasmtime)?)
+            };
+            write_json(
+                &path("http"),
+                "http",
+                &http::run(connections, seconds, wasmtime).await?,
+            )
+        }
         Scenario::Rotation { minutes } => write_json(
             &path("rotation"),
             "rotation",
@@ -75,6 +111,7 @@ pub async fn run(scenario: Scenario, out: Option<PathBuf>) -> anyhow::Result<()>
                 "density": density::run(5).await?,
                 "churn": churn::run(5, 3).await?,
                 "cold": cold::run().await?,
+                "http": http::run(2, 1, None).await?,
             });
             write_json(&path("smoke"), "smoke", &result)
         }
