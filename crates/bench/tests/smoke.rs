@@ -17,7 +17,7 @@ fn every_scenario_runs_small() {
         output.status.success(),
         "krustlet-bench smoke failed:\n{stdout}\n{stderr}"
     );
-    for table in ["startup:", "density:", "churn:", "cold start:"] {
+    for table in ["startup:", "density:", "churn:", "cold start:", "http:"] {
         assert!(stdout.contains(table), "no {table} table in\n{stdout}");
     }
     let json: serde_json::Value =
@@ -33,6 +33,13 @@ fn every_scenario_runs_small() {
     );
     assert!(
         json["result"]["cold"]["first_ms"].as_f64().unwrap_or(0.0) > 0.0,
+        "{json}"
+    );
+    assert!(
+        json["result"]["http"]["krustlet"]["requests_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0,
         "{json}"
     );
     assert!(json["machine"]["cpus"].as_u64().unwrap_or(0) > 0, "{json}");
