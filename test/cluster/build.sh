@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds from upstream Go modules, once per source change, and links into <repo>/.bin/:
 # - the real control plane (test/cluster): kube-apiserver, kube-controller-manager,
-#   kube-scheduler, kubectl, kube-proxy (k8s.io/kubernetes) and etcd, in one `go build`, plus the
-#   dev-cluster launcher (devcluster);
+#   kube-scheduler, kubectl, kube-proxy, kubemark (the hollow node; k8s.io/kubernetes) and etcd,
+#   in one `go build`, plus the dev-cluster launcher (devcluster);
 # - cosign (test/tools/cosign), for the signed-modules tests;
 # - the test tools (test/tools), in one `go build`: metrics-server, promlint and the CNI reference
 #   plugins bridge, host-local, loopback and portmap (containernetworking/plugins), the plugins in
@@ -55,10 +55,13 @@ go_build() {
 }
 
 # flags:
-cp_targets="kube-apiserver kube-controller-manager kube-scheduler kubectl kube-proxy etcd"
+# kubemark is the upstream kubelet with a fake in-process runtime (the hollow node the bench
+# measures Krustlet against, `krustlet-bench --against hollow`); it adds ~114 packages to the
+# build, most of them pkg/kubelet.
+cp_targets="kube-apiserver kube-controller-manager kube-scheduler kubectl kube-proxy kubemark etcd"
 cp_packages="k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
   k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kube-proxy
-  go.etcd.io/etcd/server/v3"
+  k8s.io/kubernetes/cmd/kubemark go.etcd.io/etcd/server/v3"
 major=${k8s_version#v}; minor=${major#*.}; major=${major%%.*}; minor=${minor%%.*}
 ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
