@@ -10,6 +10,9 @@
 //   POST /echo         200 with the request body
 //   GET  /alloc?mb=N   allocates and touches N MiB, then 200 (memory limit tests)
 //   GET  /trap         traps (the server answers 500 and keeps serving)
+//   GET  /fetch?url=http://HOST[:PORT]/PATH
+//                      an outgoing GET (wasi:http/outgoing-handler): 200 "fetched STATUS: BODY",
+//                      or 502 "fetch failed: ERROR-CODE" (e.g. HTTP-request-denied)
 //   anything else      404
 //
 // Written against the C bindings that build.rs generates with wit-bindgen-c from
@@ -74,13 +77,9 @@ static bool route_is(const char *path, const char *want) {
     return strncmp(path, want, n) == 0 && (path[n] == '\0' || path[n] == '?');
 }
 
-// Reads the whole request body (at most MAX_BODY bytes) into a malloc'd buffer.
-static uint8_t *read_body(wasi_http_types_borrow_incoming_request_t request, size_t *len) {
+// Reads the whole of `body` (at most MAX_BODY bytes) into a malloc'd buffer.
+static uint8_t *read_incoming_body(wasi_http_types_own_incoming_body_t body, size_t *len) {
     *len = 0;
-    wasi_http_types_own_incoming_body_t body;
-    if (!wasi_http_types_method_incoming_request_consume(request, &body)) {
-        return NULL;
-    }
     wasi_http_types_own_input_stream_t stream;
     if (!wasi_http_types_method_incoming_body_stream(wasi_http_types_borrow_incoming_body(body),
                                                      &stream)) {
@@ -121,6 +120,16 @@ static uint8_t *read_body(wasi_http_types_borrow_incoming_request_t request, siz
     wasi_io_streams_input_stream_drop_own(stream);
     wasi_http_types_incoming_body_drop_own(body);
     return buf;
+}
+
+// Reads the whole request body (at most MAX_BODY bytes) into a malloc'd buffer.
+static uint8_t *read_body(wasi_http_types_borrow_incoming_request_t request, size_t *len) {
+    *len = 0;
+    wasi_http_types_own_incoming_body_t body;
+    if (!wasi_http_types_method_incoming_request_consume(request, &body)) {
+        return NULL;
+    }
+    return read_incoming_body(body, len);
 }
 
 // Appends the field `name: value` to `fields`.
@@ -217,6 +226,113 @@ static void sleep_ms(unsigned long ms) {
     wasi_io_poll_pollable_drop_own(pollable);
 }
 
+// The wasi:http error-code names this workload reports (the rest by number).
+static const char *error_code_name(uint8_t tag) {
+    switch (tag) {
+    case WASI_HTTP_TYPES_ERROR_CODE_DNS_TIMEOUT: return "DNS-timeout";
+    case WASI_HTTP_TYPES_ERROR_CODE_DNS_ERROR: return "DNS-error";
+    case WASI_HTTP_TYPES_ERROR_CODE_DESTINATION_NOT_FOUND: return "destination-not-found";
+    case WASI_HTTP_TYPES_ERROR_CODE_DESTINATION_UNAVAILABLE: return "destination-unavailable";
+    case WASI_HTTP_TYPES_ERROR_CODE_CONNECTION_REFUSED: return "connection-refused";
+    case WASI_HTTP_TYPES_ERROR_CODE_CONNECTION_TIMEOUT: return "connection-timeout";
+    case WASI_HTTP_TYPES_ERROR_CODE_HTTP_REQUEST_DENIED: return "HTTP-request-denied";
+    case WASI_HTTP_TYPES_ERROR_CODE_HTTP_REQUEST_URI_INVALID: return "HTTP-request-URI-invalid";
+    case WASI_HTTP_TYPES_ERROR_CODE_INTERNAL_ERROR: return "internal-error";
+    default: return NULL;
+    }
+}
+
+// Answers 502 "fetch failed: <error code>".
+static void fetch_failed(wasi_http_types_own_response_outparam_t out, wasi_http_types_error_code_t *error) {
+    char text[128];
+    const char *name = error_code_name(error->tag);
+    if (name) {
+        snprintf(text, sizeof text, "fetch failed: %s\n", name);
+    } else {
+        snprintf(text, sizeof text, "fetch failed: error code %u\n", error->tag);
+    }
+    wasi_http_types_error_code_free(error);
+    respond(out, 502, (const uint8_t *)text, strlen(text));
+}
+
+// GET `url` (http://authority/path) with wasi:http/outgoing-handler; answers with what came.
+static void fetch(wasi_http_types_own_response_outparam_t out, const char *url) {
+    const char *prefix = "http://";
+    if (strncmp(url, prefix, strlen(prefix)) != 0) {
+        respond_text(out, 400, "fetch: url must start with http://\n");
+        return;
+    }
+    const char *authority_start = url + strlen(prefix);
+    const char *slash = strchr(authority_start, '/');
+    size_t authority_len = slash ? (size_t)(slash - authority_start) : strlen(authority_start);
+    char *authority = strndup(authority_start, authority_len);
+    if (!authority) {
+        abort();
+    }
+    wasi_http_types_own_outgoing_request_t request =
+        wasi_http_types_constructor_outgoing_request(wasi_http_types_constructor_fields());
+    wasi_http_types_borrow_outgoing_request_t borrowed =
+        wasi_http_types_borrow_outgoing_request(request);
+    wasi_http_types_method_t method = {.tag = WASI_HTTP_TYPES_METHOD_GET};
+    wasi_http_types_method_outgoing_request_set_method(borrowed, &method);
+    wasi_http_types_scheme_t scheme = {.tag = WASI_HTTP_TYPES_SCHEME_HTTP};
+    wasi_http_types_method_outgoing_request_set_scheme(borrowed, &scheme);
+    http_workload_string_t value;
+    http_workload_string_set(&value, authority);
+    wasi_http_types_method_outgoing_request_set_authority(borrowed, &value);
+    http_workload_string_set(&value, slash ? slash : "/");
+    wasi_http_types_method_outgoing_request_set_path_with_query(borrowed, &value);
+    free(authority);
+
+    wasi_http_outgoing_handler_own_future_incoming_response_t future;
+    wasi_http_outgoing_handler_error_code_t error;
+    if (!wasi_http_outgoing_handler_handle(request, NULL, &future, &error)) {
+        fetch_failed(out, &error);
+        return;
+    }
+    wasi_http_types_borrow_future_incoming_response_t pending =
+        wasi_http_types_borrow_future_incoming_response(future);
+    wasi_io_poll_own_pollable_t pollable =
+        wasi_http_types_method_future_incoming_response_subscribe(pending);
+    wasi_io_poll_method_pollable_block(wasi_io_poll_borrow_pollable(pollable));
+    wasi_io_poll_pollable_drop_own(pollable);
+    wasi_http_types_result_result_own_incoming_response_error_code_void_t result;
+    bool ready = wasi_http_types_method_future_incoming_response_get(pending, &result);
+    wasi_http_types_future_incoming_response_drop_own(future);
+    if (!ready || result.is_err) {
+        respond_text(out, 500, "fetch: the response future was not ready\n");
+        return;
+    }
+    if (result.val.ok.is_err) {
+        fetch_failed(out, &result.val.ok.val.err);
+        return;
+    }
+    wasi_http_types_own_incoming_response_t response = result.val.ok.val.ok;
+    wasi_http_types_borrow_incoming_response_t got =
+        wasi_http_types_borrow_incoming_response(response);
+    unsigned status = wasi_http_types_method_incoming_response_status(got);
+    size_t len = 0;
+    uint8_t *body = NULL;
+    wasi_http_types_own_incoming_body_t incoming;
+    if (wasi_http_types_method_incoming_response_consume(got, &incoming)) {
+        body = read_incoming_body(incoming, &len);
+    }
+    wasi_http_types_incoming_response_drop_own(response);
+    char head[64];
+    int head_len = snprintf(head, sizeof head, "fetched %u: ", status);
+    uint8_t *text = malloc((size_t)head_len + len);
+    if (!text) {
+        abort();
+    }
+    memcpy(text, head, (size_t)head_len);
+    if (body) {
+        memcpy(text + head_len, body, len);
+    }
+    respond(out, 200, text, (size_t)head_len + len);
+    free(text);
+    free(body);
+}
+
 void exports_wasi_http_incoming_handler_handle(
     exports_wasi_http_incoming_handler_own_incoming_request_t request,
     exports_wasi_http_incoming_handler_own_response_outparam_t response_out) {
@@ -281,6 +397,14 @@ void exports_wasi_http_incoming_handler_handle(
             }
             snprintf(text, sizeof text, "allocated %lu MiB\n", mb);
             respond_text(response_out, 200, text);
+        }
+    } else if (route_is(path, "/fetch")) {
+        wasi_http_types_incoming_request_drop_own(request);
+        const char *url = strstr(path, "url=");
+        if (url) {
+            fetch(response_out, url + 4);
+        } else {
+            respond_text(response_out, 400, "fetch: ?url=http://host:port/path is required\n");
         }
     } else if (route_is(path, "/trap")) {
         __builtin_trap();

@@ -5,6 +5,7 @@
 //! cargo run -p krustlet-bench --release -- density [--pods 1000] [--against hollow,floor]
 //! cargo run -p krustlet-bench --release -- churn [--rate 300 --seconds 60] [--against hollow,floor]
 //! cargo run -p krustlet-bench --release -- cold
+//! cargo run -p krustlet-bench --release -- http [--connections 50 --seconds 10]  # vs wasmtime serve
 //! cargo run -p krustlet-bench -- rotation [--minutes 25]   # certificates of 600 s
 //! cargo run -p krustlet-bench --release -- smoke      # every scenario, tiny
 //! ```

@@ -23,6 +23,7 @@ fn every_scenario_runs_small() {
         "density:",
         "churn:",
         "cold start:",
+        "http:",
         "startup: Krustlet against hollow, floor",
         "density: Krustlet against hollow, floor",
         "churn: Krustlet against hollow, floor",
@@ -55,6 +56,13 @@ fn every_scenario_runs_small() {
     }
     assert!(
         json["result"]["cold"]["first_ms"].as_f64().unwrap_or(0.0) > 0.0,
+        "{json}"
+    );
+    assert!(
+        json["result"]["http"]["krustlet"]["requests_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0,
         "{json}"
     );
     assert!(json["machine"]["cpus"].as_u64().unwrap_or(0) > 0, "{json}");

@@ -16,8 +16,12 @@
 //!   `Content-Length`) or ends with an error for the guest (chunked); a request that takes
 //!   longer than `request_timeout` has its instance stopped (a 504 if no response was
 //!   started); at most `max_concurrent_requests` run at once, the rest wait.
-//! - Outgoing requests (`wasi:http/outgoing-handler`) are refused (`HTTP-request-denied`):
-//!   outbound grants are not built yet.
+//!
+//! # Network
+//! Each instance gets the container's network as a command component does: `wasi:sockets`
+//! made inside the pod's namespace under its outbound grants, name lookups with the pod's DNS,
+//! and outgoing requests (`wasi:http/outgoing-handler`) through [`crate::outgoing`] under the
+//! same grants. Without a network every outgoing request is `HTTP-request-denied`.
 //!
 //! # Stopping
 //! A graceful stop is a drain: the listeners close at once, idle keep-alive connections are
@@ -34,6 +38,8 @@ use hyper::StatusCode;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use kubelet::log::writer::{CriLogWriter, Stream};
+use kubelet::network::netns::{InNamespace, NetNs};
+use kubelet::network::outbound::GuestNetwork;
 use kubelet::network::{MAX_REQUEST_BODY_ANNOTATION, REQUEST_TIMEOUT_ANNOTATION};
 use kubelet::runtime::{HttpLimits, Usage};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -46,15 +52,14 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
-use wasmtime_wasi_http::{
-    Error as WasiHttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
-    WasiHttpView,
-};
+use wasmtime_wasi_http::{Error as WasiHttpError, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::cpu::{self, CpuClock, Throttle};
 use crate::log::CriStream;
 use crate::memory::{MemoryLimiter, is_memory_limit};
-use crate::run::{Mount, preopen};
+use crate::name_lookup::{self, HasNameLookups, NameLookups};
+use crate::outgoing::{self, Outgoing};
+use crate::run::{Mount, RunError, grant_sockets, guest_sockets, preopen};
 
 /// Connections held open at once per run (`wasmtime serve`'s default).
 const MAX_CONNECTIONS: usize = 1000;
@@ -75,8 +80,19 @@ pub struct HttpState {
     ctx: WasiCtx,
     table: ResourceTable,
     http: WasiHttpCtx,
-    hooks: DenyOutbound,
+    hooks: Outgoing,
     limiter: MemoryLimiter,
+    lookups: Option<NameLookups>,
+}
+
+impl HasNameLookups for HttpState {
+    fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
+    }
+
+    fn lookups(&self) -> Option<&NameLookups> {
+        self.lookups.as_ref()
+    }
 }
 
 impl WasiView for HttpState {
@@ -98,25 +114,8 @@ impl WasiHttpView for HttpState {
     }
 }
 
-/// Refuses every outgoing request: no outbound grants yet.
-struct DenyOutbound;
-
-type ErrorFuture = Box<dyn Future<Output = Result<(), WasiHttpError>> + Send>;
-
-impl WasiHttpHooks for DenyOutbound {
-    fn send_request(
-        &mut self,
-        _request: http::Request<WasiBody>,
-        _options: Option<RequestOptions>,
-        _fut: ErrorFuture,
-    ) -> Box<
-        dyn Future<Output = Result<(http::Response<WasiBody>, ErrorFuture), WasiHttpError>> + Send,
-    > {
-        Box::new(async { Err(WasiHttpError::HttpRequestDenied) })
-    }
-}
-
-/// The linker for HTTP components: all of WASI 0.2 plus `wasi:http` (made once per engine).
+/// The linker for HTTP components: all of WASI 0.2 plus `wasi:http`, name lookups with the
+/// pod's DNS (made once per engine).
 ///
 /// # Errors
 /// wasmtime's, if the interfaces clash (a bug).
@@ -124,6 +123,7 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HttpState>> 
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    name_lookup::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 
@@ -148,12 +148,23 @@ pub struct Template {
     pub mounts: Vec<Mount>,
     /// Where stdout and stderr go.
     pub log: CriLogWriter,
+    /// The container's network (sockets, lookups and outgoing requests); `None`: none.
+    pub network: Option<GuestNetwork>,
+}
+
+/// What every instance's network is made of, set up once per run.
+struct Network {
+    guest: GuestNetwork,
+    namespace: Option<Arc<NetNs>>,
+    lookups: Option<NameLookups>,
+    outgoing: Outgoing,
 }
 
 /// One container run of an HTTP component.
 pub struct Server {
     pre: ProxyPre<HttpState>,
     template: Template,
+    network: Option<Network>,
     usage: Arc<Usage>,
     limits: HttpLimits,
     /// One CPU token bucket for all instances.
@@ -195,23 +206,45 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 impl Server {
     /// A server of `pre` for one container run; `usage` holds its limits and counts its
     /// instances' memory and CPU.
+    ///
+    /// # Errors
+    /// [`RunError::Network`] when the pod's network namespace cannot be opened.
     pub fn new(
         pre: ProxyPre<HttpState>,
         template: Template,
         usage: Arc<Usage>,
         limits: HttpLimits,
-    ) -> Self {
+    ) -> Result<Self, RunError> {
+        let network = match &template.network {
+            Some(guest) => {
+                let (namespace, lookups) = guest_sockets(guest)?;
+                let outgoing = Outgoing::new(
+                    guest.clone(),
+                    namespace.clone(),
+                    lookups.as_ref().map(|l| l.resolver.clone()),
+                    outgoing::node_tls(),
+                );
+                Some(Network {
+                    guest: guest.clone(),
+                    namespace,
+                    lookups,
+                    outgoing,
+                })
+            }
+            None => None,
+        };
         let throttle = Throttle::new(CpuClock::new(usage.clone()));
-        Self {
+        Ok(Self {
             pre,
             template,
+            network,
             usage,
             limits,
             throttle: Arc::new(Mutex::new(throttle)),
             requests: Arc::new(Semaphore::new(limits.max_concurrent_requests.max(1))),
             connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             killed: CancellationToken::new(),
-        }
+        })
     }
 
     /// Serves `listeners` until `stop` (a drain) and the last request is done. Dropping the
@@ -283,12 +316,20 @@ impl Server {
                 "internal error".into(),
             ))
         })?;
+        if let Some(network) = &self.network {
+            grant_sockets(&mut builder, network.guest.clone());
+        }
         let state = HttpState {
             ctx: builder.build(),
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            hooks: DenyOutbound,
+            hooks: self
+                .network
+                .as_ref()
+                .map(|n| n.outgoing.clone())
+                .unwrap_or_default(),
             limiter,
+            lookups: self.network.as_ref().and_then(|n| n.lookups.clone()),
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| &mut state.limiter);
@@ -362,9 +403,22 @@ impl Server {
             self.killed.clone(),
         );
         let server = self.clone();
+        let namespace = self.network.as_ref().and_then(|n| n.namespace.clone());
         let task = tokio::spawn(async move {
             let _held = (in_flight, permit);
             let run = cpu::metered(clock, run_instance(pre, store, incoming, out));
+            // The instance's sockets are made on the thread that polls it: poll it inside the
+            // pod's namespace, as a command component's run.
+            let run = async move {
+                match namespace {
+                    Some(namespace) => InNamespace::new(namespace, run).await.unwrap_or_else(|e| {
+                        Err(wasmtime::Error::msg(format!(
+                            "cannot enter the pod's network namespace: {e}"
+                        )))
+                    }),
+                    None => run.await,
+                }
+            };
             let result = tokio::select! {
                 result = run => result.map_err(Failure::Guest),
                 _ = tokio::time::sleep_until(deadline) => Err(Failure::Timeout),
@@ -554,6 +608,10 @@ mod tests {
     }
 
     fn serve(usage: Arc<Usage>, limits: HttpLimits) -> Serving {
+        serve_on(usage, limits, None)
+    }
+
+    fn serve_on(usage: Arc<Usage>, limits: HttpLimits, network: Option<GuestNetwork>) -> Serving {
         let engine = WasmEngine::new().expect("engine");
         let path = krustlet_test_workloads::http_component().unwrap_or_else(|e| panic!("{e}"));
         let bytes = std::fs::read(path).expect("read");
@@ -571,8 +629,9 @@ mod tests {
             env: vec![("POD_NAME".into(), "unit".into())],
             mounts: vec![],
             log,
+            network,
         };
-        let server = Server::new(pre, template, usage, limits);
+        let server = Server::new(pre, template, usage, limits).expect("server");
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
@@ -613,6 +672,52 @@ mod tests {
             tokio::net::TcpStream::connect(addr).await.is_err(),
             "the listener is closed"
         );
+    }
+
+    #[tokio::test]
+    async fn outgoing_requests_need_a_network_and_a_grant() {
+        // No network: every outgoing request is denied.
+        let isolated = serve(Arc::default(), HttpLimits::default());
+        let denied = send(isolated.addr, "GET /fetch?url=http://127.0.0.1:9/", "").await;
+        assert!(denied.starts_with("HTTP/1.1 502"), "{denied}");
+        assert!(
+            denied.ends_with("fetch failed: HTTP-request-denied\n"),
+            "{denied}"
+        );
+        // On the node's network with a grant for everything, the node's loopback is still
+        // refused, and the pod is told once per destination.
+        let reported = Arc::new(Mutex::new(Vec::new()));
+        let sink = reported.clone();
+        let mut annotations = std::collections::BTreeMap::new();
+        annotations.insert(
+            kubelet::network::outbound::GRANTS_ANNOTATION.to_string(),
+            "*".to_string(),
+        );
+        let policy =
+            kubelet::network::outbound::OutboundPolicy::for_pod(Some(&annotations), &[], false)
+                .expect("policy");
+        let network = GuestNetwork::new(
+            None,
+            policy,
+            kubelet::network::outbound::DenialReporter::new(move |message| {
+                sink.lock().expect("sink").push(message)
+            }),
+            None,
+        );
+        let node = serve_on(Arc::default(), HttpLimits::default(), Some(network));
+        for _ in 0..2 {
+            let denied = send(node.addr, "GET /fetch?url=http://127.0.0.1:9/", "").await;
+            assert!(
+                denied.ends_with("fetch failed: HTTP-request-denied\n"),
+                "{denied}"
+            );
+        }
+        let reported = reported.lock().expect("reported").clone();
+        assert_eq!(reported.len(), 1, "{reported:?}");
+        assert!(reported[0].contains("127.0.0.1:9"), "{reported:?}");
+        // A name without the pod's DNS cannot be looked up.
+        let unnamed = send(node.addr, "GET /fetch?url=http://example.invalid/", "").await;
+        assert!(unnamed.ends_with("fetch failed: DNS-error\n"), "{unnamed}");
     }
 
     #[tokio::test]

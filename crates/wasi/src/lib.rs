@@ -8,7 +8,8 @@
 //! - [`module`]: compiling bytes into a [`Program`], telling modules from components.
 //! - [`cache`]: compiled programs kept in memory (LRU) and on disk (authenticated with the
 //!   node's [`key`]), keyed by digest and engine; [`pool`] bounds compilations at once.
-//! - [`http`]: serving `wasi:http/incoming-handler` components, an instance per request.
+//! - [`http`]: serving `wasi:http/incoming-handler` components, an instance per request;
+//!   [`outgoing`]: their outgoing requests, under the pod's DNS, grants and namespace.
 //! - [`run`]: running a [`Program`] to completion with a [`RunSpec`], yielding an [`Exit`].
 //! - [`memory`]: `limits.memory` through a resource limiter; `cpu` (private): CPU accounting and
 //!   `limits.cpu` throttling at epoch ticks.
@@ -24,6 +25,7 @@ pub mod memory;
 pub mod metrics;
 pub mod module;
 pub mod name_lookup;
+pub mod outgoing;
 pub mod pool;
 pub mod run;
 pub mod runtime;

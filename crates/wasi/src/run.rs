@@ -181,23 +181,10 @@ impl WasmEngine {
             Stdio::Streams(_) => None,
         };
         // A component's sockets are made on the thread that polls it: poll it inside the pod's
-        // namespace (a module has no way to make sockets).
-        let namespace = match (&spec.network, program) {
-            (Some(network), Program::Component(_)) => match &network.namespace {
-                Some(path) => Some(Arc::new(NetNs::open(path).map_err(|e| {
-                    RunError::Network(format!("cannot open the pod's network namespace: {e}"))
-                })?)),
-                None => None,
-            },
-            _ => None,
-        };
-        // Name lookups follow the pod's DNS, from inside its namespace.
-        let lookups = match (&spec.network, program) {
-            (Some(network), Program::Component(_)) => network.dns.as_ref().map(|dns| NameLookups {
-                resolver: Resolver::new(dns.config.clone(), namespace.clone()),
-                guest: network.clone(),
-            }),
-            _ => None,
+        // namespace (a module has no way to make sockets). Name lookups follow the pod's DNS.
+        let (namespace, lookups) = match (&spec.network, program) {
+            (Some(network), Program::Component(_)) => guest_sockets(network)?,
+            _ => (None, None),
         };
         let run = cpu::metered(
             clock.clone(),
@@ -362,10 +349,32 @@ fn memory_limit_of(error: &wasmtime::Error) -> MemoryLimitExceeded {
         })
 }
 
+/// What a component's sockets need besides the grants: the pod's namespace, open (`None` on
+/// the node's network), and name lookups with the pod's DNS (`None` without DNS).
+///
+/// # Errors
+/// [`RunError::Network`] when the pod's namespace cannot be opened.
+pub(crate) fn guest_sockets(
+    network: &GuestNetwork,
+) -> Result<(Option<Arc<NetNs>>, Option<NameLookups>), RunError> {
+    let namespace = match &network.namespace {
+        Some(path) => Some(Arc::new(NetNs::open(path).map_err(|e| {
+            RunError::Network(format!("cannot open the pod's network namespace: {e}"))
+        })?)),
+        None => None,
+    };
+    let lookups = network.dns.as_ref().map(|dns| NameLookups {
+        resolver: Resolver::new(dns.config.clone(), namespace.clone()),
+        guest: network.clone(),
+    });
+    Ok((namespace, lookups))
+}
+
 /// Gives the guest TCP and UDP sockets, every address they use checked by the pod's outbound
-/// policy (a denied connection is the WASI `access-denied` error, and an event). Name lookups
-/// stay off: the node's resolver is not the pod's DNS (docs/pod-spec.md).
-fn grant_sockets(builder: &mut WasiCtxBuilder, network: GuestNetwork) {
+/// policy (a denied connection is the WASI `access-denied` error, and an event). wasmtime-wasi's
+/// name lookups stay off (the node's resolver is not the pod's DNS): [`name_lookup`] shadows
+/// them with the pod's.
+pub(crate) fn grant_sockets(builder: &mut WasiCtxBuilder, network: GuestNetwork) {
     use wasmtime_wasi::sockets::SocketAddrUse;
     builder
         .allow_tcp(true)

@@ -265,10 +265,12 @@ impl WasiRuntime {
                 env: spec.env,
                 mounts: guest_mounts(spec.mounts),
                 log: spec.log,
+                network: spec.guest_network,
             },
             usage.clone(),
             spec.http,
-        );
+        )
+        .map_err(|e| create_error(e.to_string()))?;
         let (exit_tx, exit) = oneshot::channel();
         let (kill, killed) = oneshot::channel::<()>();
         let (stop, stopped) = oneshot::channel::<()>();

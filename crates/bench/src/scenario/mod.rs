@@ -3,6 +3,7 @@
 mod churn;
 mod cold;
 mod density;
+mod http;
 mod rotation;
 mod startup;
 
@@ -49,6 +50,23 @@ pub enum Scenario {
     },
     /// First pod of a new image (pull + compile) vs. cached, and after a Krustlet restart.
     Cold,
+    /// One http component pod under concurrent keep-alive load, next to `wasmtime serve` of
+    /// the same component.
+    Http {
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// The measured window.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// The `wasmtime` CLI to compare with [default: $KRUSTLET_CACHE/wasmtime-cli/bin/wasmtime,
+        /// else on PATH].
+        #[arg(long)]
+        wasmtime: Option<PathBuf>,
+        /// Measure Krustlet alone.
+        #[arg(long)]
+        no_wasmtime: bool,
+    },
     /// Certificates of 600 s: pods keep starting and being deleted across client certificate
     /// rotations (takes `minutes` of wall time, mostly idle; not part of `smoke`).
     Rotation {
@@ -185,6 +203,24 @@ pub async fn run(scenario: Scenario, out: Option<PathBuf>) -> anyhow::Result<()>
             .await
         }
         Scenario::Cold => write_json(&path("cold"), "cold", &cold::run().await?),
+        Scenario::Http {
+            connections,
+            seconds,
+            wasmtime,
+            no_wasmtime,
+        } => {
+            // Found before the cluster starts, so a missing CLI fails at once.
+            let wasmtime = if no_wasmtime {
+                None
+            } else {
+                Some(http::find_wasmtime(wasmtime)?)
+            };
+            write_json(
+                &path("http"),
+                "http",
+                &http::run(connections, seconds, wasmtime).await?,
+            )
+        }
         Scenario::Rotation { minutes } => write_json(
             &path("rotation"),
             "rotation",
@@ -197,6 +233,7 @@ pub async fn run(scenario: Scenario, out: Option<PathBuf>) -> anyhow::Result<()>
                 "density": compare("density", &kinds, |kind| density::run(5, kind)).await?,
                 "churn": compare("churn", &kinds, |kind| churn::run(5, 3, kind)).await?,
                 "cold": cold::run().await?,
+                "http": http::run(2, 1, None).await?,
             });
             write_json(&path("smoke"), "smoke", &result)
         }

@@ -951,3 +951,97 @@ async fn on_the_node_network_a_guest_can_neither_listen_nor_reach_the_node_whate
             .expect("an OutboundDenied event");
     }
 }
+
+#[tokio::test]
+async fn an_http_components_outgoing_requests_follow_its_grants_and_its_pods_dns() {
+    let ns = TestNamespace::new("net-fetch").await.expect("namespace");
+    let backend = TestHost::create().expect("host");
+    let node = KrustletNode::start_networked(KRUSTLET, "net-fetch", &[])
+        .await
+        .expect("networked node");
+    let host = node.host().expect("test host");
+    serve_in(
+        &backend,
+        "backend",
+        8080,
+        7002,
+        Instant::now() + Duration::from_secs(300),
+    );
+    let b = backend.ip().to_string();
+    let pods = ns.api::<Pod>();
+    let dns = format!("web.{}.svc.cluster.local", ns.name());
+    let mut fetcher = web_pod("fetcher", node.name(), json!({"app": "fetcher"}), json!({}));
+    fetcher.metadata.annotations = Some(
+        [(
+            "krustlet.dev/allowed-outbound".to_string(),
+            format!("http://{b}:8080, http://{dns}"),
+        )]
+        .into(),
+    );
+    for pod in [
+        web_pod("web", node.name(), json!({"app": "web"}), json!({})),
+        fetcher,
+        web_pod("closed", node.name(), json!({"app": "closed"}), json!({})),
+    ] {
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("create");
+    }
+    ns.api::<Service>()
+        .create(&PostParams::default(), &service("web"))
+        .await
+        .expect("create service");
+    let fetcher_ip = wait_running(&ns, "fetcher", 1).await[0].1;
+    let closed_ip = wait_running(&ns, "closed", 1).await[0].1;
+    wait_running(&ns, "web", 1).await;
+    let fetch = |ip: Ipv4Addr, url: &str| format!("http://{ip}:8080/fetch?url={url}");
+
+    // Granted: a host outside the cluster by address, a Service by its DNS name (the pod's
+    // DNS, CoreDNS), and by its short name through the pod's search list.
+    let body = curl_from(host, &fetch(fetcher_ip, &format!("http://{b}:8080/")), LONG).await;
+    assert_eq!(body, "fetched 200: hello from backend\n");
+    for url in [format!("http://{dns}/"), "http://web/".to_string()] {
+        let body = curl_from(host, &fetch(fetcher_ip, &url), LONG).await;
+        assert_eq!(body, "fetched 200: hello from web\n", "{url}");
+    }
+
+    // Not granted: the guest gets HTTP-request-denied and the pod one event.
+    let out = host
+        .command("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            &fetch(closed_ip, &format!("http://{b}:8080/")),
+        ])
+        .output()
+        .expect("prerequisite missing: curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "fetch failed: HTTP-request-denied\n"
+    );
+    // A granted pod's request to a port it was not granted is denied too.
+    let out = host
+        .command("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            &fetch(fetcher_ip, &format!("http://{b}:7002/")),
+        ])
+        .output()
+        .expect("prerequisite missing: curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "fetch failed: HTTP-request-denied\n"
+    );
+    let events = ns.api::<k8s_openapi::api::core::v1::Event>();
+    krustlet_e2e::pods::wait_for_event(
+        &events,
+        "OutboundDenied",
+        &format!("outbound tcp connection to {b}:8080 denied"),
+        LONG,
+    )
+    .await
+    .expect("OutboundDenied event");
+}
