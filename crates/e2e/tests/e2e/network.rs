@@ -1006,33 +1006,21 @@ async fn an_http_components_outgoing_requests_follow_its_grants_and_its_pods_dns
     }
 
     // Not granted: the guest gets HTTP-request-denied and the pod one event.
-    let out = host
-        .command("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "20",
-            &fetch(closed_ip, &format!("http://{b}:8080/")),
-        ])
-        .output()
-        .expect("prerequisite missing: curl");
+    let denied = |url: String| {
+        let out = host
+            .command("curl")
+            .args(["-sS", "--max-time", "20", &url])
+            .output()
+            .expect("prerequisite missing: curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        denied(fetch(closed_ip, &format!("http://{b}:8080/"))),
         "fetch failed: HTTP-request-denied\n"
     );
     // A granted pod's request to a port it was not granted is denied too.
-    let out = host
-        .command("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "20",
-            &fetch(fetcher_ip, &format!("http://{b}:7002/")),
-        ])
-        .output()
-        .expect("prerequisite missing: curl");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        denied(fetch(fetcher_ip, &format!("http://{b}:7002/"))),
         "fetch failed: HTTP-request-denied\n"
     );
     let events = ns.api::<k8s_openapi::api::core::v1::Event>();
