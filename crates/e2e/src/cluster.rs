@@ -43,9 +43,16 @@ pub struct ClusterInfo {
     pub auth_registry_password: String,
 }
 
-/// The repository root (two levels above this crate).
+/// The repository root (two levels above the crate being tested or run).
+///
+/// Cargo sets `CARGO_MANIFEST_DIR` for the processes of `cargo test` and `cargo run`; that one
+/// comes first because the compile-time value goes stale when the same target dir serves
+/// another checkout (cargo does not rebuild a path crate for a new checkout path).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let here = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(|dir| PathBuf::from(dir).join("../.."))
+        .filter(|root| root.join("test/cluster").is_dir());
+    here.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
 }
 
 /// The project-local bin dir that `test/cluster/build.sh` fills.

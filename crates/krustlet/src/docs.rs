@@ -203,6 +203,15 @@ pub fn configuration_reference() -> String {
 mod tests {
     use super::*;
 
+    /// A file of this checkout: from the `CARGO_MANIFEST_DIR` that `cargo test` sets at run
+    /// time, since the compile-time one goes stale when a target dir serves another checkout.
+    fn repo_file(path: &str) -> std::path::PathBuf {
+        let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+        crate_dir.join("../..").join(path)
+    }
+
     #[test]
     fn flag_names_become_camel_case_keys() {
         assert_eq!(camel("max-pods"), "maxPods");
@@ -214,8 +223,7 @@ mod tests {
 
     #[test]
     fn configuration_reference_is_up_to_date() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+        let path = repo_file("docs/configuration.md");
         let current = std::fs::read_to_string(&path).unwrap_or_default();
         let generated = configuration_reference();
         assert!(
@@ -226,8 +234,7 @@ mod tests {
 
     #[test]
     fn the_example_config_file_is_valid() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../deploy/systemd/krustlet.yaml");
+        let path = repo_file("deploy/systemd/krustlet.yaml");
         let flags = Flags {
             config: Some(path),
             ..Default::default()
