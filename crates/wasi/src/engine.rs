@@ -5,8 +5,11 @@
 //! Epoch interruption is always on, driven by a background ticker, so that every guest yields to
 //! the async executor regularly and can be stopped even in a busy loop.
 
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
+
+use crate::run::Linkers;
 
 /// How often the epoch advances; a running guest yields at least this often.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -22,10 +25,12 @@ pub enum EngineError {
     Ticker(#[source] std::io::Error),
 }
 
-/// The shared wasmtime engine with its epoch ticker.
+/// The shared wasmtime engine with its epoch ticker, and the linkers every run uses (made at
+/// the first run: link once, instantiate many).
 #[derive(Clone)]
 pub struct WasmEngine {
     engine: wasmtime::Engine,
+    linkers: Arc<OnceLock<Result<Linkers, String>>>,
 }
 
 impl WasmEngine {
@@ -48,11 +53,25 @@ impl WasmEngine {
                 }
             })
             .map_err(EngineError::Ticker)?;
-        Ok(Self { engine })
+        Ok(Self {
+            engine,
+            linkers: Arc::default(),
+        })
     }
 
     /// The underlying wasmtime engine.
     pub fn engine(&self) -> &wasmtime::Engine {
         &self.engine
+    }
+
+    /// The run linkers, made on first use.
+    ///
+    /// # Errors
+    /// wasmtime's message if the WASI interfaces cannot be linked (a bug).
+    pub(crate) fn linkers(&self) -> Result<&Linkers, String> {
+        self.linkers
+            .get_or_init(|| Linkers::new(&self.engine).map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 }

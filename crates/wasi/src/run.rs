@@ -131,6 +131,26 @@ pub enum RunError {
     Instantiate(#[source] wasmtime::Error),
 }
 
+/// The linkers of modules and command components, made once per engine: defining WASI's
+/// functions is most of what a fresh linker per run cost (the hot path in BENCHMARKS.md).
+pub(crate) struct Linkers {
+    module: wasmtime::Linker<ModuleState>,
+    component: wasmtime::component::Linker<ComponentState>,
+}
+
+impl Linkers {
+    /// Preview 1 for modules; all of WASI 0.2 for components, with name lookups through the
+    /// pod's DNS ([`name_lookup`]; without a pod network every lookup fails).
+    pub(crate) fn new(engine: &wasmtime::Engine) -> wasmtime::Result<Self> {
+        let mut module = wasmtime::Linker::<ModuleState>::new(engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut module, |state| &mut state.wasi)?;
+        let mut component = wasmtime::component::Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut component)?;
+        name_lookup::add_to_linker(&mut component)?;
+        Ok(Self { module, component })
+    }
+}
+
 /// Store state for modules: the preview-1 WASI context and the memory limiter.
 struct ModuleState {
     wasi: WasiP1Ctx,
@@ -263,10 +283,10 @@ impl WasmEngine {
                 store.limiter(|state| &mut state.limiter);
                 store.set_epoch_deadline(1);
                 store.epoch_deadline_callback(move |_| Ok(throttle.on_epoch()));
-                let mut linker = wasmtime::Linker::<ModuleState>::new(self.engine());
-                wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state| &mut state.wasi)
-                    .map_err(RunError::Instantiate)?;
-                let instance = linker
+                let instance = self
+                    .linkers()
+                    .map_err(|e| RunError::Instantiate(wasmtime::Error::msg(e)))?
+                    .module
                     .instantiate_async(&mut store, module)
                     .await
                     .map_err(RunError::Instantiate)?;
@@ -276,7 +296,6 @@ impl WasmEngine {
                 start.call_async(&mut store, ()).await
             }
             Program::Component(component) => {
-                let shadow_lookups = lookups.is_some();
                 let state = ComponentState {
                     ctx: builder.build(),
                     table: ResourceTable::new(),
@@ -287,13 +306,11 @@ impl WasmEngine {
                 store.limiter(|state| &mut state.limiter);
                 store.set_epoch_deadline(1);
                 store.epoch_deadline_callback(move |_| Ok(throttle.on_epoch()));
-                let mut linker = wasmtime::component::Linker::new(self.engine());
-                wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-                    .map_err(RunError::Instantiate)?;
-                if shadow_lookups {
-                    name_lookup::add_to_linker(&mut linker).map_err(RunError::Instantiate)?;
-                }
-                let command = Command::instantiate_async(&mut store, component, &linker)
+                let linker = &self
+                    .linkers()
+                    .map_err(|e| RunError::Instantiate(wasmtime::Error::msg(e)))?
+                    .component;
+                let command = Command::instantiate_async(&mut store, component, linker)
                     .await
                     .map_err(RunError::Instantiate)?;
                 // `Err(())` is a `wasi:cli/exit` with failure, i.e. exit code 1.
