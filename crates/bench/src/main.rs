@@ -1,9 +1,10 @@
 //! `krustlet-bench`: benchmarks against the real control plane (see `BENCHMARKS.md`).
 //!
 //! ```text
-//! cargo run -p krustlet-bench --release -- startup [--pods 100] [--against hollow,floor]
+//! cargo run -p krustlet-bench --release -- all [--density-pods 10000] --against hollow,floor
+//! cargo run -p krustlet-bench --release -- startup [--pods 100 --serial 50] [--against hollow,floor]
 //! cargo run -p krustlet-bench --release -- density [--pods 1000] [--against hollow,floor]
-//! cargo run -p krustlet-bench --release -- churn [--rate 300 --seconds 60] [--against hollow,floor]
+//! cargo run -p krustlet-bench --release -- churn [--rates 50,100,200,300 --seconds 30] [--against hollow,floor]
 //! cargo run -p krustlet-bench --release -- cold
 //! cargo run -p krustlet-bench --release -- http [--connections 50 --seconds 10]  # vs wasmtime serve
 //! cargo run -p krustlet-bench -- rotation [--minutes 25]   # certificates of 600 s
@@ -18,6 +19,7 @@
 //! kubelet with a fake runtime, [`hollow`]) and the floor node (a client that only patches pod
 //! status, [`floor`]); the table sets each figure side by side with Krustlet's ratio to each.
 
+mod api_writes;
 mod floor;
 mod harness;
 mod hollow;

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use krustlet_e2e::KrustletNode;
 
 use crate::RUN_AS_NODE;
+use crate::api_writes::{AuditMark, Writes};
 use crate::floor::FloorNode;
 use crate::harness::{Seen, delete_node, pod_start_metric, wait_schedulable};
 use crate::hollow::HollowNode;
@@ -155,6 +156,31 @@ impl BenchNode {
         }
     }
 
+    /// A mark from which [`Self::writes_since`] counts the node's API writes.
+    ///
+    /// # Errors
+    /// When the control plane keeps no audit log (built before it did).
+    pub fn mark_writes(&self) -> anyhow::Result<WritesMark> {
+        Ok(match self {
+            Self::Floor(node) => WritesMark::Floor(node.writes()),
+            Self::Krustlet(_) | Self::Hollow(_) => WritesMark::Audit(AuditMark::now()?),
+        })
+    }
+
+    /// The node's writes to the API server since `mark`: from the audit log for the nodes
+    /// that authenticate as nodes; the floor (which writes with the benchmark's own client)
+    /// counts its own.
+    ///
+    /// # Errors
+    /// When the audit log cannot be read.
+    pub fn writes_since(&self, mark: &WritesMark) -> anyhow::Result<Writes> {
+        match (self, mark) {
+            (Self::Floor(node), WritesMark::Floor(before)) => Ok(node.writes().since(before)),
+            (_, WritesMark::Audit(mark)) => mark.writes_since(self.name()),
+            (_, WritesMark::Floor(_)) => bail!("a floor mark is for the floor node only"),
+        }
+    }
+
     /// Fails when the node stopped acting on its pods (the floor's tasks; a process that
     /// exited).
     pub fn health(&self) -> anyhow::Result<()> {
@@ -188,6 +214,14 @@ impl Drop for BenchNode {
             delete_node(node.name());
         }
     }
+}
+
+/// Where counting a node's API writes starts ([`BenchNode::mark_writes`]).
+pub enum WritesMark {
+    /// An offset in the audit log.
+    Audit(AuditMark),
+    /// The floor's own count then.
+    Floor(Writes),
 }
 
 /// `<prefix>-<pid>-<n>`, unique in this process and across processes, as Krustlet nodes are.

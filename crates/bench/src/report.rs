@@ -1,5 +1,6 @@
 //! Results: latency percentiles, a printed table and a JSON file with machine information.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -118,10 +119,10 @@ pub fn write_json(path: &Path, scenario: &str, result: &impl Serialize) -> anyho
 }
 
 /// One figure of a result, comparable across node kinds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Figure {
     /// What it is, e.g. `create → Running p50`.
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     /// Its unit, e.g. `ms`.
     pub unit: &'static str,
     /// The value, if the kind has it (the floor has no process of its own to measure).
@@ -132,14 +133,18 @@ pub struct Figure {
 
 impl Figure {
     /// A figure every kind has, where less is better.
-    pub fn of(name: &'static str, unit: &'static str, value: f64) -> Self {
+    pub fn of(name: impl Into<Cow<'static, str>>, unit: &'static str, value: f64) -> Self {
         Self::maybe(name, unit, Some(value))
     }
 
     /// A figure some kinds lack, where less is better.
-    pub fn maybe(name: &'static str, unit: &'static str, value: Option<f64>) -> Self {
+    pub fn maybe(
+        name: impl Into<Cow<'static, str>>,
+        unit: &'static str,
+        value: Option<f64>,
+    ) -> Self {
         Self {
-            name,
+            name: name.into(),
             unit,
             value,
             higher_is_better: false,
@@ -147,7 +152,7 @@ impl Figure {
     }
 
     /// A rate every kind has: more is better.
-    pub fn rate(name: &'static str, unit: &'static str, value: f64) -> Self {
+    pub fn rate(name: impl Into<Cow<'static, str>>, unit: &'static str, value: f64) -> Self {
         Self {
             higher_is_better: true,
             ..Self::of(name, unit, value)
@@ -165,7 +170,7 @@ pub trait Figures {
 #[derive(Debug, Clone, Serialize)]
 pub struct ComparedFigure {
     /// The figure's name.
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     /// Its unit.
     pub unit: &'static str,
     /// Whether more is better (then a ratio above 1 favours Krustlet); otherwise less is.

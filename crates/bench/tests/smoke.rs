@@ -39,14 +39,20 @@ fn every_scenario_runs_small() {
             "{kind}: {json}"
         );
         assert_eq!(
+            result["startup"]["kinds"][kind]["serial_to_running"]["count"], 2,
+            "{kind}: {json}"
+        );
+        assert_eq!(
             result["density"]["kinds"][kind]["pods"], 5,
             "{kind}: {json}"
         );
+        let churn = &result["churn"]["kinds"][kind];
         assert!(
-            result["churn"]["kinds"][kind]["completed"]
-                .as_u64()
-                .unwrap_or(0)
-                > 0,
+            churn["steps"][0]["completed"].as_u64().unwrap_or(0) > 0,
+            "{kind}: {json}"
+        );
+        assert!(
+            churn["writes_per_pod"].as_f64().unwrap_or(0.0) > 0.0,
             "{kind}: {json}"
         );
     }

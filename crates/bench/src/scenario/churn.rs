@@ -1,6 +1,7 @@
-//! Churn: create → complete → delete at a target rate, on a node of any kind. A cycle ends at
-//! the kind's [`Kind::done_phase`]: Succeeded, or Running on the hollow node, whose fake runtime
-//! never ends a container (so its cycles are shorter than the others').
+//! Churn: create → complete → delete at a ramp of target rates, on a node of any kind, with
+//! the node's API writes per pod. A cycle ends at the kind's [`Kind::done_phase`]: Succeeded,
+//! or Running on the hollow node, whose fake runtime never ends a container (so its cycles are
+//! shorter than the others').
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::on_kind;
+use crate::api_writes::Writes;
 use crate::harness::{Kind, Observer, Warm, Work, bench_pod, create};
 use crate::report::{Figure, Figures, Latency, latency_cell, print_table};
 
@@ -20,65 +22,184 @@ const DRAIN: Duration = Duration::from_secs(60);
 /// Creates and deletes in flight at once.
 const CONCURRENCY: usize = 64;
 
-/// The churn result.
+/// A rate step is sustained when its p99 create → done is under this (issue 18).
+pub const SUSTAINED_P99: Duration = Duration::from_secs(5);
+
+/// The churn result: a ramp of rate steps on one node.
 #[derive(Debug, Serialize)]
 pub struct Churn {
+    /// How long each step created pods.
+    pub seconds: u64,
+    /// The phase that completes a cycle on this kind of node (`Running` on the hollow node).
+    pub completion: &'static str,
+    /// Each target rate, in the order run.
+    pub steps: Vec<Step>,
+    /// The highest target rate at which every pod completed with p99 create → done under
+    /// [`SUSTAINED_P99`]; `None` if none did.
+    pub highest_sustained_rate: Option<u32>,
+    /// The node's writes to the API server over the whole ramp (with the Lease and node
+    /// status, which go on whatever the rate).
+    pub writes: Writes,
+    /// [`Self::writes`] per pod created.
+    pub writes_per_pod: f64,
+}
+
+/// One rate of the ramp.
+#[derive(Debug, Serialize)]
+pub struct Step {
     /// The target rate, pods per second.
     pub target_rate: u32,
-    /// How long pods were created.
-    pub seconds: u64,
     /// Pods created.
     pub created: usize,
-    /// Pods that completed, over the whole run including the drain.
+    /// Pods that completed, over the step including its drain.
     pub completed: usize,
-    /// Completed pods per second of the run (creation window plus drain).
+    /// Completed pods per second of the step (creation window plus drain).
     pub achieved_rate: f64,
     /// Pods completed within the creation window, per second of it.
     pub sustained_rate: f64,
-    /// The phase that completes a cycle on this kind of node (`Running` on the hollow node).
-    pub completion: &'static str,
-    /// Create returned → [`Self::completion`] observed.
-    pub to_succeeded: Latency,
+    /// Create returned → [`Churn::completion`] observed.
+    pub to_done: Latency,
+}
+
+impl Step {
+    /// Whether every pod completed, with p99 under [`SUSTAINED_P99`].
+    fn sustained(&self) -> bool {
+        self.created > 0
+            && self.completed == self.created
+            && self.to_done.p99_ms < SUSTAINED_P99.as_secs_f64() * 1000.0
+    }
 }
 
 impl Figures for Churn {
     fn figures(&self) -> Vec<Figure> {
-        vec![
-            Figure::rate("completed in the window", "pods/s", self.sustained_rate),
-            Figure::rate("completed overall", "pods/s", self.achieved_rate),
-            Figure::of("create → done p50", "ms", self.to_succeeded.p50_ms),
-            Figure::of("create → done p99", "ms", self.to_succeeded.p99_ms),
-        ]
+        let mut figures = vec![
+            Figure::maybe(
+                "highest rate sustained (p99 < 5 s)",
+                "pods/s",
+                self.highest_sustained_rate.map(f64::from),
+            ),
+            Figure::of("API writes per pod", "writes", self.writes_per_pod),
+        ];
+        for step in &self.steps {
+            let at = step.target_rate;
+            figures.push(Figure::rate(
+                format!("at {at}/s: completed in the window"),
+                "pods/s",
+                step.sustained_rate,
+            ));
+            figures.push(Figure::of(
+                format!("at {at}/s: create → done p50"),
+                "ms",
+                step.to_done.p50_ms,
+            ));
+            figures.push(Figure::of(
+                format!("at {at}/s: create → done p99"),
+                "ms",
+                step.to_done.p99_ms,
+            ));
+        }
+        figures
     }
 }
 
-/// Runs the scenario on a node of `kind`.
-pub async fn run(rate: u32, seconds: u64, kind: Kind) -> anyhow::Result<Churn> {
-    let Warm {
-        node,
-        ns: _ns,
-        api,
-        observer,
-        image,
-    } = Warm::start(kind, "bench-churn", 5000, &[]).await?;
-
+/// Runs the ramp `rates` (each for `seconds`, then drained) on one node of `kind`.
+pub async fn run(rates: &[u32], seconds: u64, kind: Kind) -> anyhow::Result<Churn> {
+    let warm = Warm::start(kind, "bench-churn", 5000, &[]).await?;
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
     let deleter = tokio::spawn(delete_completed(
-        api.clone(),
-        observer.clone(),
+        warm.api.clone(),
+        warm.observer.clone(),
         permits.clone(),
         kind,
     ));
+    let mark = warm.node.mark_writes()?;
+    let mut steps = Vec::with_capacity(rates.len());
+    for rate in rates {
+        steps.push(step(&warm, &permits, *rate, seconds, kind).await?);
+    }
+    // The last deletions reach the node before its writes are counted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes = warm.node.writes_since(&mark)?;
+    deleter.abort();
+    warm.node.health()?;
+    let created: usize = steps.iter().map(|s| s.created).sum();
+    let result = Churn {
+        seconds,
+        completion: kind.done_phase(),
+        highest_sustained_rate: steps
+            .iter()
+            .filter(|s| s.sustained())
+            .map(|s| s.target_rate)
+            .max(),
+        writes_per_pod: writes.per_pod(created),
+        writes,
+        steps,
+    };
+    let mut rows = vec![
+        (
+            "highest rate sustained (p99 < 5 s)".into(),
+            result
+                .highest_sustained_rate
+                .map_or("none".to_string(), |r| format!("{r} pods/s")),
+        ),
+        (
+            "API writes per pod".into(),
+            format!(
+                "{:.2} ({} in all: {})",
+                result.writes_per_pod,
+                result.writes.total,
+                result
+                    .writes
+                    .by_request
+                    .iter()
+                    .map(|(request, n)| format!("{request} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+    ];
+    for step in &result.steps {
+        rows.push((
+            format!("at {}/s: created / completed", step.target_rate),
+            format!(
+                "{} / {}, {:.1} pods/s in the window, {:.1} overall",
+                step.created, step.completed, step.sustained_rate, step.achieved_rate
+            ),
+        ));
+        rows.push((
+            format!("at {}/s: create → {}", step.target_rate, result.completion),
+            latency_cell(&step.to_done),
+        ));
+    }
+    print_table(
+        &format!(
+            "churn: create → complete → delete, {seconds} s at each of {rates:?} pods/s{}",
+            on_kind(kind)
+        ),
+        &rows,
+    );
+    Ok(result)
+}
+
+/// Creates pods at `rate` for `seconds`, then waits up to [`DRAIN`] for them to complete (the
+/// deleter removes each as it does).
+async fn step(
+    warm: &Warm,
+    permits: &Arc<Semaphore>,
+    rate: u32,
+    seconds: u64,
+    kind: Kind,
+) -> anyhow::Result<Step> {
     let started = Instant::now();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
     let mut creates = tokio::task::JoinSet::new();
     let mut n = 0usize;
     while started.elapsed() < Duration::from_secs(seconds) {
         ticks.tick().await;
-        let name = format!("churn-{n}");
+        let name = format!("churn-{rate}-{n}");
         n += 1;
-        let manifest = bench_pod(&name, node.name(), &image, Work::Exit)?;
-        let (api, permits) = (api.clone(), permits.clone());
+        let manifest = bench_pod(&name, warm.node.name(), &warm.image, Work::Exit)?;
+        let (api, permits) = (warm.api.clone(), permits.clone());
         creates.spawn(async move {
             let _permit = permits.acquire_owned().await;
             create(&api, &manifest).await.map(|t| (name, t))
@@ -91,15 +212,16 @@ pub async fn run(rate: u32, seconds: u64, kind: Kind) -> anyhow::Result<Churn> {
     let window_end = Instant::now();
     let names: Vec<String> = created.iter().map(|(n, _)| n.clone()).collect();
     // Drain: what the node cannot finish within a minute of the window is reported, not waited for.
-    let drained = observer
+    let drained = warm
+        .observer
         .wait_all(&names, DRAIN, kind.done_phase(), |s| kind.done(s))
         .await;
     if let Err(error) = drained {
-        println!("(drain incomplete: {error})");
+        println!("(drain at {rate}/s incomplete: {error})");
     }
     let elapsed = started.elapsed();
     let done_at = |name: &str| {
-        let seen = observer.get(name);
+        let seen = warm.observer.get(name);
         if kind.completes() {
             seen.succeeded
         } else {
@@ -110,47 +232,18 @@ pub async fn run(rate: u32, seconds: u64, kind: Kind) -> anyhow::Result<Churn> {
         .iter()
         .filter(|(name, _)| done_at(name).is_some_and(|t| t <= window_end))
         .count();
-    deleter.abort();
-    node.health()?;
     let latencies: Vec<Duration> = created
         .iter()
         .filter_map(|(name, t)| Some(done_at(name)?.saturating_duration_since(*t)))
         .collect();
-    let result = Churn {
+    Ok(Step {
         target_rate: rate,
-        seconds,
         created: created.len(),
         completed: latencies.len(),
         achieved_rate: latencies.len() as f64 / elapsed.as_secs_f64(),
         sustained_rate: in_window as f64 / window_end.duration_since(started).as_secs_f64(),
-        completion: kind.done_phase(),
-        to_succeeded: Latency::of(&latencies),
-    };
-    print_table(
-        &format!(
-            "churn: create → complete → delete at {rate}/s for {seconds} s{}",
-            on_kind(kind)
-        ),
-        &[
-            (
-                "created / completed".into(),
-                format!("{} / {}", result.created, result.completed),
-            ),
-            (
-                "completed in the window".into(),
-                format!("{:.1} pods/s", result.sustained_rate),
-            ),
-            (
-                "completed overall (with drain)".into(),
-                format!("{:.1} pods/s", result.achieved_rate),
-            ),
-            (
-                format!("create → {}", result.completion),
-                latency_cell(&result.to_succeeded),
-            ),
-        ],
-    );
-    Ok(result)
+        to_done: Latency::of(&latencies),
+    })
 }
 
 /// Deletes each pod once it is seen done ([`Kind::done_phase`]).

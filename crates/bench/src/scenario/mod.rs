@@ -18,11 +18,15 @@ use crate::report::{Compared, Figures, write_json};
 /// What to measure.
 #[derive(Debug, clap::Subcommand)]
 pub enum Scenario {
-    /// N pods created in a burst with the image cached: create → Running and → Succeeded.
+    /// N pods created in a burst with the image cached: create → Running and → Succeeded; then
+    /// M pods one at a time.
     Startup {
-        /// How many pods.
+        /// How many pods in the burst.
         #[arg(long, default_value_t = 100)]
         pods: usize,
+        /// How many pods then one at a time, each once the one before is Running.
+        #[arg(long, default_value_t = 50)]
+        serial: usize,
         /// Peers to run the same scenario on, after Krustlet, in the same run.
         #[command(flatten)]
         against: Against,
@@ -36,13 +40,14 @@ pub enum Scenario {
         #[command(flatten)]
         against: Against,
     },
-    /// Sustained create → complete → delete at a target rate.
+    /// Sustained create → complete → delete at a ramp of target rates; the highest with p99
+    /// under 5 s, and the node's API writes per pod.
     Churn {
-        /// Target pods per second.
-        #[arg(long, default_value_t = 300)]
-        rate: u32,
-        /// For how long.
-        #[arg(long, default_value_t = 60)]
+        /// Target pods per second, one step each, in this order.
+        #[arg(long, value_delimiter = ',', default_value = "50,100,200,300")]
+        rates: Vec<u32>,
+        /// How long each step creates pods.
+        #[arg(long, default_value_t = 30)]
         seconds: u64,
         /// Peers to run the same scenario on, after Krustlet, in the same run.
         #[command(flatten)]
@@ -73,6 +78,37 @@ pub enum Scenario {
         /// For how long.
         #[arg(long, default_value_t = 25)]
         minutes: u64,
+    },
+    /// Every scenario but rotation, at issue 18's sizes unless told smaller, into one JSON
+    /// (`bench-results/all.json`) and one table each.
+    All {
+        /// Pods in the startup burst.
+        #[arg(long, default_value_t = 100)]
+        burst: usize,
+        /// Startup pods created one at a time.
+        #[arg(long, default_value_t = 50)]
+        serial: usize,
+        /// Pods for density.
+        #[arg(long, default_value_t = 10_000)]
+        density_pods: usize,
+        /// Churn's ramp, pods per second.
+        #[arg(long, value_delimiter = ',', default_value = "50,100,200,300")]
+        rates: Vec<u32>,
+        /// How long each churn step creates pods.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Connections for http.
+        #[arg(long, default_value_t = 50)]
+        connections: usize,
+        /// The `wasmtime` CLI for http [default: as `http`].
+        #[arg(long)]
+        wasmtime: Option<PathBuf>,
+        /// Measure http on Krustlet alone.
+        #[arg(long)]
+        no_wasmtime: bool,
+        /// Peers to run startup, density and churn on too.
+        #[command(flatten)]
+        against: Against,
     },
     /// Every scenario with tiny numbers, so the harness cannot rot (run by the test suite);
     /// startup, density and churn also on both peers (a hollow node and the floor).
@@ -180,9 +216,13 @@ pub async fn run(scenario: Scenario, out: Option<PathBuf>) -> anyhow::Result<()>
             .unwrap_or_else(|| PathBuf::from(format!("bench-results/{name}.json")))
     };
     match scenario {
-        Scenario::Startup { pods, against } => {
+        Scenario::Startup {
+            pods,
+            serial,
+            against,
+        } => {
             run_against("startup", path("startup"), &against, |kind| {
-                startup::run(pods, kind)
+                startup::run(pods, serial, kind)
             })
             .await
         }
@@ -193,12 +233,12 @@ pub async fn run(scenario: Scenario, out: Option<PathBuf>) -> anyhow::Result<()>
             .await
         }
         Scenario::Churn {
-            rate,
+            rates,
             seconds,
             against,
         } => {
             run_against("churn", path("churn"), &against, |kind| {
-                churn::run(rate, seconds, kind)
+                churn::run(&rates, seconds, kind)
             })
             .await
         }
@@ -210,11 +250,9 @@ pub async fn run(scenario: Scenario, out: Option<PathBuf>) -> anyhow::Result<()>
             no_wasmtime,
         } => {
             // Found before the cluster starts, so a missing CLI fails at once.
-            let wasmtime = if no_wasmtime {
-                None
-            } else {
-                Some(http::find_wasmtime(wasmtime)?)
-            };
+            let wasmtime = (!no_wasmtime)
+                .then(|| http::find_wasmtime(wasmtime))
+                .transpose()?;
             write_json(
                 &path("http"),
                 "http",
@@ -226,12 +264,36 @@ pub async fn run(scenario: Scenario, out: Option<PathBuf>) -> anyhow::Result<()>
             "rotation",
             &rotation::run(minutes).await?,
         ),
+        Scenario::All {
+            burst,
+            serial,
+            density_pods,
+            rates,
+            seconds,
+            connections,
+            wasmtime,
+            no_wasmtime,
+            against,
+        } => {
+            let wasmtime = (!no_wasmtime)
+                .then(|| http::find_wasmtime(wasmtime))
+                .transpose()?;
+            let kinds = against.kinds();
+            let result = serde_json::json!({
+                "startup": compare("startup", &kinds, |kind| startup::run(burst, serial, kind)).await?,
+                "churn": compare("churn", &kinds, |kind| churn::run(&rates, seconds, kind)).await?,
+                "density": compare("density", &kinds, |kind| density::run(density_pods, kind)).await?,
+                "cold": cold::run().await?,
+                "http": http::run(connections, 10, wasmtime).await?,
+            });
+            write_json(&path("all"), "all", &result)
+        }
         Scenario::Smoke => {
             let kinds = [Kind::Krustlet, Kind::Hollow, Kind::Floor];
             let result = serde_json::json!({
-                "startup": compare("startup", &kinds, |kind| startup::run(3, kind)).await?,
+                "startup": compare("startup", &kinds, |kind| startup::run(3, 2, kind)).await?,
                 "density": compare("density", &kinds, |kind| density::run(5, kind)).await?,
-                "churn": compare("churn", &kinds, |kind| churn::run(5, 3, kind)).await?,
+                "churn": compare("churn", &kinds, |kind| churn::run(&[5], 3, kind)).await?,
                 "cold": cold::run().await?,
                 "http": http::run(2, 1, None).await?,
             });

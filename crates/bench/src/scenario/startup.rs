@@ -1,4 +1,5 @@
-//! Startup: N pods created in a burst with the image already cached, on a node of any kind.
+//! Startup: N pods created in a burst with the image already cached, then M created one at a
+//! time (each once the one before is Running), on a node of any kind.
 
 use std::time::{Duration, Instant};
 
@@ -6,7 +7,10 @@ use futures::future::try_join_all;
 use serde::Serialize;
 
 use super::{node_label, on_kind};
-use crate::harness::{Kind, Warm, Work, bench_pod, create};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+
+use crate::harness::{BenchNode, Kind, Observer, Warm, Work, bench_pod, create};
 use crate::report::{Figure, Figures, Latency, latency_cell, print_table};
 
 /// The startup result.
@@ -14,6 +18,10 @@ use crate::report::{Figure, Figures, Latency, latency_cell, print_table};
 pub struct Startup {
     /// Pods in the burst.
     pub pods: usize,
+    /// Pods created one after another, each once the one before was seen Running.
+    pub serial_pods: usize,
+    /// Serial pods: create returned → Running observed through a watch.
+    pub serial_to_running: Latency,
     /// Create returned → Running observed through a watch.
     pub to_running: Latency,
     /// Create returned → Succeeded observed (each pod sleeps 1 s); empty on a kind whose pods
@@ -29,8 +37,18 @@ pub struct Startup {
 impl Figures for Startup {
     fn figures(&self) -> Vec<Figure> {
         vec![
-            Figure::of("create → Running p50", "ms", self.to_running.p50_ms),
-            Figure::of("create → Running p99", "ms", self.to_running.p99_ms),
+            Figure::of("burst create → Running p50", "ms", self.to_running.p50_ms),
+            Figure::of("burst create → Running p99", "ms", self.to_running.p99_ms),
+            Figure::maybe(
+                "serial create → Running p50",
+                "ms",
+                (self.serial_pods > 0).then_some(self.serial_to_running.p50_ms),
+            ),
+            Figure::maybe(
+                "serial create → Running p99",
+                "ms",
+                (self.serial_pods > 0).then_some(self.serial_to_running.p99_ms),
+            ),
             Figure::maybe(
                 "create → Succeeded p50 (sleep 1)",
                 "ms",
@@ -47,14 +65,14 @@ impl Figures for Startup {
 }
 
 /// Runs the scenario on a node of `kind`.
-pub async fn run(pods: usize, kind: Kind) -> anyhow::Result<Startup> {
+pub async fn run(pods: usize, serial: usize, kind: Kind) -> anyhow::Result<Startup> {
     let Warm {
         node,
         ns: _ns,
         api,
         observer,
         image,
-    } = Warm::start(kind, "bench-startup", pods + 10, &[]).await?;
+    } = Warm::start(kind, "bench-startup", pods + serial + 10, &[]).await?;
     let (sum_before, count_before) = node.pod_start_metric().await.unwrap_or_default();
 
     let names: Vec<String> = (0..pods).map(|i| format!("start-{i}")).collect();
@@ -88,8 +106,11 @@ pub async fn run(pods: usize, kind: Kind) -> anyhow::Result<Startup> {
     }
     let (sum_after, count_after) = node.pod_start_metric().await.unwrap_or_default();
     let started = count_after - count_before;
+    let serial_to_running = serial_starts(&node, &api, &observer, &image, serial).await?;
     let result = Startup {
         pods,
+        serial_pods: serial,
+        serial_to_running,
         to_running: Latency::of(&running),
         to_succeeded: Latency::of(&succeeded),
         pods_per_second: pods as f64 / last_running.duration_since(burst).as_secs_f64().max(1e-3),
@@ -107,6 +128,10 @@ pub async fn run(pods: usize, kind: Kind) -> anyhow::Result<Startup> {
         &[
             ("create → Running".into(), latency_cell(&result.to_running)),
             (
+                format!("{serial} serial: create → Running"),
+                latency_cell(&result.serial_to_running),
+            ),
+            (
                 "create → Succeeded (sleep 1)".into(),
                 latency_cell(&result.to_succeeded),
             ),
@@ -121,4 +146,33 @@ pub async fn run(pods: usize, kind: Kind) -> anyhow::Result<Startup> {
         ],
     );
     Ok(result)
+}
+
+/// Creates `count` pods one at a time, each once the one before was seen Running; their
+/// create → Running latencies.
+async fn serial_starts(
+    node: &BenchNode,
+    api: &Api<Pod>,
+    observer: &Observer,
+    image: &str,
+    count: usize,
+) -> anyhow::Result<Latency> {
+    let mut latencies = Vec::with_capacity(count);
+    for i in 0..count {
+        let name = format!("serial-{i}");
+        let created = create(api, &bench_pod(&name, node.name(), image, Work::Sleep(1))?).await?;
+        observer
+            .wait_all(
+                std::slice::from_ref(&name),
+                Duration::from_secs(60),
+                "Running",
+                |s| s.running.is_some(),
+            )
+            .await?;
+        if let Some(running) = observer.get(&name).running {
+            latencies.push(running.saturating_duration_since(created));
+        }
+    }
+    node.health()?;
+    Ok(Latency::of(&latencies))
 }
