@@ -135,7 +135,10 @@ impl FloorNode {
 
     /// Its pod status writes so far.
     pub fn writes(&self) -> Writes {
-        self.writes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether the node still acts on its pods.

@@ -111,10 +111,9 @@ fn multitool(c: &mut Criterion) {
     let args = ["multitool", "hello"];
     let module_bytes =
         std::fs::read(krustlet_test_workloads::multitool().expect("multitool")).expect("module");
-    let component_bytes = std::fs::read(
-        krustlet_test_workloads::multitool_component().expect("multitool component"),
-    )
-    .expect("component");
+    let component_bytes =
+        std::fs::read(krustlet_test_workloads::multitool_component().expect("multitool component"))
+            .expect("component");
 
     let module = Program::compile(&engine, &module_bytes).expect("compile module");
     c.bench_function("krustlet: p1 multitool hello", |b| {
@@ -129,9 +128,7 @@ fn multitool(c: &mut Criterion) {
     c.bench_function("wasmtime: p1 multitool hello", |b| {
         b.iter(|| {
             runtime.block_on(async {
-                let ctx = wasmtime_wasi::WasiCtxBuilder::new()
-                    .args(&args)
-                    .build_p1();
+                let ctx = wasmtime_wasi::WasiCtxBuilder::new().args(&args).build_p1();
                 let mut store = wasmtime::Store::new(engine.engine(), ctx);
                 store.set_epoch_deadline(1_000_000);
                 let instance = pre.instantiate_async(&mut store).await.expect("instance");
