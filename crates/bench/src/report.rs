@@ -151,6 +151,18 @@ impl Figure {
         }
     }
 
+    /// A rate some kinds lack: more is better.
+    pub fn maybe_rate(
+        name: impl Into<Cow<'static, str>>,
+        unit: &'static str,
+        value: Option<f64>,
+    ) -> Self {
+        Self {
+            higher_is_better: true,
+            ..Self::maybe(name, unit, value)
+        }
+    }
+
     /// A rate every kind has: more is better.
     pub fn rate(name: impl Into<Cow<'static, str>>, unit: &'static str, value: f64) -> Self {
         Self {

@@ -73,7 +73,7 @@ impl Step {
 impl Figures for Churn {
     fn figures(&self) -> Vec<Figure> {
         let mut figures = vec![
-            Figure::maybe(
+            Figure::maybe_rate(
                 "highest rate sustained (p99 < 5 s)",
                 "pods/s",
                 self.highest_sustained_rate.map(f64::from),

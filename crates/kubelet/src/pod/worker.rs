@@ -101,7 +101,7 @@ pub async fn run(
     };
     let key = PodKey::of(&pod);
     let mut eviction = ctx.evictions.subscribe(&key.uid);
-    let mut worker = Worker::new(ctx, pod, key);
+    let mut worker = Worker::new(ctx, pod, key, desired.clone());
     worker
         .run(&mut desired, &mut eviction.receiver, rejection)
         .await;
@@ -158,10 +158,18 @@ struct Worker {
     /// after teardown as upstream keeps them on a terminated pod; before that, the pod's
     /// previous status (a restarted Krustlet).
     pod_ips: Vec<String>,
+    /// The desired state as it is now (read without marking it seen): whether the pod is
+    /// already gone from the API server.
+    latest: watch::Receiver<Desired>,
 }
 
 impl Worker {
-    fn new(ctx: WorkerContext, pod: Arc<Pod>, key: PodKey) -> Self {
+    fn new(
+        ctx: WorkerContext,
+        pod: Arc<Pod>,
+        key: PodKey,
+        latest: watch::Receiver<Desired>,
+    ) -> Self {
         let (updates_tx, updates) = mpsc::unbounded_channel();
         let previous = pod.status.clone().unwrap_or_default();
         let initial: HashMap<String, ContainerStatus> = previous
@@ -217,7 +225,16 @@ impl Worker {
                 .map(|ip| ip.ip.clone())
                 .filter(|ip| !ip.is_empty())
                 .collect(),
+            latest,
         }
+    }
+
+    /// Whether the pod is gone from the API server already (a deletion with no grace period:
+    /// the watch delivers the deletion timestamp and the removal back to back). Then neither a
+    /// final status nor a delete can land, and each would be a wasted write; upstream's status
+    /// manager finds the pod gone with a read and writes nothing (`syncPod`).
+    fn gone_from_api(&self) -> bool {
+        matches!(*self.latest.borrow(), Desired::Removed)
     }
 
     fn spec_containers(&self) -> (Vec<Container>, Vec<Container>) {
@@ -1165,7 +1182,7 @@ impl Worker {
         // Every container has stopped: the sandbox goes (upstream's `KillPodSandbox` in
         // `killPodWithSyncResult`), before the pod is deleted, so its address is free again.
         self.teardown_network().await;
-        if cause == Cause::Removed {
+        if cause == Cause::Removed || (cause.deletes_pod() && self.gone_from_api()) {
             self.ctx.status.forget(&self.key);
             self.cleanup(true);
             return;
