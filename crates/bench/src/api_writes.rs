@@ -147,4 +147,17 @@ mod tests {
         assert_eq!(writes.by_request["create events"], 1);
         assert_eq!(writes.per_pod(2), 1.5);
     }
+
+    #[test]
+    fn since_is_what_was_added_after_a_snapshot() {
+        let mut before = Writes::default();
+        before.add("patch pods/status", 2);
+        let mut now = before.clone();
+        now.add("patch pods/status", 3);
+        now.add("create events", 1);
+        let added = now.since(&before);
+        assert_eq!(added.total, 4);
+        assert_eq!(added.by_request["patch pods/status"], 3);
+        assert_eq!(added.by_request["create events"], 1);
+    }
 }

@@ -21,8 +21,9 @@
 //! - Its own kubeconfig and certificates go to a temp dir of the node's.
 //! - Its kubelet API serves plain HTTP without authentication (kubemark passes no TLS options
 //!   or authenticator), on `0.0.0.0:<--kubelet-port>`; the read-only port is turned off.
-//! - kubemark's own client defaults are 10 QPS / burst 20; the node runs with the kubelet's
-//!   defaults (50 / 100), as Krustlet does.
+//! - kubemark's own client defaults are 10 QPS / burst 20; the node runs with the limits every
+//!   bench node gets ([`crate::node::client_limits`]: the kubelet's defaults, 50 / 100, unless
+//!   `--kube-api-qps`/`--kube-api-burst` say otherwise), as Krustlet does.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -36,9 +37,6 @@ use tempfile::TempDir;
 /// land on every kind of node.
 const TAINTS: &str =
     "kubernetes.io/arch=wasm32-wasi:NoExecute,kubernetes.io/arch=wasm32-wasi:NoSchedule";
-/// The kubelet's `kubeAPIQPS` and `kubeAPIBurst` defaults (Krustlet's too).
-const QPS: &str = "50";
-const BURST: &str = "100";
 
 /// A running kubemark hollow node; killed, and its Node object deleted, on drop.
 pub struct HollowNode {
@@ -104,6 +102,7 @@ impl HollowNode {
     pub fn start(name: &str, max_pods: usize) -> anyhow::Result<Self> {
         let binary = kubemark()?;
         let info = cluster();
+        let limits = crate::node::client_limits();
         let dir = tempfile::Builder::new()
             .prefix("krustlet-bench-hollow-")
             .tempdir()?;
@@ -127,8 +126,8 @@ impl HollowNode {
             .arg(format!("--max-pods={max_pods}"))
             .arg("--use-host-image-service=false")
             .arg(format!("--register-with-taints={TAINTS}"))
-            .arg(format!("--kube-api-qps={QPS}"))
-            .arg(format!("--kube-api-burst={BURST}"))
+            .arg(format!("--kube-api-qps={}", limits.qps))
+            .arg(format!("--kube-api-burst={}", limits.burst))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -14,6 +14,9 @@
 //! tests do) and Krustlet nodes (this very binary, re-run as `krustlet`), prints a table and
 //! writes `bench-results/<scenario>.json` with machine information.
 //!
+//! `--kube-api-qps N --kube-api-burst M` set every Krustlet and hollow node's API client limits
+//! (default the kubelet's, 50 and 100).
+//!
 //! `--against hollow,floor` runs the scenario on the peers too, one after another after
 //! Krustlet in the same run on the same control plane: kubemark's hollow node (the upstream
 //! kubelet with a fake runtime, [`hollow`]) and the floor node (a client that only patches pod
@@ -44,6 +47,12 @@ struct Cli {
     /// Where the JSON result goes [default: bench-results/<scenario>.json].
     #[arg(long, global = true)]
     out: Option<std::path::PathBuf>,
+    /// The API client QPS of every Krustlet and hollow node (the kubelet's flag and default).
+    #[arg(long, global = true, default_value_t = 50)]
+    kube_api_qps: u32,
+    /// The API client burst of every Krustlet and hollow node (the kubelet's flag and default).
+    #[arg(long, global = true, default_value_t = 100)]
+    kube_api_burst: u32,
 }
 
 fn main() -> ExitCode {
@@ -51,6 +60,10 @@ fn main() -> ExitCode {
         return krustlet::main();
     }
     let cli = Cli::parse();
+    node::set_client_limits(node::ClientLimits {
+        qps: cli.kube_api_qps,
+        burst: cli.kube_api_burst,
+    });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

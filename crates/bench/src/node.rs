@@ -1,6 +1,7 @@
 //! The nodes a scenario runs on: a Krustlet node, or one of the peers `--against` names (a
 //! kubemark hollow node, [`crate::hollow`], or the floor, [`crate::floor`]).
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -12,6 +13,38 @@ use crate::api_writes::{AuditMark, Writes};
 use crate::floor::FloorNode;
 use crate::harness::{Seen, delete_node, pod_start_metric, wait_schedulable};
 use crate::hollow::HollowNode;
+
+/// The API client limits of every node the bench starts (Krustlet's and kubemark's flags of
+/// the kubelet's names, `--kube-api-qps` and `--kube-api-burst`); the floor has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Requests per second.
+    pub qps: u32,
+    /// Requests at once before the pace applies.
+    pub burst: u32,
+}
+
+impl Default for ClientLimits {
+    /// The kubelet's defaults (`kubeAPIQPS` 50, `kubeAPIBurst` 100).
+    fn default() -> Self {
+        Self {
+            qps: 50,
+            burst: 100,
+        }
+    }
+}
+
+static CLIENT_LIMITS: OnceLock<ClientLimits> = OnceLock::new();
+
+/// Sets the limits of every node started from now on (once, from the command line).
+pub fn set_client_limits(limits: ClientLimits) {
+    let _ = CLIENT_LIMITS.set(limits);
+}
+
+/// The limits nodes start with: as set, else the kubelet's defaults.
+pub fn client_limits() -> ClientLimits {
+    CLIENT_LIMITS.get().copied().unwrap_or_default()
+}
 
 /// A kind of node a scenario runs on (`--against` names the peers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
@@ -88,8 +121,15 @@ impl BenchNode {
             Kind::Krustlet => {
                 let exe = std::env::current_exe().context("locating this binary")?;
                 let exe = exe.to_str().context("binary path is not UTF-8")?;
-                let max_pods = format!("--max-pods={max_pods}");
-                let args: Vec<&str> = std::iter::once(max_pods.as_str())
+                let limits = client_limits();
+                let own = [
+                    format!("--max-pods={max_pods}"),
+                    format!("--kube-api-qps={}", limits.qps),
+                    format!("--kube-api-burst={}", limits.burst),
+                ];
+                let args: Vec<&str> = own
+                    .iter()
+                    .map(String::as_str)
                     .chain(krustlet_args.iter().copied())
                     .collect();
                 Self::Krustlet(Box::new(KrustletNode::start_with_env(

@@ -32,15 +32,13 @@ pub struct Churn {
     pub seconds: u64,
     /// The phase that completes a cycle on this kind of node (`Running` on the hollow node).
     pub completion: &'static str,
-    /// Each target rate, in the order run.
+    /// Each target rate, in the order run; the ramp stops after the first step that was not
+    /// sustained (a backlog would only spoil the steps after it).
     pub steps: Vec<Step>,
     /// The highest target rate at which every pod completed with p99 create → done under
     /// [`SUSTAINED_P99`]; `None` if none did.
     pub highest_sustained_rate: Option<u32>,
-    /// The node's writes to the API server over the whole ramp (with the Lease and node
-    /// status, which go on whatever the rate).
-    pub writes: Writes,
-    /// [`Self::writes`] per pod created.
+    /// The first step's [`Step::writes_per_pod`].
     pub writes_per_pod: f64,
 }
 
@@ -59,6 +57,11 @@ pub struct Step {
     pub sustained_rate: f64,
     /// Create returned → [`Churn::completion`] observed.
     pub to_done: Latency,
+    /// The node's writes to the API server from the step's start to the end of its drain
+    /// (with the Lease and node status, which go on whatever the rate).
+    pub writes: Writes,
+    /// [`Self::writes`] per pod created.
+    pub writes_per_pod: f64,
 }
 
 impl Step {
@@ -112,17 +115,17 @@ pub async fn run(rates: &[u32], seconds: u64, kind: Kind) -> anyhow::Result<Chur
         permits.clone(),
         kind,
     ));
-    let mark = warm.node.mark_writes()?;
-    let mut steps = Vec::with_capacity(rates.len());
+    let mut steps: Vec<Step> = Vec::with_capacity(rates.len());
     for rate in rates {
-        steps.push(step(&warm, &permits, *rate, seconds, kind).await?);
+        let step = step(&warm, &permits, *rate, seconds, kind).await?;
+        let sustained = step.sustained();
+        steps.push(step);
+        if !sustained {
+            break;
+        }
     }
-    // The last deletions reach the node before its writes are counted.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let writes = warm.node.writes_since(&mark)?;
     deleter.abort();
     warm.node.health()?;
-    let created: usize = steps.iter().map(|s| s.created).sum();
     let result = Churn {
         seconds,
         completion: kind.done_phase(),
@@ -131,34 +134,30 @@ pub async fn run(rates: &[u32], seconds: u64, kind: Kind) -> anyhow::Result<Chur
             .filter(|s| s.sustained())
             .map(|s| s.target_rate)
             .max(),
-        writes_per_pod: writes.per_pod(created),
-        writes,
+        writes_per_pod: steps.first().map_or(0.0, |s| s.writes_per_pod),
         steps,
     };
-    let mut rows = vec![
-        (
-            "highest rate sustained (p99 < 5 s)".into(),
-            result
-                .highest_sustained_rate
-                .map_or("none".to_string(), |r| format!("{r} pods/s")),
-        ),
-        (
-            "API writes per pod".into(),
+    let mut rows = vec![(
+        "highest rate sustained (p99 < 5 s)".into(),
+        result
+            .highest_sustained_rate
+            .map_or("none".to_string(), |r| format!("{r} pods/s")),
+    )];
+    for step in &result.steps {
+        rows.push((
+            format!("at {}/s: API writes per pod", step.target_rate),
             format!(
                 "{:.2} ({} in all: {})",
-                result.writes_per_pod,
-                result.writes.total,
-                result
-                    .writes
+                step.writes_per_pod,
+                step.writes.total,
+                step.writes
                     .by_request
                     .iter()
                     .map(|(request, n)| format!("{request} {n}"))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-        ),
-    ];
-    for step in &result.steps {
+        ));
         rows.push((
             format!("at {}/s: created / completed", step.target_rate),
             format!(
@@ -190,6 +189,7 @@ async fn step(
     seconds: u64,
     kind: Kind,
 ) -> anyhow::Result<Step> {
+    let mark = warm.node.mark_writes()?;
     let started = Instant::now();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
     let mut creates = tokio::task::JoinSet::new();
@@ -236,6 +236,9 @@ async fn step(
         .iter()
         .filter_map(|(name, t)| Some(done_at(name)?.saturating_duration_since(*t)))
         .collect();
+    // The last deletions reach the node before its writes are counted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes = warm.node.writes_since(&mark)?;
     Ok(Step {
         target_rate: rate,
         created: created.len(),
@@ -243,6 +246,8 @@ async fn step(
         achieved_rate: latencies.len() as f64 / elapsed.as_secs_f64(),
         sustained_rate: in_window as f64 / window_end.duration_since(started).as_secs_f64(),
         to_done: Latency::of(&latencies),
+        writes_per_pod: writes.per_pod(created.len()),
+        writes,
     })
 }
 
@@ -262,5 +267,35 @@ async fn delete_completed(api: Api<Pod>, observer: Observer, permits: Arc<Semaph
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(created: usize, completed: usize, p99_ms: f64) -> Step {
+        Step {
+            target_rate: 50,
+            created,
+            completed,
+            achieved_rate: 0.0,
+            sustained_rate: 0.0,
+            to_done: Latency {
+                count: completed,
+                p99_ms,
+                ..Latency::default()
+            },
+            writes: Writes::default(),
+            writes_per_pod: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_step_is_sustained_when_every_pod_completed_under_five_seconds_at_p99() {
+        assert!(step(100, 100, 4999.0).sustained());
+        assert!(!step(100, 100, 5000.0).sustained(), "p99 at the bound");
+        assert!(!step(100, 99, 100.0).sustained(), "a pod never completed");
+        assert!(!step(0, 0, 0.0).sustained(), "nothing created");
     }
 }

@@ -2,19 +2,23 @@
 //!
 //! Workers hand it the status they computed; it keeps the newest per pod, sends a patch of the
 //! status subresource only when that differs from what was last sent, and sends patches from
-//! one background task. Patches carry the pod's UID, so a status never lands on a newer pod
+//! one background task. A new pod's first status waits up to [`FIRST_STATUS_HOLD`] while the
+//! pod is still Pending, so a pod whose containers start at once costs one patch (Running)
+//! instead of two (Pending, then Running) and reaches Running sooner. Patches carry the pod's UID, so a status never lands on a newer pod
 //! of the same name. In standalone mode the sink is a directory of status files instead
 //! ([`StatusSink::Files`]), which `krustlet pods` reads from another process.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 /// Which pod a status belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -72,12 +76,33 @@ impl MirrorUids {
     }
 }
 
+/// How long a new pod's first status waits while the pod is Pending (see the module doc).
+///
+/// Upstream's status manager sends each change at once (`updateStatusInternal`), so a pod
+/// starting from a cached image costs it two patches in a row; the second then waits for the
+/// first on a busy API server. The hold is short next to any image pull, so a slow start still
+/// shows `ContainerCreating` right away to a person watching.
+pub const FIRST_STATUS_HOLD: Duration = Duration::from_millis(50);
+
 #[derive(Default)]
 struct Entry {
     latest: Option<PodStatus>,
     sent: Option<PodStatus>,
     generation: u64,
     sent_generation: u64,
+    /// Until when the first status waits ([`FIRST_STATUS_HOLD`]).
+    hold_until: Option<Instant>,
+}
+
+impl Entry {
+    /// Whether the newest status is due to be sent at `now`.
+    fn due(&self, now: Instant) -> bool {
+        self.sent_generation < self.generation && self.hold_until.is_none_or(|at| at <= now)
+    }
+}
+
+fn pending(status: &PodStatus) -> bool {
+    status.phase.as_deref().is_none_or(|p| p == "Pending")
 }
 
 /// Where pod statuses go.
@@ -187,6 +212,11 @@ impl StatusManager {
         if entry.latest.as_ref() == Some(&status) {
             return;
         }
+        if !pending(&status) {
+            entry.hold_until = None;
+        } else if entry.latest.is_none() && entry.sent.is_none() {
+            entry.hold_until = Some(Instant::now() + FIRST_STATUS_HOLD);
+        }
         entry.latest = Some(status);
         entry.generation += 1;
         drop(entries);
@@ -199,6 +229,7 @@ impl StatusManager {
         let mut entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = entries.get_mut(key) {
             entry.sent = None;
+            entry.hold_until = None;
             entry.generation += 1;
         }
         drop(entries);
@@ -249,7 +280,13 @@ impl StatusManager {
         // that is away is not hammered; a successful round resets it.
         let mut retry = std::time::Duration::from_secs(1);
         loop {
-            self.inner.dirty.notified().await;
+            match self.next_hold() {
+                Some(at) => tokio::select! {
+                    () = self.inner.dirty.notified() => {}
+                    () = tokio::time::sleep_until(at) => {}
+                },
+                None => self.inner.dirty.notified().await,
+            }
             loop {
                 let forgotten = std::mem::take(
                     &mut *self
@@ -263,9 +300,10 @@ impl StatusManager {
                 }
                 let batch: Vec<(PodKey, PodStatus, u64)> = {
                     let entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
+                    let now = Instant::now();
                     entries
                         .iter()
-                        .filter(|(_, e)| e.sent_generation < e.generation)
+                        .filter(|(_, e)| e.due(now))
                         .filter_map(|(k, e)| Some((k.clone(), e.latest.clone()?, e.generation)))
                         .collect()
                 };
@@ -324,6 +362,18 @@ impl StatusManager {
     }
 }
 
+impl StatusManager {
+    /// The earliest end of a hold on a status not yet sent.
+    fn next_hold(&self) -> Option<Instant> {
+        let entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .values()
+            .filter(|e| e.sent_generation < e.generation)
+            .filter_map(|e| e.hold_until)
+            .min()
+    }
+}
+
 async fn patch(client: &kube::Client, key: &PodKey, status: &PodStatus) -> Result<(), kube::Error> {
     let api: Api<Pod> = Api::namespaced(client.clone(), &key.namespace);
     let mut status = serde_json::to_value(status).unwrap_or_default();
@@ -340,4 +390,79 @@ async fn patch(client: &kube::Client, key: &PodKey, status: &PodStatus) -> Resul
     api.patch_status(&key.name, &PatchParams::default(), &Patch::Strategic(&body))
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> PodKey {
+        PodKey {
+            namespace: "ns".into(),
+            name: "p".into(),
+            uid: "u".into(),
+        }
+    }
+
+    fn status(phase: &str, message: Option<&str>) -> PodStatus {
+        PodStatus {
+            phase: Some(phase.into()),
+            message: message.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    /// The phase in the status file, if one was written.
+    fn written(dir: &Path) -> Option<String> {
+        let bytes = std::fs::read(status_file(dir, &key())).ok()?;
+        let pod: Pod = serde_json::from_slice(&bytes).expect("status file");
+        pod.status?.phase
+    }
+
+    fn manager_writing_to(dir: &Path) -> StatusManager {
+        let manager = StatusManager::new();
+        tokio::spawn(manager.clone().run(StatusSink::Files(dir.into())));
+        manager
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_that_starts_at_once_is_reported_once_running() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manager = manager_writing_to(dir.path());
+        manager.set(&key(), status("Pending", None));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(
+            written(dir.path()),
+            None,
+            "the first Pending status is held"
+        );
+        manager.set(&key(), status("Running", None));
+        let asked = Instant::now();
+        manager.flush(&key()).await;
+        assert_eq!(written(dir.path()).as_deref(), Some("Running"));
+        assert!(
+            asked.elapsed() < Duration::from_millis(1),
+            "Running is not held"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_still_pending_after_the_hold_is_reported_pending_and_later_changes_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manager = manager_writing_to(dir.path());
+        manager.set(&key(), status("Pending", None));
+        tokio::time::sleep(FIRST_STATUS_HOLD - Duration::from_millis(1)).await;
+        assert_eq!(written(dir.path()), None);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        manager.flush(&key()).await;
+        assert_eq!(written(dir.path()).as_deref(), Some("Pending"));
+
+        manager.set(&key(), status("Pending", Some("pulling")));
+        let asked = Instant::now();
+        manager.flush(&key()).await;
+        assert!(
+            asked.elapsed() < Duration::from_millis(1),
+            "only a pod's first status is held"
+        );
+    }
 }
