@@ -229,12 +229,16 @@ impl Worker {
         }
     }
 
-    /// Whether the pod is gone from the API server already (a deletion with no grace period:
-    /// the watch delivers the deletion timestamp and the removal back to back). Then neither a
-    /// final status nor a delete can land, and each would be a wasted write; upstream's status
-    /// manager finds the pod gone with a read and writes nothing (`syncPod`).
+    /// Whether the pod is gone from the API server, or going without the node's help: a
+    /// deletion with no grace period (`--force`, or any delete of a finished pod), which the
+    /// API server carries out itself right after it sets the deletion timestamp
+    /// (`updateForGracefulDeletionAndFinalizers`: grace 0 deletes immediately), so the watch
+    /// delivers the timestamp and the removal back to back. Then neither a final status nor a
+    /// delete can land, and each would be a wasted write (a 404); upstream's status manager
+    /// finds the pod gone with a read and writes nothing (`syncPod`).
     fn gone_from_api(&self) -> bool {
         matches!(*self.latest.borrow(), Desired::Removed)
+            || self.pod.metadata.deletion_grace_period_seconds == Some(0)
     }
 
     fn spec_containers(&self) -> (Vec<Container>, Vec<Container>) {
