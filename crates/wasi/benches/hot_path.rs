@@ -37,7 +37,7 @@ impl wasmtime_wasi::WasiView for P2 {
     }
 }
 
-/// `multitool hello` as Krustlet runs a container.
+/// One run of `program` with `args`, as Krustlet runs a container.
 fn krustlet_run(
     runtime: &tokio::runtime::Runtime,
     engine: &WasmEngine,
@@ -69,18 +69,7 @@ fn hot_path(c: &mut Criterion) {
     let log = CriLogWriter::create(&logs.path().join("0.log")).expect("log");
 
     c.bench_function("krustlet: cached module → WASI instance → exit", |b| {
-        b.iter(|| {
-            let spec = RunSpec {
-                args: vec!["empty".into()],
-                env: vec![("POD_NAME".into(), "bench".into())],
-                mounts: vec![],
-                stdio: Stdio::Log(log.clone()),
-                limits: Limits::default(),
-                usage: Arc::new(Usage::default()),
-                network: None,
-            };
-            runtime.block_on(engine.run(&program, spec)).expect("run")
-        })
+        b.iter(|| krustlet_run(&runtime, &engine, &program, &log, &["empty"]))
     });
 
     let Program::Module(module) = &program else {

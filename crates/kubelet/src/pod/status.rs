@@ -4,9 +4,10 @@
 //! status subresource only when that differs from what was last sent, and sends patches from
 //! one background task. A new pod's first status waits up to [`FIRST_STATUS_HOLD`] while the
 //! pod is still Pending, so a pod whose containers start at once costs one patch (Running)
-//! instead of two (Pending, then Running) and reaches Running sooner. Patches carry the pod's UID, so a status never lands on a newer pod
-//! of the same name. In standalone mode the sink is a directory of status files instead
-//! ([`StatusSink::Files`]), which `krustlet pods` reads from another process.
+//! instead of two (Pending, then Running) and reaches Running sooner. Patches carry the pod's
+//! UID, so a status never lands on a newer pod of the same name. In standalone mode the sink
+//! is a directory of status files instead ([`StatusSink::Files`]), which `krustlet pods` reads
+//! from another process.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -101,6 +102,7 @@ impl Entry {
     }
 }
 
+/// Whether `status` says Pending (or no phase yet).
 fn pending(status: &PodStatus) -> bool {
     status.phase.as_deref().is_none_or(|p| p == "Pending")
 }

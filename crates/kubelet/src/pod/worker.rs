@@ -230,15 +230,19 @@ impl Worker {
     }
 
     /// Whether the pod is gone from the API server, or going without the node's help: a
-    /// deletion with no grace period (`--force`, or any delete of a finished pod), which the
-    /// API server carries out itself right after it sets the deletion timestamp
-    /// (`updateForGracefulDeletionAndFinalizers`: grace 0 deletes immediately), so the watch
-    /// delivers the timestamp and the removal back to back. Then neither a final status nor a
-    /// delete can land, and each would be a wasted write (a 404); upstream's status manager
-    /// finds the pod gone with a read and writes nothing (`syncPod`).
+    /// deletion with no grace period (`--force`, or any delete of a finished pod) and no
+    /// finalizers, which the API server carries out itself right after it sets the deletion
+    /// timestamp (`updateForGracefulDeletionAndFinalizers`: grace 0 deletes immediately), so
+    /// the watch delivers the timestamp and the removal back to back. Then neither a final
+    /// status nor a delete can land, and each would be a wasted write (a 404); upstream's
+    /// status manager finds the pod gone with a read and writes nothing (`syncPod`). A pod
+    /// with finalizers stays until they are removed, so its final status still matters (the
+    /// Job controller reads it).
     fn gone_from_api(&self) -> bool {
+        let meta = &self.pod.metadata;
         matches!(*self.latest.borrow(), Desired::Removed)
-            || self.pod.metadata.deletion_grace_period_seconds == Some(0)
+            || (meta.deletion_grace_period_seconds == Some(0)
+                && meta.finalizers.as_ref().is_none_or(Vec::is_empty))
     }
 
     fn spec_containers(&self) -> (Vec<Container>, Vec<Container>) {
