@@ -37,6 +37,59 @@ fn logs(ns: &TestNamespace, pod: &str, container: &str) -> String {
     kubectl(&["logs", "-n", ns.name(), pod, "-c", container]).expect("kubectl logs")
 }
 
+/// The writes nodes made to one pod, from the control plane's audit log (`devcluster` logs
+/// every write of a member of `system:nodes`): `<verb> <resource>[/<subresource>]` each.
+fn node_writes_to(namespace: &str, pod: &str) -> Vec<String> {
+    let log = krustlet_e2e::cluster().dir.join("audit.log");
+    let text = std::fs::read_to_string(&log)
+        .unwrap_or_else(|e| panic!("prerequisite missing: the audit log {}: {e}", log.display()));
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| {
+            let object = &event["objectRef"];
+            object["namespace"] == namespace && object["name"] == pod
+        })
+        .map(|event| {
+            let object = &event["objectRef"];
+            let verb = event["verb"].as_str().unwrap_or_default();
+            let resource = object["resource"].as_str().unwrap_or_default();
+            match object["subresource"].as_str() {
+                Some(sub) => format!("{verb} {resource}/{sub}"),
+                None => format!("{verb} {resource}"),
+            }
+        })
+        .collect()
+}
+
+/// A short pod's whole life costs its node at most one status patch per phase (Pending is
+/// skipped when the pod starts within the first status's hold, which the bench measures), and
+/// its deletion costs the node nothing: the API server removes a finished pod itself, so a
+/// delete from the node would only be a 404.
+#[tokio::test]
+async fn a_short_pods_life_costs_the_node_a_patch_per_phase_and_no_delete() {
+    let ns = TestNamespace::new("writes").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    create(&pods, multitool_pod("short", &["hello"], "Never"))
+        .await
+        .expect("create");
+    wait_for_phase(&pods, "short", "Succeeded", LONG)
+        .await
+        .expect("Succeeded");
+    pods.delete("short", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_gone(&pods, "short", LONG).await.expect("gone");
+    // Whatever the node still had to send about the pod is sent by now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let writes = node_writes_to(ns.name(), "short");
+    assert!(
+        !writes.iter().any(|w| w.starts_with("delete")),
+        "the node deleted a pod the API server had removed: {writes:?}"
+    );
+    let patches = writes.iter().filter(|w| *w == "patch pods/status").count();
+    assert!((1..=3).contains(&patches), "{writes:?}");
+}
+
 #[tokio::test]
 async fn hello_world_succeeds_and_exit_3_fails() {
     let ns = TestNamespace::new("hello").await.expect("namespace");
