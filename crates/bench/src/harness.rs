@@ -192,6 +192,32 @@ pub struct Seen {
     pub succeeded: Option<Instant>,
     /// Failed (a benchmark pod must not fail).
     pub failed: Option<Instant>,
+    /// Why it failed: the pod's reason and message, and each container's.
+    pub failure: Option<String>,
+}
+
+/// A failed pod's reason and message, and each container's terminated reason and message.
+fn failure_of(status: Option<&k8s_openapi::api::core::v1::PodStatus>) -> String {
+    let Some(status) = status else {
+        return String::new();
+    };
+    let mut parts = vec![format!(
+        "{} {}",
+        status.reason.as_deref().unwrap_or_default(),
+        status.message.as_deref().unwrap_or_default()
+    )];
+    for container in status.container_statuses.iter().flatten() {
+        if let Some(ended) = container.state.as_ref().and_then(|s| s.terminated.as_ref()) {
+            parts.push(format!(
+                "{}: exit {} {} {}",
+                container.name,
+                ended.exit_code,
+                ended.reason.as_deref().unwrap_or_default(),
+                ended.message.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    parts.join("; ")
 }
 
 /// Records pod states in a namespace through a watch, as a user's `kubectl get -w` would.
@@ -231,6 +257,9 @@ impl Observer {
                     }
                     "Failed" => {
                         entry.failed.get_or_insert(now);
+                        entry
+                            .failure
+                            .get_or_insert_with(|| failure_of(pod.status.as_ref()));
                     }
                     _ => {}
                 }
@@ -285,7 +314,15 @@ impl Observer {
                 (pending, failed)
             };
             if !failed.is_empty() {
-                bail!("pods failed: {failed:?}");
+                let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                let why: Vec<String> = failed
+                    .iter()
+                    .map(|n| {
+                        let failure = seen.get(n).and_then(|s| s.failure.clone());
+                        format!("{n}: {}", failure.unwrap_or_default())
+                    })
+                    .collect();
+                bail!("pods failed: {why:?}");
             }
             if pending.is_empty() {
                 return Ok(());
