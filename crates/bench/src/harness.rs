@@ -192,8 +192,6 @@ pub struct Seen {
     pub succeeded: Option<Instant>,
     /// Failed (a benchmark pod must not fail).
     pub failed: Option<Instant>,
-    /// Why it failed: the pod's reason and message, and each container's.
-    pub failure: Option<String>,
 }
 
 /// A failed pod's reason and message, and each container's terminated reason and message.
@@ -224,6 +222,8 @@ fn failure_of(status: Option<&k8s_openapi::api::core::v1::PodStatus>) -> String 
 #[derive(Clone, Default)]
 pub struct Observer {
     seen: Arc<Mutex<HashMap<String, Seen>>>,
+    /// Why each failed pod failed ([`failure_of`]).
+    failures: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl Observer {
@@ -231,6 +231,7 @@ impl Observer {
     pub fn start(api: Api<Pod>) -> Self {
         let observer = Self::default();
         let seen = observer.seen.clone();
+        let failures = observer.failures.clone();
         tokio::spawn(async move {
             let mut events = watcher(api, watcher::Config::default()).boxed();
             while let Some(event) = events.next().await {
@@ -244,7 +245,8 @@ impl Observer {
                     .as_ref()
                     .and_then(|s| s.phase.clone())
                     .unwrap_or_default();
-                let name = pod.metadata.name.unwrap_or_default();
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                let name_of_failed = name.clone();
                 let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
                 let entry = seen.entry(name).or_default();
                 match phase.as_str() {
@@ -257,9 +259,11 @@ impl Observer {
                     }
                     "Failed" => {
                         entry.failed.get_or_insert(now);
-                        entry
-                            .failure
-                            .get_or_insert_with(|| failure_of(pod.status.as_ref()));
+                        failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(name_of_failed.clone())
+                            .or_insert_with(|| failure_of(pod.status.as_ref()));
                     }
                     _ => {}
                 }
@@ -314,13 +318,10 @@ impl Observer {
                 (pending, failed)
             };
             if !failed.is_empty() {
-                let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
                 let why: Vec<String> = failed
                     .iter()
-                    .map(|n| {
-                        let failure = seen.get(n).and_then(|s| s.failure.clone());
-                        format!("{n}: {}", failure.unwrap_or_default())
-                    })
+                    .map(|n| format!("{n}: {}", failures.get(n).cloned().unwrap_or_default()))
                     .collect();
                 bail!("pods failed: {why:?}");
             }
