@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// A node's writes over a span of a run.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -49,35 +49,13 @@ pub struct AuditMark {
     offset: u64,
 }
 
-/// One audit event, the fields counted.
-#[derive(Deserialize)]
-struct Event {
-    verb: String,
-    user: User,
-    #[serde(rename = "objectRef", default)]
-    object: Option<ObjectRef>,
-}
-
-#[derive(Deserialize)]
-struct User {
-    username: String,
-}
-
-#[derive(Deserialize)]
-struct ObjectRef {
-    #[serde(default)]
-    resource: String,
-    #[serde(default)]
-    subresource: Option<String>,
-}
-
 impl AuditMark {
     /// The end of the test cluster's audit log now.
     ///
     /// # Errors
     /// When the log is missing: a control plane built before `devcluster` kept one.
     pub fn now() -> anyhow::Result<Self> {
-        let path = krustlet_e2e::cluster().dir.join("audit.log");
+        let path = krustlet_e2e::audit::log_path();
         let offset = std::fs::metadata(&path)
             .with_context(|| {
                 format!(
@@ -103,26 +81,11 @@ impl AuditMark {
     }
 }
 
-/// The writes of `user` among the audit events (JSON lines) of `log`; lines that are not
-/// events (a line cut short at the end) are skipped.
+/// The writes of `user` among the audit events (JSON lines) of `log`.
 fn count(log: impl BufRead, user: &str) -> Writes {
     let mut writes = Writes::default();
-    for line in log.lines().map_while(Result::ok) {
-        let Ok(event) = serde_json::from_str::<Event>(&line) else {
-            continue;
-        };
-        if event.user.username != user {
-            continue;
-        }
-        let object = event.object.unwrap_or(ObjectRef {
-            resource: String::new(),
-            subresource: None,
-        });
-        let request = match object.subresource {
-            Some(sub) => format!("{} {}/{sub}", event.verb, object.resource),
-            None => format!("{} {}", event.verb, object.resource),
-        };
-        writes.add(&request, 1);
+    for write in krustlet_e2e::audit::writes(log).filter(|w| w.user == user) {
+        writes.add(&write.request, 1);
     }
     writes
 }

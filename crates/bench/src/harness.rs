@@ -246,9 +246,8 @@ impl Observer {
                     .and_then(|s| s.phase.clone())
                     .unwrap_or_default();
                 let name = pod.metadata.name.clone().unwrap_or_default();
-                let name_of_failed = name.clone();
                 let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                let entry = seen.entry(name).or_default();
+                let entry = seen.entry(name.clone()).or_default();
                 match phase.as_str() {
                     "Running" => {
                         entry.running.get_or_insert(now);
@@ -262,7 +261,7 @@ impl Observer {
                         failures
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
-                            .entry(name_of_failed.clone())
+                            .entry(name)
                             .or_insert_with(|| failure_of(pod.status.as_ref()));
                     }
                     _ => {}

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod address;
+pub mod audit;
 pub mod cluster;
 pub mod kubectl;
 pub mod kubelet_api;

@@ -37,27 +37,15 @@ fn logs(ns: &TestNamespace, pod: &str, container: &str) -> String {
     kubectl(&["logs", "-n", ns.name(), pod, "-c", container]).expect("kubectl logs")
 }
 
-/// The writes nodes made to one pod, from the control plane's audit log (`devcluster` logs
-/// every write of a member of `system:nodes`): `<verb> <resource>[/<subresource>]` each.
+/// The writes nodes made to one pod, from the control plane's audit log
+/// ([`krustlet_e2e::audit`]): `<verb> <resource>[/<subresource>]` each.
 fn node_writes_to(namespace: &str, pod: &str) -> Vec<String> {
-    let log = krustlet_e2e::cluster().dir.join("audit.log");
-    let text = std::fs::read_to_string(&log)
+    let log = krustlet_e2e::audit::log_path();
+    let file = std::fs::File::open(&log)
         .unwrap_or_else(|e| panic!("prerequisite missing: the audit log {}: {e}", log.display()));
-    text.lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|event| {
-            let object = &event["objectRef"];
-            object["namespace"] == namespace && object["name"] == pod
-        })
-        .map(|event| {
-            let object = &event["objectRef"];
-            let verb = event["verb"].as_str().unwrap_or_default();
-            let resource = object["resource"].as_str().unwrap_or_default();
-            match object["subresource"].as_str() {
-                Some(sub) => format!("{verb} {resource}/{sub}"),
-                None => format!("{verb} {resource}"),
-            }
-        })
+    krustlet_e2e::audit::writes(std::io::BufReader::new(file))
+        .filter(|w| w.namespace == namespace && w.name == pod)
+        .map(|w| w.request)
         .collect()
 }
 
