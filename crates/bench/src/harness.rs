@@ -25,27 +25,54 @@ pub async fn wait_schedulable(
 ) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(krustlet_e2e::cluster::client().await?);
     let deadline = Instant::now() + timeout;
+    let mut last_seen = "not registered".to_string();
     loop {
         if let Some(current) = nodes.get_opt(name).await? {
             let ready = krustlet_e2e::node::ready_status(&current).as_deref() == Some("True");
-            let extra_taints = current
+            let extra_taints: Vec<String> = current
                 .spec
-                .and_then(|s| s.taints)
-                .unwrap_or_default()
-                .iter()
-                .any(|t| t.key != "kubernetes.io/arch");
-            if ready && !extra_taints {
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .into_iter()
+                .flatten()
+                .filter(|t| t.key != "kubernetes.io/arch")
+                .map(|t| format!("{}:{}", t.key, t.effect))
+                .collect();
+            if ready && extra_taints.is_empty() {
                 return Ok(());
             }
+            last_seen = describe(&current, &extra_taints);
         }
         if Instant::now() > deadline {
             bail!(
-                "node {name} not Ready without extra taints within {timeout:?}: {}",
+                "node {name} not Ready without extra taints within {timeout:?} (last seen: \
+                 {last_seen}): {}",
                 context()
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The node's conditions and `taints` in one line, for an error that says why it was not
+/// schedulable (e.g. DiskPressure on a nearly full disk).
+fn describe(node: &Node, taints: &[String]) -> String {
+    let conditions: Vec<String> = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let message = c.message.as_deref().unwrap_or_default();
+            format!("{}={} ({message})", c.type_, c.status)
+        })
+        .collect();
+    format!(
+        "conditions [{}], taints [{}]",
+        conditions.join(", "),
+        taints.join(", ")
+    )
 }
 
 /// Deletes a Node object without waiting (drop cannot await; kubectl as the e2e harness does).

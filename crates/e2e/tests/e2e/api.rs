@@ -418,11 +418,6 @@ async fn api_authenticates_and_authorizes_direct_requests() {
     );
 }
 
-/// For nodes of tests that are not about DiskPressure: the test machine's disk is shared with
-/// builds and may be under the default 10% free, which would taint the node.
-pub(crate) const NO_DISK_PRESSURE: &str =
-    "--eviction-hard=memory.available<100Mi,nodefs.available<100Mi,pid.available<5%";
-
 /// A one-container multitool pod on `node`.
 fn multitool_pod(name: &str, node: &str, args: &[&str], restart_policy: &str) -> serde_json::Value {
     for_node(
@@ -501,7 +496,6 @@ async fn a_pod_printing_100000_lines_is_rotated_within_the_bound_and_throttled()
             "--container-log-max-size=64Ki",
             "--container-log-max-files=3",
             "--container-log-max-rate=128Ki",
-            NO_DISK_PRESSURE,
         ],
     )
     .expect("start node");
@@ -722,12 +716,8 @@ async fn kubectl_logs_of_a_ticking_pod_follow_since_and_previous_after_a_restart
 
 #[tokio::test]
 async fn metrics_stats_pods_and_configz_match_what_runs() {
-    let node = KrustletNode::start(
-        KRUSTLET,
-        "metrics",
-        &["--container-log-max-files=4", NO_DISK_PRESSURE],
-    )
-    .expect("start node");
+    let node = KrustletNode::start(KRUSTLET, "metrics", &["--container-log-max-files=4"])
+        .expect("start node");
     wait_schedulable(&node).await;
     let name = node.name().to_string();
     let ns = TestNamespace::new("metrics").await.expect("namespace");

@@ -13,7 +13,7 @@ use krustlet_e2e::{KrustletNode, TestNamespace, workloads};
 use kube::api::{Api, ListParams, PostParams};
 
 use crate::KRUSTLET;
-use crate::api::{NO_DISK_PRESSURE, parse_prometheus, sample_value, wait_schedulable};
+use crate::api::{parse_prometheus, sample_value, wait_schedulable};
 
 /// Replicas of the test's Deployment: the acceptance figure, 300 (100 a node; on a 2-core
 /// machine under load they were ready in 32 s and ran again on two nodes 50 s after the
@@ -60,9 +60,8 @@ async fn a_killed_nodes_pods_run_again_on_the_others_and_it_rejoins_without_them
     // A label only this test's nodes carry (the cluster has other tests' nodes too).
     let fleet = std::process::id().to_string();
     let label = format!("--node-labels=e2e.krustlet.dev/fleet={fleet}");
-    let mut nodes =
-        KrustletNode::start_many(KRUSTLET, "fleet", 3, &[NO_DISK_PRESSURE, &max_pods, &label])
-            .expect("start three nodes");
+    let mut nodes = KrustletNode::start_many(KRUSTLET, "fleet", 3, &[&max_pods, &label])
+        .expect("start three nodes");
     for node in &nodes {
         wait_schedulable(node).await;
     }

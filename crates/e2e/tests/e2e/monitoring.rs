@@ -13,7 +13,7 @@ use krustlet_e2e::pods::{create, for_node, wait_for_phase};
 use krustlet_e2e::{KrustletNode, TestNamespace, cluster, kubectl, workloads};
 
 use crate::KRUSTLET;
-use crate::api::{NO_DISK_PRESSURE, parse_prometheus, sample_value, wait_schedulable};
+use crate::api::{parse_prometheus, sample_value, wait_schedulable};
 
 /// Runs `.bin/promlint` (built by `test/cluster/build.sh` from test/tools) on `text`; returns
 /// its complaints, empty when the exposition is clean.
@@ -46,7 +46,7 @@ fn promlint(text: &str) -> String {
 
 #[tokio::test]
 async fn cadvisor_series_carry_kubelet_labels_and_every_metrics_endpoint_passes_promlint() {
-    let node = KrustletNode::start(KRUSTLET, "cadvisor", &[NO_DISK_PRESSURE]).expect("node");
+    let node = KrustletNode::start(KRUSTLET, "cadvisor", &[]).expect("node");
     wait_schedulable(&node).await;
     let ns = TestNamespace::new("cadvisor").await.expect("namespace");
     let pods = ns.api::<Pod>();
@@ -184,7 +184,7 @@ fn millicores(cpu: &str) -> f64 {
 
 #[tokio::test]
 async fn kubectl_top_shows_the_node_and_a_spinning_pod_at_its_cpu_limit() {
-    let node = KrustletNode::start(KRUSTLET, "top", &[NO_DISK_PRESSURE]).expect("node");
+    let node = KrustletNode::start(KRUSTLET, "top", &[]).expect("node");
     wait_schedulable(&node).await;
     let started = std::time::Instant::now();
     let ns = TestNamespace::new("top").await.expect("namespace");
@@ -263,7 +263,7 @@ async fn kubectl_top_shows_the_node_and_a_spinning_pod_at_its_cpu_limit() {
 
 #[tokio::test]
 async fn the_api_servers_node_proxy_reaches_a_node_with_a_real_address() {
-    let node = KrustletNode::start_addressed(KRUSTLET, "proxy", &[NO_DISK_PRESSURE])
+    let node = KrustletNode::start_addressed(KRUSTLET, "proxy", &[])
         .unwrap_or_else(|e| panic!("cannot give the node an address: {e:#}"));
     assert!(!node.ip().is_loopback(), "{}", node.ip());
     wait_schedulable(&node).await;
@@ -300,7 +300,6 @@ async fn container_logs_are_where_host_log_shippers_look() {
         KRUSTLET,
         "varlog",
         &[
-            NO_DISK_PRESSURE,
             &format!("--pod-logs-dir={}", pods_dir.display()),
             &format!("--container-log-links-dir={}", links_dir.display()),
         ],
@@ -376,7 +375,7 @@ fn probe_total(text: &str, labels: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn metrics_probes_counts_exec_probe_results_and_passes_promlint() {
-    let node = KrustletNode::start(KRUSTLET, "probes", &[NO_DISK_PRESSURE]).expect("node");
+    let node = KrustletNode::start(KRUSTLET, "probes", &[]).expect("node");
     wait_schedulable(&node).await;
     let ns = TestNamespace::new("probes").await.expect("namespace");
     let pods = ns.api::<Pod>();
