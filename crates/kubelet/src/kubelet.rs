@@ -152,7 +152,10 @@ impl Kubelet {
                 });
             }
         };
+        let heartbeat = bootstrap::heartbeat_client(&config).await?;
         let (clients_tx, clients) = watch::channel(client);
+        // The Lease and node status: the same credentials without the QPS limit.
+        let (heartbeats_tx, heartbeats) = watch::channel(heartbeat);
         let (uid_tx, node_uid) = watch::channel(None);
         let (readiness_tx, readiness) = watch::channel(Readiness::Ready);
         let stop = CancellationToken::new();
@@ -191,7 +194,7 @@ impl Kubelet {
         let mut reporter = StatusReporter::new(
             config.clone(),
             inputs,
-            clients.clone(),
+            heartbeats.clone(),
             events.clone(),
             uid_tx,
         );
@@ -222,7 +225,7 @@ impl Kubelet {
         }
 
         let lease = LeaseRenewer::new(
-            clients.clone(),
+            heartbeats,
             config.node_name.clone(),
             config.node_lease_duration_seconds,
         );
@@ -233,7 +236,12 @@ impl Kubelet {
         supervise(
             &mut supervised,
             "client certificate rotation",
-            bootstrap::rotate_client_certificate(config.clone(), clients_tx, stop.clone()),
+            bootstrap::rotate_client_certificate(
+                config.clone(),
+                clients_tx,
+                heartbeats_tx,
+                stop.clone(),
+            ),
         );
         let status = StatusManager::new();
         let mirror_uids = MirrorUids::default();

@@ -530,15 +530,13 @@ async fn pods_deleted_while_the_node_was_down_are_cleaned_up_on_return() {
 }
 
 #[tokio::test]
-async fn a_node_with_a_tight_api_rate_limit_still_runs_pods() {
-    use krustlet_e2e::pods::{create, for_node, wait_for_phase};
-    // Far below the default 50/100: registration, lease, status and pod status all share it.
-    let node = KrustletNode::start(
-        KRUSTLET,
-        "qps",
-        &["--kube-api-qps=5", "--kube-api-burst=10"],
-    )
-    .expect("start");
+async fn a_node_with_a_tight_api_rate_limit_still_runs_pods_and_keeps_its_lease() {
+    use krustlet_e2e::pods::{create, for_node};
+    // Far below the default 50/100: pod status and events queue behind it, while the Lease and
+    // node status go through the heartbeat client, which has no limit (upstream's
+    // `heartbeatClientConfig.QPS = -1`).
+    let node = KrustletNode::start(KRUSTLET, "qps", &["--kube-api-qps=1", "--kube-api-burst=1"])
+        .expect("start");
     node.wait_ready("True", Duration::from_secs(90))
         .await
         .expect("Ready");
@@ -546,22 +544,70 @@ async fn a_node_with_a_tight_api_rate_limit_still_runs_pods() {
         .await
         .expect("namespace");
     let pods = ns.api::<k8s_openapi::api::core::v1::Pod>();
-    create(
-        &pods,
-        for_node(
-            serde_json::json!({
-                "metadata": {"name": "hello"},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [{"name": "main", "image": krustlet_e2e::workloads::multitool(), "args": ["hello"]}]
-                }
-            }),
-            node.name(),
-        ),
-    )
-    .await
-    .expect("create");
-    wait_for_phase(&pods, "hello", "Succeeded", Duration::from_secs(120))
+    // Ten pods cost the node about 50 limited writes (status patches, events): 50 s at 1/s.
+    const PODS: usize = 10;
+    for i in 0..PODS {
+        create(
+            &pods,
+            for_node(
+                serde_json::json!({
+                    "metadata": {"name": format!("hello-{i}")},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "main", "image": krustlet_e2e::workloads::multitool(), "args": ["hello"]}]
+                    }
+                }),
+                node.name(),
+            ),
+        )
         .await
-        .expect("Succeeded under --kube-api-qps=5");
+        .expect("create");
+    }
+    let client = cluster::client().await.expect("client");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let nodes: Api<Node> = Api::all(client);
+    // The lease is renewed every 10 s (a quarter of its 40 s); watch it while the pods run.
+    let started = Instant::now();
+    let (mut last_renew, mut last_change, mut longest_gap) = (None, started, Duration::ZERO);
+    let (mut done, mut not_ready) = (0, Vec::new());
+    while started.elapsed() < Duration::from_secs(240) {
+        let ready = ready_status(&nodes.get(node.name()).await.expect("node"));
+        if ready.as_deref() != Some("True") {
+            not_ready.push((started.elapsed(), ready));
+        }
+        let renew = leases
+            .get(node.name())
+            .await
+            .expect("lease")
+            .spec
+            .and_then(|s| s.renew_time);
+        if renew != last_renew {
+            longest_gap = longest_gap.max(last_change.elapsed());
+            (last_renew, last_change) = (renew, Instant::now());
+        }
+        done = pods
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
+            .count();
+        if done == PODS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    longest_gap = longest_gap.max(last_change.elapsed());
+    eprintln!(
+        "{done} of {PODS} pods Succeeded in {:?} at 1 write/s; longest lease renewal gap {longest_gap:?}",
+        started.elapsed()
+    );
+    assert_eq!(done, PODS, "every pod Succeeded under --kube-api-qps=1");
+    // Renewals every 10 s, so a gap near the 40 s lease would mean they queued behind pod writes.
+    assert!(
+        longest_gap < Duration::from_secs(25),
+        "the lease went {longest_gap:?} without renewal under --kube-api-qps=1"
+    );
+    assert!(not_ready.is_empty(), "the node left Ready: {not_ready:?}");
 }

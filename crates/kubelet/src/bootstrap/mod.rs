@@ -103,6 +103,17 @@ pub async fn load_client(
     Ok(builder.with_layer(&limit.layer()).build())
 }
 
+/// The node's heartbeat client: the node's own credentials without a rate limit, for the
+/// Lease and node status only, as upstream's `heartbeatClientConfig.QPS = -1`
+/// (`cmd/kubelet/app/server.go`): a node busy writing pod status must not miss a heartbeat
+/// queued behind `--kube-api-qps`. Call after [`node_client`] (which writes the kubeconfig).
+///
+/// # Errors
+/// When the kubeconfig cannot be loaded.
+pub async fn heartbeat_client(config: &KubeletConfig) -> Result<kube::Client, BootstrapError> {
+    load_client(&config.kubeconfig, None).await
+}
+
 /// Returns a client with the node's own credentials, bootstrapping them if needed:
 /// an existing `--kubeconfig` is used as is, unless it points at our client certificate and
 /// that has expired and a bootstrap kubeconfig is available.
@@ -229,12 +240,14 @@ fn write_node_kubeconfig(
 }
 
 /// Rotates the client certificate before it expires and publishes each new client on
-/// `clients`. Does nothing for credentials that are not our certificate (a kubeconfig with a
-/// token or another certificate file). A failed attempt (request, store or load) is retried
-/// with a doubling back-off (10 s to 2 min), so each failure costs at most one CSR.
+/// `clients` and each new [`heartbeat_client`] on `heartbeats`. Does nothing for credentials
+/// that are not our certificate (a kubeconfig with a token or another certificate file). A
+/// failed attempt (request, store or load) is retried with a doubling back-off (10 s to
+/// 2 min), so each failure costs at most one CSR.
 pub async fn rotate_client_certificate(
     config: KubeletConfig,
     clients: watch::Sender<kube::Client>,
+    heartbeats: watch::Sender<kube::Client>,
     shutdown: CancellationToken,
 ) {
     let path = config.client_cert_path();
@@ -265,16 +278,18 @@ pub async fn rotate_client_certificate(
             .await
             .map_err(BootstrapError::from)?;
             new.store(&path)?;
-            load_client(&config.kubeconfig, Some(config.kube_api_limit)).await
+            let limited = load_client(&config.kubeconfig, Some(config.kube_api_limit)).await?;
+            Ok::<_, BootstrapError>((limited, heartbeat_client(&config).await?))
         };
         let rotated = tokio::select! {
             _ = shutdown.cancelled() => return,
             rotated = rotated => rotated,
         };
         match rotated {
-            Ok(client) => {
+            Ok((client, heartbeat)) => {
                 failures = 0;
                 clients.send_replace(client);
+                heartbeats.send_replace(heartbeat);
                 tracing::info!("client certificate rotated");
             }
             Err(error) => {

@@ -8,9 +8,10 @@
 //! its turn and nothing is queued here beyond what the client's own buffer holds.
 //!
 //! # Caveats
-//! Upstream's kubelet heartbeats (Lease, node status) through a second client without a limit
-//! (`heartbeatClientConfig.QPS = -1` in `cmd/kubelet/app/server.go`) and writes events through a
-//! third with `--event-qps`; Krustlet has one client for all of them, so they share this bucket.
+//! As upstream's kubelet, Krustlet heartbeats (Lease, node status) through a second client
+//! without a limit ([`super::heartbeat_client`]; `heartbeatClientConfig.QPS = -1` in
+//! `cmd/kubelet/app/server.go`). Upstream writes events through a third client with
+//! `--event-qps`; Krustlet's events share this bucket with pod writes.
 
 use std::future::Future;
 use std::pin::Pin;
