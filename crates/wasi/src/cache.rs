@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::engine::WasmEngine;
 use crate::key::{CacheKey, TAG_LEN};
 use crate::module::{CompileError, Program, ProgramKind};
+use wasmtime::component::Component;
 
 /// Where a program came from; count these for cache metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,6 +109,8 @@ struct Lru {
 
 struct Entry {
     program: Program,
+    /// The component moved to the serving engine, once it was served ([`CompileCache::for_serving`]).
+    serving: Option<Component>,
     bytes: u64,
     last_use: u64,
 }
@@ -129,6 +132,7 @@ impl Lru {
             digest.to_string(),
             Entry {
                 program,
+                serving: None,
                 bytes,
                 last_use: self.clock,
             },
@@ -170,6 +174,16 @@ pub struct CompileCache {
     compiling: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
+/// Loads `artifact`, this process's own serialization of a component, into `engine`.
+#[allow(unsafe_code)]
+fn move_artifact(engine: &wasmtime::Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: wasmtime trusts a serialized artifact to be its own output, and these bytes are:
+    // serialized just now, in memory, from a component this process compiled or loaded after
+    // verifying its tag; the engines share settings, which wasmtime checks again from the
+    // artifact's header.
+    unsafe { Component::deserialize(engine, artifact) }
+}
+
 /// The domain of the tags, so they can never be mistaken for another use of the key.
 const TAG_DOMAIN: &[u8] = b"krustlet compile cache v2\0";
 
@@ -206,6 +220,54 @@ impl CompileCache {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(digest)
+    }
+
+    /// `component`, the program of `digest`, on the engine HTTP components are served on
+    /// ([`WasmEngine::serving`]): moved there at its first serving (wasmtime's own artifact,
+    /// serialized and loaded, no second compilation) and kept beside the program while it is
+    /// cached. A component that does not fit the pooling allocator's slots (a table over
+    /// 20 000 elements, more than one memory in a module) stays on the on-demand engine, and
+    /// the log says why. Blocking, like [`CompileCache::get`].
+    ///
+    /// # Errors
+    /// wasmtime's message if the artifact cannot be serialized (a bug).
+    pub fn for_serving(&self, digest: &str, component: &Component) -> Result<Component, String> {
+        let engine = self.engine.serving();
+        if wasmtime::Engine::same(engine, self.engine.engine()) {
+            return Ok(component.clone());
+        }
+        let kept = {
+            let memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+            memory.entries.get(digest).and_then(|e| e.serving.clone())
+        };
+        if let Some(served) = kept {
+            return Ok(served);
+        }
+        let artifact = component
+            .serialize()
+            .map_err(|e| format!("cannot serialize the compiled component: {e:#}"))?;
+        let served = match move_artifact(engine, &artifact) {
+            Ok(served) => served,
+            Err(error) => {
+                tracing::warn!(
+                    %digest,
+                    error = %format!("{error:#}"),
+                    "the HTTP component does not fit the pooling allocator's slots; it is \
+                     served on the on-demand allocator"
+                );
+                component.clone()
+            }
+        };
+        let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = Program::Component(served.clone()).code_bytes();
+        if let Some(entry) = memory.entries.get_mut(digest)
+            && entry.serving.is_none()
+        {
+            entry.serving = Some(served.clone());
+            entry.bytes += bytes;
+            memory.used += bytes;
+        }
+        Ok(served)
     }
 
     /// Bytes of compiled code held in memory now.
@@ -493,6 +555,42 @@ mod tests {
             third.get(digest, &wasm).expect("again").1,
             CacheOutcome::Compiled
         );
+    }
+
+    #[test]
+    fn a_served_component_moves_to_the_pooling_engine_once_and_is_kept() {
+        let wasm = krustlet_test_workloads::http_component().unwrap_or_else(|e| panic!("{e}"));
+        let engine = WasmEngine::new().expect("engine");
+        let cache = CompileCache::new(engine.clone(), None, CacheLimits::default());
+        let digest = "sha256:0c";
+        let Program::Component(component) = cache.get(digest, &wasm).expect("compile").0 else {
+            panic!("the http workload is not a component");
+        };
+        let compiled = cache.memory_bytes();
+        let served = cache.for_serving(digest, &component).expect("moved");
+        assert!(wasmtime::Engine::same(served.engine(), engine.serving()));
+        assert!(!wasmtime::Engine::same(served.engine(), engine.engine()));
+        assert_eq!(
+            cache.memory_bytes(),
+            2 * compiled,
+            "kept beside the program"
+        );
+        let again = cache.for_serving(digest, &component).expect("kept");
+        assert_eq!(again.image_range(), served.image_range(), "not moved twice");
+        assert_eq!(cache.memory_bytes(), 2 * compiled);
+        cache.forget(&[digest.to_string()]);
+        assert_eq!(cache.memory_bytes(), 0);
+
+        // A table larger than a pooling slot's 20 000 elements: served on demand.
+        let big = Component::new(
+            engine.engine(),
+            "(component (core module (table 30000 funcref)) (core instance (instantiate 0)))",
+        )
+        .expect("compile");
+        let served = cache
+            .for_serving("sha256:0d", &big)
+            .expect("kept on demand");
+        assert!(wasmtime::Engine::same(served.engine(), engine.engine()));
     }
 
     #[test]

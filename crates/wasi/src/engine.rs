@@ -4,6 +4,14 @@
 //! configuration that produced it, and one engine lets modules be compiled once and reused.
 //! Epoch interruption is always on, driven by a background ticker, so that every guest yields to
 //! the async executor regularly and can be stopped even in a busy loop.
+//!
+//! HTTP components get a second engine of the same settings on wasmtime's pooling instance
+//! allocator ([`WasmEngine::serving`]), as `wasmtime serve` does: an instance per request
+//! then takes a warm slot instead of an `mmap`/`munmap` pair per memory and stack. It is made
+//! at the first HTTP component only, because its slots reserve address space up front (1 000
+//! of each kind, wasmtime's defaults, about 4 TiB of reservations) that 10 000 idle command pods
+//! do not need; where the reservation fails (a 39-bit address space, a `ulimit -v`), HTTP
+//! components run on the shared on-demand engine instead.
 
 use std::sync::{Arc, OnceLock};
 use std::thread;
@@ -31,23 +39,35 @@ pub enum EngineError {
 pub struct WasmEngine {
     engine: wasmtime::Engine,
     linkers: Arc<OnceLock<Result<Linkers, String>>>,
+    /// The pooling engine for HTTP components, made at the first (`None`: it could not be).
+    serving: Arc<OnceLock<Option<wasmtime::Engine>>>,
+}
+
+/// The settings both engines share; compiled code moves between engines of equal settings.
+pub(crate) fn config() -> wasmtime::Config {
+    let mut config = wasmtime::Config::new();
+    config.epoch_interruption(true);
+    config.wasm_component_model(true);
+    config
 }
 
 impl WasmEngine {
     /// Creates the engine: epoch interruption and a ticker thread that advances
     /// the epoch every [`EPOCH_TICK`] for as long as the engine is alive.
     pub fn new() -> Result<Self, EngineError> {
-        let mut config = wasmtime::Config::new();
-        config.epoch_interruption(true);
-        config.wasm_component_model(true);
-        let engine = wasmtime::Engine::new(&config).map_err(EngineError::Config)?;
+        let engine = wasmtime::Engine::new(&config()).map_err(EngineError::Config)?;
+        let serving: Arc<OnceLock<Option<wasmtime::Engine>>> = Arc::default();
         let weak = engine.weak();
+        let ticked = serving.clone();
         thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
                 // Ends by itself once the last engine handle is dropped.
                 while let Some(engine) = weak.upgrade() {
                     engine.increment_epoch();
+                    if let Some(Some(serving)) = ticked.get() {
+                        serving.increment_epoch();
+                    }
                     drop(engine);
                     thread::sleep(EPOCH_TICK);
                 }
@@ -56,12 +76,44 @@ impl WasmEngine {
         Ok(Self {
             engine,
             linkers: Arc::default(),
+            serving,
         })
     }
 
     /// The underlying wasmtime engine.
     pub fn engine(&self) -> &wasmtime::Engine {
         &self.engine
+    }
+
+    /// The engine HTTP components are served on: the pooling engine, made on first use, or
+    /// [`WasmEngine::engine`] if the pooling allocator cannot reserve its slots here.
+    pub fn serving(&self) -> &wasmtime::Engine {
+        self.serving
+            .get_or_init(|| {
+                let mut config = config();
+                config.allocation_strategy(wasmtime::PoolingAllocationConfig::default());
+                match wasmtime::Engine::new(&config) {
+                    Ok(engine) => {
+                        tracing::info!("HTTP components are served on the pooling allocator");
+                        Some(engine)
+                    }
+                    Err(error) => {
+                        tracing::warn!(
+                            error = %format!("{error:#}"),
+                            "the pooling allocator cannot reserve its slots here; HTTP \
+                             components run on the on-demand allocator"
+                        );
+                        None
+                    }
+                }
+            })
+            .as_ref()
+            .unwrap_or(&self.engine)
+    }
+
+    /// Whether [`WasmEngine::serving`] is a separate (pooling) engine.
+    pub fn serving_is_pooled(&self) -> bool {
+        !wasmtime::Engine::same(self.serving(), &self.engine)
     }
 
     /// The run linkers, made on first use.

@@ -6,7 +6,8 @@
 //! plus `wasi:http` (as `wasmtime serve -Scli`, so a handler reads its environment and its
 //! volumes), one [`ProxyPre`] per run, and one fresh instance per request, which runs on its
 //! own task so a response body can stream after its head. HTTP/1.1 with keep-alive, one
-//! connection task each, as `wasmtime serve`.
+//! connection task each, as `wasmtime serve`. Instances come from the pooling allocator of
+//! the serving engine ([`crate::WasmEngine::serving`]), again as `wasmtime serve`.
 //!
 //! # Limits
 //! - The pod's memory limit holds across all the run's instances together (each counts its
@@ -425,6 +426,9 @@ impl Server {
                 _ = killed.cancelled() => Err(Failure::Killed),
             };
             match &result {
+                Err(Failure::Guest(error)) if is_pool_exhausted(error) => {
+                    server.log_line(&format!("{what}: refused 503: {error:#}"))
+                }
                 Err(Failure::Guest(error)) if is_memory_limit(error) => server.log_line(&format!(
                     "{what}: the instance needed more memory than the pod's limit: \
                      {error:#}"
@@ -449,6 +453,11 @@ impl Server {
             ),
             // The guest ended without a response; the task said why in the log.
             Ok(Err(_)) => match task.await {
+                Ok(Err(Failure::Guest(error))) if is_pool_exhausted(&error) => plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "every instance slot of this node's HTTP components is in use; retry later"
+                        .into(),
+                ),
                 Ok(Err(Failure::Timeout)) => plain(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!(
@@ -474,6 +483,14 @@ impl Server {
             ),
         }
     }
+}
+
+/// Whether instantiating failed because the pooling allocator had no free slot (too many
+/// requests at once across the node's HTTP pods): the request is answered 503, not 500.
+fn is_pool_exhausted(error: &wasmtime::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>())
 }
 
 /// Instantiates `pre` in `store` and calls its handler with `incoming` and `out`.
@@ -561,6 +578,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+    use crate::cache::{CacheLimits, CompileCache};
     use crate::engine::WasmEngine;
     use crate::module::Program;
 
@@ -611,17 +629,40 @@ mod tests {
         serve_on(usage, limits, None)
     }
 
+    fn http_wasm() -> Vec<u8> {
+        let path = krustlet_test_workloads::http_component().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::read(path).expect("read")
+    }
+
     fn serve_on(usage: Arc<Usage>, limits: HttpLimits, network: Option<GuestNetwork>) -> Serving {
         let engine = WasmEngine::new().expect("engine");
-        let path = krustlet_test_workloads::http_component().unwrap_or_else(|e| panic!("{e}"));
-        let bytes = std::fs::read(path).expect("read");
-        let Program::Component(component) = Program::compile(&engine, &bytes).expect("compile")
+        let Program::Component(component) =
+            Program::compile(&engine, &http_wasm()).expect("compile")
         else {
             panic!("the http workload is not a component");
         };
         assert!(is_http_component(engine.engine(), &component));
-        let linker = linker(engine.engine()).expect("linker");
-        let pre = prepare(&linker, &component).expect("pre-instantiate");
+        assert!(
+            engine.serving_is_pooled(),
+            "the pooling engine is made here"
+        );
+        let cache = CompileCache::new(engine.clone(), None, CacheLimits::default());
+        let component = cache.for_serving("sha256:0", &component).expect("moved");
+        let linker = linker(engine.serving()).expect("linker");
+        serve_pre(
+            prepare(&linker, &component).expect("pre-instantiate"),
+            usage,
+            limits,
+            network,
+        )
+    }
+
+    fn serve_pre(
+        pre: ProxyPre<HttpState>,
+        usage: Arc<Usage>,
+        limits: HttpLimits,
+        network: Option<GuestNetwork>,
+    ) -> Serving {
         let logs = tempfile::tempdir().expect("tempdir");
         let log = CriLogWriter::create(&logs.path().join("0.log")).expect("log");
         let template = Template {
@@ -643,6 +684,38 @@ mod tests {
             task,
             _logs: logs,
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_that_finds_every_pool_slot_taken_is_answered_503() {
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_component_instances(1);
+        let mut config = crate::engine::config();
+        config.allocation_strategy(pool);
+        let engine = wasmtime::Engine::new(&config).expect("engine");
+        let component = Component::new(&engine, http_wasm()).expect("compile");
+        let linker = linker(&engine).expect("linker");
+        let pre = prepare(&linker, &component).expect("pre-instantiate");
+        let serving = serve_pre(pre, Arc::default(), HttpLimits::default(), None);
+        let addr = serving.addr;
+        let slow = tokio::spawn(async move { send(addr, "GET /sleep?ms=1500", "").await });
+        let mut refused = String::new();
+        for _ in 0..100 {
+            refused = send(addr, "GET /", "").await;
+            if refused.starts_with("HTTP/1.1 503") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+        assert!(refused.contains("every instance slot"), "{refused}");
+        let slept = slow.await.expect("slow request");
+        assert!(slept.starts_with("HTTP/1.1 200"), "{slept}");
+        let again = send(addr, "GET /", "").await;
+        assert!(
+            again.starts_with("HTTP/1.1 200"),
+            "the slot is free again: {again}"
+        );
     }
 
     #[tokio::test]

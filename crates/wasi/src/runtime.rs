@@ -18,6 +18,9 @@ use crate::pool::CompilePool;
 use crate::run::{Exit, Mount, RunSpec, Stdio};
 use wasmtime::component::{Component, Linker};
 
+/// A linker for HTTP components, made on first use.
+type HttpLinker = std::sync::OnceLock<Result<Arc<Linker<HttpState>>, String>>;
+
 /// How the runtime keeps and compiles programs.
 #[derive(Debug, Default)]
 pub struct WasiOptions {
@@ -37,8 +40,9 @@ pub struct WasiRuntime {
     programs: Arc<CompileCache>,
     pool: Arc<CompilePool>,
     metrics: WasiMetrics,
-    /// The linker for HTTP components, made at the first one (once per engine).
-    http_linker: Arc<std::sync::OnceLock<Result<Arc<Linker<HttpState>>, String>>>,
+    /// The linkers for HTTP components, made at the first one (once per engine): on the
+    /// serving engine, and on the on-demand one for components that do not fit a pool slot.
+    http_linkers: Arc<[HttpLinker; 2]>,
 }
 
 impl WasiRuntime {
@@ -65,7 +69,7 @@ impl WasiRuntime {
             pool: Arc::new(CompilePool::new(options.concurrency)),
             engine,
             metrics: WasiMetrics::default(),
-            http_linker: Arc::default(),
+            http_linkers: Arc::default(),
         }
     }
 
@@ -139,7 +143,8 @@ impl Runtime for WasiRuntime {
                 && !exports_cli_run(self.engine.engine(), component)
             {
                 if http::is_http_component(self.engine.engine(), component) {
-                    return self.serve_http(component, spec);
+                    let served = self.for_serving(&spec.program_digest, component).await?;
+                    return self.serve_http(&served, spec);
                 }
                 return Err(create_error(
                     "the component exports neither wasi:cli/run (a command) nor \
@@ -224,11 +229,31 @@ fn exports_cli_run(engine: &wasmtime::Engine, component: &wasmtime::component::C
 }
 
 impl WasiRuntime {
-    /// The engine's linker for HTTP components.
-    fn http_linker(&self) -> Result<Arc<Linker<HttpState>>, RuntimeError> {
-        self.http_linker
+    /// `component` on the serving engine (see [`CompileCache::for_serving`]; on the compile
+    /// pool, as loading is CPU-bound).
+    async fn for_serving(
+        &self,
+        digest: &str,
+        component: &Component,
+    ) -> Result<Component, RuntimeError> {
+        let (cache, digest, component) =
+            (self.programs.clone(), digest.to_string(), component.clone());
+        self.pool
+            .run(move || cache.for_serving(&digest, &component))
+            .await
+            .map_err(|e| create_error(e.to_string()))?
+            .map_err(create_error)
+    }
+
+    /// The linker for HTTP components on `engine` (the serving or the on-demand engine).
+    fn http_linker(
+        &self,
+        engine: &wasmtime::Engine,
+    ) -> Result<Arc<Linker<HttpState>>, RuntimeError> {
+        let pooled = wasmtime::Engine::same(engine, self.engine.serving());
+        self.http_linkers[usize::from(pooled)]
             .get_or_init(|| {
-                http::linker(self.engine.engine())
+                http::linker(engine)
                     .map(Arc::new)
                     .map_err(|e| format!("cannot link wasi:http: {e:#}"))
             })
@@ -251,7 +276,7 @@ impl WasiRuntime {
                     .into(),
             ));
         }
-        let pre = http::prepare(&*self.http_linker()?, component)
+        let pre = http::prepare(&*self.http_linker(component.engine())?, component)
             .map_err(|e| create_error(format!("cannot serve the HTTP component: {e:#}")))?;
         // Opened by the kubelet's pod network, before the container counts as started.
         let listeners = spec.ports.listen()?;
