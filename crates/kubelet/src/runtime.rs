@@ -25,8 +25,10 @@ pub mod fake;
 /// components a guest sharing the volume may have swapped for symlinks since.
 #[derive(Debug, Clone)]
 pub struct Mount {
-    /// The directory, held open until the run ends (drop the last clone only after the runtime
-    /// has opened it).
+    /// The directory, held open until the runtime has opened it for the instance (preopened):
+    /// a runtime drops it then, so that a sleeping container does not hold the directory
+    /// twice. More instances of the container (exec) open it again through a
+    /// [`crate::volume::reopen::ClosedMount`].
     pub dir: Arc<OwnedFd>,
     /// Where the directory was found on the host; for messages only.
     pub host_path: PathBuf,

@@ -29,7 +29,8 @@ use crate::name_lookup::{self, HasNameLookups, NameLookups};
 #[derive(Debug, Clone)]
 pub struct Mount {
     /// The directory, opened by the caller: the guest gets exactly this directory (preopened
-    /// through `/proc/self/fd/N`), whatever its path leads to by now. Held until the run ends.
+    /// through `/proc/self/fd/N`), whatever its path leads to by now. Held until the run's
+    /// preopens are made: wasmtime holds its own descriptor for each from then on.
     pub dir: Arc<OwnedFd>,
     /// Where the directory was on the host; for messages only.
     pub host_path: PathBuf,
@@ -263,6 +264,9 @@ impl WasmEngine {
             }
         }
         preopen(&mut builder, &spec.mounts)?;
+        // wasmtime opened each preopen itself: ours would only double a sleeping container's
+        // descriptors (the kubelet re-opens them for an exec).
+        drop(spec.mounts);
         if let Some(network) = spec.network {
             grant_sockets(&mut builder, network);
         }
@@ -493,6 +497,56 @@ mod tests {
         let outcome = run(&multitool(), &["multitool", "cat", "/m/ok.txt"], mounts).await;
         assert_eq!(outcome.exit, Exit::Code(0), "{}", outcome.stderr);
         assert_eq!(outcome.stdout, "inside\n");
+    }
+
+    /// How many of this process's descriptors are open on `path`.
+    fn descriptors_on(path: &Path) -> usize {
+        let path = std::fs::canonicalize(path).expect("canonical");
+        std::fs::read_dir("/proc/self/fd")
+            .expect("fds")
+            .filter_map(Result::ok)
+            .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_running_guest_holds_each_mount_once_through_wasmtime_not_ours() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let mount = Mount::open(data.path(), "/data", false).expect("open");
+        let ours = Arc::downgrade(&mount.dir);
+        let engine = WasmEngine::new().expect("engine");
+        let bytes = std::fs::read(multitool()).expect("read workload");
+        let program = Program::compile(&engine, &bytes).expect("compile");
+        let logs = tempfile::tempdir().expect("tempdir");
+        let path = logs.path().join("0.log");
+        let spec = RunSpec {
+            args: ["multitool", "write", "/data/up", "1", "sleep", "60"]
+                .map(String::from)
+                .to_vec(),
+            env: vec![],
+            mounts: vec![mount],
+            stdio: Stdio::Log(CriLogWriter::create(&path).expect("log")),
+            limits: Limits::default(),
+            usage: Arc::default(),
+            network: None,
+        };
+        let run = engine.run(&program, spec);
+        // Kept alive past the select: the guest must still be running when we look.
+        tokio::pin!(run);
+        let sleeping = async {
+            while !data.path().join("up").exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            ended = &mut run => panic!("the guest ended early: {ended:?}"),
+            () = sleeping => {}
+        }
+        assert!(
+            ours.upgrade().is_none(),
+            "the kubelet's descriptor outlived the preopen"
+        );
+        assert_eq!(descriptors_on(data.path()), 1, "wasmtime's preopen, only");
     }
 
     #[tokio::test]

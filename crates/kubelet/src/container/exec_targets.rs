@@ -11,7 +11,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::runtime::{ExecIo, ExecSpec, Limits, Mount, Runtime};
+use crate::runtime::{ExecIo, ExecSpec, Limits, Runtime};
+use crate::volume::reopen::{ClosedMount, ReopenError};
 
 /// The stdin of a container run with `stdin: true`, which `kubectl attach -i` writes to.
 ///
@@ -66,8 +67,9 @@ pub struct ExecTarget {
     pub program_digest: String,
     /// The container's resolved environment.
     pub env: Vec<(String, String)>,
-    /// The container's mounts.
-    pub mounts: Vec<Mount>,
+    /// The container's mounts, closed until an instance starts: the run reaches them through
+    /// the runtime's own descriptors, so holding ours as long as it runs would double them.
+    pub mounts: Vec<ClosedMount>,
     /// The container's limits.
     pub limits: Limits,
     /// The runtime that runs it.
@@ -81,19 +83,26 @@ pub struct ExecTarget {
 }
 
 impl ExecTarget {
-    /// The spec of one more instance with `args` and `io`.
-    pub fn spec(&self, id: String, args: Vec<String>, io: ExecIo) -> ExecSpec {
-        ExecSpec {
+    /// The spec of one more instance with `args` and `io`, its mounts opened again.
+    ///
+    /// # Errors
+    /// [`ReopenError`] when a mount's directory cannot be opened again as the same directory.
+    pub fn spec(&self, id: String, args: Vec<String>, io: ExecIo) -> Result<ExecSpec, ReopenError> {
+        Ok(ExecSpec {
             id,
             program: self.program.clone(),
             program_digest: self.program_digest.clone(),
             args,
             env: self.env.clone(),
-            mounts: self.mounts.clone(),
+            mounts: self
+                .mounts
+                .iter()
+                .map(ClosedMount::open)
+                .collect::<Result<_, _>>()?,
             limits: self.limits,
             io,
             guest_network: self.guest_network.clone(),
-        }
+        })
     }
 }
 

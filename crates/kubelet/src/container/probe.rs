@@ -408,7 +408,9 @@ pub async fn exec_once(
         stderr: Some(stderr),
         tty: false,
     };
-    let spec = target.spec(id, command.to_vec(), io);
+    let spec = target
+        .spec(id, command.to_vec(), io)
+        .map_err(|e| e.to_string())?;
     let mut running = target
         .runtime
         .exec(spec)

@@ -31,6 +31,7 @@ use crate::pod::events::{PodEvents, container_field, ephemeral_field};
 use crate::pod::restart::{RestartPolicy, RestartRules};
 use crate::runtime::{ContainerPorts, ContainerSpec, Runtime, Termination};
 use crate::stats::{PodRef, RunInfo, Stats};
+use crate::volume::reopen::ClosedMount;
 use crate::volume::subpath::container_mount;
 use crate::volume::{NodeFacts, VolumeMap};
 
@@ -908,7 +909,16 @@ impl Runner {
             program: program.clone(),
             program_digest: program_digest.clone(),
             env: env.clone(),
-            mounts: mounts.clone(),
+            mounts: mounts
+                .iter()
+                .map(ClosedMount::of)
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    (
+                        "CreateContainerError",
+                        format!("cannot examine a mount's directory: {e}"),
+                    )
+                })?,
             limits,
             runtime: self.services.runtime.clone(),
             stopped: tokio_util::sync::CancellationToken::new(),

@@ -14,6 +14,7 @@
 //! A run is over once `<restartCount>.log.done` exists next to its file (see
 //! [`mark_run_finished`]) or a later run's file appears; `kubectl logs -f` ends then.
 
+mod idle;
 pub mod links;
 pub mod rate;
 pub mod reader;

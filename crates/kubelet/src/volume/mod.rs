@@ -15,6 +15,7 @@ pub mod atomic;
 pub mod fs_at;
 pub mod host_path;
 pub mod pvc;
+pub mod reopen;
 pub mod subpath;
 
 use std::collections::{BTreeMap, HashMap};

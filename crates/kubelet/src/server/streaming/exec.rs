@@ -555,12 +555,12 @@ async fn run_exec(
         stdin: streams.stdin.take(),
         tty: options.tty,
     };
-    let outcome = match target
-        .runtime
-        .exec(target.spec(id.to_string(), command, io))
-        .await
-    {
-        Err(error) => Outcome::Error(format!("cannot exec in the container: {}", error.message)),
+    let started = match target.spec(id.to_string(), command, io) {
+        Ok(spec) => target.runtime.exec(spec).await.map_err(|e| e.message),
+        Err(error) => Err(error.to_string()),
+    };
+    let outcome = match started {
+        Err(message) => Outcome::Error(format!("cannot exec in the container: {message}")),
         Ok(mut running) => {
             let termination = tokio::select! {
                 ended = &mut running.exit => ended.unwrap_or(Termination::Killed),
