@@ -160,6 +160,8 @@ impl Kubelet {
         let (readiness_tx, readiness) = watch::channel(Readiness::Ready);
         let stop = CancellationToken::new();
 
+        // Before registering: the first pod's pull must not pay for it.
+        let _ = tokio::task::spawn_blocking(crate::image::warm_reference_parser).await;
         let images = Arc::new(
             ImageStore::new(
                 config.data_path("images"),

@@ -53,6 +53,8 @@ pub async fn run(
         path: config.data_dir.clone(),
         source,
     })?;
+    // Before the first pod: its pull must not pay for it.
+    let _ = tokio::task::spawn_blocking(crate::image::warm_reference_parser).await;
     let images = Arc::new(
         ImageStore::new(
             config.data_path("images"),
