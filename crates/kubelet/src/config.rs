@@ -175,8 +175,9 @@ pub struct Flags {
 
     /// Requests per second the node's API client may make on average, as the kubelet's
     /// --kube-api-qps; beyond that a request waits for its turn. 0 means client-go's own
-    /// default, 5 (rest.RESTClientFor's DefaultQPS, what the kubelet gets for 0). Lease, node
-    /// status and events share it (the kubelet exempts them). [default: 50]
+    /// default, 5 (rest.RESTClientFor's DefaultQPS, what the kubelet gets for 0). The Lease and
+    /// node status go through a second client without a limit, as the kubelet's; events share
+    /// this one. [default: 50]
     #[arg(long, env = "KRUSTLET_KUBE_API_QPS", value_name = "QPS",
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     #[serde(rename = "kubeAPIQPS", skip_serializing_if = "Option::is_none")]
