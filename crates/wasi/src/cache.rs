@@ -232,17 +232,10 @@ impl CompileCache {
     /// # Errors
     /// wasmtime's message if the artifact cannot be serialized (a bug).
     pub fn for_serving(&self, digest: &str, component: &Component) -> Result<Component, String> {
-        let engine = self.engine.serving();
-        if wasmtime::Engine::same(engine, self.engine.engine()) {
-            return Ok(component.clone());
-        }
-        let kept = {
-            let memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-            memory.entries.get(digest).and_then(|e| e.serving.clone())
-        };
-        if let Some(served) = kept {
+        if let Some(served) = self.served(digest, component) {
             return Ok(served);
         }
+        let engine = self.engine.serving();
         let artifact = component
             .serialize()
             .map_err(|e| format!("cannot serialize the compiled component: {e:#}"))?;
@@ -259,7 +252,12 @@ impl CompileCache {
             }
         };
         let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
-        let bytes = Program::Component(served.clone()).code_bytes();
+        // A component left on the on-demand engine is the program itself: no more bytes.
+        let bytes = if wasmtime::Engine::same(served.engine(), engine) {
+            Program::Component(served.clone()).code_bytes()
+        } else {
+            0
+        };
         if let Some(entry) = memory.entries.get_mut(digest)
             && entry.serving.is_none()
         {
@@ -268,6 +266,17 @@ impl CompileCache {
             memory.used += bytes;
         }
         Ok(served)
+    }
+
+    /// What [`CompileCache::for_serving`] gives without work: the component itself when there
+    /// is no pooling engine, or the one moved there at an earlier start; `None` when it must
+    /// be moved now.
+    pub fn served(&self, digest: &str, component: &Component) -> Option<Component> {
+        if wasmtime::Engine::same(self.engine.serving(), self.engine.engine()) {
+            return Some(component.clone());
+        }
+        let memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        memory.entries.get(digest).and_then(|e| e.serving.clone())
     }
 
     /// Bytes of compiled code held in memory now.

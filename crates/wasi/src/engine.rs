@@ -111,11 +111,6 @@ impl WasmEngine {
             .unwrap_or(&self.engine)
     }
 
-    /// Whether [`WasmEngine::serving`] is a separate (pooling) engine.
-    pub fn serving_is_pooled(&self) -> bool {
-        !wasmtime::Engine::same(self.serving(), &self.engine)
-    }
-
     /// The run linkers, made on first use.
     ///
     /// # Errors

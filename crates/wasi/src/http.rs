@@ -643,7 +643,7 @@ mod tests {
         };
         assert!(is_http_component(engine.engine(), &component));
         assert!(
-            engine.serving_is_pooled(),
+            !wasmtime::Engine::same(engine.serving(), engine.engine()),
             "the pooling engine is made here"
         );
         let cache = CompileCache::new(engine.clone(), None, CacheLimits::default());

@@ -229,13 +229,16 @@ fn exports_cli_run(engine: &wasmtime::Engine, component: &wasmtime::component::C
 }
 
 impl WasiRuntime {
-    /// `component` on the serving engine (see [`CompileCache::for_serving`]; on the compile
-    /// pool, as loading is CPU-bound).
+    /// `component` on the serving engine (see [`CompileCache::for_serving`]): at once when
+    /// it was moved before, else on the compile pool, as moving it is CPU-bound.
     async fn for_serving(
         &self,
         digest: &str,
         component: &Component,
     ) -> Result<Component, RuntimeError> {
+        if let Some(served) = self.programs.served(digest, component) {
+            return Ok(served);
+        }
         let (cache, digest, component) =
             (self.programs.clone(), digest.to_string(), component.clone());
         self.pool

@@ -311,37 +311,54 @@ mod tests {
         );
     }
 
-    #[test]
-    fn files_rotate_within_the_size_bound() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("c/0.log");
-        let policy = LogPolicy {
-            max_size: 32 * 1024,
-            max_files: 3,
-            max_rate: 0,
-        };
-        let log = CriLogWriter::create_with(&path, policy).expect("create");
+    /// The rotation bound the rotation tests write under.
+    const ROTATION: LogPolicy = LogPolicy {
+        max_size: 32 * 1024,
+        max_files: 3,
+        max_rate: 0,
+    };
+
+    /// Writes lines 0..10 000 under [`ROTATION`] (with the file closed as if idle after every
+    /// `close_every`th write, if given) and finishes the run; checks that two rotated files
+    /// were kept and that no file passed the size bound. Returns the files, oldest first.
+    fn write_rotated(dir: &Path, close_every: Option<usize>) -> Vec<PathBuf> {
+        let path = dir.join("c/0.log");
+        let log = CriLogWriter::create_with(&path, ROTATION).expect("create");
         for n in 0..10_000 {
             log.write(Stream::Stdout, format!("line {n}\n").as_bytes())
                 .expect("write");
+            if close_every.is_some_and(|every| n % every == 0) {
+                let closed = log.state.close_if_idle(Instant::now() + IDLE_CLOSE);
+                assert!(!closed && !is_open(&path));
+            }
         }
         log.finish().expect("finish");
-        let rotated = super::super::rotation::rotated_files(&path);
-        assert_eq!(rotated.len(), 2);
-        let mut total = 0;
-        for file in rotated.iter().chain([&path]) {
+        let mut files = super::super::rotation::rotated_files(&path);
+        assert_eq!(files.len(), 2);
+        files.push(path);
+        for file in &files {
             let size = std::fs::metadata(file).expect("meta").len();
             assert!(
-                size <= policy.max_size,
+                size <= ROTATION.max_size,
                 "{} is {size} bytes",
                 file.display()
             );
-            total += size;
         }
-        assert!(total <= policy.max_size * 3);
-        let text = std::fs::read_to_string(&path).expect("read");
+        files
+    }
+
+    #[test]
+    fn files_rotate_within_the_size_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = write_rotated(dir.path(), None);
+        let total: u64 = files
+            .iter()
+            .map(|f| std::fs::metadata(f).expect("meta").len())
+            .sum();
+        assert!(total <= ROTATION.max_size * 3);
+        let text = std::fs::read_to_string(&files[2]).expect("read");
         assert!(text.ends_with(" stdout F line 9999\n"), "{text}");
-        for file in rotated.iter().chain([&path]) {
+        for file in &files {
             assert_eq!(mode(file), LOG_FILE_MODE, "{}", file.display());
         }
     }
@@ -456,34 +473,10 @@ mod tests {
     #[test]
     fn rotation_stays_within_bounds_when_the_file_is_closed_between_writes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("c/0.log");
-        let policy = LogPolicy {
-            max_size: 32 * 1024,
-            max_files: 3,
-            max_rate: 0,
-        };
-        let log = CriLogWriter::create_with(&path, policy).expect("create");
-        for n in 0..10_000 {
-            log.write(Stream::Stdout, format!("line {n}\n").as_bytes())
-                .expect("write");
-            if n % 97 == 0 {
-                let closed = log.state.close_if_idle(Instant::now() + IDLE_CLOSE);
-                assert!(!closed && !is_open(&path));
-            }
-        }
-        log.finish().expect("finish");
-        let rotated = super::super::rotation::rotated_files(&path);
-        assert_eq!(rotated.len(), 2);
-        let mut lines = Vec::new();
-        for file in rotated.iter().chain([&path]) {
-            let size = std::fs::metadata(file).expect("meta").len();
-            assert!(
-                size <= policy.max_size,
-                "{} is {size} bytes",
-                file.display()
-            );
-            lines.extend(contents(file));
-        }
+        let lines: Vec<String> = write_rotated(dir.path(), Some(97))
+            .iter()
+            .flat_map(|file| contents(file))
+            .collect();
         // The newest lines, each once and in order, across the kept files.
         let first: usize = lines[0]
             .strip_prefix("line ")
