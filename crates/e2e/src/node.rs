@@ -312,6 +312,35 @@ impl KrustletNode {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Waits until `lines` lines of the node's log (across restarts) contain every one of
+    /// `parts`: work the node does in the background, such as compiling a program with
+    /// Cranelift after a first start.
+    pub async fn wait_log(
+        &self,
+        parts: &[&str],
+        lines: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            let found = log
+                .lines()
+                .filter(|l| parts.iter().all(|p| l.contains(p)))
+                .count();
+            if found >= lines {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "{found} of {lines} lines of the node's log contain all of {parts:?} \
+                     after {timeout:?}; log:\n{log}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The process ID, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())

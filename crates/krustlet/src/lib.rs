@@ -113,6 +113,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 max_module_bytes: config.pull_limits.max_module_bytes,
             },
             concurrency: config.compile.concurrency,
+            baseline_first_start: config.compile.first_start
+                == kubelet::config::FirstStartCompiler::Winch,
         },
     ));
     if let Some(dir) = &config.manifests

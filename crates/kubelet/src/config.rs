@@ -362,6 +362,15 @@ pub struct Flags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compile_cache_memory: Option<ByteQuantity>,
 
+    /// The compiler of a program's first start on this node (nothing compiled in memory or on
+    /// disk): `winch`, wasmtime's baseline compiler, starts the pod in a fraction of the time
+    /// and runs it slower, while Cranelift compiles the program in the background for every
+    /// later start; `cranelift` makes the first start wait for the optimized code.
+    /// [default: winch]
+    #[arg(long, env = "KRUSTLET_FIRST_START_COMPILER", value_name = "COMPILER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_start_compiler: Option<FirstStartCompiler>,
+
     /// Directory of static pod manifests (YAML or JSON, one Pod each; dotfiles ignored), run
     /// without the scheduler as the kubelet's static pods. Connected, each also appears in the
     /// API as a mirror pod; `krustlet standalone` needs it.
@@ -696,6 +705,7 @@ impl Flags {
             compile: CompileSettings {
                 concurrency: self.compile_concurrency.unwrap_or(2) as usize,
                 cache_memory_bytes: self.compile_cache_memory.map_or(256 << 20, |q| q.0),
+                first_start: self.first_start_compiler.unwrap_or_default(),
             },
             manifests: self.manifests,
             image_policy_file: self.image_policy_file,
@@ -827,6 +837,19 @@ pub struct CompileSettings {
     pub concurrency: usize,
     /// Bytes of compiled code kept in memory.
     pub cache_memory_bytes: u64,
+    /// The compiler of a program's first start.
+    pub first_start: FirstStartCompiler,
+}
+
+/// The compiler of a program's first start (`--first-start-compiler`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FirstStartCompiler {
+    /// Winch, wasmtime's baseline compiler; Cranelift follows in the background.
+    #[default]
+    Winch,
+    /// Cranelift, wasmtime's optimizing compiler, at once.
+    Cranelift,
 }
 
 /// The data dir when --data-dir is not given: `~/.krustlet`.

@@ -9,6 +9,12 @@
 //! kind and the artifact's SHA-256. Loading native code is only as safe as its origin, so an
 //! entry that does not verify (tampered, copied from another node or program, or of an older
 //! format) is rejected, deleted and compiled again, never handed to wasmtime.
+//!
+//! A first start (nothing in memory or on disk) can compile with Winch instead
+//! ([`CompileCache::with_baseline_first_start`]): the pod starts on Winch's code, kept in
+//! memory, and the runtime then compiles the program with Cranelift on the compile pool
+//! ([`CompileCache::optimize`]), which replaces it in memory and is the only code stored on
+//! disk. Pods already running keep the code they started with.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -32,15 +38,19 @@ pub enum CacheOutcome {
     Disk,
     /// Compiled now (a miss).
     Compiled,
+    /// Compiled now with Winch for a first start (a miss); Cranelift's code is yet to come
+    /// ([`CompileCache::optimize`]).
+    Baseline,
 }
 
 impl CacheOutcome {
-    /// A label for logs and metrics: `memory`, `disk` or `compiled`.
+    /// A label for logs and metrics: `memory`, `disk`, `compiled` or `baseline`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Memory => "memory",
             Self::Disk => "disk",
             Self::Compiled => "compiled",
+            Self::Baseline => "baseline",
         }
     }
 }
@@ -105,6 +115,9 @@ struct Lru {
     used: u64,
     limit: u64,
     clock: u64,
+    /// Programs forgotten while on Winch's code: the Cranelift compilation under way for
+    /// each must not keep what it makes ([`CompileCache::optimize`]).
+    forgotten: HashSet<String>,
 }
 
 struct Entry {
@@ -172,6 +185,8 @@ pub struct CompileCache {
     max_module_bytes: u64,
     // One compilation per digest at a time: pods started together wait for the first.
     compiling: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Whether a program's first start compiles it with Winch (`--first-start-compiler`).
+    baseline_first_start: bool,
 }
 
 /// Loads `artifact`, this process's own serialization of a component, into `engine`.
@@ -208,10 +223,19 @@ impl CompileCache {
                 used: 0,
                 limit: limits.memory_bytes,
                 clock: 0,
+                forgotten: HashSet::new(),
             }),
             max_module_bytes: limits.max_module_bytes,
             compiling: Mutex::default(),
+            baseline_first_start: false,
         }
+    }
+
+    /// Compiles a program's first start with Winch when `on` (see [`CompileCache::optimize`]).
+    #[must_use]
+    pub fn with_baseline_first_start(mut self, on: bool) -> Self {
+        self.baseline_first_start = on;
+        self
     }
 
     /// The program in memory, if this process compiled or loaded it already (and kept it).
@@ -308,11 +332,7 @@ impl CompileCache {
             let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
             self.get_locked(digest, source)
         };
-        let mut compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
-        // The map's and ours: nobody else waits on it, so the entry can go.
-        if Arc::strong_count(&lock) <= 2 {
-            compiling.remove(digest);
-        }
+        self.release(digest, &lock);
         result
     }
 
@@ -324,6 +344,34 @@ impl CompileCache {
         if let Some(program) = self.in_memory(digest) {
             return Ok((program, CacheOutcome::Memory));
         }
+        let bytes = self.read(source)?;
+        let kind = ProgramKind::detect(&bytes);
+        let cached = self.disk_path(digest);
+        let loaded = match (&cached, kind) {
+            (Some(path), Some(kind)) => self.load(path, digest, kind),
+            _ => None,
+        };
+        let (program, outcome) = match loaded {
+            Some(program) => (program, CacheOutcome::Disk),
+            None => match self.compile_baseline(digest, &bytes) {
+                Some(program) => (program, CacheOutcome::Baseline),
+                None => (
+                    self.compile_and_store(
+                        digest,
+                        &bytes,
+                        cached.as_deref(),
+                        "compile cache miss",
+                    )?,
+                    CacheOutcome::Compiled,
+                ),
+            },
+        };
+        self.remember(digest, program.clone());
+        Ok((program, outcome))
+    }
+
+    /// The wasm file `source`, if it is within `--max-module-size`.
+    fn read(&self, source: &Path) -> Result<Vec<u8>, CacheError> {
         let read_error = |source_error| CacheError::Read {
             path: source.into(),
             source: source_error,
@@ -335,39 +383,132 @@ impl CompileCache {
                 limit: self.max_module_bytes,
             });
         }
-        let bytes = std::fs::read(source).map_err(read_error)?;
-        let kind = ProgramKind::detect(&bytes);
-        let cached = self.disk_path(digest);
-        let loaded = match (&cached, kind) {
-            (Some(path), Some(kind)) => self.load(path, digest, kind),
-            _ => None,
-        };
-        let (program, outcome) = match loaded {
-            Some(program) => (program, CacheOutcome::Disk),
-            None => {
-                let started = Instant::now();
-                let program = Program::compile(&self.engine, &bytes)?;
-                tracing::info!(
-                    "compiled {digest} in {:?} (compile cache miss)",
-                    started.elapsed()
-                );
-                if let Some(path) = &cached
-                    && let Err(error) = self.store(path, digest, &program)
-                {
-                    tracing::warn!(%error, path = %path.display(), "cannot write the compile cache");
-                }
-                (program, CacheOutcome::Compiled)
-            }
-        };
+        std::fs::read(source).map_err(read_error)
+    }
+
+    /// Keeps `program` in memory (evicting the least recently used past the budget).
+    fn remember(&self, digest: &str, program: Program) {
         let evicted = self
             .memory
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(digest, program.clone());
+            .insert(digest, program);
         for digest in evicted {
             tracing::debug!(%digest, "compile cache: evicted from memory (least recently used)");
         }
-        Ok((program, outcome))
+    }
+
+    /// Compiles `bytes` with Cranelift and stores the artifact at `cached` (if any); `why`
+    /// ends the log line.
+    fn compile_and_store(
+        &self,
+        digest: &str,
+        bytes: &[u8],
+        cached: Option<&Path>,
+        why: &str,
+    ) -> Result<Program, CacheError> {
+        let started = Instant::now();
+        let program = Program::compile(&self.engine, bytes)?;
+        tracing::info!("compiled {digest} in {:?} ({why})", started.elapsed());
+        if let Some(path) = cached
+            && let Err(error) = self.store(path, digest, &program)
+        {
+            tracing::warn!(%error, path = %path.display(), "cannot write the compile cache");
+        }
+        Ok(program)
+    }
+
+    /// `bytes` compiled with Winch for a first start, when first starts use it and it can
+    /// compile them (Winch lacks some proposals that Cranelift has; those wait for Cranelift).
+    fn compile_baseline(&self, digest: &str, bytes: &[u8]) -> Option<Program> {
+        if !self.baseline_first_start {
+            return None;
+        }
+        let engine = self.engine.baseline()?;
+        let started = Instant::now();
+        match Program::compile_on(engine, bytes) {
+            Ok(program) => {
+                tracing::info!(
+                    "compiled {digest} with Winch in {:?} (compile cache miss; a first start, \
+                     Cranelift compiles it for the next ones)",
+                    started.elapsed()
+                );
+                Some(program)
+            }
+            Err(error) => {
+                tracing::info!(%digest, %error, "Winch cannot compile it; compiling with Cranelift");
+                None
+            }
+        }
+    }
+
+    /// Whether `program` was compiled with Winch (for a first start) and awaits Cranelift.
+    pub fn is_baseline(&self, program: &Program) -> bool {
+        self.engine.is_baseline(program.engine())
+    }
+
+    /// The program of `digest` compiled with Cranelift: what is in memory if it is that
+    /// already, else compiled now from `source`, stored on disk and kept in memory in place of
+    /// the Winch one ([`CacheOutcome::Baseline`]). Called in the background after a first
+    /// start on Winch, and at once by a start that needs Cranelift's code (an HTTP component,
+    /// served from the pooling engine). Blocking, like [`CompileCache::get`].
+    ///
+    /// # Errors
+    /// When the file cannot be read (an image removed since) or does not compile.
+    pub fn optimize(&self, digest: &str, source: &Path) -> Result<Program, CacheError> {
+        let lock = {
+            let mut compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
+            compiling.entry(digest.to_string()).or_default().clone()
+        };
+        let result = {
+            let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+            let result = match self.in_memory(digest) {
+                Some(program) if !self.is_baseline(&program) => Ok(program),
+                _ => self.read(source).and_then(|bytes| {
+                    self.compile_and_store(
+                        digest,
+                        &bytes,
+                        self.disk_path(digest).as_deref(),
+                        "with Cranelift, after a first start on Winch",
+                    )
+                }),
+            };
+            let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+            // Its image was removed while it compiled ([`CompileCache::forget`]): keep nothing.
+            let forgotten = memory.forgotten.remove(digest);
+            match &result {
+                Ok(program) if !forgotten => {
+                    for evicted in memory.insert(digest, program.clone()) {
+                        tracing::debug!(digest = %evicted, "compile cache: evicted from memory (least recently used)");
+                    }
+                }
+                _ => {
+                    if forgotten && let Some(path) = self.disk_path(digest) {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    // Without Cranelift's code, the next start compiles again (and retries).
+                    if memory
+                        .entries
+                        .get(digest)
+                        .is_some_and(|e| self.is_baseline(&e.program))
+                    {
+                        memory.remove(digest);
+                    }
+                }
+            }
+            result
+        };
+        self.release(digest, &lock);
+        result
+    }
+
+    /// Drops the compile lock of `digest` from the map once nobody else waits on it.
+    fn release(&self, digest: &str, lock: &Arc<Mutex<()>>) {
+        let mut compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's and ours: nobody else waits on it, so the entry can go.
+        if Arc::strong_count(lock) <= 2 {
+            compiling.remove(digest);
+        }
     }
 
     /// What the tag of an entry covers.
@@ -459,6 +600,13 @@ impl CompileCache {
     pub fn forget(&self, digests: &[String]) {
         let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
         for digest in digests {
+            if memory
+                .entries
+                .get(digest)
+                .is_some_and(|e| self.is_baseline(&e.program))
+            {
+                memory.forgotten.insert(digest.clone());
+            }
             memory.remove(digest);
             if let Some(path) = self.disk_path(digest)
                 && std::fs::remove_file(&path).is_ok()
@@ -564,6 +712,93 @@ mod tests {
             third.get(digest, &wasm).expect("again").1,
             CacheOutcome::Compiled
         );
+    }
+
+    #[test]
+    fn a_first_start_on_winch_is_replaced_by_cranelift_which_alone_goes_to_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wasm = multitool();
+        let engine = WasmEngine::new().expect("engine");
+        let digest = "sha256:0e";
+        let limits = CacheLimits::default();
+        let cache = CompileCache::new(engine.clone(), disk(dir.path()), limits)
+            .with_baseline_first_start(true);
+        let (first, outcome) = cache.get(digest, &wasm).expect("winch");
+        assert_eq!(outcome, CacheOutcome::Baseline);
+        assert!(cache.is_baseline(&first), "compiled with Winch");
+        let path = cache.disk_path(digest).expect("path");
+        assert!(!path.exists(), "Winch's code is never stored");
+        // Starts before Cranelift's code is ready take Winch's from memory.
+        let (again, outcome) = cache.get(digest, &wasm).expect("memory");
+        assert_eq!(outcome, CacheOutcome::Memory);
+        assert!(cache.is_baseline(&again));
+
+        let optimized = cache.optimize(digest, &wasm).expect("cranelift");
+        assert!(!cache.is_baseline(&optimized));
+        assert!(wasmtime::Engine::same(optimized.engine(), engine.engine()));
+        assert!(path.exists(), "Cranelift's code is stored");
+        let (later, outcome) = cache.get(digest, &wasm).expect("memory");
+        assert_eq!(outcome, CacheOutcome::Memory);
+        assert!(!cache.is_baseline(&later), "it replaced Winch's in memory");
+        // A second optimize (the background one after a start that needed it at once) is free.
+        let before = std::fs::metadata(&path)
+            .expect("stat")
+            .modified()
+            .expect("mtime");
+        cache.optimize(digest, &wasm).expect("kept");
+        let after = std::fs::metadata(&path)
+            .expect("stat")
+            .modified()
+            .expect("mtime");
+        assert_eq!(before, after, "not compiled twice");
+
+        // A restarted node loads Cranelift's code from disk: no Winch start.
+        let restarted =
+            CompileCache::new(engine, disk(dir.path()), limits).with_baseline_first_start(true);
+        assert_eq!(
+            restarted.get(digest, &wasm).expect("disk").1,
+            CacheOutcome::Disk
+        );
+    }
+
+    #[test]
+    fn a_program_forgotten_while_cranelift_compiles_it_is_not_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wasm = multitool();
+        let engine = WasmEngine::new().expect("engine");
+        let digest = "sha256:1e";
+        let cache = CompileCache::new(engine, disk(dir.path()), CacheLimits::default())
+            .with_baseline_first_start(true);
+        assert_eq!(
+            cache.get(digest, &wasm).expect("winch").1,
+            CacheOutcome::Baseline
+        );
+        // Image GC removes the image between the first start and the background compile.
+        cache.forget(&[digest.to_string()]);
+        cache.optimize(digest, &wasm).expect("compiled");
+        assert!(
+            !cache.disk_path(digest).expect("path").exists(),
+            "not stored"
+        );
+        assert!(cache.in_memory(digest).is_none(), "not kept");
+        assert_eq!(cache.memory_bytes(), 0);
+    }
+
+    #[test]
+    fn a_module_winch_cannot_compile_waits_for_cranelift() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = dir.path().join("tail-call.wasm");
+        // A tail call: Cranelift compiles it, Winch does not (wasmtime 48).
+        let wasm =
+            wat::parse_str(r#"(module (func $f (return_call $f)) (func (export "_start")))"#)
+                .expect("wat");
+        std::fs::write(&source, wasm).expect("write");
+        let engine = WasmEngine::new().expect("engine");
+        let cache =
+            CompileCache::new(engine, None, CacheLimits::default()).with_baseline_first_start(true);
+        let (program, outcome) = cache.get("sha256:0f", &source).expect("compiled");
+        assert_eq!(outcome, CacheOutcome::Compiled);
+        assert!(!cache.is_baseline(&program));
     }
 
     #[test]

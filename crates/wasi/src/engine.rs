@@ -12,6 +12,13 @@
 //! of each kind, wasmtime's defaults, about 4 TiB of reservations) that 10 000 idle command pods
 //! do not need; where the reservation fails (a 39-bit address space, a `ulimit -v`), HTTP
 //! components run on the shared on-demand engine instead.
+//!
+//! A program's first start can also run on a third engine, [`WasmEngine::baseline`]: the same
+//! settings with wasmtime's Winch compiler, a single-pass baseline compiler that compiles in a
+//! fraction of Cranelift's time and makes slower code (on x86-64, where wasmtime supports it at
+//! tier 1, as Cranelift). The compile cache uses it for a program it has never compiled and
+//! then compiles it with Cranelift in the background for every later start (see
+//! [`crate::cache`]).
 
 use std::sync::{Arc, OnceLock};
 use std::thread;
@@ -41,6 +48,15 @@ pub struct WasmEngine {
     linkers: Arc<OnceLock<Result<Linkers, String>>>,
     /// The pooling engine for HTTP components, made at the first (`None`: it could not be).
     serving: Arc<OnceLock<Option<wasmtime::Engine>>>,
+    /// The Winch engine for first starts and its linkers, made at the first (`None`: it
+    /// could not be).
+    baseline: Arc<OnceLock<Option<Baseline>>>,
+}
+
+/// An engine on Winch and the run linkers on it.
+struct Baseline {
+    engine: wasmtime::Engine,
+    linkers: OnceLock<Result<Linkers, String>>,
 }
 
 /// The settings both engines share; compiled code moves between engines of equal settings.
@@ -57,8 +73,9 @@ impl WasmEngine {
     pub fn new() -> Result<Self, EngineError> {
         let engine = wasmtime::Engine::new(&config()).map_err(EngineError::Config)?;
         let serving: Arc<OnceLock<Option<wasmtime::Engine>>> = Arc::default();
+        let baseline: Arc<OnceLock<Option<Baseline>>> = Arc::default();
         let weak = engine.weak();
-        let ticked = serving.clone();
+        let (ticked, ticked_baseline) = (serving.clone(), baseline.clone());
         thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
@@ -67,6 +84,9 @@ impl WasmEngine {
                     engine.increment_epoch();
                     if let Some(Some(serving)) = ticked.get() {
                         serving.increment_epoch();
+                    }
+                    if let Some(Some(baseline)) = ticked_baseline.get() {
+                        baseline.engine.increment_epoch();
                     }
                     drop(engine);
                     thread::sleep(EPOCH_TICK);
@@ -77,6 +97,7 @@ impl WasmEngine {
             engine,
             linkers: Arc::default(),
             serving,
+            baseline,
         })
     }
 
@@ -111,13 +132,61 @@ impl WasmEngine {
             .unwrap_or(&self.engine)
     }
 
-    /// The run linkers, made on first use.
+    /// The Winch engine for first starts, made on first use; `None` where Winch cannot run
+    /// with these settings (the log says why once).
+    pub fn baseline(&self) -> Option<&wasmtime::Engine> {
+        self.baseline_engine().map(|b| &b.engine)
+    }
+
+    fn baseline_engine(&self) -> Option<&Baseline> {
+        self.baseline
+            .get_or_init(|| {
+                // Winch is a tier-1 compiler of wasmtime's on x86-64 only.
+                if !cfg!(target_arch = "x86_64") {
+                    return None;
+                }
+                let mut config = config();
+                config.strategy(wasmtime::Strategy::Winch);
+                match wasmtime::Engine::new(&config) {
+                    Ok(engine) => Some(Baseline {
+                        engine,
+                        linkers: OnceLock::new(),
+                    }),
+                    Err(error) => {
+                        tracing::warn!(
+                            error = %format!("{error:#}"),
+                            "the Winch compiler cannot run here; first starts wait for Cranelift"
+                        );
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
+    /// Whether `engine` is the Winch engine (its programs are compiled again with Cranelift).
+    pub fn is_baseline(&self, engine: &wasmtime::Engine) -> bool {
+        matches!(self.baseline.get(), Some(Some(b)) if wasmtime::Engine::same(&b.engine, engine))
+    }
+
+    /// The run linkers on `engine` (this engine or the Winch one), made on first use.
     ///
     /// # Errors
-    /// wasmtime's message if the WASI interfaces cannot be linked (a bug).
-    pub(crate) fn linkers(&self) -> Result<&Linkers, String> {
-        self.linkers
-            .get_or_init(|| Linkers::new(&self.engine).map_err(|e| format!("{e:#}")))
+    /// wasmtime's message if the WASI interfaces cannot be linked (a bug), or if `engine` is
+    /// neither of the two.
+    pub(crate) fn linkers(&self, engine: &wasmtime::Engine) -> Result<&Linkers, String> {
+        let (engine, linkers) = if wasmtime::Engine::same(engine, &self.engine) {
+            (&self.engine, &*self.linkers)
+        } else {
+            match self.baseline.get() {
+                Some(Some(b)) if wasmtime::Engine::same(&b.engine, engine) => {
+                    (&b.engine, &b.linkers)
+                }
+                _ => return Err("the program belongs to another wasmtime engine".into()),
+            }
+        };
+        linkers
+            .get_or_init(|| Linkers::new(engine).map_err(|e| format!("{e:#}")))
             .as_ref()
             .map_err(Clone::clone)
     }

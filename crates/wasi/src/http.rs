@@ -69,10 +69,10 @@ const MAX_CONNECTIONS: usize = 1000;
 const INCOMING_HANDLER: &str = "wasi:http/incoming-handler";
 
 /// Whether `component` exports `wasi:http/incoming-handler` (at any 0.2 version).
-pub fn is_http_component(engine: &wasmtime::Engine, component: &Component) -> bool {
+pub fn is_http_component(component: &Component) -> bool {
     component
         .component_type()
-        .exports(engine)
+        .exports(component.engine())
         .any(|(name, _)| name.starts_with(INCOMING_HANDLER))
 }
 
@@ -641,7 +641,7 @@ mod tests {
         else {
             panic!("the http workload is not a component");
         };
-        assert!(is_http_component(engine.engine(), &component));
+        assert!(is_http_component(&component));
         assert!(
             !wasmtime::Engine::same(engine.serving(), engine.engine()),
             "the pooling engine is made here"

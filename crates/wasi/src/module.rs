@@ -52,18 +52,31 @@ pub enum Program {
 }
 
 impl Program {
-    /// Compiles `bytes`, detecting whether they are a module or a component.
+    /// Compiles `bytes` with Cranelift, detecting whether they are a module or a component.
     pub fn compile(engine: &WasmEngine, bytes: &[u8]) -> Result<Self, CompileError> {
+        Self::compile_on(engine.engine(), bytes)
+    }
+
+    /// Compiles `bytes` on `engine` (the Cranelift or the Winch engine of a [`WasmEngine`]).
+    pub fn compile_on(engine: &wasmtime::Engine, bytes: &[u8]) -> Result<Self, CompileError> {
         let kind = ProgramKind::detect(bytes).ok_or(CompileError::NotWasm)?;
         let invalid = |source| CompileError::Invalid { kind, source };
         Ok(match kind {
             ProgramKind::Module => {
-                Self::Module(wasmtime::Module::new(engine.engine(), bytes).map_err(invalid)?)
+                Self::Module(wasmtime::Module::new(engine, bytes).map_err(invalid)?)
             }
             ProgramKind::Component => Self::Component(
-                wasmtime::component::Component::new(engine.engine(), bytes).map_err(invalid)?,
+                wasmtime::component::Component::new(engine, bytes).map_err(invalid)?,
             ),
         })
+    }
+
+    /// The engine the program was compiled for (its code runs only there).
+    pub fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Self::Module(m) => m.engine(),
+            Self::Component(c) => c.engine(),
+        }
     }
 
     /// Bytes of compiled code and data this program keeps mapped (its weight in memory).

@@ -283,12 +283,12 @@ impl WasmEngine {
                     wasi: builder.build_p1(),
                     limiter,
                 };
-                let mut store = Store::new(self.engine(), state);
+                let mut store = Store::new(module.engine(), state);
                 store.limiter(|state| &mut state.limiter);
                 store.set_epoch_deadline(1);
                 store.epoch_deadline_callback(move |_| Ok(throttle.on_epoch()));
                 let instance = self
-                    .linkers()
+                    .linkers(module.engine())
                     .map_err(|e| RunError::Instantiate(wasmtime::Error::msg(e)))?
                     .module
                     .instantiate_async(&mut store, module)
@@ -306,12 +306,12 @@ impl WasmEngine {
                     limiter,
                     lookups,
                 };
-                let mut store = Store::new(self.engine(), state);
+                let mut store = Store::new(component.engine(), state);
                 store.limiter(|state| &mut state.limiter);
                 store.set_epoch_deadline(1);
                 store.epoch_deadline_callback(move |_| Ok(throttle.on_epoch()));
                 let linker = &self
-                    .linkers()
+                    .linkers(component.engine())
                     .map_err(|e| RunError::Instantiate(wasmtime::Error::msg(e)))?
                     .component;
                 let command = Command::instantiate_async(&mut store, component, linker)

@@ -30,6 +30,9 @@ pub struct WasiOptions {
     pub limits: CacheLimits,
     /// Compilations at once (`--compile-concurrency`; 0 means 1).
     pub concurrency: usize,
+    /// Whether a program's first start compiles it with Winch, then with Cranelift in the
+    /// background (`--first-start-compiler=winch`).
+    pub baseline_first_start: bool,
 }
 
 /// Runs containers as WASI programs; compiles each program once (see [`CompileCache`]), at
@@ -39,6 +42,9 @@ pub struct WasiRuntime {
     engine: WasmEngine,
     programs: Arc<CompileCache>,
     pool: Arc<CompilePool>,
+    /// Background Cranelift compilations after first starts on Winch, one at a time, apart
+    /// from `pool` so that they never hold up a start.
+    optimizer: Arc<CompilePool>,
     metrics: WasiMetrics,
     /// The linkers for HTTP components, made at the first one (once per engine): on the
     /// serving engine, and on the on-demand one for components that do not fit a pool slot.
@@ -61,12 +67,12 @@ impl WasiRuntime {
     /// compilation; limits; compile concurrency).
     pub fn with_options(engine: WasmEngine, options: WasiOptions) -> Self {
         Self {
-            programs: Arc::new(CompileCache::new(
-                engine.clone(),
-                options.disk,
-                options.limits,
-            )),
+            programs: Arc::new(
+                CompileCache::new(engine.clone(), options.disk, options.limits)
+                    .with_baseline_first_start(options.baseline_first_start),
+            ),
             pool: Arc::new(CompilePool::new(options.concurrency)),
+            optimizer: Arc::new(CompilePool::new(1)),
             engine,
             metrics: WasiMetrics::default(),
             http_linkers: Arc::default(),
@@ -95,13 +101,16 @@ impl WasiRuntime {
             }
         };
         match found.1 {
-            CacheOutcome::Compiled => self
+            CacheOutcome::Compiled | CacheOutcome::Baseline => self
                 .metrics
                 .compile_seconds
                 .observe(started.elapsed().as_secs_f64()),
             outcome => self.metrics.hit(outcome.as_str()),
         }
-        if found.1 != CacheOutcome::Compiled {
+        if found.1 == CacheOutcome::Baseline {
+            self.optimize_later(&digest, path);
+        }
+        if !matches!(found.1, CacheOutcome::Compiled | CacheOutcome::Baseline) {
             tracing::info!(
                 "compile cache hit ({}) for {digest} in {:?}",
                 found.1.as_str(),
@@ -109,6 +118,48 @@ impl WasiRuntime {
             );
         }
         Ok(found)
+    }
+}
+
+impl WasiRuntime {
+    /// Compiles the program of `digest` with Cranelift in the background (one at a time),
+    /// after its first start ran on Winch's code.
+    fn optimize_later(&self, digest: &str, path: &std::path::Path) {
+        let (cache, pool, digest, path) = (
+            self.programs.clone(),
+            self.optimizer.clone(),
+            digest.to_string(),
+            path.to_path_buf(),
+        );
+        tokio::spawn(async move {
+            let key = digest.clone();
+            match pool.run(move || cache.optimize(&key, &path)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::warn!(
+                    %digest, %error,
+                    "cannot compile the program with Cranelift; its next start tries again"
+                ),
+                Err(error) => tracing::warn!(%digest, %error, "the compile pool failed"),
+            }
+        });
+    }
+
+    /// The program of `digest` compiled with Cranelift, now (on the compile pool).
+    async fn optimized(
+        &self,
+        digest: &str,
+        path: &std::path::Path,
+    ) -> Result<Program, RuntimeError> {
+        let (cache, digest, path) = (
+            self.programs.clone(),
+            digest.to_string(),
+            path.to_path_buf(),
+        );
+        self.pool
+            .run(move || cache.optimize(&digest, &path))
+            .await
+            .map_err(|e| create_error(e.to_string()))?
+            .map_err(|e| create_error(e.to_string()))
     }
 }
 
@@ -140,10 +191,22 @@ impl Runtime for WasiRuntime {
         async move {
             let (program, _outcome) = self.program(&spec.program, &spec.program_digest).await?;
             if let Program::Component(component) = &program
-                && !exports_cli_run(self.engine.engine(), component)
+                && !exports_cli_run(component)
             {
-                if http::is_http_component(self.engine.engine(), component) {
-                    let served = self.for_serving(&spec.program_digest, component).await?;
+                if http::is_http_component(component) {
+                    // Served from the pooling engine, where only Cranelift's code can move.
+                    let component = if self.programs.is_baseline(&program) {
+                        let optimized = self.optimized(&spec.program_digest, &spec.program).await?;
+                        let Program::Component(component) = optimized else {
+                            return Err(create_error(
+                                "the image's program is no longer a component".into(),
+                            ));
+                        };
+                        component
+                    } else {
+                        component.clone()
+                    };
+                    let served = self.for_serving(&spec.program_digest, &component).await?;
                     return self.serve_http(&served, spec);
                 }
                 return Err(create_error(
@@ -180,7 +243,7 @@ impl Runtime for WasiRuntime {
         async move {
             let (program, _outcome) = self.program(&spec.program, &spec.program_digest).await?;
             if let Program::Component(component) = &program
-                && !exports_cli_run(self.engine.engine(), component)
+                && !exports_cli_run(component)
             {
                 return Err(RuntimeError {
                     reason: "ExecNotSupported",
@@ -221,10 +284,10 @@ fn guest_mounts(mounts: Vec<kubelet::runtime::Mount>) -> Vec<Mount> {
 }
 
 /// Whether a component exports `wasi:cli/run` (at any version): a command, which exec can run.
-fn exports_cli_run(engine: &wasmtime::Engine, component: &wasmtime::component::Component) -> bool {
+fn exports_cli_run(component: &wasmtime::component::Component) -> bool {
     component
         .component_type()
-        .exports(engine)
+        .exports(component.engine())
         .any(|(name, _)| name.starts_with("wasi:cli/run"))
 }
 
@@ -445,13 +508,13 @@ mod tests {
         let engine = WasmEngine::new().expect("engine");
         let empty =
             wasmtime::component::Component::new(engine.engine(), "(component)").expect("component");
-        assert!(!exports_cli_run(engine.engine(), &empty));
+        assert!(!exports_cli_run(&empty));
         let path = krustlet_test_workloads::multitool_component().unwrap_or_else(|e| panic!("{e}"));
         let bytes = std::fs::read(path).expect("read");
         let Program::Component(command) = Program::compile(&engine, &bytes).expect("compile")
         else {
             panic!("not a component");
         };
-        assert!(exports_cli_run(engine.engine(), &command));
+        assert!(exports_cli_run(&command));
     }
 }

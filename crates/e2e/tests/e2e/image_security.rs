@@ -228,21 +228,37 @@ async fn private_images_need_their_pull_secret_even_when_stored() {
     assert!(out.contains("private code of tenant A"), "{out:?}");
 
     // Another tenant, without the secret, names it (and its alias) with IfNotPresent and
-    // Never: the stored copy is not theirs to run.
+    // Never: the stored copy is not theirs to run. Nor is the node's registry client that
+    // pulled it (kept for reuse, `image/clients.rs`): the owner's user name with a wrong
+    // password is refused, as if that client had never been made.
+    let wrong = format!("{}:not-the-password", info.auth_registry_user);
+    let wrong_json = json!({"auths": {info.auth_registry.clone(): {
+        "auth": base64::engine::general_purpose::STANDARD.encode(wrong)}}});
+    let wrong_secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "guessed"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": wrong_json.to_string()}
+    }))
+    .expect("secret");
+    other
+        .api::<Secret>()
+        .create(&PostParams::default(), &wrong_secret)
+        .await
+        .expect("create secret");
     let other_pods = other.api::<Pod>();
     for (name, image, policy) in [
         ("stored", &slash, "IfNotPresent"),
         ("alias", &underscore, "IfNotPresent"),
         ("never", &slash, "Never"),
+        ("guessed", &slash, "Always"),
     ] {
-        create(
-            &other_pods,
-            pod(name, image, node, json!({"imagePullPolicy": policy})),
-        )
-        .await
-        .expect("create");
+        let mut manifest = pod(name, image, node, json!({"imagePullPolicy": policy}));
+        if name == "guessed" {
+            manifest["spec"]["imagePullSecrets"] = json!([{"name": "guessed"}]);
+        }
+        create(&other_pods, manifest).await.expect("create");
     }
-    for name in ["stored", "alias"] {
+    for name in ["stored", "alias", "guessed"] {
         let (reason, message) = pull_refused(&other, name).await;
         assert!(
             matches!(reason.as_str(), "ErrImagePull" | "ImagePullBackOff")
@@ -253,7 +269,7 @@ async fn private_images_need_their_pull_secret_even_when_stored() {
     }
     let (reason, message) = pull_refused(&other, "never").await;
     assert_eq!(reason, "ErrImageNeverPull", "{message}");
-    for name in ["stored", "alias", "never"] {
+    for name in ["stored", "alias", "never", "guessed"] {
         let p = other_pods.get(name).await.expect("pod");
         let ran = p
             .status
@@ -532,6 +548,9 @@ async fn tampered_compile_cache_entries_are_rejected_and_recompiled() {
     };
     let out = run_to_end(&ns, run("first")).await;
     assert!(out.contains("the genuine program"), "{out:?}");
+    // The first start ran Winch's code; Cranelift's goes to the disk cache in the background.
+    let cranelift = ["compiled", digest.as_str(), "with Cranelift"];
+    node.wait_log(&cranelift, 1, LONG).await.expect("stored");
 
     let key = node.data_dir().join("compile-cache.key");
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -565,6 +584,9 @@ async fn tampered_compile_cache_entries_are_rejected_and_recompiled() {
     node.wait_ready("True", LONG).await.expect("Ready again");
     let out = run_to_end(&ns, run("second")).await;
     assert!(out.contains("the genuine program"), "{out:?}");
+    node.wait_log(&cranelift, 2, LONG)
+        .await
+        .expect("stored again");
     let log = node.log();
     let lines = |parts: &[&str]| {
         log.lines()

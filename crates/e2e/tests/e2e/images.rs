@@ -537,6 +537,14 @@ async fn compiled_programs_are_reused_across_pods_and_restarts() {
 
     run("first").await;
     assert_eq!(compiled(&node), 1, "first start compiles:\n{}", node.log());
+    // A first start runs Winch's code (`--first-start-compiler` defaults to winch); Cranelift
+    // compiles the program in the background, for the disk cache and later starts.
+    assert_eq!(
+        count_log_lines(&node, &["compiled", &digest, "with Winch"]),
+        1,
+        "{}",
+        node.log()
+    );
     run("second").await;
     assert_eq!(compiled(&node), 1, "second start compiles nothing");
     assert!(
@@ -544,6 +552,9 @@ async fn compiled_programs_are_reused_across_pods_and_restarts() {
         "{}",
         node.log()
     );
+    node.wait_log(&["compiled", &digest, "with Cranelift"], 1, LONG)
+        .await
+        .expect("Cranelift compiles it in the background");
 
     node.terminate(Duration::from_secs(60)).await.expect("stop");
     node.restart().expect("restart");

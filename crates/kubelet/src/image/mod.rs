@@ -5,10 +5,12 @@
 //! `store.rs` keeps verified blobs and records, `auth.rs` reads pull secrets, `access.rs` decides
 //! which pods may reuse a stored image without asking the registry, `limits.rs` bounds sizes,
 //! `gc.rs` evicts unused images under disk pressure, `push.rs` publishes modules,
-//! `signature/` enforces the node's cosign signature policy before anything is compiled.
+//! `clients.rs` keeps registry clients for reuse, `signature/` enforces the node's cosign
+//! signature policy before anything is compiled.
 
 pub mod access;
 pub mod auth;
+mod clients;
 pub mod format;
 pub mod gc;
 pub mod limits;
@@ -20,7 +22,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{OciDescriptor, OciManifest};
 use oci_client::secrets::RegistryAuth;
@@ -267,23 +268,15 @@ fn lock_for(
 }
 
 /// A client for `registry` and the auth to send: plain HTTP on loopback and for registries
-/// listed in `insecure` (`--insecure-registry`), TLS elsewhere.
+/// listed in `insecure` (`--insecure-registry`), TLS elsewhere. Clients are kept for reuse
+/// per registry, protocol and credentials (`clients.rs`).
 pub(crate) fn registry_client(
     registry: &str,
     credentials: Option<&Credentials>,
     insecure: &[String],
 ) -> (Client, RegistryAuth) {
-    // reqwest (under oci-client) has no TLS provider of its own here; use ring, as kube does.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let protocol = if is_loopback(registry) || insecure.iter().any(|r| r == registry) {
-        ClientProtocol::Http
-    } else {
-        ClientProtocol::Https
-    };
-    let client = Client::new(ClientConfig {
-        protocol,
-        ..Default::default()
-    });
+    let https = !(is_loopback(registry) || insecure.iter().any(|r| r == registry));
+    let client = clients::client(registry, https, credentials);
     let auth = match credentials {
         Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
         None => RegistryAuth::Anonymous,
