@@ -41,6 +41,17 @@ use crate::runtime::Runtime;
 use crate::server::NodeView;
 use crate::stats::Stats;
 
+/// Before the node registers (or runs its first static pod): what the first pod would otherwise
+/// wait for, the image-reference parser and the runtime's one-time set-up.
+pub(crate) async fn warm_up(runtime: &Arc<dyn Runtime>) {
+    let runtime = runtime.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        crate::image::warm_reference_parser();
+        runtime.warm_up();
+    })
+    .await;
+}
+
 /// Errors that stop the kubelet from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeletError {
@@ -160,8 +171,7 @@ impl Kubelet {
         let (readiness_tx, readiness) = watch::channel(Readiness::Ready);
         let stop = CancellationToken::new();
 
-        // Before registering: the first pod's pull must not pay for it.
-        let _ = tokio::task::spawn_blocking(crate::image::warm_reference_parser).await;
+        warm_up(&self.runtime).await;
         let images = Arc::new(
             ImageStore::new(
                 config.data_path("images"),

@@ -413,4 +413,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// image store still holds (called once at start, for images removed while it was not
     /// running). Blocking; the default does nothing.
     fn retain_programs(&self, _keep: &std::collections::HashSet<String>) {}
+
+    /// Makes now, while the node starts, what a first pod would otherwise wait for (a
+    /// compiler's one-time set-up). Blocking; the default does nothing.
+    fn warm_up(&self) {}
 }

@@ -19,7 +19,7 @@ use crate::container::service_env::ServiceEnv;
 use crate::events::EventPublisher;
 use crate::eviction::Evictions;
 use crate::image::ImageStore;
-use crate::kubelet::signature_policy;
+use crate::kubelet::{signature_policy, warm_up};
 use crate::metrics::KubeletMetrics;
 use crate::node::allocatable::NodeResources;
 use crate::node::host::HostInfo;
@@ -53,8 +53,7 @@ pub async fn run(
         path: config.data_dir.clone(),
         source,
     })?;
-    // Before the first pod: its pull must not pay for it.
-    let _ = tokio::task::spawn_blocking(crate::image::warm_reference_parser).await;
+    warm_up(&runtime).await;
     let images = Arc::new(
         ImageStore::new(
             config.data_path("images"),

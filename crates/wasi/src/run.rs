@@ -287,11 +287,13 @@ impl WasmEngine {
                 store.limiter(|state| &mut state.limiter);
                 store.set_epoch_deadline(1);
                 store.epoch_deadline_callback(move |_| Ok(throttle.on_epoch()));
-                let instance = self
+                let linker = &self
                     .linkers(module.engine())
                     .map_err(|e| RunError::Instantiate(wasmtime::Error::msg(e)))?
-                    .module
-                    .instantiate_async(&mut store, module)
+                    .module;
+                // Boxed: done before the guest runs, so a sleeping guest's future does not
+                // keep its room.
+                let instance = Box::pin(linker.instantiate_async(&mut store, module))
                     .await
                     .map_err(RunError::Instantiate)?;
                 let start = instance
@@ -314,7 +316,8 @@ impl WasmEngine {
                     .linkers(component.engine())
                     .map_err(|e| RunError::Instantiate(wasmtime::Error::msg(e)))?
                     .component;
-                let command = Command::instantiate_async(&mut store, component, linker)
+                // Boxed, as for a module.
+                let command = Box::pin(Command::instantiate_async(&mut store, component, linker))
                     .await
                     .map_err(RunError::Instantiate)?;
                 // `Err(())` is a `wasi:cli/exit` with failure, i.e. exit code 1.

@@ -187,6 +187,10 @@ impl Runtime for WasiRuntime {
         self.programs.retain(keep);
     }
 
+    fn warm_up(&self) {
+        self.programs.warm_up();
+    }
+
     fn start(&self, spec: ContainerSpec) -> BoxFuture<'_, Result<RunningContainer, RuntimeError>> {
         async move {
             let (program, _outcome) = self.program(&spec.program, &spec.program_digest).await?;

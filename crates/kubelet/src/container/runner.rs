@@ -143,6 +143,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A container's new status, as a runner reports it to its pod worker. Boxed: tokio's
+/// unbounded channel allocates 32 slots at once, and a `ContainerStatus` is large.
+pub type StatusReport = (String, Box<ContainerStatus>);
+
 /// One container's runner.
 pub struct Runner {
     /// Node services.
@@ -150,7 +154,7 @@ pub struct Runner {
     /// The pod as it was when the worker started it.
     pub pod: Arc<Pod>,
     /// The container.
-    pub container: Container,
+    pub container: Box<Container>,
     /// Its role.
     pub kind: Kind,
     /// The pod's log directory.
@@ -160,7 +164,7 @@ pub struct Runner {
     /// The pod's volumes that are set up.
     pub volumes: Arc<VolumeMap>,
     /// Where status changes go.
-    pub updates: mpsc::UnboundedSender<(String, ContainerStatus)>,
+    pub updates: mpsc::UnboundedSender<StatusReport>,
     /// Stop requests.
     pub stop: StopSignal,
     /// Restart count to continue from (a restarted kubelet).
@@ -229,11 +233,14 @@ impl Runner {
         }
     }
 
+    // Events are boxed, as the one-off steps of `run`: rare, and their futures are large.
     async fn normal(&self, reason: &str, note: String) {
-        self.services
-            .events
-            .normal(&self.pod, self.field(), reason, note)
-            .await
+        Box::pin(
+            self.services
+                .events
+                .normal(&self.pod, self.field(), reason, note),
+        )
+        .await
     }
 
     /// The pod's DNS configuration for its guests' name lookups (upstream `GetPodDNS`), with
@@ -261,16 +268,18 @@ impl Runner {
     }
 
     async fn warning(&self, reason: &str, note: String) {
-        self.services
-            .events
-            .warning(&self.pod, self.field(), reason, note)
-            .await
+        Box::pin(
+            self.services
+                .events
+                .warning(&self.pod, self.field(), reason, note),
+        )
+        .await
     }
 
     fn report(&self, status: &ContainerStatus) {
         let _ = self
             .updates
-            .send((self.container.name.clone(), status.clone()));
+            .send((self.container.name.clone(), Box::new(status.clone())));
     }
 
     fn stopping(&self) -> Option<Duration> {
@@ -320,14 +329,15 @@ impl Runner {
     pub async fn run(self) -> Option<Termination> {
         let name = self.container.name.clone();
         let image = self.container.image.clone().unwrap_or_default();
-        let mut status = ContainerStatus {
+        // Boxed, as `Runner::container`: both live as long as the container, and are large.
+        let mut status = Box::new(ContainerStatus {
             name: name.clone(),
             image: image.clone(),
             restart_count: self.restart_count,
             last_state: self.last_state.clone(),
             state: Some(waiting("ContainerCreating", None)),
             ..Default::default()
-        };
+        });
         self.report(&status);
         let mut backoff = Backoff::crash();
         // Pull and create errors back off apart from crashes, from 10 s on.
@@ -343,7 +353,9 @@ impl Runner {
             // Pull.
             let policy =
                 PullPolicy::for_container(self.container.image_pull_policy.as_deref(), &image);
-            let pulled = match self.pull(&image, policy).await {
+            // The one-off steps are boxed: their futures are large, and inline they would make
+            // this one, which lives as long as the container, as large as the largest.
+            let pulled = match Box::pin(self.pull(&image, policy)).await {
                 Ok(pulled) => pulled,
                 Err((reason, message)) => {
                     status.state = Some(waiting(reason, Some(message.clone())));
@@ -368,7 +380,7 @@ impl Runner {
             status.image_id = pulled.image_id.clone();
 
             // The node's signature policy, before anything is compiled (image/signature/).
-            if let Err((reason, message)) = self.verify_signature(&image, &pulled).await {
+            if let Err((reason, message)) = Box::pin(self.verify_signature(&image, &pulled)).await {
                 status.state = Some(waiting(reason, Some(message)));
                 self.report(&status);
                 // Back-off as for pull errors: the registry may get a signature meanwhile.
@@ -380,14 +392,14 @@ impl Runner {
 
             // Resolve and start.
             let started_at = Instant::now();
-            let run = match self.start(&pulled, status.restart_count).await {
+            let run = match Box::pin(self.start(&pulled, status.restart_count)).await {
                 Ok(run) => run,
                 Err((reason, message)) => {
                     self.warning("Failed", format!("Error: {message}")).await;
                     status.state = Some(waiting(reason, Some(message)));
                     self.report(&status);
                     let go_on = if reason == CONFIG_ERROR {
-                        self.wait_for_config().await
+                        Box::pin(self.wait_for_config()).await
                     } else {
                         self.pause(retry_backoff.next_delay(Duration::ZERO)).await
                     };

@@ -87,8 +87,9 @@ pub const FIRST_STATUS_HOLD: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
 struct Entry {
-    latest: Option<PodStatus>,
-    sent: Option<PodStatus>,
+    // Boxed: the map's empty slots are as large as its entries' inline parts.
+    latest: Option<Box<PodStatus>>,
+    sent: Option<Box<PodStatus>>,
     generation: u64,
     sent_generation: u64,
     /// Until when the first status waits ([`FIRST_STATUS_HOLD`]).
@@ -211,7 +212,7 @@ impl StatusManager {
     pub fn set(&self, key: &PodKey, status: PodStatus) {
         let mut entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
         let entry = entries.entry(key.clone()).or_default();
-        if entry.latest.as_ref() == Some(&status) {
+        if entry.latest.as_deref() == Some(&status) {
             return;
         }
         if !pending(&status) {
@@ -219,7 +220,7 @@ impl StatusManager {
         } else if entry.latest.is_none() && entry.sent.is_none() {
             entry.hold_until = Some(Instant::now() + FIRST_STATUS_HOLD);
         }
-        entry.latest = Some(status);
+        entry.latest = Some(Box::new(status));
         entry.generation += 1;
         drop(entries);
         self.inner.dirty.notify_one();
@@ -241,7 +242,7 @@ impl StatusManager {
     /// The newest status recorded for a pod.
     pub fn get(&self, key: &PodKey) -> Option<PodStatus> {
         let entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(key).and_then(|e| e.latest.clone())
+        entries.get(key).and_then(|e| e.latest.as_deref().cloned())
     }
 
     /// Stops tracking a pod (it is gone from the API).
@@ -306,7 +307,9 @@ impl StatusManager {
                     entries
                         .iter()
                         .filter(|(_, e)| e.due(now))
-                        .filter_map(|(k, e)| Some((k.clone(), e.latest.clone()?, e.generation)))
+                        .filter_map(|(k, e)| {
+                            Some((k.clone(), e.latest.as_deref().cloned()?, e.generation))
+                        })
                         .collect()
                 };
                 if batch.is_empty() {
@@ -318,7 +321,7 @@ impl StatusManager {
                     .map(|(key, status, generation)| async move {
                         let unchanged = {
                             let entries = inner.entries.lock().unwrap_or_else(|e| e.into_inner());
-                            entries.get(&key).and_then(|e| e.sent.as_ref()) == Some(&status)
+                            entries.get(&key).and_then(|e| e.sent.as_deref()) == Some(&status)
                         };
                         let result = if unchanged {
                             Sent::Ok
@@ -339,7 +342,7 @@ impl StatusManager {
                         };
                         match result {
                             Sent::Ok => {
-                                entry.sent = Some(status);
+                                entry.sent = Some(Box::new(status));
                                 entry.sent_generation = entry.sent_generation.max(generation);
                             }
                             Sent::Gone => {

@@ -20,7 +20,7 @@ use kube::api::{Api, DeleteParams, Preconditions};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::container::runner::{Kind, NodeServices, Runner};
+use crate::container::runner::{Kind, NodeServices, Runner, StatusReport};
 use crate::container::{config_watch, resize};
 use crate::eviction::{Eviction, Evictions};
 use crate::log::pod_log_dir;
@@ -115,8 +115,9 @@ struct Running {
     kind: Kind,
     /// Its index among the init containers (sidecars, init containers).
     index: usize,
-    /// The spec it runs (with its resources as resized).
-    container: Container,
+    /// The spec it runs (with its resources as resized). Boxed: the map of running
+    /// containers allocates several entries at its first insert.
+    container: Box<Container>,
     /// Its resources, resized in place.
     allocated: resize::Allocated,
 }
@@ -127,7 +128,8 @@ struct Worker {
     key: PodKey,
     state: PodState,
     inits: Vec<InitKind>,
-    statuses: HashMap<String, ContainerStatus>,
+    /// Boxed: a map allocates several slots at its first insert, and a status is large.
+    statuses: HashMap<String, Box<ContainerStatus>>,
     /// The statuses the pod had when this worker started (a restarted Krustlet resumes them).
     initial: HashMap<String, ContainerStatus>,
     start_time: Time,
@@ -139,8 +141,8 @@ struct Worker {
     resize: Option<(&'static str, &'static str, String)>,
     /// Containers stopped because their definition changed; they start again when stopped.
     restarting: HashSet<String>,
-    updates_tx: mpsc::UnboundedSender<(String, ContainerStatus)>,
-    updates: mpsc::UnboundedReceiver<(String, ContainerStatus)>,
+    updates_tx: mpsc::UnboundedSender<StatusReport>,
+    updates: mpsc::UnboundedReceiver<StatusReport>,
     volumes: Arc<crate::volume::VolumeMap>,
     /// When this worker first saw the pod, for `kubelet_pod_start_duration_seconds`.
     seen: Instant,
@@ -201,7 +203,10 @@ impl Worker {
             key,
             state: PodState::Preparing,
             inits,
-            statuses: initial.clone(),
+            statuses: initial
+                .iter()
+                .map(|(name, status)| (name.clone(), Box::new(status.clone())))
+                .collect(),
             initial,
             runners: JoinSet::new(),
             running: HashMap::new(),
@@ -340,7 +345,9 @@ impl Worker {
             };
         } else if self.pod.metadata.deletion_timestamp.is_none() {
             let setup_started = Instant::now();
-            match self.setup(desired).await {
+            // Boxed, as `step` below: large futures that would otherwise make this one, which
+            // lives as long as the pod, as large as the largest.
+            match Box::pin(self.setup(desired)).await {
                 Setup::Ready => {
                     self.ctx
                         .services
@@ -364,7 +371,7 @@ impl Worker {
             tokio::time::interval_at(tokio::time::Instant::now() + VOLUME_RESYNC, VOLUME_RESYNC);
         let mut deadline = self.active_deadline();
         loop {
-            self.step().await;
+            Box::pin(self.step()).await;
             if self.done() {
                 break;
             }
@@ -381,7 +388,7 @@ impl Worker {
             tokio::select! {
                 _ = resync.tick(), if active && !self.running.is_empty() => {
                     let started = Instant::now();
-                    self.refresh_volumes().await;
+                    Box::pin(self.refresh_volumes()).await;
                     self.ctx.services.metrics.observe_worker("sync", started.elapsed().as_secs_f64());
                 }
                 Some((name, status)) = self.updates.recv() => self.on_update(name, status),
@@ -463,7 +470,7 @@ impl Worker {
             };
             // Ran before a Krustlet restart: done for good (ephemeral containers never restart).
             if let Some(Resume::Done(status)) = self.first_resume(&container, Kind::Ephemeral) {
-                self.statuses.insert(container.name.clone(), *status);
+                self.statuses.insert(container.name.clone(), status);
                 continue;
             }
             tracing::info!(pod = %self.key, container = %ec.name, target = ?ec.target_container_name, "starting an ephemeral container");
@@ -545,7 +552,7 @@ impl Worker {
                 .as_ref()
                 .and_then(|s| s.terminated.as_ref())
                 .is_some_and(|t| t.exit_code == 0);
-            self.statuses.insert(init.name.clone(), *status);
+            self.statuses.insert(init.name.clone(), status);
             self.queue.push_back(Input::InitExited { index, success });
             return;
         }
@@ -558,7 +565,7 @@ impl Worker {
         for (index, app) in apps.into_iter().enumerate() {
             if let Some(Resume::Done(status)) = self.first_resume(&app, Kind::App) {
                 self.finished_apps.insert(app.name.clone());
-                self.statuses.insert(app.name.clone(), *status);
+                self.statuses.insert(app.name.clone(), status);
                 continue;
             }
             self.spawn(app, Kind::App, index);
@@ -585,6 +592,7 @@ impl Worker {
     }
 
     fn spawn(&mut self, container: Container, kind: Kind, index: usize) {
+        let container = Box::new(container);
         let name = container.name.clone();
         let rules = self.restart_rules(&container, kind);
         // The first run of this worker continues from the pod's last status (a restarted
@@ -592,7 +600,7 @@ impl Worker {
         let previous = self
             .initial
             .remove(&name)
-            .or_else(|| self.statuses.get(&name).cloned());
+            .or_else(|| self.statuses.get(&name).map(|s| (**s).clone()));
         let (restart_count, last_state) = match resume(previous.as_ref(), &rules) {
             Resume::Fresh => (previous.map(|p| p.restart_count).unwrap_or(0), None),
             Resume::Again {
@@ -632,7 +640,7 @@ impl Worker {
             .spawn(async move { (name, runner.run().await) });
     }
 
-    fn on_update(&mut self, name: String, status: ContainerStatus) {
+    fn on_update(&mut self, name: String, status: Box<ContainerStatus>) {
         let started = status.started == Some(true);
         self.statuses.insert(name.clone(), status);
         if started
@@ -656,7 +664,7 @@ impl Worker {
         }
         if self.restarting.remove(&name) && !self.terminating() {
             // A changed definition: run the new one (computePodActions' "definition changed").
-            self.spawn(ended.container, ended.kind, ended.index);
+            self.spawn(*ended.container, ended.kind, ended.index);
             self.publish();
             return;
         }
@@ -756,7 +764,7 @@ impl Worker {
             let pod = self.pod.clone();
             let field = crate::pod::events::container_field(r.kind != Kind::App, &new.name);
             tokio::spawn(async move { events.normal(&pod, field, "Killing", note).await });
-            r.container = new.clone();
+            *r.container = new.clone();
             r.stop.send_replace(Some(grace));
             self.restarting.insert(new.name.clone());
         }
@@ -801,7 +809,7 @@ impl Worker {
                 },
                 resize::Action::Restart => {
                     tracing::info!(pod = %self.key, container = %new.name, "resize policy RestartContainer: restarting");
-                    r.container = new.clone();
+                    *r.container = new.clone();
                     r.stop.send_replace(Some(grace));
                     self.restarting.insert(new.name.clone());
                 }
@@ -990,7 +998,7 @@ impl Worker {
         let ordered = |list: &[Container]| -> Vec<ContainerStatus> {
             list.iter()
                 .filter_map(|c| {
-                    let mut status = self.statuses.get(&c.name).cloned()?;
+                    let mut status = self.statuses.get(&c.name).map(|s| (**s).clone())?;
                     // What a running container was given, as resized (upstream reports the
                     // runtime's view and the allocation).
                     if let Some(r) = self.running.get(&c.name) {
@@ -1011,12 +1019,12 @@ impl Worker {
             .spec
             .iter()
             .flat_map(|s| s.ephemeral_containers.iter().flatten())
-            .filter_map(|c| self.statuses.get(&c.name).cloned())
+            .filter_map(|c| self.statuses.get(&c.name).map(|s| (**s).clone()))
             .collect();
         let regular_inits: Vec<ContainerStatus> = inits
             .iter()
             .filter(|c| c.restart_policy.as_deref() != Some("Always"))
-            .filter_map(|c| self.statuses.get(&c.name).cloned())
+            .filter_map(|c| self.statuses.get(&c.name).map(|s| (**s).clone()))
             .collect();
         let expected_inits = inits
             .iter()
