@@ -189,6 +189,13 @@ pub struct CompileCache {
     baseline_first_start: bool,
 }
 
+/// Keeps `program` in `memory`, logging what that evicts.
+fn remember_in(memory: &mut Lru, digest: &str, program: Program) {
+    for evicted in memory.insert(digest, program) {
+        tracing::debug!(digest = %evicted, "compile cache: evicted from memory (least recently used)");
+    }
+}
+
 /// Loads `artifact`, this process's own serialization of a component, into `engine`.
 #[allow(unsafe_code)]
 fn move_artifact(engine: &wasmtime::Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
@@ -396,14 +403,11 @@ impl CompileCache {
 
     /// Keeps `program` in memory (evicting the least recently used past the budget).
     fn remember(&self, digest: &str, program: Program) {
-        let evicted = self
-            .memory
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(digest, program);
-        for digest in evicted {
-            tracing::debug!(%digest, "compile cache: evicted from memory (least recently used)");
-        }
+        remember_in(
+            &mut self.memory.lock().unwrap_or_else(|e| e.into_inner()),
+            digest,
+            program,
+        );
     }
 
     /// Compiles `bytes` with Cranelift and stores the artifact at `cached` (if any); `why`
@@ -503,11 +507,7 @@ impl CompileCache {
             // Its image was removed while it compiled ([`CompileCache::forget`]): keep nothing.
             let forgotten = memory.forgotten.remove(digest);
             match &result {
-                Ok(program) if !forgotten => {
-                    for evicted in memory.insert(digest, program.clone()) {
-                        tracing::debug!(digest = %evicted, "compile cache: evicted from memory (least recently used)");
-                    }
-                }
+                Ok(program) if !forgotten => remember_in(&mut memory, digest, program.clone()),
                 _ => {
                     if forgotten && let Some(path) = self.disk_path(digest) {
                         let _ = std::fs::remove_file(path);

@@ -283,13 +283,26 @@ async fn private_images_need_their_pull_secret_even_when_stored() {
     // The owner's next pod reuses the stored image without a pull.
     let out = run_to_end(&owner, with_secret("owner-again")).await;
     assert!(out.contains("private code of tenant A"), "{out:?}");
-    let reused = events(&owner, "owner-again")
-        .await
-        .into_iter()
-        .any(|(r, m)| {
-            r == "Pulled" && m.contains("already present on machine and can be accessed by the pod")
-        });
-    assert!(reused, "events: {:?}", events(&owner, "owner-again").await);
+    // Events are published apart from the pod's progress: wait for it.
+    let deadline = Instant::now() + LONG;
+    loop {
+        let reused = events(&owner, "owner-again")
+            .await
+            .into_iter()
+            .any(|(r, m)| {
+                r == "Pulled"
+                    && m.contains("already present on machine and can be accessed by the pod")
+            });
+        if reused {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events: {:?}",
+            events(&owner, "owner-again").await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Resident set size of a process, from /proc.

@@ -10,13 +10,18 @@
 //! (not the password itself), and a pod can only ever reuse a client built with its own
 //! credentials. At most [`MAX_CLIENTS`] are kept, the least recently used dropped first, and
 //! none for longer than [`MAX_AGE`], so a changed root store or password is seen within it.
+//!
+//! A cache belongs to its owner (the image store, the signature policy), never to the process:
+//! a client's pooled connections belong to the tokio runtime that made them, and a process with
+//! several runtimes (the tests) must not carry them from one to another.
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use oci_client::Client;
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
 use sha2::{Digest, Sha256};
 
 use super::Credentials;
@@ -48,7 +53,9 @@ struct Clients {
     clock: u64,
 }
 
-static CLIENTS: LazyLock<Mutex<Clients>> = LazyLock::new(Mutex::default);
+/// Registry clients kept for reuse.
+#[derive(Default)]
+pub struct RegistryClients(Mutex<Clients>);
 
 fn key(registry: &str, https: bool, credentials: Option<&Credentials>) -> Key {
     Key {
@@ -66,56 +73,71 @@ fn key(registry: &str, https: bool, credentials: Option<&Credentials>) -> Key {
     }
 }
 
-/// A client for `registry` over HTTPS or plain HTTP for a pod presenting `credentials`: a
-/// kept one, or a new one (then kept).
-pub(crate) fn client(registry: &str, https: bool, credentials: Option<&Credentials>) -> Client {
-    let key = key(registry, https, credentials);
-    {
-        let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
-        clients.clock += 1;
-        let now = clients.clock;
-        if let Some(kept) = clients.kept.get_mut(&key)
-            && kept.made.elapsed() < MAX_AGE
-        {
-            kept.last_use = now;
-            return kept.client.clone();
-        }
-    }
+/// A new client for `registry`, over HTTPS or plain HTTP.
+pub(crate) fn build(https: bool) -> Client {
     // reqwest (under oci-client) has no TLS provider of its own here; use ring, as kube does.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    // Built outside the lock: it reads the root certificates.
-    let client = Client::new(ClientConfig {
+    Client::new(ClientConfig {
         protocol: if https {
             ClientProtocol::Https
         } else {
             ClientProtocol::Http
         },
         ..Default::default()
-    });
-    let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
-    clients.clock += 1;
-    let last_use = clients.clock;
-    clients.kept.retain(|_, kept| kept.made.elapsed() < MAX_AGE);
-    while clients.kept.len() >= MAX_CLIENTS {
-        let Some(oldest) = clients
-            .kept
-            .iter()
-            .min_by_key(|(_, kept)| kept.last_use)
-            .map(|(key, _)| key.clone())
-        else {
-            break;
-        };
-        clients.kept.remove(&oldest);
+    })
+}
+
+impl RegistryClients {
+    /// A client for `registry` (plain HTTP on loopback and for `insecure` registries, TLS
+    /// elsewhere) and the auth to send, for a pod presenting `credentials`: a kept client, or
+    /// a new one (then kept).
+    pub(crate) fn get(
+        &self,
+        registry: &str,
+        credentials: Option<&Credentials>,
+        insecure: &[String],
+    ) -> (Client, RegistryAuth) {
+        let https = super::is_https(registry, insecure);
+        let auth = super::auth_of(credentials);
+        let key = key(registry, https, credentials);
+        {
+            let mut clients = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            clients.clock += 1;
+            let now = clients.clock;
+            if let Some(kept) = clients.kept.get_mut(&key)
+                && kept.made.elapsed() < MAX_AGE
+            {
+                kept.last_use = now;
+                return (kept.client.clone(), auth);
+            }
+        }
+        // Built outside the lock: it reads the root certificates.
+        let client = build(https);
+        let mut clients = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        clients.clock += 1;
+        let last_use = clients.clock;
+        clients.kept.retain(|_, kept| kept.made.elapsed() < MAX_AGE);
+        while clients.kept.len() >= MAX_CLIENTS {
+            let Some(oldest) = clients
+                .kept
+                .iter()
+                .min_by_key(|(_, kept)| kept.last_use)
+                .map(|(key, _)| key.clone())
+            else {
+                break;
+            };
+            clients.kept.remove(&oldest);
+        }
+        clients.kept.insert(
+            key,
+            Kept {
+                client: client.clone(),
+                made: Instant::now(),
+                last_use,
+            },
+        );
+        (client, auth)
     }
-    clients.kept.insert(
-        key,
-        Kept {
-            client: client.clone(),
-            made: Instant::now(),
-            last_use,
-        },
-    );
-    client
 }
 
 #[cfg(test)]
@@ -147,38 +169,24 @@ mod tests {
 
     #[test]
     fn at_most_max_clients_are_kept_and_a_kept_one_is_reused() {
+        let clients = RegistryClients::default();
         let registry = |i: usize| format!("kept-{i}.invalid");
+        let insecure: Vec<String> = (0..MAX_CLIENTS + 5).map(registry).collect();
         for i in 0..MAX_CLIENTS + 5 {
-            client(&registry(i), false, None);
+            clients.get(&registry(i), None, &insecure);
         }
-        let made = |clients: &Clients, i| {
-            clients
-                .kept
+        let made = |i| {
+            let kept = clients.0.lock().unwrap_or_else(|e| e.into_inner());
+            kept.kept
                 .get(&key(&registry(i), false, None))
                 .map(|k| k.made)
         };
-        let before = made(
-            &CLIENTS.lock().unwrap_or_else(|e| e.into_inner()),
-            MAX_CLIENTS + 4,
-        );
-        client(&registry(MAX_CLIENTS + 4), false, None);
-        let clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
-        assert!(before.is_some());
-        assert_eq!(
-            made(&clients, MAX_CLIENTS + 4),
-            before,
-            "reused, not built again"
-        );
-        assert!(clients.kept.len() <= MAX_CLIENTS);
-        assert!(
-            clients
-                .kept
-                .contains_key(&key(&registry(MAX_CLIENTS + 4), false, None)),
-            "the newest stays"
-        );
-        assert!(
-            !clients.kept.contains_key(&key(&registry(0), false, None)),
-            "the least recently used went"
-        );
+        let newest = made(MAX_CLIENTS + 4);
+        assert!(newest.is_some(), "the newest stays");
+        assert!(made(0).is_none(), "the least recently used went");
+        clients.get(&registry(MAX_CLIENTS + 4), None, &insecure);
+        assert_eq!(made(MAX_CLIENTS + 4), newest, "reused, not built again");
+        let kept = clients.0.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(kept.kept.len() <= MAX_CLIENTS);
     }
 }

@@ -239,6 +239,7 @@ pub struct ImageStore {
     blobs: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     in_use: Arc<Mutex<HashMap<String, usize>>>,
     signatures: Arc<signature::Signatures>,
+    clients: clients::RegistryClients,
 }
 
 /// Marks an image as used by a container while it is alive (image GC spares it).
@@ -267,21 +268,31 @@ fn lock_for(
     map.entry(key.to_string()).or_default().clone()
 }
 
-/// A client for `registry` and the auth to send: plain HTTP on loopback and for registries
-/// listed in `insecure` (`--insecure-registry`), TLS elsewhere. Clients are kept for reuse
-/// per registry, protocol and credentials (`clients.rs`).
+/// A new client for `registry` and the auth to send: plain HTTP on loopback and for
+/// registries listed in `insecure` (`--insecure-registry`), TLS elsewhere. For one-off uses
+/// (push, sign, resolve); pulls reuse clients ([`clients::RegistryClients`]).
 pub(crate) fn registry_client(
     registry: &str,
     credentials: Option<&Credentials>,
     insecure: &[String],
 ) -> (Client, RegistryAuth) {
-    let https = !(is_loopback(registry) || insecure.iter().any(|r| r == registry));
-    let client = clients::client(registry, https, credentials);
-    let auth = match credentials {
+    (
+        clients::build(is_https(registry, insecure)),
+        auth_of(credentials),
+    )
+}
+
+/// Whether `registry` is reached over TLS: all but loopback and `--insecure-registry` ones.
+fn is_https(registry: &str, insecure: &[String]) -> bool {
+    !(is_loopback(registry) || insecure.iter().any(|r| r == registry))
+}
+
+/// The auth to send for `credentials`.
+fn auth_of(credentials: Option<&Credentials>) -> RegistryAuth {
+    match credentials {
         Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
         None => RegistryAuth::Anonymous,
-    };
-    (client, auth)
+    }
 }
 
 /// Whether a registry is on this host, where plain HTTP is used, as Docker does.
@@ -364,6 +375,7 @@ impl ImageStore {
             blobs: Mutex::default(),
             in_use: Arc::default(),
             signatures: signature::Signatures::disabled(),
+            clients: clients::RegistryClients::default(),
         })
     }
 
@@ -462,7 +474,7 @@ impl ImageStore {
             });
         }
         let registry = reference.resolve_registry().to_string();
-        let (client, auth) = registry_client(&registry, credentials, &self.insecure);
+        let (client, auth) = self.clients.get(&registry, credentials, &self.insecure);
         let oci_error =
             |e: OciDistributionError| pull_error(image, &registry, credentials.is_some(), e);
         let (manifest, manifest_digest) = client

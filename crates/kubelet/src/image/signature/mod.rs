@@ -216,6 +216,8 @@ pub struct Signatures {
     verified: Mutex<HashSet<(u64, String, String)>>,
     running: Mutex<HashMap<u64, Arc<RunningImage>>>,
     next_id: AtomicU64,
+    /// Clients for fetching signatures, kept as the image store keeps its own.
+    clients: super::clients::RegistryClients,
 }
 
 /// A digest of the policy text and of every file it read (keys, trusted roots), so that an
@@ -276,6 +278,7 @@ impl Signatures {
             verified: Mutex::default(),
             running: Mutex::default(),
             next_id: AtomicU64::new(0),
+            clients: Default::default(),
         }
     }
 
@@ -331,7 +334,7 @@ impl Signatures {
             });
         }
         let cache_key = (loaded.generation, rule.name.clone(), digest.to_string());
-        let (client, auth) = super::registry_client(&registry, credentials, &self.insecure);
+        let (client, auth) = self.clients.get(&registry, credentials, &self.insecure);
         let candidates = cosign::fetch(&client, &auth, &registry, reference.repository(), digest)
             .await
             .map_err(|e| SignatureError::Fetch {
