@@ -176,6 +176,22 @@ async fn aliasing_references_each_run_their_own_code() {
     );
 }
 
+/// Creates a `kubernetes.io/dockerconfigjson` secret `name` in `ns` for `registry`.
+async fn pull_secret(ns: &TestNamespace, name: &str, registry: &str, user: &str, password: &str) {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let config_json = json!({"auths": {registry: {"auth": auth}}});
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": config_json.to_string()}
+    }))
+    .expect("secret");
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
+}
+
 #[tokio::test]
 async fn private_images_need_their_pull_secret_even_when_stored() {
     let info = cluster();
@@ -195,23 +211,14 @@ async fn private_images_need_their_pull_secret_even_when_stored() {
     let other = TestNamespace::new("private-other")
         .await
         .expect("namespace");
-    let basic = format!(
-        "{}:{}",
-        info.auth_registry_user, info.auth_registry_password
-    );
-    let config_json = json!({"auths": {info.auth_registry.clone(): {
-        "auth": base64::engine::general_purpose::STANDARD.encode(basic)}}});
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "regcred"},
-        "type": "kubernetes.io/dockerconfigjson",
-        "stringData": {".dockerconfigjson": config_json.to_string()}
-    }))
-    .expect("secret");
-    owner
-        .api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("create secret");
+    pull_secret(
+        &owner,
+        "regcred",
+        &info.auth_registry,
+        &info.auth_registry_user,
+        &info.auth_registry_password,
+    )
+    .await;
     let with_secret = |name: &str| {
         let mut p = pod(
             name,
@@ -231,20 +238,14 @@ async fn private_images_need_their_pull_secret_even_when_stored() {
     // Never: the stored copy is not theirs to run. Nor is the node's registry client that
     // pulled it (kept for reuse, `image/clients.rs`): the owner's user name with a wrong
     // password is refused, as if that client had never been made.
-    let wrong = format!("{}:not-the-password", info.auth_registry_user);
-    let wrong_json = json!({"auths": {info.auth_registry.clone(): {
-        "auth": base64::engine::general_purpose::STANDARD.encode(wrong)}}});
-    let wrong_secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "guessed"},
-        "type": "kubernetes.io/dockerconfigjson",
-        "stringData": {".dockerconfigjson": wrong_json.to_string()}
-    }))
-    .expect("secret");
-    other
-        .api::<Secret>()
-        .create(&PostParams::default(), &wrong_secret)
-        .await
-        .expect("create secret");
+    pull_secret(
+        &other,
+        "guessed",
+        &info.auth_registry,
+        &info.auth_registry_user,
+        "not-the-password",
+    )
+    .await;
     let other_pods = other.api::<Pod>();
     for (name, image, policy) in [
         ("stored", &slash, "IfNotPresent"),
