@@ -681,6 +681,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn winch_code_runs_modules_and_components_and_yields_at_epochs() {
+        let engine = WasmEngine::new().expect("engine");
+        let winch = engine.baseline().expect("Winch on x86-64");
+        let spec = |args: &[&str], log: &Path| RunSpec {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            mounts: vec![],
+            stdio: Stdio::Log(CriLogWriter::create(log).expect("log")),
+            limits: Limits::default(),
+            usage: Arc::default(),
+            network: None,
+        };
+        let logs = tempfile::tempdir().expect("tempdir");
+        let component =
+            krustlet_test_workloads::multitool_component().unwrap_or_else(|e| panic!("{e}"));
+        for (i, wasm) in [multitool(), component].iter().enumerate() {
+            let program =
+                Program::compile_on(winch, &std::fs::read(wasm).expect("read")).expect("compile");
+            assert!(engine.is_baseline(program.engine()));
+            let log = logs.path().join(format!("{i}.log"));
+            let exit = engine
+                .run(&program, spec(&["multitool", "exit", "3"], &log))
+                .await
+                .expect("run");
+            let expected = if i == 0 { Exit::Code(3) } else { Exit::Code(1) };
+            assert_eq!(exit, expected, "{}", wasm.display());
+            // A busy loop on Winch's code still yields at every epoch tick, so dropping the
+            // run stops it.
+            let spin = engine.run(&program, spec(&["multitool", "spin", "0"], &log));
+            let timed_out = tokio::time::timeout(std::time::Duration::from_millis(300), spin).await;
+            assert!(timed_out.is_err(), "a spin loop cannot finish by itself");
+        }
+    }
+
+    #[tokio::test]
     async fn attached_stdin_reaches_the_program_and_its_output_the_log() {
         let engine = WasmEngine::new().expect("engine");
         let program =
