@@ -339,15 +339,24 @@ impl CompileCache {
         if let Some(program) = self.in_memory(digest) {
             return Ok((program, CacheOutcome::Memory));
         }
+        self.one_at_a_time(digest, || self.get_locked(digest, source))
+    }
+
+    /// Runs `job` holding the compile lock of `digest` (one compilation per digest at a time).
+    fn one_at_a_time<T>(&self, digest: &str, job: impl FnOnce() -> T) -> T {
         let lock = {
             let mut compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
             compiling.entry(digest.to_string()).or_default().clone()
         };
         let result = {
             let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.get_locked(digest, source)
+            job()
         };
-        self.release(digest, &lock);
+        let mut compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's and ours: nobody else waits on it, so the entry can go.
+        if Arc::strong_count(&lock) <= 2 {
+            compiling.remove(digest);
+        }
         result
     }
 
@@ -486,12 +495,7 @@ impl CompileCache {
     /// # Errors
     /// When the file cannot be read (an image removed since) or does not compile.
     pub fn optimize(&self, digest: &str, source: &Path) -> Result<Program, CacheError> {
-        let lock = {
-            let mut compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
-            compiling.entry(digest.to_string()).or_default().clone()
-        };
-        let result = {
-            let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.one_at_a_time(digest, || {
             let result = match self.in_memory(digest) {
                 Some(program) if !self.is_baseline(&program) => Ok(program),
                 _ => self.read(source).and_then(|bytes| {
@@ -523,18 +527,7 @@ impl CompileCache {
                 }
             }
             result
-        };
-        self.release(digest, &lock);
-        result
-    }
-
-    /// Drops the compile lock of `digest` from the map once nobody else waits on it.
-    fn release(&self, digest: &str, lock: &Arc<Mutex<()>>) {
-        let mut compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
-        // The map's and ours: nobody else waits on it, so the entry can go.
-        if Arc::strong_count(lock) <= 2 {
-            compiling.remove(digest);
-        }
+        })
     }
 
     /// What the tag of an entry covers.

@@ -93,11 +93,7 @@ impl WasiRuntime {
             None => {
                 let (cache, path, key) =
                     (self.programs.clone(), path.to_path_buf(), digest.clone());
-                self.pool
-                    .run(move || cache.get(&key, &path))
-                    .await
-                    .map_err(|e| create_error(e.to_string()))?
-                    .map_err(|e| create_error(e.to_string()))?
+                self.pooled(move || cache.get(&key, &path)).await?
             }
         };
         match found.1 {
@@ -155,8 +151,16 @@ impl WasiRuntime {
             digest.to_string(),
             path.to_path_buf(),
         );
+        self.pooled(move || cache.optimize(&digest, &path)).await
+    }
+
+    /// Runs the blocking `job` on the compile pool; either failure is a create error.
+    async fn pooled<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+        &self,
+        job: impl FnOnce() -> Result<T, E> + Send + 'static,
+    ) -> Result<T, RuntimeError> {
         self.pool
-            .run(move || cache.optimize(&digest, &path))
+            .run(job)
             .await
             .map_err(|e| create_error(e.to_string()))?
             .map_err(|e| create_error(e.to_string()))
@@ -308,11 +312,8 @@ impl WasiRuntime {
         }
         let (cache, digest, component) =
             (self.programs.clone(), digest.to_string(), component.clone());
-        self.pool
-            .run(move || cache.for_serving(&digest, &component))
+        self.pooled(move || cache.for_serving(&digest, &component))
             .await
-            .map_err(|e| create_error(e.to_string()))?
-            .map_err(create_error)
     }
 
     /// The linker for HTTP components on `engine` (the serving or the on-demand engine).
