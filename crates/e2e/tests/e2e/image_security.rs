@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use krustlet_e2e::node::shared_node;
-use krustlet_e2e::pods::{create, for_node, wait_for, wait_for_phase, waiting};
+use krustlet_e2e::pods::{create, for_node, wait_for, wait_for_event, wait_for_phase, waiting};
 use krustlet_e2e::registry;
 use krustlet_e2e::{KrustletNode, TestNamespace, cluster, kubectl};
 use kube::api::{ListParams, PostParams};
@@ -284,26 +284,15 @@ async fn private_images_need_their_pull_secret_even_when_stored() {
     // The owner's next pod reuses the stored image without a pull.
     let out = run_to_end(&owner, with_secret("owner-again")).await;
     assert!(out.contains("private code of tenant A"), "{out:?}");
-    // Events are published apart from the pod's progress: wait for it.
-    let deadline = Instant::now() + LONG;
-    loop {
-        let reused = events(&owner, "owner-again")
-            .await
-            .into_iter()
-            .any(|(r, m)| {
-                r == "Pulled"
-                    && m.contains("already present on machine and can be accessed by the pod")
-            });
-        if reused {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "events: {:?}",
-            events(&owner, "owner-again").await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Events are written in the background, after the status they go with.
+    wait_for_event(
+        &owner.api::<Event>(),
+        "Pulled",
+        "already present on machine and can be accessed by the pod",
+        LONG,
+    )
+    .await
+    .expect("the stored image is reused");
 }
 
 /// Resident set size of a process, from /proc.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use krustlet_e2e::node::{KrustletNode, shared_node};
 use krustlet_e2e::pods::{
-    container_status, create, event_reasons, for_node, terminated, wait_for, wait_for_phase,
+    container_status, create, for_node, terminated, wait_for, wait_for_event, wait_for_phase,
 };
 use krustlet_e2e::{TestNamespace, kubectl, workloads};
 use serde_json::json;
@@ -233,12 +233,10 @@ async fn admission_rejects_pods_that_do_not_fit() {
         message.starts_with("Pod was rejected: Node didn't have enough resource: memory, requested: 109951162777600,"),
         "{message}"
     );
-    assert!(
-        event_reasons(&events, "huge")
-            .await
-            .expect("events")
-            .contains(&"OutOfmemory".to_string())
-    );
+    // Events are written in the background, after the status they go with.
+    wait_for_event(&events, "OutOfmemory", "memory", LONG)
+        .await
+        .expect("event");
 
     for i in 0..5 {
         create(
@@ -418,12 +416,9 @@ async fn memory_pressure_evicts_best_effort_before_burstable() {
         burstable.status
     );
     let events = ns.api::<Event>();
-    assert!(
-        event_reasons(&events, "best-effort")
-            .await
-            .expect("events")
-            .contains(&"Evicted".to_string())
-    );
+    wait_for_event(&events, "Evicted", "", LONG)
+        .await
+        .expect("event");
     // With the pressure still on, it is next.
     let next = wait_for_phase(&pods, "burstable", "Failed", LONG)
         .await
