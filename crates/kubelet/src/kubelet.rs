@@ -276,7 +276,7 @@ impl Kubelet {
         self.runtime.register_metrics(&mut registry);
         let exec_targets = crate::container::exec_targets::ExecTargets::default();
         let ctx = WorkerContext {
-            services: NodeServices {
+            services: Arc::new(NodeServices {
                 runtime: self.runtime.clone(),
                 images: images.clone(),
                 events: PodEvents::new(events),
@@ -295,7 +295,7 @@ impl Kubelet {
                 network: network.clone(),
                 outbound_deny: config.wasm_outbound_deny.clone().into(),
                 dns: Arc::new(config.dns.clone()),
-            },
+            }),
             status: status.clone(),
             dirs: PodDirs {
                 pods: config.data_path("pods"),

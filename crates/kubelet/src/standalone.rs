@@ -83,7 +83,7 @@ pub async fn run(
     let stats = Stats::new();
     tokio::spawn(stats.clone().run_sampler(stop.clone()));
     let ctx = WorkerContext {
-        services: NodeServices {
+        services: Arc::new(NodeServices {
             runtime,
             images,
             events: PodEvents::new(EventPublisher::log_only()),
@@ -102,7 +102,7 @@ pub async fn run(
             network: crate::network::NodeNetwork::new(config.node_ip),
             outbound_deny: config.wasm_outbound_deny.clone().into(),
             dns: Arc::new(config.dns.clone()),
-        },
+        }),
         status,
         // No eviction manager here: static pods are never evicted (as upstream's critical
         // static pods), only bounded by their limits.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use krustlet_wasi::run::Stdio;
-use krustlet_wasi::{Program, RunSpec, WasmEngine};
+use krustlet_wasi::{Code, Program, RunSpec, WasmEngine};
 use kubelet::log::writer::CriLogWriter;
 use kubelet::runtime::{Limits, Usage};
 
@@ -72,7 +72,7 @@ fn hot_path(c: &mut Criterion) {
         b.iter(|| krustlet_run(&runtime, &engine, &program, &log, &["empty"]))
     });
 
-    let Program::Module(module) = &program else {
+    let Code::Module(module) = program.code() else {
         panic!("the empty program is a module");
     };
     c.bench_function("wasmtime: bare instantiate + call", |b| {
@@ -108,7 +108,7 @@ fn multitool(c: &mut Criterion) {
     c.bench_function("krustlet: p1 multitool hello", |b| {
         b.iter(|| krustlet_run(&runtime, &engine, &module, &log, &args))
     });
-    let Program::Module(bare) = &module else {
+    let Code::Module(bare) = module.code() else {
         panic!("the multitool is a module");
     };
     let mut linker = wasmtime::Linker::<wasmtime_wasi::p1::WasiP1Ctx>::new(engine.engine());
@@ -133,7 +133,7 @@ fn multitool(c: &mut Criterion) {
     c.bench_function("krustlet: p2 multitool hello", |b| {
         b.iter(|| krustlet_run(&runtime, &engine, &component, &log, &args))
     });
-    let Program::Component(bare) = &component else {
+    let Code::Component(bare) = component.code() else {
         panic!("the multitool component is a component");
     };
     let mut linker = wasmtime::component::Linker::<P2>::new(engine.engine());

@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::WasmEngine;
 use crate::key::{CacheKey, TAG_LEN};
-use crate::module::{CompileError, Program, ProgramKind};
+use crate::module::{Code, CompileError, Program, ProgramKind};
 use wasmtime::component::Component;
 
 /// Where a program came from; count these for cache metrics.
@@ -293,7 +293,7 @@ impl CompileCache {
         let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
         // A component left on the on-demand engine is the program itself: no more bytes.
         let bytes = if wasmtime::Engine::same(served.engine(), engine) {
-            Program::Component(served.clone()).code_bytes()
+            Program::from(Code::Component(served.clone())).code_bytes()
         } else {
             0
         };
@@ -577,12 +577,11 @@ impl CompileCache {
         // in. wasmtime also checks the artifact's engine and version header itself.
         let loaded = unsafe {
             match kind {
-                ProgramKind::Module => {
-                    wasmtime::Module::deserialize(engine, artifact).map(Program::Module)
-                }
+                ProgramKind::Module => wasmtime::Module::deserialize(engine, artifact)
+                    .map(|m| Program::from(Code::Module(m))),
                 ProgramKind::Component => {
                     wasmtime::component::Component::deserialize(engine, artifact)
-                        .map(Program::Component)
+                        .map(|c| Program::from(Code::Component(c)))
                 }
             }
         };
@@ -599,9 +598,9 @@ impl CompileCache {
     /// Writes `program`'s artifact and tag to `path` atomically.
     fn store(&self, path: &Path, digest: &str, program: &Program) -> Result<(), String> {
         let (_, _, key) = self.disk.as_ref().ok_or("no disk cache")?;
-        let mut bytes = match program {
-            Program::Module(m) => m.serialize(),
-            Program::Component(c) => c.serialize(),
+        let mut bytes = match program.code() {
+            Code::Module(m) => m.serialize(),
+            Code::Component(c) => c.serialize(),
         }
         .map_err(|e| format!("serializing: {e}"))?;
         let message = self
@@ -834,7 +833,9 @@ mod tests {
         let engine = WasmEngine::new().expect("engine");
         let cache = CompileCache::new(engine.clone(), None, CacheLimits::default());
         let digest = "sha256:0c";
-        let Program::Component(component) = cache.get(digest, &wasm).expect("compile").0 else {
+        let Code::Component(component) =
+            cache.get(digest, &wasm).expect("compile").0.code().clone()
+        else {
             panic!("the http workload is not a component");
         };
         let compiled = cache.memory_bytes();

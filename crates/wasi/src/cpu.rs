@@ -59,20 +59,36 @@ impl CpuClock {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// `future`, with the CPU time of its polls charged to `clock`. A future of its own rather
+    /// than an `async fn`: one would keep the wrapped future twice (the argument and the
+    /// pinned local), for as long as a guest sleeps.
+    pub(crate) struct Metered<F> {
+        clock: Arc<CpuClock>,
+        #[pin]
+        future: F,
+    }
+}
+
 /// Runs `future`, charging the CPU time of its polls to `clock`.
-pub(crate) async fn metered<F: Future>(clock: Arc<CpuClock>, future: F) -> F::Output {
-    let mut future = std::pin::pin!(future);
-    std::future::poll_fn(move |cx| {
+pub(crate) fn metered<F: Future>(clock: Arc<CpuClock>, future: F) -> Metered<F> {
+    Metered { clock, future }
+}
+
+impl<F: Future> Future for Metered<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
         let start = thread_cpu_nanos();
-        clock.poll_started.store(start, Ordering::Relaxed);
-        let result: Poll<F::Output> = future.as_mut().poll(cx);
-        clock.poll_started.store(IDLE, Ordering::Relaxed);
-        clock
+        this.clock.poll_started.store(start, Ordering::Relaxed);
+        let result = this.future.poll(cx);
+        this.clock.poll_started.store(IDLE, Ordering::Relaxed);
+        this.clock
             .usage
             .add_cpu_nanos(thread_cpu_nanos().saturating_sub(start));
         result
-    })
-    .await
+    }
 }
 
 /// Decides, at each epoch tick, how long a guest runs before its next yield and whether it

@@ -24,7 +24,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
-use crate::run::Linkers;
+use crate::link::Linkers;
 
 /// How often the epoch advances; a running guest yields at least this often.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);

@@ -580,7 +580,7 @@ mod tests {
     use super::*;
     use crate::cache::{CacheLimits, CompileCache};
     use crate::engine::WasmEngine;
-    use crate::module::Program;
+    use crate::module::{Code, Program};
 
     /// Sends a raw HTTP/1.1 request (with `Connection: close`) and reads the whole answer.
     async fn send(addr: SocketAddr, head: &str, body: &str) -> String {
@@ -636,8 +636,10 @@ mod tests {
 
     fn serve_on(usage: Arc<Usage>, limits: HttpLimits, network: Option<GuestNetwork>) -> Serving {
         let engine = WasmEngine::new().expect("engine");
-        let Program::Component(component) =
-            Program::compile(&engine, &http_wasm()).expect("compile")
+        let Code::Component(component) = Program::compile(&engine, &http_wasm())
+            .expect("compile")
+            .code()
+            .clone()
         else {
             panic!("the http workload is not a component");
         };

@@ -1,6 +1,9 @@
 //! Compiled programs: WASI preview-1 core modules and preview-2 components.
 
+use std::sync::{Arc, OnceLock};
+
 use crate::engine::WasmEngine;
+use crate::link::{self, Linked, Linkers};
 
 /// Which kind of WebAssembly binary a program is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,13 +45,30 @@ pub enum CompileError {
     },
 }
 
-/// A compiled program, cheap to clone and to run many times.
+/// A compiled program, cheap to clone and to run many times: its code, and its imports
+/// resolved against its engine's run linker at its first run (shared by its clones).
 #[derive(Clone)]
-pub enum Program {
+pub struct Program {
+    code: Code,
+    linked: Arc<OnceLock<Result<Linked, String>>>,
+}
+
+/// A program's compiled code.
+#[derive(Clone)]
+pub enum Code {
     /// A preview-1 core module.
     Module(wasmtime::Module),
     /// A preview-2 component.
     Component(wasmtime::component::Component),
+}
+
+impl From<Code> for Program {
+    fn from(code: Code) -> Self {
+        Self {
+            code,
+            linked: Arc::default(),
+        }
+    }
 }
 
 impl Program {
@@ -61,38 +81,63 @@ impl Program {
     pub fn compile_on(engine: &wasmtime::Engine, bytes: &[u8]) -> Result<Self, CompileError> {
         let kind = ProgramKind::detect(bytes).ok_or(CompileError::NotWasm)?;
         let invalid = |source| CompileError::Invalid { kind, source };
-        Ok(match kind {
+        let code = match kind {
             ProgramKind::Module => {
-                Self::Module(wasmtime::Module::new(engine, bytes).map_err(invalid)?)
+                Code::Module(wasmtime::Module::new(engine, bytes).map_err(invalid)?)
             }
-            ProgramKind::Component => Self::Component(
+            ProgramKind::Component => Code::Component(
                 wasmtime::component::Component::new(engine, bytes).map_err(invalid)?,
             ),
-        })
+        };
+        Ok(code.into())
+    }
+
+    /// The compiled code.
+    pub fn code(&self) -> &Code {
+        &self.code
+    }
+
+    /// The program with its imports resolved against `linkers` (its engine's), done at the
+    /// first call and kept: a module's WASI imports, a command component's.
+    ///
+    /// # Errors
+    /// wasmtime's message, the same at every call: an import this runtime does not provide,
+    /// or a component without `wasi:cli/run`.
+    pub(crate) fn linked(&self, linkers: &Linkers) -> Result<&Linked, wasmtime::Error> {
+        self.linked
+            .get_or_init(|| {
+                match &self.code {
+                    Code::Module(module) => link::module(linkers, module),
+                    Code::Component(component) => link::command(linkers, component),
+                }
+                .map_err(|e| format!("{e:#}"))
+            })
+            .as_ref()
+            .map_err(|e| wasmtime::Error::msg(e.clone()))
     }
 
     /// The engine the program was compiled for (its code runs only there).
     pub fn engine(&self) -> &wasmtime::Engine {
-        match self {
-            Self::Module(m) => m.engine(),
-            Self::Component(c) => c.engine(),
+        match &self.code {
+            Code::Module(m) => m.engine(),
+            Code::Component(c) => c.engine(),
         }
     }
 
     /// Bytes of compiled code and data this program keeps mapped (its weight in memory).
     pub fn code_bytes(&self) -> u64 {
-        let range = match self {
-            Self::Module(m) => m.image_range(),
-            Self::Component(c) => c.image_range(),
+        let range = match &self.code {
+            Code::Module(m) => m.image_range(),
+            Code::Component(c) => c.image_range(),
         };
         (range.end as usize).saturating_sub(range.start as usize) as u64
     }
 
     /// Which kind of program this is.
     pub fn kind(&self) -> ProgramKind {
-        match self {
-            Self::Module(_) => ProgramKind::Module,
-            Self::Component(_) => ProgramKind::Component,
+        match &self.code {
+            Code::Module(_) => ProgramKind::Module,
+            Code::Component(_) => ProgramKind::Component,
         }
     }
 }

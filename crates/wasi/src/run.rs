@@ -2,6 +2,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use kubelet::log::writer::{CriLogWriter, Stream};
@@ -10,20 +11,18 @@ use kubelet::network::outbound::{GuestNetwork, Protocol, Use};
 use kubelet::network::resolver::Resolver;
 use kubelet::runtime::{ExecIo, Limits, Usage};
 
-use wasmtime::Store;
-use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime::{Store, TypedFunc};
 use wasmtime_wasi::p2::bindings::Command;
-use wasmtime_wasi::{
-    FsPerms, I32Exit, ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
-};
+use wasmtime_wasi::{FsPerms, I32Exit, ResourceTable, WasiCtxBuilder};
 
 use crate::cpu::{self, CpuClock, Throttle};
 use crate::engine::WasmEngine;
 use crate::exec_io::{ChannelIn, ChannelOut};
+use crate::link::{ComponentState, Linked, ModuleState};
 use crate::log::CriStream;
 use crate::memory::{MemoryLimitExceeded, MemoryLimiter, is_memory_limit};
-use crate::module::Program;
-use crate::name_lookup::{self, HasNameLookups, NameLookups};
+use crate::module::{Code, Program};
+use crate::name_lookup::NameLookups;
 
 /// A host directory made visible to the guest (a volume mount).
 #[derive(Debug, Clone)]
@@ -132,58 +131,12 @@ pub enum RunError {
     Instantiate(#[source] wasmtime::Error),
 }
 
-/// The linkers of modules and command components, made once per engine: defining WASI's
-/// functions is most of what a fresh linker per run cost (the hot path in BENCHMARKS.md).
-pub(crate) struct Linkers {
-    module: wasmtime::Linker<ModuleState>,
-    component: wasmtime::component::Linker<ComponentState>,
-}
-
-impl Linkers {
-    /// Preview 1 for modules; all of WASI 0.2 for components, with name lookups through the
-    /// pod's DNS ([`name_lookup`]; without a pod network every lookup fails).
-    pub(crate) fn new(engine: &wasmtime::Engine) -> wasmtime::Result<Self> {
-        let mut module = wasmtime::Linker::<ModuleState>::new(engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut module, |state| &mut state.wasi)?;
-        let mut component = wasmtime::component::Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut component)?;
-        name_lookup::add_to_linker(&mut component)?;
-        Ok(Self { module, component })
-    }
-}
-
-/// Store state for modules: the preview-1 WASI context and the memory limiter.
-struct ModuleState {
-    wasi: WasiP1Ctx,
-    limiter: MemoryLimiter,
-}
-
-/// Store state for components: the WASI context, its resource table, the memory limiter and
-/// the guest's name lookups (if it has a pod network).
-struct ComponentState {
-    ctx: WasiCtx,
-    table: ResourceTable,
-    limiter: MemoryLimiter,
-    lookups: Option<NameLookups>,
-}
-
-impl HasNameLookups for ComponentState {
-    fn table(&mut self) -> &mut ResourceTable {
-        &mut self.table
-    }
-
-    fn lookups(&self) -> Option<&NameLookups> {
-        self.lookups.as_ref()
-    }
-}
-
-impl WasiView for ComponentState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.ctx,
-            table: &mut self.table,
-        }
-    }
+/// A guest instantiated and ready to run: its store and its entry point.
+enum Guest {
+    /// A module and its `_start`.
+    Module(Store<ModuleState>, TypedFunc<(), ()>),
+    /// A command component, whose `wasi:cli/run` is its entry point.
+    Command(Store<ComponentState>, Command),
 }
 
 impl WasmEngine {
@@ -195,7 +148,15 @@ impl WasmEngine {
     /// # Errors
     /// [`RunError`] when the guest cannot start; a guest that starts and then fails is an
     /// `Ok(Exit::Code(..))` or `Ok(Exit::Trap(..))`.
-    pub async fn run(&self, program: &Program, spec: RunSpec) -> Result<Exit, RunError> {
+    ///
+    /// Not an `async fn`: the future keeps only what a running guest needs (the spec and the
+    /// instantiation are in a box that is freed once the guest starts), since it lives as long
+    /// as the guest, and a sleeping pod's guest may live for days.
+    pub fn run(
+        &self,
+        program: &Program,
+        spec: RunSpec,
+    ) -> impl Future<Output = Result<Exit, RunError>> + Send + 'static {
         let clock = CpuClock::new(spec.usage.clone());
         let log = match &spec.stdio {
             Stdio::Log(log) | Stdio::Attached { log, .. } => Some(log.clone()),
@@ -203,139 +164,165 @@ impl WasmEngine {
         };
         // A component's sockets are made on the thread that polls it: poll it inside the pod's
         // namespace (a module has no way to make sockets). Name lookups follow the pod's DNS.
-        let (namespace, lookups) = match (&spec.network, program) {
-            (Some(network), Program::Component(_)) => guest_sockets(network)?,
-            _ => (None, None),
+        let sockets = match (&spec.network, program.code()) {
+            (Some(network), Code::Component(_)) => guest_sockets(network),
+            _ => Ok((None, None)),
         };
-        let run = cpu::metered(
-            clock.clone(),
-            self.run_metered(program, spec, lookups, clock),
-        );
-        let outcome = match namespace {
-            Some(namespace) => InNamespace::new(namespace, run).await.unwrap_or_else(|e| {
-                Err(RunError::Network(format!(
-                    "cannot enter the pod's network namespace: {e}"
-                )))
-            }),
-            None => run.await,
-        };
-        if let Some(log) = log {
-            let _ = log.finish();
-        }
-        match outcome {
-            Err(RunError::Instantiate(error)) if is_memory_limit(&error) => {
-                Ok(Exit::OomKilled(memory_limit_of(&error)))
+        let start = sockets.map(|(namespace, lookups)| {
+            let instantiating = Box::pin(instantiate(
+                self.clone(),
+                program.clone(),
+                spec,
+                lookups,
+                clock.clone(),
+            ));
+            (namespace, instantiating)
+        });
+        async move {
+            let (namespace, instantiating) = start?;
+            // Made where it is awaited: a future kept in a local first would take room in
+            // this one twice (rustc keeps a moved-from local's slot).
+            let outcome = match namespace {
+                Some(namespace) => {
+                    InNamespace::new(namespace, cpu::metered(clock, call(instantiating)))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(RunError::Network(format!(
+                                "cannot enter the pod's network namespace: {e}"
+                            )))
+                        })
+                }
+                None => cpu::metered(clock, call(instantiating)).await,
+            };
+            if let Some(log) = log {
+                let _ = log.finish();
             }
-            other => other,
+            match outcome {
+                Err(RunError::Instantiate(error)) if is_memory_limit(&error) => {
+                    Ok(Exit::OomKilled(memory_limit_of(&error)))
+                }
+                other => other,
+            }
         }
     }
+}
 
-    async fn run_metered(
-        &self,
-        program: &Program,
-        spec: RunSpec,
-        lookups: Option<NameLookups>,
-        clock: Arc<CpuClock>,
-    ) -> Result<Exit, RunError> {
-        let mut builder = WasiCtxBuilder::new();
-        builder.args(&spec.args).envs(&spec.env);
-        match spec.stdio {
-            Stdio::Log(log) => {
-                builder
-                    .stdout(CriStream::new(log.clone(), Stream::Stdout))
-                    .stderr(CriStream::new(log, Stream::Stderr));
-            }
-            Stdio::Attached { log, stdin, tty } => {
-                builder
-                    .stdin(ChannelIn::new(stdin, tty))
-                    .stdout(CriStream::new(log.clone(), Stream::Stdout))
-                    .stderr(CriStream::new(log, Stream::Stderr));
-            }
-            Stdio::Streams(io) => {
-                if let Some(stdin) = io.stdin {
-                    builder.stdin(ChannelIn::new(stdin, io.tty));
-                }
-                if let Some(stdout) = io.stdout {
-                    builder.stdout(ChannelOut::new(stdout, io.tty));
-                }
-                if let Some(stderr) = io.stderr {
-                    builder.stderr(ChannelOut::new(stderr, io.tty));
-                }
+/// Instantiates the guest (`instantiating`, boxed: freed before the guest runs), then runs it
+/// to its end.
+async fn call(
+    instantiating: Pin<Box<impl Future<Output = Result<Guest, RunError>>>>,
+) -> Result<Exit, RunError> {
+    let outcome = match instantiating.await? {
+        Guest::Module(mut store, start) => start.call_async(&mut store, ()).await,
+        // `Err(())` is a `wasi:cli/exit` with failure, i.e. exit code 1.
+        // Boxed: a component's call takes far more room than a module's, which would
+        // otherwise keep that room too.
+        Guest::Command(mut store, command) => {
+            match Box::pin(command.wasi_cli_run().call_run(&mut store)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(())) => return Ok(Exit::Code(1)),
+                Err(error) => Err(error),
             }
         }
-        preopen(&mut builder, &spec.mounts)?;
-        // wasmtime opened each preopen itself: ours would only double a sleeping container's
-        // descriptors (the kubelet re-opens them for an exec).
-        drop(spec.mounts);
-        if let Some(network) = spec.network {
-            grant_sockets(&mut builder, network);
+    };
+    Ok(match outcome {
+        Ok(()) => Exit::Code(0),
+        Err(error) => match error.downcast_ref::<I32Exit>() {
+            Some(I32Exit(code)) => Exit::Code(*code),
+            None if is_memory_limit(&error) => Exit::OomKilled(memory_limit_of(&error)),
+            None => Exit::Trap(format!("{error:?}")),
+        },
+    })
+}
+
+/// `program` instantiated in a store of its own with the WASI of `spec`, metered by `clock`,
+/// from its linked imports (resolved at its first run).
+async fn instantiate(
+    engine: WasmEngine,
+    program: Program,
+    spec: RunSpec,
+    lookups: Option<NameLookups>,
+    clock: Arc<CpuClock>,
+) -> Result<Guest, RunError> {
+    let mut builder = WasiCtxBuilder::new();
+    builder.args(&spec.args).envs(&spec.env);
+    match spec.stdio {
+        Stdio::Log(log) => {
+            builder
+                .stdout(CriStream::new(log.clone(), Stream::Stdout))
+                .stderr(CriStream::new(log, Stream::Stderr));
         }
-        // The runtime publishes a run's limits before it starts; a bare run (tests, benches)
-        // publishes its own here. Either way they are read live from then on.
-        if spec.usage.limits.get() == Limits::default() {
-            spec.usage.limits.set(spec.limits);
+        Stdio::Attached { log, stdin, tty } => {
+            builder
+                .stdin(ChannelIn::new(stdin, tty))
+                .stdout(CriStream::new(log.clone(), Stream::Stdout))
+                .stderr(CriStream::new(log, Stream::Stderr));
         }
-        let limiter = MemoryLimiter::new(spec.usage.clone());
-        let mut throttle = Throttle::new(clock);
-        let outcome = match program {
-            Program::Module(module) => {
-                let state = ModuleState {
-                    wasi: builder.build_p1(),
-                    limiter,
-                };
-                let mut store = Store::new(module.engine(), state);
-                store.limiter(|state| &mut state.limiter);
-                store.set_epoch_deadline(1);
-                store.epoch_deadline_callback(move |_| Ok(throttle.on_epoch()));
-                let linker = &self
-                    .linkers(module.engine())
-                    .map_err(|e| RunError::Instantiate(wasmtime::Error::msg(e)))?
-                    .module;
-                // Boxed: done before the guest runs, so a sleeping guest's future does not
-                // keep its room.
-                let instance = Box::pin(linker.instantiate_async(&mut store, module))
-                    .await
-                    .map_err(RunError::Instantiate)?;
-                let start = instance
-                    .get_typed_func::<(), ()>(&mut store, "_start")
-                    .map_err(RunError::Instantiate)?;
-                start.call_async(&mut store, ()).await
+        Stdio::Streams(io) => {
+            if let Some(stdin) = io.stdin {
+                builder.stdin(ChannelIn::new(stdin, io.tty));
             }
-            Program::Component(component) => {
-                let state = ComponentState {
-                    ctx: builder.build(),
-                    table: ResourceTable::new(),
-                    limiter,
-                    lookups,
-                };
-                let mut store = Store::new(component.engine(), state);
-                store.limiter(|state| &mut state.limiter);
-                store.set_epoch_deadline(1);
-                store.epoch_deadline_callback(move |_| Ok(throttle.on_epoch()));
-                let linker = &self
-                    .linkers(component.engine())
-                    .map_err(|e| RunError::Instantiate(wasmtime::Error::msg(e)))?
-                    .component;
-                // Boxed, as for a module.
-                let command = Box::pin(Command::instantiate_async(&mut store, component, linker))
-                    .await
-                    .map_err(RunError::Instantiate)?;
-                // `Err(())` is a `wasi:cli/exit` with failure, i.e. exit code 1.
-                match command.wasi_cli_run().call_run(&mut store).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(())) => return Ok(Exit::Code(1)),
-                    Err(error) => Err(error),
-                }
+            if let Some(stdout) = io.stdout {
+                builder.stdout(ChannelOut::new(stdout, io.tty));
             }
-        };
-        Ok(match outcome {
-            Ok(()) => Exit::Code(0),
-            Err(error) => match error.downcast_ref::<I32Exit>() {
-                Some(I32Exit(code)) => Exit::Code(*code),
-                None if is_memory_limit(&error) => Exit::OomKilled(memory_limit_of(&error)),
-                None => Exit::Trap(format!("{error:?}")),
-            },
-        })
+            if let Some(stderr) = io.stderr {
+                builder.stderr(ChannelOut::new(stderr, io.tty));
+            }
+        }
+    }
+    preopen(&mut builder, &spec.mounts)?;
+    // wasmtime opened each preopen itself: ours would only double a sleeping container's
+    // descriptors (the kubelet re-opens them for an exec).
+    drop(spec.mounts);
+    if let Some(network) = spec.network {
+        grant_sockets(&mut builder, network);
+    }
+    // The runtime publishes a run's limits before it starts; a bare run (tests, benches)
+    // publishes its own here. Either way they are read live from then on.
+    if spec.usage.limits.get() == Limits::default() {
+        spec.usage.limits.set(spec.limits);
+    }
+    let limiter = MemoryLimiter::new(spec.usage.clone());
+    let mut throttle = Throttle::new(clock);
+    let linkers = engine
+        .linkers(program.engine())
+        .map_err(|e| RunError::Instantiate(wasmtime::Error::msg(e)))?;
+    match program.linked(linkers).map_err(RunError::Instantiate)? {
+        Linked::Module(pre) => {
+            let state = ModuleState {
+                wasi: builder.build_p1(),
+                limiter,
+            };
+            let mut store = Store::new(program.engine(), state);
+            store.limiter(|state| &mut state.limiter);
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(move |_| Ok(throttle.on_epoch()));
+            let instance = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(RunError::Instantiate)?;
+            let start = instance
+                .get_typed_func::<(), ()>(&mut store, "_start")
+                .map_err(RunError::Instantiate)?;
+            Ok(Guest::Module(store, start))
+        }
+        Linked::Command(pre) => {
+            let state = ComponentState {
+                ctx: builder.build(),
+                table: ResourceTable::new(),
+                limiter,
+                lookups,
+            };
+            let mut store = Store::new(program.engine(), state);
+            store.limiter(|state| &mut state.limiter);
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(move |_| Ok(throttle.on_epoch()));
+            let command = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(RunError::Instantiate)?;
+            Ok(Guest::Command(store, command))
+        }
     }
 }
 

@@ -1,6 +1,9 @@
 //! [`WasiRuntime`]: the kubelet's [`Runtime`] on wasmtime.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Poll, ready};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -13,9 +16,9 @@ use crate::cache::{CacheLimits, CacheOutcome, CompileCache, DiskCache};
 use crate::engine::WasmEngine;
 use crate::http::{self, HttpState};
 use crate::metrics::WasiMetrics;
-use crate::module::Program;
+use crate::module::{Code, Program};
 use crate::pool::CompilePool;
-use crate::run::{Exit, Mount, RunSpec, Stdio};
+use crate::run::{Exit, Mount, RunError, RunSpec, Stdio};
 use wasmtime::component::{Component, Linker};
 
 /// A linker for HTTP components, made on first use.
@@ -198,14 +201,14 @@ impl Runtime for WasiRuntime {
     fn start(&self, spec: ContainerSpec) -> BoxFuture<'_, Result<RunningContainer, RuntimeError>> {
         async move {
             let (program, _outcome) = self.program(&spec.program, &spec.program_digest).await?;
-            if let Program::Component(component) = &program
+            if let Code::Component(component) = program.code()
                 && !exports_cli_run(component)
             {
                 if http::is_http_component(component) {
                     // Served from the pooling engine, where only Cranelift's code can move.
                     let component = if self.programs.is_baseline(&program) {
                         let optimized = self.optimized(&spec.program_digest, &spec.program).await?;
-                        let Program::Component(component) = optimized else {
+                        let Code::Component(component) = optimized.code().clone() else {
                             return Err(create_error(
                                 "the image's program is no longer a component".into(),
                             ));
@@ -250,7 +253,7 @@ impl Runtime for WasiRuntime {
     fn exec(&self, spec: ExecSpec) -> BoxFuture<'_, Result<RunningContainer, RuntimeError>> {
         async move {
             let (program, _outcome) = self.program(&spec.program, &spec.program_digest).await?;
-            if let Program::Component(component) = &program
+            if let Code::Component(component) = program.code()
                 && !exports_cli_run(component)
             {
                 return Err(RuntimeError {
@@ -393,22 +396,11 @@ impl WasiRuntime {
     fn launch(&self, program: Program, run: RunSpec, usage: Arc<Usage>) -> RunningContainer {
         let (exit_tx, exit) = oneshot::channel();
         let (kill, killed) = oneshot::channel::<()>();
-        let engine = self.engine.clone();
-        let instance = self.metrics.instance();
-        tokio::spawn(async move {
-            let _instance = instance;
-            let termination = tokio::select! {
-                // Dropping the run future stops the guest at its next epoch yield (and drops
-                // an exec's stdio senders, which ends its output).
-                _ = killed => Termination::Killed,
-                result = engine.run(&program, run) => match result {
-                    Ok(Exit::Code(code)) => Termination::Exited(code),
-                    Ok(Exit::Trap(message)) => Termination::Trapped { exit_code: 1, message },
-                    Ok(Exit::OomKilled(exceeded)) => Termination::OomKilled { message: exceeded.to_string() },
-                    Err(error) => Termination::StartFailed { message: error.to_string() },
-                },
-            };
-            let _ = exit_tx.send(termination);
+        tokio::spawn(Guest {
+            run: self.engine.run(&program, run),
+            killed,
+            exit: Some(exit_tx),
+            instance: self.metrics.instance(),
         });
         RunningContainer {
             exit,
@@ -416,6 +408,52 @@ impl WasiRuntime {
             stop: None,
             usage,
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A guest's task: runs the guest until it ends or `killed` fires (or its sender is
+    /// dropped), and sends how it ended. A future of its own rather than an `async` block: one
+    /// would keep the run's future twice (the captured one and the one awaited), for as long as
+    /// the guest sleeps.
+    struct Guest<F> {
+        #[pin]
+        run: F,
+        killed: oneshot::Receiver<()>,
+        exit: Option<oneshot::Sender<Termination>>,
+        instance: crate::metrics::InstanceGuard,
+    }
+}
+
+impl<F: Future<Output = Result<Exit, RunError>>> Future for Guest<F> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.project();
+        // Dropping the run future stops the guest at its next epoch yield (and drops an exec's
+        // stdio senders, which ends its output).
+        let termination = if Pin::new(this.killed).poll(cx).is_ready() {
+            Termination::Killed
+        } else {
+            match ready!(this.run.poll(cx)) {
+                Ok(Exit::Code(code)) => Termination::Exited(code),
+                Ok(Exit::Trap(message)) => Termination::Trapped {
+                    exit_code: 1,
+                    message,
+                },
+                Ok(Exit::OomKilled(exceeded)) => Termination::OomKilled {
+                    message: exceeded.to_string(),
+                },
+                Err(error) => Termination::StartFailed {
+                    message: error.to_string(),
+                },
+            }
+        };
+        if let Some(exit) = this.exit.take() {
+            let _ = exit.send(termination);
+        }
+        let _ = this.instance;
+        Poll::Ready(())
     }
 }
 
@@ -516,7 +554,10 @@ mod tests {
         assert!(!exports_cli_run(&empty));
         let path = krustlet_test_workloads::multitool_component().unwrap_or_else(|e| panic!("{e}"));
         let bytes = std::fs::read(path).expect("read");
-        let Program::Component(command) = Program::compile(&engine, &bytes).expect("compile")
+        let Code::Component(command) = Program::compile(&engine, &bytes)
+            .expect("compile")
+            .code()
+            .clone()
         else {
             panic!("not a component");
         };

@@ -5,7 +5,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use krustlet_e2e::node::shared_node;
 use krustlet_e2e::pods::{
-    create, for_node, terminated, wait_for, wait_for_phase, waiting, waiting_with,
+    container_status, create, for_node, terminated, wait_for, wait_for_phase, waiting, waiting_with,
 };
 use krustlet_e2e::{TestNamespace, kubectl, workloads};
 use kube::api::PostParams;
@@ -132,6 +132,65 @@ async fn a_missing_config_map_waits_with_create_container_config_error_then_runs
         kubectl(&["logs", "-n", ns.name(), "waits"]).expect("logs"),
         "MODE=ready\n"
     );
+}
+
+/// A container that restarts reads the pod as it is then: upstream's `syncPod` starts
+/// containers from the latest pod, so a label changed since the first start shows in the
+/// restarted container's downward-API environment.
+#[tokio::test]
+async fn a_restarted_container_reads_the_pods_current_labels() {
+    let ns = TestNamespace::new("relabel").await.expect("namespace");
+    let pods = ns.api::<Pod>();
+    let pod = for_node(
+        json!({
+            "metadata": {"name": "relabel", "labels": {"tier": "one"}},
+            "spec": {
+                "restartPolicy": "OnFailure",
+                "containers": [{
+                    "name": "main", "image": workloads::multitool(),
+                    "args": ["getenv", "TIER", "sleep", "1", "exit", "1"],
+                    "env": [{"name": "TIER", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['tier']"}}}]
+                }]
+            }
+        }),
+        shared_node(KRUSTLET),
+    );
+    create(&pods, pod).await.expect("create");
+    let logs = || kubectl(&["logs", "-n", ns.name(), "relabel"]).unwrap_or_default();
+    let deadline = std::time::Instant::now() + LONG;
+    while !logs().contains("TIER=one") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never printed its label: {:?}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The restart comes after a back-off of 10 s: the label lands well before it.
+    kubectl(&[
+        "label",
+        "-n",
+        ns.name(),
+        "pod",
+        "relabel",
+        "tier=two",
+        "--overwrite",
+    ])
+    .expect("kubectl label");
+    wait_for(&pods, "relabel", LONG, "a restart", |p| {
+        container_status(p, "main").is_some_and(|s| s.restart_count >= 1)
+    })
+    .await
+    .expect("restarted");
+    // Until the new run prints, the logs are the first run's.
+    while !logs().contains("TIER=two") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted run did not see the new label: {:?}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]

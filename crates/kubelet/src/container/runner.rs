@@ -147,14 +147,38 @@ impl Drop for AbortOnDrop {
 /// unbounded channel allocates 32 slots at once, and a `ContainerStatus` is large.
 pub type StatusReport = (String, Box<ContainerStatus>);
 
+/// The pod as its worker knows it now, shared with the worker's runners: a runner reads it
+/// at each start (upstream's `syncPod` starts containers from the pod it is given, the
+/// latest), and keeps no version of its own for as long as its container runs (one copy of
+/// the pod per pod, however many containers and updates).
+#[derive(Clone)]
+pub struct CurrentPod(Arc<std::sync::Mutex<Arc<Pod>>>);
+
+impl CurrentPod {
+    /// Starts at `pod`.
+    pub fn new(pod: Arc<Pod>) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(pod)))
+    }
+
+    /// The pod now.
+    pub fn get(&self) -> Arc<Pod> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A newer version of the pod.
+    pub fn set(&self, pod: Arc<Pod>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = pod;
+    }
+}
+
 /// One container's runner.
 pub struct Runner {
-    /// Node services.
-    pub services: NodeServices,
-    /// The pod as it was when the worker started it.
-    pub pod: Arc<Pod>,
-    /// The container.
-    pub container: Box<Container>,
+    /// Node services (shared).
+    pub services: Arc<NodeServices>,
+    /// The pod, as its worker knows it now.
+    pub pod: CurrentPod,
+    /// The container (shared with the worker's record of it).
+    pub container: Arc<Container>,
     /// Its role.
     pub kind: Kind,
     /// The pod's log directory.
@@ -170,7 +194,7 @@ pub struct Runner {
     /// Restart count to continue from (a restarted kubelet).
     pub restart_count: i32,
     /// How the previous run ended, if there was one (a restarted kubelet, a changed image).
-    pub last_state: Option<ContainerState>,
+    pub last_state: Option<Box<ContainerState>>,
     /// Its resources, resized in place by the pod worker.
     pub allocated: resize::Allocated,
 }
@@ -203,6 +227,7 @@ impl Runner {
     fn grace_period(&self) -> Duration {
         let seconds = self
             .pod
+            .get()
             .spec
             .as_ref()
             .and_then(|s| s.termination_grace_period_seconds)
@@ -213,16 +238,23 @@ impl Runner {
 
     /// When this container runs again after it exits (its own rules over the pod's policy).
     fn restart_rules(&self) -> RestartRules {
-        let pod_policy = RestartPolicy::parse(
-            self.pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.restart_policy.as_deref()),
-        );
+        let pod = self.pod.get();
+        let pod_policy =
+            RestartPolicy::parse(pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()));
         match self.kind {
             // Upstream never restarts an ephemeral container (`computePodActions`).
             Kind::Ephemeral => RestartRules::of(&self.container, false, RestartPolicy::Never),
             kind => RestartRules::of(&self.container, kind != Kind::App, pod_policy),
+        }
+    }
+
+    /// The pod's name, namespace and UID.
+    fn pod_ref(&self) -> PodRef {
+        let pod = self.pod.get();
+        PodRef {
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
         }
     }
 
@@ -235,10 +267,11 @@ impl Runner {
 
     // Events are boxed, as the one-off steps of `run`: rare, and their futures are large.
     async fn normal(&self, reason: &str, note: String) {
+        let pod = self.pod.get();
         Box::pin(
             self.services
                 .events
-                .normal(&self.pod, self.field(), reason, note),
+                .normal(&pod, self.field(), reason, note),
         )
         .await
     }
@@ -247,6 +280,7 @@ impl Runner {
     /// its Warnings (`MissingClusterDNS`, `DNSConfigForming`) for the pod, published when a
     /// guest first looks a name up (a program without sockets never needs them).
     async fn pod_dns(&self) -> crate::network::outbound::GuestDns {
+        let pod = self.pod.get();
         let settings = &self.services.dns;
         let host = match &settings.resolv_conf {
             Some(path) => Some(match tokio::fs::read_to_string(path).await {
@@ -258,8 +292,8 @@ impl Runner {
             }),
             None => None,
         };
-        let (dns, notes) = crate::network::dns::for_pod(&self.pod, settings, host.as_ref());
-        let warn = self.services.events.warnings(&self.pod, None);
+        let (dns, notes) = crate::network::dns::for_pod(&pod, settings, host.as_ref());
+        let warn = self.services.events.warnings(&pod, None);
         crate::network::outbound::GuestDns::new(dns, move || {
             for note in notes {
                 warn(note.reason(), note.message());
@@ -268,10 +302,11 @@ impl Runner {
     }
 
     async fn warning(&self, reason: &str, note: String) {
+        let pod = self.pod.get();
         Box::pin(
             self.services
                 .events
-                .warning(&self.pod, self.field(), reason, note),
+                .warning(&pod, self.field(), reason, note),
         )
         .await
     }
@@ -301,10 +336,11 @@ impl Runner {
     /// Waits until an object the environment refers to appears or changes (or the fallback
     /// timer); false if the runner is stopped meanwhile.
     async fn wait_for_config(&self) -> bool {
+        let pod = self.pod.get();
         if self.stopping().is_some() {
             return false;
         }
-        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let mut stop = self.stop.clone();
         // Standalone: nothing can appear; the error stays until the manifest changes.
         let Ok(client) = self.services.api.client(String::new) else {
@@ -334,7 +370,7 @@ impl Runner {
             name: name.clone(),
             image: image.clone(),
             restart_count: self.restart_count,
-            last_state: self.last_state.clone(),
+            last_state: self.last_state.as_deref().cloned(),
             state: Some(waiting("ContainerCreating", None)),
             ..Default::default()
         });
@@ -414,11 +450,7 @@ impl Runner {
             let policy_watch = self.watch_policy(&image, &pulled);
             let limits = running.usage.limits.get();
             let registration = self.services.stats.register(
-                PodRef {
-                    name: self.pod.metadata.name.clone().unwrap_or_default(),
-                    namespace: self.pod.metadata.namespace.clone().unwrap_or_default(),
-                    uid: self.pod.metadata.uid.clone().unwrap_or_default(),
-                },
+                self.pod_ref(),
                 &name,
                 RunInfo {
                     id: container_id.clone(),
@@ -460,20 +492,18 @@ impl Runner {
             self.report(&status);
             let (probe_tx, mut probe_events) = mpsc::channel(8);
             let _probing = (!probes.is_empty()).then(|| {
+                let pod = self.pod_ref();
                 let target = ProbeTarget {
                     exec: exec_registration.target(),
-                    network: crate::network::pod_or_unavailable(
-                        &*self.services.network,
-                        self.pod.metadata.uid.as_deref().unwrap_or_default(),
-                    ),
+                    network: crate::network::pod_or_unavailable(&*self.services.network, &pod.uid),
                 };
                 let recorder = probe::ProbeRecorder {
                     metrics: self.services.metrics.probes.clone(),
                     container: crate::metrics::ProbedContainer {
                         container: name.clone(),
-                        pod: self.pod.metadata.name.clone().unwrap_or_default(),
-                        namespace: self.pod.metadata.namespace.clone().unwrap_or_default(),
-                        pod_uid: self.pod.metadata.uid.clone().unwrap_or_default(),
+                        pod: pod.name,
+                        namespace: pod.namespace,
+                        pod_uid: pod.uid,
                     },
                 };
                 let task = tokio::spawn(probe::run(probes, target, recorder, probe_tx));
@@ -555,7 +585,7 @@ impl Runner {
                     Some(format!(
                         "back-off {}s restarting failed container={name} pod={}",
                         delay.as_secs(),
-                        self.pod.metadata.name.as_deref().unwrap_or_default()
+                        self.pod.get().metadata.name.as_deref().unwrap_or_default()
                     )),
                 ));
                 self.report(&status);
@@ -563,7 +593,7 @@ impl Runner {
                     "BackOff",
                     format!(
                         "Back-off restarting failed container {name} in pod {}",
-                        self.pod.metadata.name.as_deref().unwrap_or_default()
+                        self.pod.get().metadata.name.as_deref().unwrap_or_default()
                     ),
                 )
                 .await;
@@ -582,9 +612,10 @@ impl Runner {
         image: &str,
         pulled: &crate::image::PulledImage,
     ) -> Result<(), (&'static str, String)> {
+        let pod = self.pod.get();
         use crate::image::signature::{Allowed, SignatureError};
         let signatures = self.services.images.signatures().clone();
-        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let mut result = signatures
             .check_cached(image, pulled.digest(), namespace, None)
             .await;
@@ -592,7 +623,7 @@ impl Runner {
         if matches!(result, Err(SignatureError::Fetch { .. }))
             && let Ok(client) = self.services.api.client(String::new)
         {
-            let (keyring, _) = crate::image::auth::pod_keyring(&client, &self.pod).await;
+            let (keyring, _) = crate::image::auth::pod_keyring(&client, &pod).await;
             let registry = crate::image::parse_reference(image)
                 .map(|r| r.resolve_registry().to_string())
                 .unwrap_or_default();
@@ -634,28 +665,18 @@ impl Runner {
         image: &str,
         pulled: &crate::image::PulledImage,
     ) -> crate::image::signature::RunningGuard {
-        let (events, pod, field) = (self.services.events.clone(), self.pod.clone(), self.field());
-        let report = move |message: String| {
-            let (events, pod, field) = (events.clone(), pod.clone(), field.clone());
-            tokio::spawn(async move {
-                events
-                    .warning(
-                        &pod,
-                        field,
-                        crate::image::signature::REVOKED_REASON,
-                        message,
-                    )
-                    .await
-            });
-        };
+        let pod = self.pod.get();
+        // The event's reference only: the guard lives as long as the container, and must not
+        // keep this version of the pod.
+        let warn = self.services.events.warnings(&pod, self.field());
+        let report = move |message: String| warn(crate::image::signature::REVOKED_REASON, message);
         self.services
             .images
             .signatures()
             .register(crate::image::signature::RunningImage {
                 image: image.into(),
                 digest: pulled.digest().into(),
-                namespace: self
-                    .pod
+                namespace: pod
                     .metadata
                     .namespace
                     .clone()
@@ -669,6 +690,7 @@ impl Runner {
         image: &str,
         policy: PullPolicy,
     ) -> Result<crate::image::PulledImage, (&'static str, String)> {
+        let pod = self.pod.get();
         let images = &self.services.images;
         let registry = match crate::image::parse_reference(image) {
             Ok(reference) => reference.resolve_registry().to_string(),
@@ -695,7 +717,7 @@ impl Runner {
         // Pull secrets live in the API; standalone pulls anonymously.
         let keyring = match self.services.api.client(String::new) {
             Ok(client) => {
-                let (keyring, problems) = crate::image::auth::pod_keyring(&client, &self.pod).await;
+                let (keyring, problems) = crate::image::auth::pod_keyring(&client, &pod).await;
                 if !problems.is_empty() {
                     // Upstream's event (`kubelet_pods.go`), with each secret's problem.
                     self.warning(
@@ -758,15 +780,16 @@ impl Runner {
     /// What every container's environment starts with: `HOSTNAME` as a container runtime sets
     /// it (the pod's `spec.hostname`, else its name), then the Service variables.
     async fn base_env(&self) -> Result<Vec<(String, String)>, (&'static str, String)> {
-        let spec = self.pod.spec.as_ref();
+        let pod = self.pod.get();
+        let spec = pod.spec.as_ref();
         let hostname = spec
             .and_then(|s| s.hostname.clone())
             .filter(|h| !h.is_empty())
-            .or_else(|| self.pod.metadata.name.clone())
+            .or_else(|| pod.metadata.name.clone())
             .unwrap_or_default();
         // A hostname is at most 63 characters (upstream's GeneratePodHostNameAndDomain).
         let hostname: String = hostname.chars().take(63).collect();
-        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let links = spec.and_then(|s| s.enable_service_links).unwrap_or(true);
         let services = self
             .services
@@ -794,8 +817,9 @@ impl Runner {
         ),
         (&'static str, String),
     > {
+        let pod = self.pod.get();
         let c = &self.container;
-        let namespace = self.pod.metadata.namespace.as_deref().unwrap_or("default");
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let objects = env::EnvObjects::fetch(&self.services.api, namespace, c)
             .await
             .map_err(|e| {
@@ -805,11 +829,11 @@ impl Runner {
                 )
             })?;
         let base = self.base_env().await?;
-        let uid = self.pod.metadata.uid.as_deref().unwrap_or_default();
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let pod_network = crate::network::pod_or_unavailable(&*self.services.network, uid);
         let pod_ips: Vec<String> = pod_network.ips().iter().map(ToString::to_string).collect();
         let env = env::resolve(
-            &self.pod,
+            &pod,
             c,
             &crate::container::downward::Addresses {
                 host_ip: &self.services.node_ip,
@@ -856,7 +880,7 @@ impl Runner {
                 mounts.push(mount);
             }
         }
-        let containers_in_pod = self.pod.spec.as_ref().map_or(1, |s| {
+        let containers_in_pod = pod.spec.as_ref().map_or(1, |s| {
             s.containers.len() + s.init_containers.as_ref().map_or(0, Vec::len)
         });
         let staging = self.pod_dir.join("termination").join(&c.name);
@@ -881,7 +905,7 @@ impl Runner {
                 format!("cannot create log file {}: {e}", log_path.display()),
             )
         })?;
-        let uid = self.pod.metadata.uid.as_deref().unwrap_or_default();
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let id = format!("{}-{}-{restart_count}", &uid[..uid.len().min(8)], c.name);
         let limits = self
             .allocated
@@ -902,14 +926,14 @@ impl Runner {
         let guest_network = GuestNetwork::new(
             pod_network.namespace(),
             OutboundPolicy::for_pod(
-                self.pod.metadata.annotations.as_ref(),
+                pod.metadata.annotations.as_ref(),
                 &self.services.outbound_deny,
                 pod_network.namespace().is_some(),
             )
             .map_err(|message| (CONFIG_ERROR, message))?
             .with_node_addresses(self.services.node_ip.parse()),
             DenialReporter::new({
-                let warn = self.services.events.warnings(&self.pod, self.field());
+                let warn = self.services.events.warnings(&pod, self.field());
                 move |note| warn(OUTBOUND_DENIED, note)
             }),
             Some(self.pod_dns().await),
@@ -938,7 +962,7 @@ impl Runner {
         if let Some(dir) = &self.services.log_links {
             let link = links::link_path(
                 dir,
-                self.pod.metadata.name.as_deref().unwrap_or_default(),
+                pod.metadata.name.as_deref().unwrap_or_default(),
                 namespace,
                 &c.name,
                 &id,
@@ -962,8 +986,7 @@ impl Runner {
                 tcp: crate::network::tcp_ports(c),
                 network: Some(pod_network),
             },
-            http: crate::network::http_limits(&self.pod)
-                .map_err(|message| (CONFIG_ERROR, message))?,
+            http: crate::network::http_limits(&pod).map_err(|message| (CONFIG_ERROR, message))?,
             stdin,
             tty,
         };
@@ -980,7 +1003,7 @@ impl Runner {
             .await;
         let exec_registration = self.services.exec.register(
             namespace,
-            self.pod.metadata.name.as_deref().unwrap_or_default(),
+            pod.metadata.name.as_deref().unwrap_or_default(),
             name,
             exec_target,
         );

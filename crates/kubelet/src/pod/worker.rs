@@ -14,13 +14,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, HostIP, Pod, PodIP, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Preconditions};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::container::runner::{Kind, NodeServices, Runner, StatusReport};
+use crate::container::runner::{CurrentPod, Kind, NodeServices, Runner, StatusReport};
 use crate::container::{config_watch, resize};
 use crate::eviction::{Eviction, Evictions};
 use crate::log::pod_log_dir;
@@ -69,8 +70,8 @@ pub struct PodDirs {
 /// Everything a worker shares with the others.
 #[derive(Clone)]
 pub struct WorkerContext {
-    /// Node services for container runners.
-    pub services: NodeServices,
+    /// Node services for container runners (shared by every worker and runner).
+    pub services: Arc<NodeServices>,
     /// The status manager.
     pub status: StatusManager,
     /// Directories.
@@ -91,20 +92,21 @@ enum Setup {
 
 /// Runs one pod until it is deleted or the node shuts down; a pod with a `rejection` from
 /// admission never starts: it is reported Failed and waits for deletion.
-pub async fn run(
+///
+/// Not an `async fn`: the returned future is the worker's own, which keeps the worker once
+/// (an `async fn` would keep the context it was given beside the worker made from it).
+pub fn run(
     ctx: WorkerContext,
     mut desired: watch::Receiver<Desired>,
     rejection: Option<Rejection>,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let Desired::Run(pod) = desired.borrow_and_update().clone() else {
-        return;
+        return futures::future::Either::Left(std::future::ready(()));
     };
     let key = PodKey::of(&pod);
-    let mut eviction = ctx.evictions.subscribe(&key.uid);
-    let mut worker = Worker::new(ctx, pod, key, desired.clone());
-    worker
-        .run(&mut desired, &mut eviction.receiver, rejection)
-        .await;
+    let eviction = ctx.evictions.subscribe(&key.uid);
+    let worker = Worker::new(ctx, pod, key, desired.clone());
+    futures::future::Either::Right(worker.run(desired, eviction, rejection))
 }
 
 /// A container runner in flight.
@@ -115,9 +117,9 @@ struct Running {
     kind: Kind,
     /// Its index among the init containers (sidecars, init containers).
     index: usize,
-    /// The spec it runs (with its resources as resized). Boxed: the map of running
-    /// containers allocates several entries at its first insert.
-    container: Box<Container>,
+    /// The spec it runs (with its resources as resized), shared with its runner until one of
+    /// them changes.
+    container: Arc<Container>,
     /// Its resources, resized in place.
     allocated: resize::Allocated,
 }
@@ -125,6 +127,8 @@ struct Running {
 struct Worker {
     ctx: WorkerContext,
     pod: Arc<Pod>,
+    /// `pod`, as the runners read it.
+    current: CurrentPod,
     key: PodKey,
     state: PodState,
     inits: Vec<InitKind>,
@@ -199,6 +203,7 @@ impl Worker {
             start_time: previous
                 .start_time
                 .unwrap_or_else(|| Time(jiff::Timestamp::now())),
+            current: CurrentPod::new(pod.clone()),
             pod,
             key,
             state: PodState::Preparing,
@@ -309,11 +314,12 @@ impl Worker {
     }
 
     async fn run(
-        &mut self,
-        desired: &mut watch::Receiver<Desired>,
-        eviction: &mut watch::Receiver<Option<Eviction>>,
+        mut self,
+        mut desired: watch::Receiver<Desired>,
+        mut eviction: crate::eviction::signal::Subscription,
         rejection: Option<Rejection>,
     ) {
+        let (desired, eviction) = (&mut desired, &mut eviction.receiver);
         let already_done = matches!(
             self.pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded") | Some("Failed")
@@ -592,7 +598,7 @@ impl Worker {
     }
 
     fn spawn(&mut self, container: Container, kind: Kind, index: usize) {
-        let container = Box::new(container);
+        let container = Arc::new(container);
         let name = container.name.clone();
         let rules = self.restart_rules(&container, kind);
         // The first run of this worker continues from the pod's last status (a restarted
@@ -606,15 +612,15 @@ impl Worker {
             Resume::Again {
                 restart_count,
                 last_state,
-            } => (restart_count, Some(*last_state)),
+            } => (restart_count, Some(last_state)),
             // Done by policy, yet asked to run (a changed definition): run it again.
-            Resume::Done(done) => (done.restart_count + 1, done.state),
+            Resume::Done(done) => (done.restart_count + 1, done.state.map(Box::new)),
         };
         let (stop, stop_rx) = watch::channel(None);
         let allocated = resize::Allocated::default();
         let runner = Runner {
             services: self.ctx.services.clone(),
-            pod: self.pod.clone(),
+            pod: self.current.clone(),
             container: container.clone(),
             kind,
             log_dir: self.log_dir(),
@@ -636,8 +642,9 @@ impl Worker {
                 allocated,
             },
         );
+        // Mapped, not wrapped in an `async` block: one would keep the runner twice.
         self.runners
-            .spawn(async move { (name, runner.run().await) });
+            .spawn(runner.run().map(move |termination| (name, termination)));
     }
 
     fn on_update(&mut self, name: String, status: Box<ContainerStatus>) {
@@ -664,7 +671,11 @@ impl Worker {
         }
         if self.restarting.remove(&name) && !self.terminating() {
             // A changed definition: run the new one (computePodActions' "definition changed").
-            self.spawn(*ended.container, ended.kind, ended.index);
+            self.spawn(
+                Arc::unwrap_or_clone(ended.container),
+                ended.kind,
+                ended.index,
+            );
             self.publish();
             return;
         }
@@ -716,6 +727,7 @@ impl Worker {
         match next {
             Desired::Run(pod) => {
                 let deleting = pod.metadata.deletion_timestamp.is_some();
+                self.current.set(pod.clone());
                 self.pod = pod;
                 if deleting {
                     self.queue.push_back(Input::Stop {
@@ -764,7 +776,7 @@ impl Worker {
             let pod = self.pod.clone();
             let field = crate::pod::events::container_field(r.kind != Kind::App, &new.name);
             tokio::spawn(async move { events.normal(&pod, field, "Killing", note).await });
-            *r.container = new.clone();
+            r.container = Arc::new(new.clone());
             r.stop.send_replace(Some(grace));
             self.restarting.insert(new.name.clone());
         }
@@ -801,7 +813,7 @@ impl Worker {
                 resize::Action::InPlace(limits) => match r.allocated.apply(limits) {
                     Ok(()) => {
                         tracing::info!(pod = %self.key, container = %new.name, ?limits, "resized in place");
-                        r.container.resources = new.resources.clone();
+                        Arc::make_mut(&mut r.container).resources = new.resources.clone();
                     }
                     Err(error) => {
                         self.resize = Some(("PodResizeInProgress", "Error", error.to_string()));
@@ -809,7 +821,7 @@ impl Worker {
                 },
                 resize::Action::Restart => {
                     tracing::info!(pod = %self.key, container = %new.name, "resize policy RestartContainer: restarting");
-                    *r.container = new.clone();
+                    r.container = Arc::new(new.clone());
                     r.stop.send_replace(Some(grace));
                     self.restarting.insert(new.name.clone());
                 }

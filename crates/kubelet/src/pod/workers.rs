@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::Pod;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -157,10 +158,10 @@ impl PodWorkers {
     fn spawn(&mut self, uid: String, rx: watch::Receiver<Desired>, rejection: Option<Rejection>) {
         let ctx = self.ctx.clone();
         let task_uid = uid.clone();
-        let handle = self.tasks.spawn(async move {
-            worker::run(ctx, rx, rejection).await;
-            task_uid
-        });
+        // Mapped, not wrapped in an `async` block: one would keep the worker's context twice.
+        let handle = self
+            .tasks
+            .spawn(worker::run(ctx, rx, rejection).map(move |()| task_uid));
         self.task_pods.insert(handle.id(), uid);
     }
 

@@ -91,7 +91,7 @@ fn start_on(pod: Pod, fake: &FakeRuntime, network: Arc<dyn crate::network::Netwo
             .run(StatusSink::Files(dir.path().join("status"))),
     );
     let ctx = WorkerContext {
-        services: NodeServices {
+        services: Arc::new(NodeServices {
             runtime: Arc::new(fake.clone()),
             images: Arc::new(images),
             events: PodEvents::new(crate::events::EventPublisher::log_only()),
@@ -115,7 +115,7 @@ fn start_on(pod: Pod, fake: &FakeRuntime, network: Arc<dyn crate::network::Netwo
             network,
             outbound_deny: crate::network::outbound::default_node_deny().into(),
             dns: Arc::default(),
-        },
+        }),
         status: status.clone(),
         dirs: PodDirs {
             pods: dir.path().join("pods"),
