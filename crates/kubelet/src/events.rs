@@ -1,20 +1,31 @@
 //! The node's event broadcaster (client-go's `tools/record` as the kubelet uses it): one bounded
-//! queue and one background publisher with one kube-runtime [`Recorder`] for every event the
-//! node writes, about pods and about itself.
+//! queue and one background publisher for every event the node writes, about pods and about
+//! itself, with one [`Series`] memory of what it published.
 //!
-//! One recorder means its cache works: the same event (same object, reason, action, type)
-//! repeated within kube-runtime's cache TTL becomes one `events.k8s.io` Event with a growing
-//! `series.count` (a patch), not a new object each time, as upstream's `EventCorrelator`
-//! aggregates a crash-looping container's `BackOff` events. The recorder's key has no note,
-//! while upstream's dedupe key has the message (`getEventKey`, client-go
-//! `tools/record/events_cache.go`): so the action carries the reason and a digest of the note,
-//! and a liveness `Unhealthy` is never folded into an earlier readiness one.
+//! The same event (same object, reason, action, type) repeated within [`SERIES_TTL`] becomes
+//! one `events.k8s.io` Event with a growing `series.count` (a patch), not a new object each
+//! time, as upstream's `EventCorrelator` aggregates a crash-looping container's `BackOff`
+//! events. The key has no note, while upstream's dedupe key has the message (`getEventKey`,
+//! client-go `tools/record/events_cache.go`): so the action carries the reason and a digest of
+//! the note, and a liveness `Unhealthy` is never folded into an earlier readiness one.
+//!
+//! kube-runtime's `Recorder` does the same, but keeps every event it published, whole, for its
+//! TTL and scans them all at each publish: at 300 sleeping pods its map was 5.9 KiB per pod
+//! (heaptrack), and it grows with the pods a node starts in six minutes. [`Series`] keeps what a
+//! patch needs, for at most upstream's [`MAX_REMEMBERED`] events.
 
+use std::hash::{BuildHasher, Hash};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use k8s_openapi::api::events::v1::{Event as K8sEvent, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Reporter};
+use lru::LruCache;
 use tokio::sync::{mpsc, watch};
 
 /// Events waiting for the publisher beyond this are dropped, as upstream's broadcaster drops
@@ -99,32 +110,193 @@ impl EventPublisher {
     }
 }
 
-/// Publishes queued events one at a time, in order, through one recorder (made again only when
-/// the client is replaced, after a certificate rotation). Events are best effort, as in the
-/// kubelet: a lost event never stops a pod.
 /// The event's action: its reason and a digest of its note, so that only identical events are
 /// folded into one series (see the module docs).
 fn action(reason: &str, note: &str) -> String {
-    use std::hash::{Hash, Hasher};
+    use std::hash::Hasher;
     let mut digest = std::collections::hash_map::DefaultHasher::new();
     note.hash(&mut digest);
     format!("{reason}-{:08x}", digest.finish() as u32)
 }
 
+/// How long after an event an identical one is folded into its series (kube-runtime's
+/// recorder's TTL; upstream's correlator has no TTL, only its bound).
+pub const SERIES_TTL: Duration = Duration::from_secs(6 * 60);
+
+/// The most published events remembered for folding, the least recently seen forgotten first:
+/// upstream's bound (`maxLruCacheEntries`, client-go `tools/record/events_cache.go`).
+pub const MAX_REMEMBERED: usize = 4096;
+
+/// What is remembered of a published event: where it is, and its series so far.
+struct Published {
+    name: String,
+    namespace: String,
+    count: i32,
+    last: Instant,
+}
+
+/// How to write the next event.
+#[derive(Debug, PartialEq, Eq)]
+enum Write {
+    /// As a new Event object.
+    Create,
+    /// As the next of the series of Event `name` in `namespace`, which then counts `count`.
+    Patch {
+        name: String,
+        namespace: String,
+        count: i32,
+    },
+}
+
+/// The events published lately, by a digest of what makes two events the same (64 bits of a
+/// keyed hash: a collision would only fold two different events together).
+struct Series {
+    published: LruCache<u64, Published>,
+    keys: std::collections::hash_map::RandomState,
+}
+
+impl Series {
+    fn new() -> Self {
+        Self {
+            published: LruCache::new(
+                NonZeroUsize::new(MAX_REMEMBERED).unwrap_or(NonZeroUsize::MIN),
+            ),
+            keys: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    /// The key of `event` about `regarding`: type, reason, action and the whole reference (the
+    /// reporter is the same for every event of a node).
+    fn key(&self, event: &Event, regarding: &ObjectReference) -> u64 {
+        let r = regarding;
+        self.keys.hash_one((
+            matches!(event.type_, EventType::Warning),
+            &event.reason,
+            &event.action,
+            (&r.api_version, &r.kind, &r.namespace, &r.name, &r.uid),
+            (&r.field_path, &r.resource_version),
+        ))
+    }
+
+    /// How to write the event of `key` at `now`: a patch of the series of an identical one
+    /// seen within [`SERIES_TTL`] (counted here), else a new object.
+    fn next(&mut self, key: u64, now: Instant) -> Write {
+        match self.published.get_mut(&key) {
+            Some(p) if now.saturating_duration_since(p.last) < SERIES_TTL => {
+                p.count = p.count.saturating_add(1);
+                p.last = now;
+                Write::Patch {
+                    name: p.name.clone(),
+                    namespace: p.namespace.clone(),
+                    count: p.count,
+                }
+            }
+            _ => Write::Create,
+        }
+    }
+
+    /// Remembers the event of `key`, created at `now` as `name` in `namespace`.
+    fn created(&mut self, key: u64, name: String, namespace: String, now: Instant) {
+        self.published.put(
+            key,
+            Published {
+                name,
+                namespace,
+                count: 1,
+                last: now,
+            },
+        );
+    }
+}
+
+/// Publishes queued events one at a time, in order, with the newest client (replaced after a
+/// certificate rotation). Events are best effort, as in the kubelet: a lost event never stops
+/// a pod.
 async fn publish_all(
     mut clients: watch::Receiver<kube::Client>,
     reporter: Reporter,
     mut queue: mpsc::Receiver<(Event, ObjectReference)>,
 ) {
-    let mut recorder = Recorder::new(clients.borrow_and_update().clone(), reporter.clone());
+    let mut series = Series::new();
     while let Some((event, reference)) = queue.recv().await {
-        if clients.has_changed().unwrap_or(false) {
-            recorder = Recorder::new(clients.borrow_and_update().clone(), reporter.clone());
-        }
-        if let Err(error) = recorder.publish(&event, &reference).await {
+        let client = clients.borrow_and_update().clone();
+        if let Err(error) = write(&client, &reporter, &mut series, &event, &reference).await {
             tracing::debug!(%error, reason = %event.reason, "event not recorded");
         }
     }
+}
+
+/// Writes `event` about `regarding`: a patch of its series, or a new Event (also when the one
+/// to patch is gone: the API server expires events after an hour).
+async fn write(
+    client: &kube::Client,
+    reporter: &Reporter,
+    series: &mut Series,
+    event: &Event,
+    regarding: &ObjectReference,
+) -> Result<(), kube::Error> {
+    let key = series.key(event, regarding);
+    let now = Instant::now();
+    let time = MicroTime(jiff::Timestamp::now());
+    if let Write::Patch {
+        name,
+        namespace,
+        count,
+    } = series.next(key, now)
+    {
+        let patch = serde_json::json!({
+            "series": EventSeries { count, last_observed_time: time.clone() }
+        });
+        let events: Api<K8sEvent> = Api::namespaced(client.clone(), &namespace);
+        match events
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            done => return done.map(drop),
+        }
+    }
+    let namespace = regarding
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = format!(
+        "{}.{:x}",
+        regarding.name.as_deref().unwrap_or(&reporter.controller),
+        time.0.as_nanosecond()
+    );
+    let object = K8sEvent {
+        action: Some(event.action.clone()),
+        reason: Some(event.reason.clone()),
+        event_time: Some(time),
+        regarding: Some(regarding.clone()),
+        note: event.note.clone(),
+        metadata: ObjectMeta {
+            namespace: Some(namespace.clone()),
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        reporting_controller: Some(reporter.controller.clone()),
+        reporting_instance: Some(
+            reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| reporter.controller.clone()),
+        ),
+        type_: Some(
+            match event.type_ {
+                EventType::Normal => "Normal",
+                EventType::Warning => "Warning",
+            }
+            .into(),
+        ),
+        related: event.secondary.clone(),
+        ..Default::default()
+    };
+    let events: Api<K8sEvent> = Api::namespaced(client.clone(), &namespace);
+    events.create(&PostParams::default(), &object).await?;
+    series.created(key, name, namespace, now);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -155,5 +327,78 @@ mod tests {
             queued += 1;
         }
         assert_eq!(queued, MAX_QUEUED_EVENTS);
+    }
+
+    fn event(reason: &str, note: &str) -> Event {
+        Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            action: action(reason, note),
+            note: Some(note.into()),
+            secondary: None,
+        }
+    }
+
+    fn about(pod: &str) -> ObjectReference {
+        ObjectReference {
+            kind: Some("Pod".into()),
+            namespace: Some("ns".into()),
+            name: Some(pod.into()),
+            uid: Some(format!("uid-{pod}")),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn identical_events_fold_into_a_series_within_the_ttl_and_others_do_not() {
+        let mut series = Series::new();
+        let t0 = Instant::now();
+        let backoff = series.key(&event("BackOff", "Back-off restarting"), &about("a"));
+        assert_eq!(series.next(backoff, t0), Write::Create);
+        series.created(backoff, "a.1".into(), "ns".into(), t0);
+        let patch = |count| Write::Patch {
+            name: "a.1".into(),
+            namespace: "ns".into(),
+            count,
+        };
+        assert_eq!(series.next(backoff, t0 + Duration::from_secs(10)), patch(2));
+        // The TTL counts from the last one seen.
+        assert_eq!(series.next(backoff, t0 + SERIES_TTL), patch(3));
+        // Another note, pod or reason is another event.
+        for other in [
+            series.key(&event("BackOff", "another note"), &about("a")),
+            series.key(&event("BackOff", "Back-off restarting"), &about("b")),
+            series.key(&event("Unhealthy", "Back-off restarting"), &about("a")),
+        ] {
+            assert_ne!(other, backoff);
+        }
+        // Quiet for a whole TTL: a new object.
+        let later = t0 + SERIES_TTL + SERIES_TTL;
+        assert_eq!(series.next(backoff, later), Write::Create);
+    }
+
+    #[test]
+    fn at_most_upstreams_bound_of_events_is_remembered() {
+        let mut series = Series::new();
+        let now = Instant::now();
+        for i in 0..MAX_REMEMBERED + 100 {
+            let key = series.key(
+                &event("Started", "Started container"),
+                &about(&i.to_string()),
+            );
+            series.created(key, format!("{i}.1"), "ns".into(), now);
+        }
+        assert_eq!(series.published.len(), MAX_REMEMBERED);
+        // The first ones seen went first.
+        let first = series.key(&event("Started", "Started container"), &about("0"));
+        assert_eq!(series.next(first, now), Write::Create);
+        let last = series.key(
+            &event("Started", "Started container"),
+            &about(&(MAX_REMEMBERED + 99).to_string()),
+        );
+        assert!(matches!(
+            series.next(last, now),
+            Write::Patch { count: 2, .. }
+        ));
     }
 }
