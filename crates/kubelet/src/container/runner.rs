@@ -143,9 +143,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A container's new status, as a runner reports it to its pod worker. Boxed: tokio's
-/// unbounded channel allocates 32 slots at once, and a `ContainerStatus` is large.
-pub type StatusReport = (String, Box<ContainerStatus>);
+/// A container's new status (its `name` says which), as a runner reports it to its pod worker.
+/// Boxed: tokio's unbounded channel allocates 32 slots at once, and a `ContainerStatus` is large.
+pub type StatusReport = Box<ContainerStatus>;
 
 /// The pod as its worker knows it now, shared with the worker's runners: a runner reads it
 /// at each start (upstream's `syncPod` starts containers from the pod it is given, the
@@ -312,9 +312,7 @@ impl Runner {
     }
 
     fn report(&self, status: &ContainerStatus) {
-        let _ = self
-            .updates
-            .send((self.container.name.clone(), Box::new(status.clone())));
+        let _ = self.updates.send(Box::new(status.clone()));
     }
 
     fn stopping(&self) -> Option<Duration> {
@@ -490,8 +488,11 @@ impl Runner {
             status.started = Some(!gated);
             status.ready = !gated && !readiness;
             self.report(&status);
-            let (probe_tx, mut probe_events) = mpsc::channel(8);
+            // A channel only with probes: its first block is allocated with it.
+            let mut probe_events = None;
             let _probing = (!probes.is_empty()).then(|| {
+                let (probe_tx, events) = mpsc::channel(8);
+                probe_events = Some(events);
                 let pod = self.pod_ref();
                 let target = ProbeTarget {
                     exec: exec_registration.target(),
@@ -520,7 +521,12 @@ impl Runner {
                         self.normal("Killing", format!("Stopping container {name}")).await;
                         break stop_within(&mut running, grace).await;
                     }
-                    Some(event) = probe_events.recv() => match event {
+                    Some(event) = async {
+                        match probe_events.as_mut() {
+                            Some(events) => events.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => match event {
                         ProbeEvent::Started => {
                             status.started = Some(true);
                             status.ready = !readiness;

@@ -397,7 +397,7 @@ impl Worker {
                     Box::pin(self.refresh_volumes()).await;
                     self.ctx.services.metrics.observe_worker("sync", started.elapsed().as_secs_f64());
                 }
-                Some((name, status)) = self.updates.recv() => self.on_update(name, status),
+                Some(status) = self.updates.recv() => self.on_update(status),
                 Ok(()) = eviction.changed(), if !self.terminating() => {
                     let evicted = eviction.borrow_and_update().clone();
                     if let Some(Eviction { message, grace }) = evicted {
@@ -647,7 +647,8 @@ impl Worker {
             .spawn(runner.run().map(move |termination| (name, termination)));
     }
 
-    fn on_update(&mut self, name: String, status: Box<ContainerStatus>) {
+    fn on_update(&mut self, status: Box<ContainerStatus>) {
+        let name = status.name.clone();
         let started = status.started == Some(true);
         self.statuses.insert(name.clone(), status);
         if started
@@ -666,8 +667,8 @@ impl Worker {
             return;
         };
         // Drain reports first, so the final state of this container is in `statuses`.
-        while let Ok((n, status)) = self.updates.try_recv() {
-            self.statuses.insert(n, status);
+        while let Ok(status) = self.updates.try_recv() {
+            self.statuses.insert(status.name.clone(), status);
         }
         if self.restarting.remove(&name) && !self.terminating() {
             // A changed definition: run the new one (computePodActions' "definition changed").
@@ -1201,8 +1202,8 @@ impl Worker {
 
     /// Everything has stopped: the final status, then deletion and clean-up as the cause asks.
     async fn finish(&mut self) {
-        while let Ok((name, status)) = self.updates.try_recv() {
-            self.statuses.insert(name, status);
+        while let Ok(status) = self.updates.try_recv() {
+            self.statuses.insert(status.name.clone(), status);
         }
         let PodState::Terminated { cause } = self.state.clone() else {
             return;
