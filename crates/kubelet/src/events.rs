@@ -165,8 +165,9 @@ impl Series {
         }
     }
 
-    /// The key of `event` about `regarding`: type, reason, action and the whole reference (the
-    /// reporter is the same for every event of a node).
+    /// The key of `event` about `regarding`: type, reason, action and the object with its
+    /// field path, as upstream's `getEventKey` (the reporter is the same for every event of a
+    /// node). Not the object's resource version, which every status patch changes.
     fn key(&self, event: &Event, regarding: &ObjectReference) -> u64 {
         let r = regarding;
         self.keys.hash_one((
@@ -174,7 +175,7 @@ impl Series {
             &event.reason,
             &event.action,
             (&r.api_version, &r.kind, &r.namespace, &r.name, &r.uid),
-            (&r.field_path, &r.resource_version),
+            &r.field_path,
         ))
     }
 
@@ -364,8 +365,20 @@ mod tests {
         assert_eq!(series.next(backoff, t0 + Duration::from_secs(10)), patch(2));
         // The TTL counts from the last one seen.
         assert_eq!(series.next(backoff, t0 + SERIES_TTL), patch(3));
-        // Another note, pod or reason is another event.
+        // A newer version of the same pod is the same object.
+        let newer = ObjectReference {
+            resource_version: Some("2".into()),
+            ..about("a")
+        };
+        let again = series.key(&event("BackOff", "Back-off restarting"), &newer);
+        assert_eq!(again, backoff);
+        // Another note, pod, container or reason is another event.
+        let container = ObjectReference {
+            field_path: Some("spec.containers{main}".into()),
+            ..about("a")
+        };
         for other in [
+            series.key(&event("BackOff", "Back-off restarting"), &container),
             series.key(&event("BackOff", "another note"), &about("a")),
             series.key(&event("BackOff", "Back-off restarting"), &about("b")),
             series.key(&event("Unhealthy", "Back-off restarting"), &about("a")),

@@ -260,6 +260,34 @@ async fn on_failure_restarts_with_crash_loop_back_off() {
     )
     .await
     .expect("a BackOff event");
+    // Each restart's BackOff is the same event: one object with a growing series, not one
+    // each (upstream's correlator), although the pod changed between them.
+    let events = ns.api::<Event>();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = events
+            .list(&kube::api::ListParams::default().fields("involvedObject.name=crash"))
+            .await
+            .expect("events");
+        let backoffs: Vec<&Event> = list
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("BackOff"))
+            .collect();
+        assert!(backoffs.len() <= 1, "{backoffs:#?}");
+        let count = backoffs
+            .first()
+            .and_then(|e| e.series.as_ref())
+            .map_or(1, |s| s.count.unwrap_or(1));
+        if count >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two restarts, yet BackOff's series counts {count}: {backoffs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[tokio::test]
