@@ -397,10 +397,10 @@ impl WasiRuntime {
         let (exit_tx, exit) = oneshot::channel();
         let (kill, killed) = oneshot::channel::<()>();
         tokio::spawn(Guest {
-            run: self.engine.run(&program, run),
+            run: Some(self.engine.run(&program, run)),
             killed,
             exit: Some(exit_tx),
-            instance: self.metrics.instance(),
+            _instance: self.metrics.instance(),
         });
         RunningContainer {
             exit,
@@ -418,24 +418,26 @@ pin_project_lite::pin_project! {
     /// the guest sleeps.
     struct Guest<F> {
         #[pin]
-        run: F,
+        run: Option<F>,
         killed: oneshot::Receiver<()>,
         exit: Option<oneshot::Sender<Termination>>,
-        instance: crate::metrics::InstanceGuard,
+        // Counts the instance until the task ends.
+        _instance: crate::metrics::InstanceGuard,
     }
 }
 
 impl<F: Future<Output = Result<Exit, RunError>>> Future for Guest<F> {
     type Output = ();
 
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let this = self.project();
-        // Dropping the run future stops the guest at its next epoch yield (and drops an exec's
-        // stdio senders, which ends its output).
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let Some(run) = this.run.as_mut().as_pin_mut() else {
+            return Poll::Ready(());
+        };
         let termination = if Pin::new(this.killed).poll(cx).is_ready() {
             Termination::Killed
         } else {
-            match ready!(this.run.poll(cx)) {
+            match ready!(run.poll(cx)) {
                 Ok(Exit::Code(code)) => Termination::Exited(code),
                 Ok(Exit::Trap(message)) => Termination::Trapped {
                     exit_code: 1,
@@ -449,10 +451,12 @@ impl<F: Future<Output = Result<Exit, RunError>>> Future for Guest<F> {
                 },
             }
         };
+        // Dropping the run stops the guest at its next epoch yield (and drops an exec's stdio
+        // senders, which ends its output): done before the end is sent.
+        this.run.set(None);
         if let Some(exit) = this.exit.take() {
             let _ = exit.send(termination);
         }
-        let _ = this.instance;
         Poll::Ready(())
     }
 }
