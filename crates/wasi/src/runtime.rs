@@ -396,7 +396,7 @@ impl WasiRuntime {
     fn launch(&self, program: Program, run: RunSpec, usage: Arc<Usage>) -> RunningContainer {
         let (exit_tx, exit) = oneshot::channel();
         let (kill, killed) = oneshot::channel::<()>();
-        tokio::spawn(Guest {
+        tokio::spawn(GuestTask {
             run: Some(self.engine.run(&program, run)),
             killed,
             exit: Some(exit_tx),
@@ -416,7 +416,7 @@ pin_project_lite::pin_project! {
     /// dropped), and sends how it ended. A future of its own rather than an `async` block: one
     /// would keep the run's future twice (the captured one and the one awaited), for as long as
     /// the guest sleeps.
-    struct Guest<F> {
+    struct GuestTask<F> {
         #[pin]
         run: Option<F>,
         killed: oneshot::Receiver<()>,
@@ -426,7 +426,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F: Future<Output = Result<Exit, RunError>>> Future for Guest<F> {
+impl<F: Future<Output = Result<Exit, RunError>>> Future for GuestTask<F> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
