@@ -156,16 +156,22 @@ async fn a_restarted_container_reads_the_pods_current_labels() {
         shared_node(KRUSTLET),
     );
     create(&pods, pod).await.expect("create");
-    let logs = || kubectl(&["logs", "-n", ns.name(), "relabel"]).unwrap_or_default();
-    let deadline = std::time::Instant::now() + LONG;
-    while !logs().contains("TIER=one") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the first run never printed its label: {:?}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Waits until the pod's current logs contain `text`.
+    let logs_show = |text: &'static str, what: &'static str| {
+        let ns = ns.name().to_string();
+        async move {
+            let deadline = std::time::Instant::now() + LONG;
+            loop {
+                let logs = kubectl(&["logs", "-n", &ns, "relabel"]).unwrap_or_default();
+                if logs.contains(text) {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "{what}: {logs:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    logs_show("TIER=one", "the first run never printed its label").await;
     // The restart comes after a back-off of 10 s: the label lands well before it.
     kubectl(&[
         "label",
@@ -183,14 +189,7 @@ async fn a_restarted_container_reads_the_pods_current_labels() {
     .await
     .expect("restarted");
     // Until the new run prints, the logs are the first run's.
-    while !logs().contains("TIER=two") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the restarted run did not see the new label: {:?}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    logs_show("TIER=two", "the restarted run did not see the new label").await;
 }
 
 #[tokio::test]
