@@ -36,6 +36,24 @@ pub(crate) struct ComponentState {
     pub(crate) lookups: Option<NameLookups>,
 }
 
+/// A store state with a memory limiter (the run's stores are all limited the same way).
+pub(crate) trait Limited: Send + 'static {
+    /// The state's memory limiter.
+    fn limiter(&mut self) -> &mut MemoryLimiter;
+}
+
+impl Limited for ModuleState {
+    fn limiter(&mut self) -> &mut MemoryLimiter {
+        &mut self.limiter
+    }
+}
+
+impl Limited for ComponentState {
+    fn limiter(&mut self) -> &mut MemoryLimiter {
+        &mut self.limiter
+    }
+}
+
 impl HasNameLookups for ComponentState {
     fn table(&mut self) -> &mut ResourceTable {
         &mut self.table

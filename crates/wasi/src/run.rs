@@ -18,7 +18,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, ResourceTable, WasiCtxBuilder};
 use crate::cpu::{self, CpuClock, Throttle};
 use crate::engine::WasmEngine;
 use crate::exec_io::{ChannelIn, ChannelOut};
-use crate::link::{ComponentState, Linked, ModuleState};
+use crate::link::{ComponentState, Limited, Linked, ModuleState};
 use crate::log::CriStream;
 use crate::memory::{MemoryLimitExceeded, MemoryLimiter, is_memory_limit};
 use crate::module::{Code, Program};
@@ -283,7 +283,7 @@ async fn instantiate(
         spec.usage.limits.set(spec.limits);
     }
     let limiter = MemoryLimiter::new(spec.usage.clone());
-    let mut throttle = Throttle::new(clock);
+    let throttle = Throttle::new(clock);
     let linkers = engine
         .linkers(program.engine())
         .map_err(|e| RunError::Instantiate(wasmtime::Error::msg(e)))?;
@@ -293,10 +293,7 @@ async fn instantiate(
                 wasi: builder.build_p1(),
                 limiter,
             };
-            let mut store = Store::new(program.engine(), state);
-            store.limiter(|state| &mut state.limiter);
-            store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(move |_| Ok(throttle.on_epoch()));
+            let mut store = metered_store(program.engine(), state, throttle);
             let instance = pre
                 .instantiate_async(&mut store)
                 .await
@@ -313,10 +310,7 @@ async fn instantiate(
                 limiter,
                 lookups,
             };
-            let mut store = Store::new(program.engine(), state);
-            store.limiter(|state| &mut state.limiter);
-            store.set_epoch_deadline(1);
-            store.epoch_deadline_callback(move |_| Ok(throttle.on_epoch()));
+            let mut store = metered_store(program.engine(), state, throttle);
             let command = pre
                 .instantiate_async(&mut store)
                 .await
@@ -324,6 +318,20 @@ async fn instantiate(
             Ok(Guest::Command(store, command))
         }
     }
+}
+
+/// A store of `state` on `engine`, limited by its memory limiter and yielding at every epoch
+/// tick to `throttle` (which enforces the CPU limit).
+fn metered_store<T: Limited>(
+    engine: &wasmtime::Engine,
+    state: T,
+    mut throttle: Throttle,
+) -> Store<T> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| state.limiter());
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| Ok(throttle.on_epoch()));
+    store
 }
 
 /// Preopens `mounts` in `builder`, read-only ones with read-only permissions.
