@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod docs;
+pub mod heap;
 pub mod standalone;
 
 use std::process::ExitCode;
@@ -97,6 +98,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
         let signal = signals.await;
         tracing::info!(signal, "received shutdown signal");
     };
+    // A node from here on (standalone or connected): it runs long and frees a lot.
+    heap::start();
     let engine = krustlet_wasi::WasmEngine::new().context("starting the wasm engine")?;
     // The key lives beside, not inside, the cache directory it authenticates.
     let key = krustlet_wasi::CacheKey::load_or_create(&config.data_path("compile-cache.key"))
