@@ -11,7 +11,7 @@
 //! less and less often (up to [`Pacing::LONGEST`]) while it does not, so a node at rest does
 //! not pay for it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// When the next trim is due, from what the last one gave back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +72,7 @@ fn trim_forever() {
     loop {
         std::thread::sleep(pacing.interval());
         let before = resident_bytes();
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         // SAFETY: `malloc_trim` takes no pointers; it locks each arena while it walks it.
         unsafe { libc::malloc_trim(0) };
         let released = before.saturating_sub(resident_bytes());
@@ -89,6 +89,7 @@ fn trim_forever() {
 }
 
 /// The process's resident memory in bytes (`VmRSS` in `/proc/self/status`); 0 if unreadable.
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
