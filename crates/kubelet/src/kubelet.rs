@@ -202,7 +202,10 @@ impl Kubelet {
             pressure: evictions.shared_pressure(),
             network: network.clone(),
         };
-        let events = EventPublisher::connected(clients.clone(), &config.node_name);
+        // Made before the events, which let its patches go first.
+        let status = StatusManager::new();
+        let events =
+            EventPublisher::connected(clients.clone(), &config.node_name, status.sending());
         let mut reporter = StatusReporter::new(
             config.clone(),
             inputs,
@@ -255,7 +258,6 @@ impl Kubelet {
                 stop.clone(),
             ),
         );
-        let status = StatusManager::new();
         let mirror_uids = MirrorUids::default();
         supervise(
             &mut supervised,

@@ -193,6 +193,8 @@ struct Inner {
     dirty: Notify,
     // Bumped after every round of patches, for `flush`.
     rounds: watch::Sender<u64>,
+    // Whether a status is due or being sent ([`StatusManager::sending`]).
+    sending: watch::Sender<bool>,
 }
 
 /// Handle to the status manager; cheap to clone.
@@ -224,8 +226,25 @@ impl StatusManager {
         }
         entry.latest = Some(Arc::new(status));
         entry.generation += 1;
+        let due = entry.hold_until.is_none();
         drop(entries);
+        if due {
+            self.mark_sending(true);
+        }
         self.inner.dirty.notify_one();
+    }
+
+    /// Whether a status patch is due or in flight. The event publisher lets them go first
+    /// (`events.rs`): a pod's Created and Started events, written as its Running status is
+    /// sent, made that patch wait for them at the API server.
+    pub fn sending(&self) -> watch::Receiver<bool> {
+        self.inner.sending.subscribe()
+    }
+
+    fn mark_sending(&self, sending: bool) {
+        self.inner
+            .sending
+            .send_if_modified(|now| std::mem::replace(now, sending) != sending);
     }
 
     /// Sends the newest status of a pod again even if unchanged (its target changed: a new
@@ -313,8 +332,10 @@ impl StatusManager {
                         .collect()
                 };
                 if batch.is_empty() {
+                    self.mark_sending(false);
                     break;
                 }
+                self.mark_sending(true);
                 let inner = &self.inner;
                 let sink = &sink;
                 let results: Vec<_> = futures::stream::iter(batch)
@@ -357,6 +378,8 @@ impl StatusManager {
                 }
                 self.inner.rounds.send_modify(|n| *n += 1);
                 if failed {
+                    // Events need not wait for an API server that refuses statuses.
+                    self.mark_sending(false);
                     tokio::time::sleep(retry).await;
                     retry = (retry * 2).min(std::time::Duration::from_secs(30));
                 } else {
@@ -449,6 +472,23 @@ mod tests {
             asked.elapsed() < Duration::from_millis(1),
             "Running is not held"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sending_is_told_while_a_status_is_due_and_not_while_one_is_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manager = manager_writing_to(dir.path());
+        let mut sending = manager.sending();
+        manager.set(&key(), status("Pending", None));
+        assert!(
+            !*sending.borrow_and_update(),
+            "a held status is not being sent"
+        );
+        manager.set(&key(), status("Running", None));
+        assert!(*sending.borrow_and_update(), "Running is due at once");
+        manager.flush(&key()).await;
+        sending.wait_for(|s| !s).await.expect("the manager runs");
+        assert_eq!(written(dir.path()).as_deref(), Some("Running"));
     }
 
     #[tokio::test(start_paused = true)]
