@@ -226,6 +226,10 @@ async fn publish_all(
 ) {
     let mut series = Series::new();
     while let Some(first) = queue.recv().await {
+        // A container's Pulled event comes a moment before the Running status it leads to:
+        // gathered, it no longer goes ahead of that status either (serial starts A/B, three
+        // runs each, interleaved: 1.21-1.31x the floor's p50 with, 1.42-1.43x without).
+        tokio::time::sleep(GATHER).await;
         // Once per batch, not per event: under churn statuses are almost always due, and
         // events must still keep up.
         yield_to_status(&mut status_sending).await;
@@ -239,6 +243,9 @@ async fn publish_all(
         }
     }
 }
+
+/// How long the publisher gathers events before it writes a batch.
+pub const GATHER: Duration = Duration::from_millis(5);
 
 /// The longest an event waits for pod status patches to go first.
 pub const YIELD_AT_MOST: Duration = Duration::from_millis(100);
