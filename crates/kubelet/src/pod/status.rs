@@ -366,8 +366,11 @@ impl StatusManager {
                                 entry.sent = Some(status);
                                 entry.sent_generation = entry.sent_generation.max(generation);
                             }
+                            // Up to this round's status only: one recorded since (a
+                            // `resend` to a mirror pod that appeared while the patch to the
+                            // static pod's own UID was failing) is still due.
                             Sent::Gone => {
-                                entry.sent_generation = entry.generation;
+                                entry.sent_generation = entry.sent_generation.max(generation);
                             }
                             Sent::Failed(error) => {
                                 tracing::warn!(pod = %key, %error, "pod status patch failed; retrying");
