@@ -368,12 +368,7 @@ impl Observer {
 
 /// The node process's resident memory in bytes (`VmRSS`).
 pub fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
+    krustlet::heap::resident_bytes(Some(pid))
 }
 
 /// The node process's CPU time in seconds (user + system).

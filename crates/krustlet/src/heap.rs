@@ -71,11 +71,11 @@ fn trim_forever() {
     let mut pacing = Pacing::default();
     loop {
         std::thread::sleep(pacing.interval());
-        let before = resident_bytes();
+        let before = resident_bytes(None);
         let started = std::time::Instant::now();
         // SAFETY: `malloc_trim` takes no pointers; it locks each arena while it walks it.
         unsafe { libc::malloc_trim(0) };
-        let released = before.saturating_sub(resident_bytes());
+        let released = before.saturating_sub(resident_bytes(None));
         let next = pacing.after(released);
         if released >= Pacing::WORTH {
             tracing::debug!(
@@ -88,10 +88,13 @@ fn trim_forever() {
     }
 }
 
-/// The process's resident memory in bytes (`VmRSS` in `/proc/self/status`); 0 if unreadable.
-#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
-fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// The resident memory in bytes (`VmRSS`) of process `pid`, or of this one; 0 if unreadable.
+pub fn resident_bytes(pid: Option<u32>) -> u64 {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".into(),
+    };
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
             let kib = s.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
@@ -120,6 +123,8 @@ mod tests {
 
     #[test]
     fn the_resident_size_is_read() {
-        assert!(resident_bytes() > 0);
+        assert!(resident_bytes(None) > 0);
+        assert!(resident_bytes(Some(std::process::id())) > 0);
+        assert_eq!(resident_bytes(Some(u32::MAX)), 0, "no such process");
     }
 }
