@@ -9,12 +9,13 @@
 //! is a directory of status files instead ([`StatusSink::Files`]), which `krustlet pods` reads
 //! from another process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
@@ -96,6 +97,13 @@ struct Entry {
     sent_generation: u64,
     /// Until when the first status waits ([`FIRST_STATUS_HOLD`]).
     hold_until: Option<Instant>,
+    /// In [`State::due`].
+    queued: bool,
+    /// Being sent: a newer status waits for that patch, so patches of a pod never cross.
+    in_flight: bool,
+    /// The generation of the last [`StatusManager::resend`]: a patch of an older one went to
+    /// the old target, so it does not count as sent.
+    resent_generation: u64,
 }
 
 impl Entry {
@@ -185,13 +193,112 @@ fn write_status_file(dir: &Path, key: &PodKey, status: &PodStatus) -> std::io::R
     std::fs::rename(tmp, path)
 }
 
+/// What the manager knows of every pod, behind one lock.
+#[derive(Default)]
+struct State {
+    entries: HashMap<PodKey, Entry>,
+    /// Pods whose newest status is due, oldest first, each at most once ([`Entry::queued`]):
+    /// the sender takes from the front and never scans every pod.
+    due: VecDeque<PodKey>,
+    /// Pods whose first status is held, by when the hold ends (every hold is equally long,
+    /// so the ends are in order).
+    held: VecDeque<(Instant, PodKey)>,
+    /// Pods forgotten since the sender last looked, for the sink to drop.
+    forgotten: Vec<PodKey>,
+}
+
+impl State {
+    /// Queues the pod's newest status if it is due and neither queued nor being sent.
+    fn enqueue(&mut self, key: &PodKey, now: Instant) -> bool {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return false;
+        };
+        if entry.queued || entry.in_flight || !entry.due(now) {
+            return false;
+        }
+        entry.queued = true;
+        self.due.push_back(key.clone());
+        true
+    }
+
+    /// Queues the statuses whose hold has ended.
+    fn release_holds(&mut self, now: Instant) {
+        while self.held.front().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, key)) = self.held.pop_front() {
+                self.enqueue(&key, now);
+            }
+        }
+    }
+
+    /// The next status to send, marked in flight; statuses equal to the one last sent are
+    /// marked sent on the way (`true` in the second field if any was).
+    fn take_due(&mut self, now: Instant) -> (Option<(PodKey, Arc<PodStatus>, u64)>, bool) {
+        let mut settled = false;
+        while let Some(key) = self.due.pop_front() {
+            let Some(entry) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            entry.queued = false;
+            if entry.in_flight || !entry.due(now) {
+                continue;
+            }
+            let Some(latest) = entry.latest.clone() else {
+                continue;
+            };
+            if entry.sent.as_deref() == Some(&*latest) {
+                entry.sent_generation = entry.generation;
+                settled = true;
+                continue;
+            }
+            entry.in_flight = true;
+            return (Some((key, latest, entry.generation)), settled);
+        }
+        (None, settled)
+    }
+
+    /// Records how sending `status` (the pod's `generation`) went; `false` if it failed.
+    fn sent(
+        &mut self,
+        key: &PodKey,
+        status: Arc<PodStatus>,
+        generation: u64,
+        result: Sent,
+    ) -> bool {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return true;
+        };
+        entry.in_flight = false;
+        let ok = match result {
+            Sent::Ok => {
+                if generation >= entry.resent_generation {
+                    entry.sent = Some(status);
+                }
+                entry.sent_generation = entry.sent_generation.max(generation);
+                true
+            }
+            // Up to this patch's status only: one recorded since (a `resend` to a mirror pod
+            // that appeared while the patch to the static pod's own UID was failing) is
+            // still due.
+            Sent::Gone => {
+                entry.sent_generation = entry.sent_generation.max(generation);
+                true
+            }
+            Sent::Failed(error) => {
+                tracing::warn!(pod = %key, %error, "pod status patch failed; retrying");
+                false
+            }
+        };
+        // A status recorded while this one was in flight, or this one again if it failed.
+        self.enqueue(key, Instant::now());
+        ok
+    }
+}
+
 #[derive(Default)]
 struct Inner {
-    entries: Mutex<HashMap<PodKey, Entry>>,
-    /// Pods forgotten since the last round, for the sink to drop.
-    forgotten: Mutex<Vec<PodKey>>,
+    state: Mutex<State>,
     dirty: Notify,
-    // Bumped after every round of patches, for `flush`.
+    // Bumped after every patch, for `flush`.
     rounds: watch::Sender<u64>,
     // Whether a status is due or being sent ([`StatusManager::sending`]).
     sending: watch::Sender<bool>,
@@ -214,24 +321,33 @@ impl StatusManager {
 
     /// Records the newest status of a pod; it is sent soon if it changed.
     pub fn set(&self, key: &PodKey, status: PodStatus) {
-        let mut entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = entries.entry(key.clone()).or_default();
+        let now = Instant::now();
+        let mut state = self.state();
+        let entry = state.entries.entry(key.clone()).or_default();
         if entry.latest.as_deref() == Some(&status) {
             return;
         }
+        let mut held = None;
         if !pending(&status) {
             entry.hold_until = None;
         } else if entry.latest.is_none() && entry.sent.is_none() {
-            entry.hold_until = Some(Instant::now() + FIRST_STATUS_HOLD);
+            held = Some(now + FIRST_STATUS_HOLD);
+            entry.hold_until = held;
         }
         entry.latest = Some(Arc::new(status));
         entry.generation += 1;
         let due = entry.hold_until.is_none();
-        drop(entries);
+        if let Some(at) = held {
+            state.held.push_back((at, key.clone()));
+        }
+        let queued = state.enqueue(key, now);
+        drop(state);
         if due {
             self.mark_sending(true);
         }
-        self.inner.dirty.notify_one();
+        if queued || held.is_some() {
+            self.inner.dirty.notify_one();
+        }
     }
 
     /// Whether a status patch is due or in flight. The event publisher lets them go first
@@ -250,34 +366,33 @@ impl StatusManager {
     /// Sends the newest status of a pod again even if unchanged (its target changed: a new
     /// mirror pod).
     pub fn resend(&self, key: &PodKey) {
-        let mut entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = entries.get_mut(key) {
+        let mut state = self.state();
+        if let Some(entry) = state.entries.get_mut(key) {
             entry.sent = None;
             entry.hold_until = None;
             entry.generation += 1;
+            entry.resent_generation = entry.generation;
         }
-        drop(entries);
+        state.enqueue(key, Instant::now());
+        drop(state);
         self.inner.dirty.notify_one();
     }
 
     /// The newest status recorded for a pod.
     pub fn get(&self, key: &PodKey) -> Option<PodStatus> {
-        let entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(key).and_then(|e| e.latest.as_deref().cloned())
+        let state = self.state();
+        state
+            .entries
+            .get(key)
+            .and_then(|e| e.latest.as_deref().cloned())
     }
 
     /// Stops tracking a pod (it is gone from the API).
     pub fn forget(&self, key: &PodKey) {
-        self.inner
-            .entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
-        self.inner
-            .forgotten
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(key.clone());
+        let mut state = self.state();
+        state.entries.remove(key);
+        state.forgotten.push(key.clone());
+        drop(state);
         self.inner.dirty.notify_one();
     }
 
@@ -285,123 +400,97 @@ impl StatusManager {
     pub async fn flush(&self, key: &PodKey) {
         let mut rounds = self.inner.rounds.subscribe();
         loop {
-            let done = {
-                let entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
-                entries
-                    .get(key)
-                    .is_none_or(|e| e.sent_generation >= e.generation)
-            };
+            let done = self
+                .state()
+                .entries
+                .get(key)
+                .is_none_or(|e| e.sent_generation >= e.generation);
             if done || rounds.changed().await.is_err() {
                 return;
             }
         }
     }
 
-    /// Sends changed statuses to `sink` until the process ends. A failed patch is retried
+    /// Sends changed statuses to `sink` until the process ends, at most
+    /// [`CONCURRENT_PATCHES`] at once and one per pod at a time. A failed patch is retried
     /// with back-off (a 404 or UID conflict means the pod is gone: dropped, never retried).
     pub async fn run(self, sink: StatusSink) {
-        // After failed rounds the next waits longer (1 s doubling to 30 s), so an API server
-        // that is away is not hammered; a successful round resets it.
-        let mut retry = std::time::Duration::from_secs(1);
+        let mut sends = FuturesUnordered::new();
+        // After a failed patch no new one starts for a while (1 s doubling to 30 s), so an
+        // API server that is away is not hammered; a patch that goes through resets it.
+        let mut retry = Duration::from_secs(1);
+        let mut paused_until: Option<Instant> = None;
         loop {
-            match self.next_hold() {
-                Some(at) => tokio::select! {
-                    () = self.inner.dirty.notified() => {}
-                    () = tokio::time::sleep_until(at) => {}
-                },
-                None => self.inner.dirty.notified().await,
+            let now = Instant::now();
+            if paused_until.is_some_and(|at| at <= now) {
+                paused_until = None;
             }
-            loop {
-                let forgotten = std::mem::take(
-                    &mut *self
-                        .inner
-                        .forgotten
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()),
-                );
-                for key in forgotten {
-                    sink.forget(&key);
+            let (forgotten, settled, sending, wake) = {
+                let mut state = self.state();
+                state.release_holds(now);
+                let mut settled = false;
+                while paused_until.is_none() && sends.len() < CONCURRENT_PATCHES {
+                    let (next, some_settled) = state.take_due(now);
+                    settled |= some_settled;
+                    let Some((key, status, generation)) = next else {
+                        break;
+                    };
+                    sends.push(send(&sink, key, status, generation));
                 }
-                let batch: Vec<(PodKey, Arc<PodStatus>, u64)> = {
-                    let entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
-                    let now = Instant::now();
-                    entries
-                        .iter()
-                        .filter(|(_, e)| e.due(now))
-                        .filter_map(|(k, e)| Some((k.clone(), e.latest.clone()?, e.generation)))
-                        .collect()
+                let sending =
+                    !sends.is_empty() || (paused_until.is_none() && !state.due.is_empty());
+                let hold = state.held.front().map(|(at, _)| *at);
+                let wake = match (hold, paused_until) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
                 };
-                if batch.is_empty() {
-                    self.mark_sending(false);
-                    break;
-                }
-                self.mark_sending(true);
-                let inner = &self.inner;
-                let sink = &sink;
-                let results: Vec<_> = futures::stream::iter(batch)
-                    .map(|(key, status, generation)| async move {
-                        let unchanged = {
-                            let entries = inner.entries.lock().unwrap_or_else(|e| e.into_inner());
-                            entries.get(&key).and_then(|e| e.sent.as_deref()) == Some(&*status)
-                        };
-                        let result = if unchanged {
-                            Sent::Ok
-                        } else {
-                            sink.send(&key, &status).await
-                        };
-                        (key, status, generation, result)
-                    })
-                    .buffer_unordered(CONCURRENT_PATCHES)
-                    .collect()
-                    .await;
-                let mut failed = false;
-                {
-                    let mut entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
-                    for (key, status, generation, result) in results {
-                        let Some(entry) = entries.get_mut(&key) else {
-                            continue;
-                        };
-                        match result {
-                            Sent::Ok => {
-                                entry.sent = Some(status);
-                                entry.sent_generation = entry.sent_generation.max(generation);
-                            }
-                            // Up to this round's status only: one recorded since (a
-                            // `resend` to a mirror pod that appeared while the patch to the
-                            // static pod's own UID was failing) is still due.
-                            Sent::Gone => {
-                                entry.sent_generation = entry.sent_generation.max(generation);
-                            }
-                            Sent::Failed(error) => {
-                                tracing::warn!(pod = %key, %error, "pod status patch failed; retrying");
-                                failed = true;
-                            }
-                        }
-                    }
-                }
+                (std::mem::take(&mut state.forgotten), settled, sending, wake)
+            };
+            for key in forgotten {
+                sink.forget(&key);
+            }
+            if settled {
                 self.inner.rounds.send_modify(|n| *n += 1);
-                if failed {
-                    // Events need not wait for an API server that refuses statuses.
-                    self.mark_sending(false);
-                    tokio::time::sleep(retry).await;
-                    retry = (retry * 2).min(std::time::Duration::from_secs(30));
-                } else {
-                    retry = std::time::Duration::from_secs(1);
+            }
+            // Events need not wait for an API server that refuses statuses.
+            self.mark_sending(sending);
+            tokio::select! {
+                Some((key, status, generation, result)) = sends.next(), if !sends.is_empty() => {
+                    if self.state().sent(&key, status, generation, result) {
+                        retry = Duration::from_secs(1);
+                    } else {
+                        paused_until = Some(Instant::now() + retry);
+                        retry = (retry * 2).min(Duration::from_secs(30));
+                    }
+                    self.inner.rounds.send_modify(|n| *n += 1);
                 }
+                () = self.inner.dirty.notified() => {}
+                () = sleep_until_some(wake) => {}
             }
         }
     }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
-impl StatusManager {
-    /// The earliest end of a hold on a status not yet sent.
-    fn next_hold(&self) -> Option<Instant> {
-        let entries = self.inner.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .values()
-            .filter(|e| e.sent_generation < e.generation)
-            .filter_map(|e| e.hold_until)
-            .min()
+/// Sends one status; what came of it, with what was sent.
+async fn send(
+    sink: &StatusSink,
+    key: PodKey,
+    status: Arc<PodStatus>,
+    generation: u64,
+) -> (PodKey, Arc<PodStatus>, u64, Sent) {
+    let result = sink.send(&key, &status).await;
+    (key, status, generation, result)
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -511,6 +600,88 @@ mod tests {
         assert!(
             asked.elapsed() < Duration::from_millis(1),
             "only a pod's first status is held"
+        );
+    }
+
+    fn other() -> PodKey {
+        PodKey {
+            name: "q".into(),
+            uid: "v".into(),
+            ..key()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_status_recorded_while_its_pods_patch_is_in_flight_goes_after_that_patch() {
+        let manager = StatusManager::new();
+        let now = Instant::now();
+        manager.set(&key(), status("Running", None));
+        manager.set(&other(), status("Running", None));
+        let (first, _) = manager.state().take_due(now);
+        let (first_key, first_status, first_generation) = first.expect("due");
+        assert_eq!(first_key, key(), "oldest first");
+        // The pod changes while its Running patch is in flight: not sent alongside it.
+        manager.set(&key(), status("Succeeded", None));
+        let (next, _) = manager.state().take_due(now);
+        assert_eq!(next.map(|(k, _, _)| k), Some(other()));
+        assert!(manager.state().take_due(now).0.is_none());
+        // Once the patch is done, the newer status is due.
+        assert!(
+            manager
+                .state()
+                .sent(&key(), first_status, first_generation, Sent::Ok)
+        );
+        let (again, _) = manager.state().take_due(now);
+        let (again_key, again_status, _) = again.expect("the newer status is due");
+        assert_eq!(again_key, key());
+        assert_eq!(again_status.phase.as_deref(), Some("Succeeded"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_patch_is_retried_after_a_back_off_and_events_are_not_held_meanwhile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A file where the status directory should be: every write fails.
+        let blocked = dir.path().join("statuses");
+        std::fs::write(&blocked, "").expect("file");
+        let manager = StatusManager::new();
+        tokio::spawn(manager.clone().run(StatusSink::Files(blocked.clone())));
+        let mut sending = manager.sending();
+        manager.set(&key(), status("Running", None));
+        tokio::time::timeout(Duration::from_millis(10), sending.wait_for(|s| !s))
+            .await
+            .expect("a refused status does not hold events back")
+            .expect("the manager runs");
+        std::fs::remove_file(&blocked).expect("unblock");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(written(&blocked), None, "not retried before the back-off");
+        let asked = Instant::now();
+        manager.flush(&key()).await;
+        assert_eq!(written(&blocked).as_deref(), Some("Running"));
+        assert!(
+            asked.elapsed() <= Duration::from_millis(501),
+            "retried after 1 s"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resend_while_the_same_status_is_in_flight_is_sent_again() {
+        let manager = StatusManager::new();
+        let now = Instant::now();
+        manager.set(&key(), status("Running", None));
+        let (first, _) = manager.state().take_due(now);
+        let (_, first_status, first_generation) = first.expect("due");
+        // A mirror pod appears while the patch to the old target is in flight.
+        manager.resend(&key());
+        assert!(
+            manager
+                .state()
+                .sent(&key(), first_status, first_generation, Sent::Ok)
+        );
+        let (again, _) = manager.state().take_due(now);
+        assert_eq!(
+            again.map(|(k, s, _)| (k, s.phase.clone())),
+            Some((key(), Some("Running".into()))),
+            "the unchanged status goes to the new target"
         );
     }
 }
