@@ -4,6 +4,7 @@
 //! per-pod workers, status, volumes, images and the kubelet API. It drives a container runtime
 //! through a small trait, the way the upstream kubelet drives CRI; see `docs/architecture.md`.
 //!
+//! - [`blocking`]: file-system work from async code without stalling the runtime.
 //! - [`config`]: flags, environment and config file merged into a [`config::KubeletConfig`].
 //! - [`bootstrap`]: client credentials through CSRs, rotation, the serving certificate.
 //! - [`node`]: registration, lease, status, conditions, shutdown.
@@ -21,6 +22,7 @@
 //! - [`kubelet`]: [`Kubelet`], which runs all of the above.
 //! - [`standalone`]: static pods from a manifest directory without an API server.
 
+pub mod blocking;
 pub mod bootstrap;
 pub mod config;
 pub mod container;

@@ -890,27 +890,30 @@ impl Runner {
             s.containers.len() + s.init_containers.as_ref().map_or(0, Vec::len)
         });
         let staging = self.pod_dir.join("termination").join(&c.name);
-        let message_file = match termination_message::prepare(c, containers_in_pod, &staging) {
-            Ok(Some((file, mount))) => {
-                mounts.push(mount);
-                Some(file)
-            }
-            Ok(None) => None,
-            Err(e) => {
-                return Err((
-                    "CreateContainerError",
-                    format!("cannot create the termination message file: {e}"),
-                ));
-            }
-        };
         let log_path = container_log_path(&self.log_dir, &c.name, restart_count as u32);
-        prune_old_runs(&self.log_dir.join(&c.name), restart_count as u32);
-        let log = CriLogWriter::create_with(&log_path, self.services.log_policy).map_err(|e| {
-            (
-                "CreateContainerError",
-                format!("cannot create log file {}: {e}", log_path.display()),
-            )
+        // Four directories and two files: off the runtime's workers (`blocking`).
+        let (message, log) = crate::blocking::fs(|| {
+            let message =
+                termination_message::prepare(c, containers_in_pod, &staging).map_err(|e| {
+                    (
+                        "CreateContainerError",
+                        format!("cannot create the termination message file: {e}"),
+                    )
+                })?;
+            prune_old_runs(&self.log_dir.join(&c.name), restart_count as u32);
+            let log =
+                CriLogWriter::create_with(&log_path, self.services.log_policy).map_err(|e| {
+                    (
+                        "CreateContainerError",
+                        format!("cannot create log file {}: {e}", log_path.display()),
+                    )
+                })?;
+            Ok::<_, (&'static str, String)>((message, log))
         })?;
+        let message_file = message.map(|(file, mount)| {
+            mounts.push(mount);
+            file
+        });
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let id = format!("{}-{}-{restart_count}", &uid[..uid.len().min(8)], c.name);
         let limits = self

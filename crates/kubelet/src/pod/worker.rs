@@ -1271,12 +1271,16 @@ impl Worker {
 
     /// Removes the pod's volumes; with `logs`, its logs too (the pod is gone from the API).
     fn cleanup(&self, logs: bool) {
-        let _ = std::fs::remove_dir_all(self.pod_dir());
-        if logs {
-            let _ = std::fs::remove_dir_all(self.log_dir());
-            if let Some(links) = &self.ctx.services.log_links {
-                crate::log::links::remove_for(links, &self.log_dir());
+        crate::blocking::fs(|| {
+            let _ = std::fs::remove_dir_all(self.pod_dir());
+            if logs {
+                let _ = std::fs::remove_dir_all(self.log_dir());
+                if let Some(links) = &self.ctx.services.log_links {
+                    crate::log::links::remove_for(links, &self.log_dir());
+                }
             }
+        });
+        if logs {
             self.ctx.status.forget(&self.key);
         }
     }

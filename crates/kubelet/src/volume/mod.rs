@@ -172,14 +172,15 @@ pub async fn prepare(
     let spec = pod.spec.clone().unwrap_or_default();
     // Secret material is readable by this process only (guests reach it through preopens).
     let root = pod_dir.join("volumes");
-    std::fs::create_dir_all(&root)
-        .and_then(|()| {
+    crate::blocking::fs(|| {
+        std::fs::create_dir_all(&root).and_then(|()| {
             std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700))
         })
-        .map_err(|source| VolumeError::Io {
-            volume: "(all)".into(),
-            source,
-        })?;
+    })
+    .map_err(|source| VolumeError::Io {
+        volume: "(all)".into(),
+        source,
+    })?;
     for volume in spec.volumes.iter().flatten() {
         let io = |source| VolumeError::Io {
             volume: volume.name.clone(),
