@@ -213,6 +213,8 @@ pub async fn create(api: &Api<Pod>, pod: &Pod) -> anyhow::Result<Instant> {
 /// When a pod was first seen in each state.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Seen {
+    /// Bound to a node (`spec.nodeName` set by the scheduler).
+    pub bound: Option<Instant>,
     /// Running (or already Succeeded: a short pod may skip a visible Running).
     pub running: Option<Instant>,
     /// Succeeded.
@@ -275,6 +277,9 @@ impl Observer {
                 let name = pod.metadata.name.clone().unwrap_or_default();
                 let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
                 let entry = seen.entry(name.clone()).or_default();
+                if pod.spec.as_ref().is_some_and(|s| s.node_name.is_some()) {
+                    entry.bound.get_or_insert(now);
+                }
                 match phase.as_str() {
                     "Running" => {
                         entry.running.get_or_insert(now);

@@ -146,7 +146,7 @@ impl KrustletNode {
         Ok(Self {
             name,
             binary: binary.into(),
-            data_dir: tempfile::Builder::new().prefix("krustlet-e2e-").tempdir()?,
+            data_dir: new_data_dir()?,
             port: free_port(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             env: env
@@ -499,3 +499,17 @@ pub fn lifeline(command: &mut Command) {
         });
     }
 }
+
+/// Where a node's data directory is made: under `$KRUSTLET_E2E_NODE_DIR` if set (the bench
+/// uses it to put a node's files on another file system), else in the temporary directory.
+fn new_data_dir() -> std::io::Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("krustlet-e2e-");
+    match std::env::var_os(NODE_DIR) {
+        Some(parent) => builder.tempdir_in(parent),
+        None => builder.tempdir(),
+    }
+}
+
+/// The environment variable naming the parent of the nodes' data directories.
+pub const NODE_DIR: &str = "KRUSTLET_E2E_NODE_DIR";

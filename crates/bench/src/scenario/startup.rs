@@ -24,6 +24,12 @@ pub struct Startup {
     pub serial_to_running: Latency,
     /// Create returned → Running observed through a watch.
     pub to_running: Latency,
+    /// Create returned → bound to the node observed: the scheduler's part, the same for
+    /// every kind of node.
+    pub to_bound: Latency,
+    /// Bound observed → Running observed: the node's part (watch delivery, its own work,
+    /// the status patch).
+    pub bound_to_running: Latency,
     /// Create returned → Succeeded observed (each pod sleeps 1 s); empty on a kind whose pods
     /// never complete (the hollow node).
     pub to_succeeded: Latency,
@@ -39,6 +45,12 @@ impl Figures for Startup {
         vec![
             Figure::of("burst create → Running p50", "ms", self.to_running.p50_ms),
             Figure::of("burst create → Running p99", "ms", self.to_running.p99_ms),
+            Figure::of("burst create → bound p50", "ms", self.to_bound.p50_ms),
+            Figure::of(
+                "burst bound → Running p50",
+                "ms",
+                self.bound_to_running.p50_ms,
+            ),
             Figure::maybe(
                 "serial create → Running p50",
                 "ms",
@@ -94,8 +106,15 @@ pub async fn run(pods: usize, serial: usize, kind: Kind) -> anyhow::Result<Start
     node.health()?;
 
     let (mut running, mut succeeded, mut last_running) = (Vec::new(), Vec::new(), burst);
+    let (mut bound, mut bound_to_running) = (Vec::new(), Vec::new());
     for (name, created) in names.iter().zip(&created) {
         let seen = observer.get(name);
+        if let Some(at) = seen.bound {
+            bound.push(at.saturating_duration_since(*created));
+            if let Some(t) = seen.running {
+                bound_to_running.push(t.saturating_duration_since(at));
+            }
+        }
         if let Some(t) = seen.running {
             running.push(t.saturating_duration_since(*created));
             last_running = last_running.max(t);
@@ -112,6 +131,8 @@ pub async fn run(pods: usize, serial: usize, kind: Kind) -> anyhow::Result<Start
         serial_pods: serial,
         serial_to_running,
         to_running: Latency::of(&running),
+        to_bound: Latency::of(&bound),
+        bound_to_running: Latency::of(&bound_to_running),
         to_succeeded: Latency::of(&succeeded),
         pods_per_second: pods as f64 / last_running.duration_since(burst).as_secs_f64().max(1e-3),
         kubelet_mean_ms: if started > 0.0 {
@@ -127,6 +148,11 @@ pub async fn run(pods: usize, serial: usize, kind: Kind) -> anyhow::Result<Start
         ),
         &[
             ("create → Running".into(), latency_cell(&result.to_running)),
+            ("  create → bound".into(), latency_cell(&result.to_bound)),
+            (
+                "  bound → Running".into(),
+                latency_cell(&result.bound_to_running),
+            ),
             (
                 format!("{serial} serial: create → Running"),
                 latency_cell(&result.serial_to_running),
