@@ -152,7 +152,7 @@ impl StatusSink {
                     Err(error) => Sent::Failed(error.to_string()),
                 }
             }
-            Self::Files(dir) => match write_status_file(dir, key, status) {
+            Self::Files(dir) => match crate::blocking::fs(|| write_status_file(dir, key, status)) {
                 Ok(()) => Sent::Ok,
                 Err(error) => Sent::Failed(format!("writing {}: {error}", dir.display())),
             },
@@ -161,7 +161,7 @@ impl StatusSink {
 
     fn forget(&self, key: &PodKey) {
         if let Self::Files(dir) = self {
-            let _ = std::fs::remove_file(status_file(dir, key));
+            let _ = crate::blocking::fs(|| std::fs::remove_file(status_file(dir, key)));
         }
     }
 }
@@ -452,7 +452,8 @@ impl StatusManager {
             if settled {
                 self.inner.rounds.send_modify(|n| *n += 1);
             }
-            // Events need not wait for an API server that refuses statuses.
+            // Not sending while paused: events need not wait for an API server that refuses
+            // statuses.
             self.mark_sending(sending);
             tokio::select! {
                 Some((key, status, generation, result)) = sends.next(), if !sends.is_empty() => {
@@ -470,6 +471,7 @@ impl StatusManager {
         }
     }
 
+    /// The manager's state, locked (a panic while it was held leaves it usable).
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
