@@ -2,10 +2,10 @@
 //!
 //! The node's async runtime has one worker thread per core, and every pod's watch, status
 //! patch and API request runs on them. A pod's start makes directories and files (its volumes
-//! directory, termination message and log), and each `mkdir` on an ext4 disk took 0.3-1 ms
-//! (more when busy): done on a worker, a burst of 100 pods held the node's status patches
-//! behind them for 170 ms at the median (see BENCHMARKS.md). Go's kubelet has no such stall:
-//! a goroutine blocked in a system call gives its processor to another.
+//! directory, termination message and log), eight inodes, and each `mkdir` on the bench VM's
+//! journal-less ext4 took 0.3-1 ms (BENCHMARKS.md, "Burst start"): done on a worker, every
+//! other task on it waits meanwhile. Go's kubelet has no such stall: a goroutine blocked in a
+//! system call gives its processor to another.
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 

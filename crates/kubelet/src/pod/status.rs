@@ -299,7 +299,7 @@ struct Inner {
     state: Mutex<State>,
     dirty: Notify,
     // Bumped after every patch, for `flush`.
-    rounds: watch::Sender<u64>,
+    progress: watch::Sender<u64>,
     // Whether a status is due or being sent ([`StatusManager::sending`]).
     sending: watch::Sender<bool>,
 }
@@ -398,14 +398,14 @@ impl StatusManager {
 
     /// Waits until the newest status of `key` has been sent (or found unchanged).
     pub async fn flush(&self, key: &PodKey) {
-        let mut rounds = self.inner.rounds.subscribe();
+        let mut progress = self.inner.progress.subscribe();
         loop {
             let done = self
                 .state()
                 .entries
                 .get(key)
                 .is_none_or(|e| e.sent_generation >= e.generation);
-            if done || rounds.changed().await.is_err() {
+            if done || progress.changed().await.is_err() {
                 return;
             }
         }
@@ -450,7 +450,7 @@ impl StatusManager {
                 sink.forget(&key);
             }
             if settled {
-                self.inner.rounds.send_modify(|n| *n += 1);
+                self.inner.progress.send_modify(|n| *n += 1);
             }
             // Not sending while paused: events need not wait for an API server that refuses
             // statuses.
@@ -463,7 +463,7 @@ impl StatusManager {
                         paused_until = Some(Instant::now() + retry);
                         retry = (retry * 2).min(Duration::from_secs(30));
                     }
-                    self.inner.rounds.send_modify(|n| *n += 1);
+                    self.inner.progress.send_modify(|n| *n += 1);
                 }
                 () = self.inner.dirty.notified() => {}
                 () = sleep_until_some(wake) => {}
